@@ -1,0 +1,260 @@
+"""keel's Postgres tables as SQLAlchemy 2 typed models.
+
+Alembic owns the schema (``migrations/``); these models are what it is generated from, and
+``alembic check`` (run in the tests) proves the two agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names so migrations are reproducible and reviewable.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+USD = Numeric(18, 8)
+
+
+def _now() -> Any:
+    return func.now()
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB}
+
+
+class ChatSession(Base):
+    """A conversation. Its messages live in ``messages``; the workflow holds only a cursor."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    workflow_id: Mapped[str | None] = mapped_column(String(300))
+    model_route: Mapped[str | None] = mapped_column(String(100))
+    summary: Mapped[str | None] = mapped_column(Text)
+    # Messages with seq <= this are folded into `summary` and no longer sent to the model.
+    summarized_through_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now(), onupdate=_now()
+    )
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("session_id", "seq"),
+        # A retried turn (same idempotency key) never stores its messages twice.
+        UniqueConstraint("session_id", "turn_id", "role"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(
+        String(200), ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    turn_id: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    content: Mapped[str | None] = mapped_column(Text)
+    tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    summarized: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class AuditEvent(Base):
+    """Append-only trail of everything that happened to a workflow that a person may ask about."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index(None, "workflow_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    # Derived from workflow id + activity id (+ a suffix): a retried activity writes the row once.
+    event_key: Mapped[str] = mapped_column(String(500), unique=True)
+    workflow_id: Mapped[str] = mapped_column(String(300))
+    run_id: Mapped[str | None] = mapped_column(String(100))
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    event_type: Mapped[str] = mapped_column(String(100))
+    actor: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class LlmCall(Base):
+    """The ledger: one row per attempt of an LLM call, success or failure, billed tokens in."""
+
+    __tablename__ = "llm_calls"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "activity_id", "attempt"),
+        Index(None, "tenant", "created_at"),
+        Index(None, "model", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    workflow_id: Mapped[str] = mapped_column(String(300), index=True)
+    run_id: Mapped[str | None] = mapped_column(String(100))
+    activity_id: Mapped[str] = mapped_column(String(200))
+    attempt: Mapped[int] = mapped_column(Integer)
+    tenant: Mapped[str] = mapped_column(String(100))
+    route: Mapped[str | None] = mapped_column(String(100))
+    provider: Mapped[str] = mapped_column(String(50))
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_hash: Mapped[str] = mapped_column(String(64), index=True)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Null when the price table does not know the model: never a guess.
+    cost_usd: Mapped[Decimal | None] = mapped_column(USD)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    first_token_ms: Mapped[int | None] = mapped_column(Integer)
+    streamed: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # ok | error | cached | short_circuited
+    outcome: Mapped[str] = mapped_column(String(30))
+    error_class: Mapped[str | None] = mapped_column(String(50))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class Approval(Base):
+    """The current state of one approval gate; its history is in ``audit_events``."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "gate"),
+        Index(None, "status", "requested_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    workflow_id: Mapped[str] = mapped_column(String(300))
+    gate: Mapped[str] = mapped_column(String(200))
+    tenant: Mapped[str] = mapped_column(String(100))
+    # pending | approved | rejected | edited | timed_out | cancelled
+    status: Mapped[str] = mapped_column(String(30))
+    reason_requested: Mapped[str | None] = mapped_column(Text)
+    required_role: Mapped[str] = mapped_column(String(100))
+    escalation_level: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    draft: Mapped[str | None] = mapped_column(Text)
+    final: Mapped[str | None] = mapped_column(Text)
+    decided_by: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    workflow_id: Mapped[str] = mapped_column(String(300))
+    # validating | running | paused | cancelled | completed | aborted
+    status: Mapped[str] = mapped_column(String(30))
+    source_name: Mapped[str | None] = mapped_column(String(500))
+    route: Mapped[str | None] = mapped_column(String(100))
+    model: Mapped[str | None] = mapped_column(String(200))
+    concurrency: Mapped[int] = mapped_column(Integer)
+    total_items: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    budget_usd: Mapped[Decimal | None] = mapped_column(USD)
+    max_failure_rate: Mapped[float | None]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now(), onupdate=_now()
+    )
+
+
+class BatchItem(Base):
+    __tablename__ = "batch_items"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "custom_id"),
+        Index(None, "batch_id", "status", "line_no"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(200), ForeignKey("batches.id", ondelete="CASCADE"))
+    custom_id: Mapped[str] = mapped_column(String(500))
+    line_no: Mapped[int] = mapped_column(Integer)
+    # pending | running | ok | failed | skipped
+    status: Mapped[str] = mapped_column(String(20))
+    request: Mapped[dict[str, Any] | None] = mapped_column()
+    response: Mapped[dict[str, Any] | None] = mapped_column()
+    model: Mapped[str | None] = mapped_column(String(200))
+    error_class: Mapped[str | None] = mapped_column(String(50))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    cost_usd: Mapped[Decimal | None] = mapped_column(USD)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now(), onupdate=_now()
+    )
+
+
+class Budget(Base):
+    __tablename__ = "budgets"
+
+    tenant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    # day | month
+    period: Mapped[str] = mapped_column(String(10), primary_key=True)
+    limit_usd: Mapped[Decimal] = mapped_column(USD)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now(), onupdate=_now()
+    )
+
+
+class CircuitBreaker(Base):
+    """One breaker per provider + model, shared by every worker process (see ARCHITECTURE.md)."""
+
+    __tablename__ = "circuit_breakers"
+
+    provider: Mapped[str] = mapped_column(String(50), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # closed | open | half_open
+    state: Mapped[str] = mapped_column(String(20), default="closed", server_default="closed")
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    window_started_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now()
+    )
+    opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    probe_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error_class: Mapped[str | None] = mapped_column(String(50))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class CachedResponse(Base):
+    """Answers to temperature-0 calls, keyed by the prompt hash (model + messages + parameters)."""
+
+    __tablename__ = "llm_response_cache"
+
+    prompt_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(50))
+    model: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(50))
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
