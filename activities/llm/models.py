@@ -1,0 +1,196 @@
+"""The LLM call contract shared by workflows (which plan calls) and activities (which make them).
+
+Plain pydantic models, no I/O: workflows import this module inside the sandbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class CallClass(StrEnum):
+    """How patient a call may be: interactive callers wait; batch items can wait for minutes."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+class ErrorClass(StrEnum):
+    """Every way a provider call fails, classified once (see activities/llm/errors.py)."""
+
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    OVERLOADED = "overloaded"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    STREAM_INTERRUPTED = "stream_interrupted"
+    CONTEXT_WINDOW = "context_window"
+    CONTENT_POLICY = "content_policy"
+    BAD_REQUEST = "bad_request"
+    AUTHENTICATION = "authentication"
+    MODEL_NOT_FOUND = "model_not_found"
+    CIRCUIT_OPEN = "circuit_open"
+    UNKNOWN = "unknown"
+
+    @property
+    def retryable(self) -> bool:
+        return self in _RETRYABLE
+
+    @property
+    def error_type(self) -> str:
+        """The ApplicationError type workflows see, e.g. ``LlmRateLimited``."""
+        return "Llm" + "".join(part.capitalize() for part in self.value.split("_"))
+
+
+_RETRYABLE = frozenset(
+    {
+        ErrorClass.RATE_LIMITED,
+        ErrorClass.SERVER_ERROR,
+        ErrorClass.OVERLOADED,
+        ErrorClass.TIMEOUT,
+        ErrorClass.CONNECTION,
+        ErrorClass.STREAM_INTERRUPTED,
+        ErrorClass.UNKNOWN,
+    }
+)
+
+NON_RETRYABLE_ERROR_TYPES = [c.error_type for c in ErrorClass if not c.retryable]
+
+
+def error_class_from_type(error_type: str | None) -> ErrorClass:
+    for candidate in ErrorClass:
+        if candidate.error_type == error_type:
+            return candidate
+    return ErrorClass.UNKNOWN
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class LlmParameters(BaseModel):
+    max_tokens: int = Field(default=1024, ge=1, le=200_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    # A JSON schema the answer must satisfy (OpenAI json_schema response format).
+    json_schema: dict[str, Any] | None = None
+    json_schema_name: str = "answer"
+
+
+class CallPolicy(BaseModel):
+    """Timeouts and retries for one call class; resolved from settings by the route planner."""
+
+    start_to_close_seconds: float
+    heartbeat_seconds: float
+    schedule_to_close_seconds: float
+    maximum_attempts: int
+    initial_interval_seconds: float
+    backoff_coefficient: float
+    maximum_interval_seconds: float
+
+    @property
+    def start_to_close(self) -> timedelta:
+        return timedelta(seconds=self.start_to_close_seconds)
+
+    @property
+    def heartbeat(self) -> timedelta:
+        return timedelta(seconds=self.heartbeat_seconds)
+
+    @property
+    def schedule_to_close(self) -> timedelta:
+        return timedelta(seconds=self.schedule_to_close_seconds)
+
+
+class FallbackPolicy(StrEnum):
+    """What happens when every model in the chain has failed."""
+
+    FAIL = "fail"  # a clear, non-retryable failure naming each model's error
+    RESPONSE = "response"  # answer with the configured fallback response
+    SAFE_DEFAULT = "safe_default"  # the configured safe default (e.g. a moderation block)
+
+
+class LlmRequest(BaseModel):
+    """What a workflow asks for; the route (or explicit models) decides who answers."""
+
+    messages: list[ChatMessage]
+    route: str | None = None
+    models: list[str] | None = None
+    parameters: LlmParameters = Field(default_factory=LlmParameters)
+    call_class: CallClass = CallClass.INTERACTIVE
+    fallback_policy: FallbackPolicy | None = None
+    fallback_response: str | None = None
+    use_cache: bool = False
+    tenant: str = "default"
+    # Purpose of the call in the business process, recorded in the ledger and audit rows.
+    purpose: str = "completion"
+
+    def prompt_hash(self, model: str) -> str:
+        return prompt_hash(model, self.messages, self.parameters)
+
+
+def prompt_hash(model: str, messages: list[ChatMessage], parameters: LlmParameters) -> str:
+    canonical = json.dumps(
+        {
+            "model": model,
+            "messages": [m.model_dump() for m in messages],
+            "parameters": parameters.model_dump(),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ModelCandidate(BaseModel):
+    model: str
+    provider: str
+    breaker_open: bool = False
+    breaker_retry_in_seconds: float | None = None
+
+
+class RoutePlan(BaseModel):
+    route: str | None
+    candidates: list[ModelCandidate]
+    policy: CallPolicy
+    task_queue: str
+    fallback_policy: FallbackPolicy
+    fallback_response: str | None
+
+
+class AttemptInput(BaseModel):
+    """One model's turn at answering (the activity retries it under the route's policy)."""
+
+    request: LlmRequest
+    model: str
+    provider: str
+    route: str | None = None
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+class LlmAnswer(BaseModel):
+    text: str
+    model: str
+    provider: str
+    usage: Usage = Field(default_factory=Usage)
+    cost_usd: Decimal | None = None
+    finish_reason: str | None = None
+    cached: bool = False
+    # The answer came from the final fallback policy, not from a model.
+    fallback_used: bool = False
+    attempts: int = 1
+    latency_ms: int = 0
+    # Models that failed before this answer, with their error classes, in order.
+    failed_models: list[tuple[str, str]] = Field(default_factory=list)

@@ -1,0 +1,56 @@
+"""What a call cost, from the maintained price table (pydantic's genai-prices).
+
+An unknown model is recorded with its tokens and a null cost, never a guess, and warned about once.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+
+import structlog
+from genai_prices import Usage as PriceUsage
+from genai_prices import calc_price
+
+from activities.llm.models import Usage
+
+log = structlog.get_logger(__name__)
+_warned: set[tuple[str, str]] = set()
+
+
+@lru_cache(maxsize=512)
+def _known(provider: str, model: str) -> bool:
+    try:
+        calc_price(
+            PriceUsage(input_tokens=0, output_tokens=0),
+            model_ref=model,
+            provider_id=provider,
+        )
+    except LookupError:
+        return False
+    return True
+
+
+def price_usd(provider: str, model: str, usage: Usage) -> Decimal | None:
+    if not _known(provider, model):
+        if (provider, model) not in _warned:
+            _warned.add((provider, model))
+            log.warning(
+                "llm.price_unknown",
+                provider=provider,
+                model=model,
+                hint="tokens are recorded with a null cost; upgrade genai-prices or use a "
+                "model it knows",
+            )
+        return None
+    # genai-prices counts cache reads inside input_tokens, as both providers report them.
+    calculation = calc_price(
+        PriceUsage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cached_tokens or None,
+        ),
+        model_ref=model,
+        provider_id=provider,
+    )
+    return Decimal(calculation.total_price).quantize(Decimal("0.00000001"))

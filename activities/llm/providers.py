@@ -1,0 +1,229 @@
+"""LLM providers behind one small interface: stream a chat completion, report text and usage.
+
+The SDKs run with ``max_retries=0`` and an explicit timeout: Temporal owns retries. One client per
+provider per process, so connections are pooled across calls.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Protocol
+
+import anthropic
+import httpx2
+import openai
+
+from activities.llm.models import ChatMessage, LlmParameters, Usage
+from infra.settings import KeelSettings, get_settings
+
+SIMULATOR_API_KEY = "keel-simulator"
+OnDelta = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class Completion:
+    text: str = ""
+    usage: Usage = field(default_factory=Usage)
+    usage_reported: bool = False
+    finish_reason: str | None = None
+    first_token_ms: int | None = None
+
+
+class Provider(Protocol):
+    name: str
+
+    async def complete(
+        self,
+        model: str,
+        messages: list[ChatMessage],
+        parameters: LlmParameters,
+        timeout_seconds: float,
+        on_delta: OnDelta,
+        partial: Completion,
+    ) -> Completion:
+        """Stream a completion into ``partial`` (so a broken stream leaves what arrived)."""
+        ...
+
+
+def estimate_tokens(text: str) -> int:
+    """Token estimate for text whose usage the provider never reported (a broken stream).
+
+    The same rule as keel's simulator: about four characters a token.
+    """
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def _timeout(seconds: float) -> httpx2.Timeout:
+    return httpx2.Timeout(seconds, connect=min(10.0, seconds))
+
+
+class OpenAIProvider:
+    """OpenAI and every OpenAI-compatible server (vLLM, Ollama, keel's simulator)."""
+
+    name = "openai"
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self._client = client
+
+    async def complete(
+        self,
+        model: str,
+        messages: list[ChatMessage],
+        parameters: LlmParameters,
+        timeout_seconds: float,
+        on_delta: OnDelta,
+        partial: Completion,
+    ) -> Completion:
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "messages": [m.model_dump() for m in messages],
+            "max_completion_tokens": parameters.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "timeout": _timeout(timeout_seconds),
+        }
+        if parameters.temperature is not None:
+            kwargs["temperature"] = parameters.temperature
+        if parameters.json_schema is not None:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": parameters.json_schema_name,
+                    "schema": parameters.json_schema,
+                },
+            }
+        started = time.perf_counter()
+        stream = await self._client.chat.completions.create(**kwargs)
+        async with stream:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    details = chunk.usage.prompt_tokens_details
+                    completion_details = chunk.usage.completion_tokens_details
+                    partial.usage = Usage(
+                        input_tokens=chunk.usage.prompt_tokens,
+                        output_tokens=chunk.usage.completion_tokens,
+                        cached_tokens=(details.cached_tokens or 0) if details else 0,
+                        reasoning_tokens=(completion_details.reasoning_tokens or 0)
+                        if completion_details
+                        else 0,
+                    )
+                    partial.usage_reported = True
+                for choice in chunk.choices:
+                    delta = choice.delta.content if choice.delta else None
+                    if delta:
+                        if partial.first_token_ms is None:
+                            partial.first_token_ms = int((time.perf_counter() - started) * 1000)
+                        partial.text += delta
+                        await on_delta(delta)
+                    if choice.finish_reason:
+                        partial.finish_reason = choice.finish_reason
+        return partial
+
+
+class AnthropicProvider:
+    name = "anthropic"
+
+    def __init__(self, client: anthropic.AsyncAnthropic) -> None:
+        self._client = client
+
+    async def complete(
+        self,
+        model: str,
+        messages: list[ChatMessage],
+        parameters: LlmParameters,
+        timeout_seconds: float,
+        on_delta: OnDelta,
+        partial: Completion,
+    ) -> Completion:
+        system = "\n\n".join(m.content for m in messages if m.role == "system")
+        turns = [{"role": m.role, "content": m.content} for m in messages if m.role != "system"]
+        if parameters.json_schema is not None:
+            # Anthropic has no response_format: ask for the schema in the system prompt.
+            system = (
+                f"{system}\n\nAnswer with one JSON object only, valid against this JSON schema:\n"
+                f"{json.dumps(parameters.json_schema)}"
+            ).strip()
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "messages": turns,
+            "max_tokens": parameters.max_tokens,
+            "timeout": _timeout(timeout_seconds),
+        }
+        if system:
+            kwargs["system"] = system
+        if parameters.temperature is not None:
+            kwargs["temperature"] = min(parameters.temperature, 1.0)
+        started = time.perf_counter()
+        input_tokens = cached = 0
+        async with self._client.messages.stream(**kwargs) as stream:
+            async for event in stream:
+                if event.type == "message_start":
+                    usage = event.message.usage
+                    input_tokens = usage.input_tokens
+                    cached = usage.cache_read_input_tokens or 0
+                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    if partial.first_token_ms is None:
+                        partial.first_token_ms = int((time.perf_counter() - started) * 1000)
+                    partial.text += event.delta.text
+                    await on_delta(event.delta.text)
+                elif event.type == "message_delta":
+                    partial.finish_reason = event.delta.stop_reason
+                    partial.usage = Usage(
+                        input_tokens=input_tokens + cached,
+                        output_tokens=event.usage.output_tokens,
+                        cached_tokens=cached,
+                    )
+                    partial.usage_reported = True
+        return partial
+
+
+def provider_for_model(model: str) -> tuple[str, str]:
+    """``(provider, model name)``: an explicit ``anthropic:``/``openai:`` prefix wins; otherwise
+    Claude models go to Anthropic and everything else to the OpenAI-compatible endpoint."""
+    prefix, sep, rest = model.partition(":")
+    if sep and prefix in ("openai", "anthropic"):
+        return prefix, rest
+    return ("anthropic" if model.startswith("claude") else "openai"), model
+
+
+@lru_cache(maxsize=8)
+def _openai_client(base_url: str | None, api_key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+
+
+@lru_cache(maxsize=8)
+def _anthropic_client(base_url: str | None, api_key: str) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=base_url, api_key=api_key, max_retries=0)
+
+
+def get_provider(name: str, settings: KeelSettings | None = None) -> Provider:
+    settings = settings or get_settings()
+    simulator = settings.effective_simulator_url
+    if name == "anthropic":
+        if settings.anthropic_api_key is not None:
+            return AnthropicProvider(
+                _anthropic_client(
+                    settings.anthropic_base_url,
+                    settings.anthropic_api_key.get_secret_value(),
+                )
+            )
+        if settings.uses_simulator or settings.anthropic_base_url:
+            return AnthropicProvider(
+                _anthropic_client(settings.anthropic_base_url or simulator, SIMULATOR_API_KEY)
+            )
+        raise LookupError(
+            "no Anthropic credentials: set ANTHROPIC_API_KEY, or route this call to another model"
+        )
+    if settings.openai_api_key is not None:
+        return OpenAIProvider(
+            _openai_client(settings.openai_base_url, settings.openai_api_key.get_secret_value())
+        )
+    if settings.uses_simulator or settings.openai_base_url:
+        return OpenAIProvider(
+            _openai_client(settings.openai_base_url or f"{simulator}/v1", SIMULATOR_API_KEY)
+        )
+    raise LookupError("no OpenAI credentials: set OPENAI_API_KEY, or route this call elsewhere")
