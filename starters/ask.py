@@ -1,0 +1,102 @@
+"""``keel ask``: one durable question, answered by the first healthy model in a route."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import typer
+from temporalio.client import WorkflowFailureError
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+
+from activities.llm.models import FallbackPolicy
+from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
+from infra.settings import get_settings
+from infra.temporal_client import connect
+from starters.output import console, fail, workflow_link
+from workflows.ask import AskInput, AskOutput, AskWorkflow
+
+
+def tenant_search_attributes(tenant: str, kind: str) -> TypedSearchAttributes:
+    return TypedSearchAttributes(
+        [SearchAttributePair(KEEL_TENANT, tenant), SearchAttributePair(KEEL_WORKFLOW_KIND, kind)]
+    )
+
+
+def print_answer(result: AskOutput) -> None:
+    answer = result.answer
+    console.print(answer.text, markup=False, highlight=False)
+    cost = f"${answer.cost_usd:.6f}" if answer.cost_usd is not None else "unknown (unpriced model)"
+    console.print(
+        f"[dim]model {answer.model} · tokens in {answer.usage.input_tokens} / out "
+        f"{answer.usage.output_tokens} · cost {cost} · attempts {answer.attempts}"
+        + (" · cached" if answer.cached else "")
+        + (" · FALLBACK RESPONSE" if answer.fallback_used else "")
+        + "[/]"
+    )
+    for model, cause in answer.failed_models:
+        console.print(f"[yellow]fell back from {model}: {cause}[/]")
+
+
+async def _ask(params: AskInput, workflow_id: str, wait: bool) -> None:
+    settings = get_settings()
+    client = await connect(settings)
+    handle = await client.start_workflow(
+        AskWorkflow.run,
+        params,
+        id=workflow_id,
+        task_queue=settings.interactive_task_queue,
+        search_attributes=tenant_search_attributes(params.tenant, "ask"),
+    )
+    console.print(f"[bold]workflow[/] {workflow_id}  {workflow_link(settings, workflow_id)}")
+    if not wait:
+        console.print(f"result: [cyan]temporal workflow result --workflow-id {workflow_id}[/]")
+        return
+    try:
+        result = await handle.result()
+    except WorkflowFailureError as error:
+        fail(
+            str(error.cause or error),
+            f"see what happened: keel audit {workflow_id}",
+        )
+    print_answer(result)
+    console.print(f"[dim]trail: keel audit {workflow_id}[/]")
+
+
+def ask(
+    prompt: str = typer.Argument(..., help="The question."),
+    route: str | None = typer.Option(None, help="Named route (see settings.routes)."),
+    model: list[str] | None = typer.Option(
+        None, "--model", "-m", help="Explicit model chain, in fallback order (repeatable)."
+    ),
+    system: str | None = typer.Option(None, help="System prompt."),
+    max_tokens: int = typer.Option(512, min=1),
+    temperature: float | None = typer.Option(None, min=0, max=2),
+    tenant: str = typer.Option("default"),
+    fallback: FallbackPolicy | None = typer.Option(
+        None, help="What to do when every model fails (default from settings)."
+    ),
+    fallback_response: str | None = typer.Option(None, help="Text for --fallback response."),
+    cache: bool = typer.Option(False, help="Answer identical temperature-0 calls from cache."),
+    workflow_id: str | None = typer.Option(None, "--id", help="Workflow id (default: generated)."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for and print the answer."),
+) -> None:
+    """Ask one question durably; prints the answer, the model, tokens, cost and the workflow id."""
+    settings = get_settings()
+    if route and model:
+        fail("give either --route or --model, not both")
+    if route and route not in settings.routes:
+        fail(f"unknown route {route!r}", f"configured routes: {', '.join(sorted(settings.routes))}")
+    params = AskInput(
+        prompt=prompt,
+        system=system,
+        route=route,
+        models=model or None,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        tenant=tenant,
+        fallback_policy=fallback,
+        fallback_response=fallback_response,
+        use_cache=cache,
+    )
+    asyncio.run(_ask(params, workflow_id or f"ask-{uuid.uuid4().hex[:12]}", wait))

@@ -1,0 +1,23 @@
+"""Build a keel worker for one task queue: the registrations, the interceptors, the limits."""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from infra.settings import KeelSettings, get_settings
+from infra.structured_logging import LogContextInterceptor
+from workers.registry import queue_contents
+
+
+def build_worker(client: Client, queue: str, settings: KeelSettings | None = None) -> Worker:
+    settings = settings or get_settings()
+    contents = queue_contents(queue, settings)
+    return Worker(
+        client,
+        task_queue=queue,
+        workflows=list(contents.workflows),
+        activities=list(contents.activities),
+        interceptors=[LogContextInterceptor()],
+        max_concurrent_activities=contents.max_concurrent_activities,
+    )

@@ -1,0 +1,34 @@
+"""What runs on each task queue. The queues are bulkheads: a flood of batch work never takes the
+slots interactive calls need, because they are polled by different worker processes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from activities.audit_trail import record_audit_event
+from activities.llm.activities import complete_chat, plan_llm_route
+from infra.settings import KeelSettings
+from workflows.ask import AskWorkflow
+
+
+@dataclass(frozen=True)
+class QueueContents:
+    workflows: Sequence[type] = field(default_factory=list)
+    activities: Sequence[Callable[..., Any]] = field(default_factory=list)
+    max_concurrent_activities: int = 100
+
+
+LLM_ACTIVITIES: list[Callable[..., Any]] = [complete_chat, plan_llm_route, record_audit_event]
+
+
+def queue_contents(queue: str, settings: KeelSettings) -> QueueContents:
+    if queue == settings.interactive_task_queue:
+        return QueueContents(
+            workflows=[AskWorkflow], activities=LLM_ACTIVITIES, max_concurrent_activities=200
+        )
+    if queue == settings.batch_task_queue:
+        return QueueContents(workflows=[], activities=LLM_ACTIVITIES, max_concurrent_activities=400)
+    known = ", ".join([settings.interactive_task_queue, settings.batch_task_queue])
+    raise ValueError(f"unknown task queue {queue!r}; keel's queues are: {known}")
