@@ -31,6 +31,8 @@ class KeelSettings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         populate_by_name=True,
+        # An empty variable (e.g. `OPENAI_API_KEY=` in compose) means unset, not an empty key.
+        env_ignore_empty=True,
     )
 
     home: Path = Field(

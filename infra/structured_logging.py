@@ -88,6 +88,21 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
+class _CurrentStderrHandler(logging.StreamHandler[Any]):
+    """Writes to whatever ``sys.stderr`` is now, so redirection after set-up still works."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 _configured = False
 
 
@@ -113,7 +128,12 @@ def configure_logging(settings: KeelSettings | None = None, *, force: bool = Fal
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Redact before the event leaves structlog, so no handler ever sees a secret.
+        processors=[
+            *shared,
+            redact_secrets,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
@@ -126,7 +146,7 @@ def configure_logging(settings: KeelSettings | None = None, *, force: bool = Fal
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderrHandler()
     handler.setFormatter(formatter)
     handler.addFilter(_RedactingFilter())
     root = logging.getLogger()
