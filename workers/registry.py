@@ -32,3 +32,11 @@ def queue_contents(queue: str, settings: KeelSettings) -> QueueContents:
         return QueueContents(workflows=[], activities=LLM_ACTIVITIES, max_concurrent_activities=400)
     known = ", ".join([settings.interactive_task_queue, settings.batch_task_queue])
     raise ValueError(f"unknown task queue {queue!r}; keel's queues are: {known}")
+
+
+def all_workflows(settings: KeelSettings) -> list[type]:
+    """Every workflow keel runs, on any queue (the replay test checks each one)."""
+    found: list[type] = []
+    for queue in (settings.interactive_task_queue, settings.batch_task_queue):
+        found += [w for w in queue_contents(queue, settings).workflows if w not in found]
+    return found

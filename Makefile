@@ -1,0 +1,41 @@
+# keel's two commands: `make demo` (see it work) and `make test` (prove it works).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+
+.PHONY: install demo down test lint format bench clean
+
+$(BIN)/.keel-installed: pyproject.toml uv.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	@# --inexact keeps uv itself, which is not a project dependency.
+	@UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --frozen --inexact --quiet
+	@touch $@
+
+install: $(BIN)/.keel-installed
+
+demo: install
+	$(BIN)/keel dev up
+	$(BIN)/keel demo
+
+down:
+	@if [ -x $(BIN)/keel ]; then $(BIN)/keel dev down; fi
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python bench/llm_overhead.py
+
+clean: down
+	rm -rf $(VENV) .keel .mypy_cache .ruff_cache .pytest_cache
