@@ -6,26 +6,14 @@ that retries or a workflow that replays writes the row once.
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
+from activities.audit_event import AuditEventInput
 from infra.database import session_factory
 from infra.tables import AuditEvent
-
-
-class AuditEventInput(BaseModel):
-    event_key: str
-    workflow_id: str
-    run_id: str | None = None
-    tenant: str = "default"
-    event_type: str
-    actor: str = "keel"
-    payload: dict[str, Any] = Field(default_factory=dict)
 
 
 async def write_audit_event(session: AsyncSession, event: AuditEventInput) -> None:

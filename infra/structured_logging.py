@@ -153,7 +153,7 @@ def configure_logging(settings: KeelSettings | None = None, *, force: bool = Fal
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Request lines from the HTTP clients would otherwise drown the useful events.
-    for noisy in ("httpx", "httpcore", "openai", "anthropic"):
+    for noisy in ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "anthropic", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     _configured = True
 

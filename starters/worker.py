@@ -8,7 +8,6 @@ import typer
 
 from infra.settings import get_settings
 from infra.structured_logging import configure_logging
-from workers.__main__ import run_worker
 
 
 def worker(
@@ -17,5 +16,7 @@ def worker(
     ),
 ) -> None:
     """Run a worker for one task queue until Ctrl-C / SIGTERM."""
+    from workers.__main__ import run_worker  # the worker's imports are heavy; only pay them here
+
     configure_logging()
     asyncio.run(run_worker(queue or get_settings().interactive_task_queue))

@@ -14,8 +14,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.audit_trail import AuditEventInput, record_audit_event
-    from activities.llm.activities import complete_chat, plan_llm_route
+    from activities.audit_event import AuditEventInput
     from activities.llm.models import (
         NON_RETRYABLE_ERROR_TYPES,
         AttemptInput,
@@ -24,8 +23,15 @@ with workflow.unsafe.imports_passed_through():
         FallbackPolicy,
         LlmAnswer,
         LlmRequest,
+        RoutePlan,
         error_class_from_type,
     )
+
+# Activities are named, not imported: workflow modules (and the CLI that starts them) stay free of
+# the provider SDKs and database drivers the activities need.
+PLAN_LLM_ROUTE = "plan_llm_route"
+COMPLETE_CHAT = "complete_chat"
+RECORD_AUDIT_EVENT = "record_audit_event"
 
 LOCAL_ACTIVITY_TIMEOUT = timedelta(seconds=10)
 LOCAL_ACTIVITY_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=2))
@@ -41,7 +47,7 @@ async def audit(event_type: str, tenant: str, payload: dict[str, Any], actor: st
     """Write an audit row from workflow code; the key is replay-stable, so it is written once."""
     info = workflow.info()
     await workflow.execute_local_activity(
-        record_audit_event,
+        RECORD_AUDIT_EVENT,
         AuditEventInput(
             event_key=f"{info.workflow_id}/{info.run_id}/{workflow.uuid4()}",
             workflow_id=info.workflow_id,
@@ -78,8 +84,9 @@ def failure_class(error: ActivityError) -> ErrorClass:
 async def ask_llm(request: LlmRequest) -> LlmAnswer:
     """Answer ``request`` with the first model in its route that succeeds."""
     plan = await workflow.execute_local_activity(
-        plan_llm_route,
+        PLAN_LLM_ROUTE,
         request,
+        result_type=RoutePlan,
         start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
         retry_policy=RetryPolicy(maximum_attempts=3, non_retryable_error_types=["UnknownRoute"]),
     )
@@ -101,7 +108,7 @@ async def ask_llm(request: LlmRequest) -> LlmAnswer:
             continue
         try:
             answer = await workflow.execute_activity(
-                complete_chat,
+                COMPLETE_CHAT,
                 AttemptInput(
                     request=request,
                     model=candidate.model,
@@ -114,6 +121,7 @@ async def ask_llm(request: LlmRequest) -> LlmAnswer:
                 schedule_to_close_timeout=plan.policy.schedule_to_close,
                 retry_policy=retry_policy(plan.policy),
                 summary=f"{request.purpose}: {candidate.model}",
+                result_type=LlmAnswer,
             )
         except ActivityError as error:
             error_class = failure_class(error)

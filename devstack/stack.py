@@ -1,0 +1,584 @@
+"""The zero-setup stack: ``up`` / ``down`` / ``status`` over all its parts.
+
+``up`` starts, in order and only what the settings call for: the Temporal dev server, the
+embedded Postgres (or checks DATABASE_URL), the migrations, the LLM simulator, one worker per task
+queue. Everything lives under ``settings.home``. ``up`` is idempotent; ``down`` stops only what
+keel started (proved by its pid files) and keeps the data unless ``purge``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+import structlog
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from devstack import embedded_postgres, temporal_dev_server
+from devstack.errors import DevStackError
+from devstack.layout import StackLayout
+from devstack.processes import (
+    ManagedProcess,
+    PortClaim,
+    StopOutcome,
+    ensure_port_free,
+    probe,
+    recorded_parts,
+    remove_record,
+    spawn,
+    stop_parts,
+    wait_ready,
+)
+from infra.settings import KeelSettings, get_settings
+
+log = structlog.get_logger(__name__)
+
+TEMPORAL = temporal_dev_server.PART
+POSTGRES = embedded_postgres.PART
+SIMULATOR = "simulator"
+MIGRATIONS = "migrations"
+WORKER_SETTLE_SECONDS = 1.5
+
+PartState = Literal["running", "stopped", "external", "not used"]
+
+
+@dataclass
+class PartStatus:
+    name: str
+    what: str
+    state: PartState
+    address: str | None = None
+    pid: int | None = None
+    log_path: Path | None = None
+    action: str | None = None
+    note: str | None = None
+
+
+@dataclass
+class StackStatus:
+    home: Path
+    parts: list[PartStatus]
+    temporal_address: str
+    temporal_namespace: str
+    database_url: str
+    web_ui_url: str | None = None
+    simulator_url: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def part(self, name: str) -> PartStatus:
+        for part in self.parts:
+            if part.name == name:
+                return part
+        raise KeyError(name)
+
+    @property
+    def started(self) -> list[str]:
+        return [p.name for p in self.parts if p.action == "started"]
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {p.name: p.pid for p in self.parts if p.pid is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["home"] = str(self.home)
+        for part in data["parts"]:
+            part["log_path"] = str(part["log_path"]) if part["log_path"] else None
+        return data
+
+
+# --- naming and environment -----------------------------------------------------------------
+
+
+def worker_part(queue: str) -> str:
+    """The part name (pid/log file stem) of the worker for ``queue``."""
+    return "worker-" + re.sub(r"[^A-Za-z0-9._-]", "_", queue)
+
+
+def worker_queues(settings: KeelSettings) -> list[str]:
+    return list(dict.fromkeys([settings.interactive_task_queue, settings.batch_task_queue]))
+
+
+def stack_env(settings: KeelSettings) -> dict[str, str]:
+    """The environment for processes of the stack (workers, simulator).
+
+    The parent's environment plus the settings that decide where the stack is, spelled so that
+    ``get_settings()`` in the child derives the same addresses (workers read settings themselves).
+    """
+    env = dict(os.environ)
+    env["KEEL_HOME"] = str(settings.home)
+    env["KEEL_DEV_TEMPORAL_PORT"] = str(settings.dev_temporal_port)
+    env["KEEL_DEV_TEMPORAL_UI_PORT"] = str(settings.dev_temporal_ui_port)
+    env["KEEL_DEV_POSTGRES_PORT"] = str(settings.dev_postgres_port)
+    env["KEEL_SIMULATOR_PORT"] = str(settings.simulator_port)
+    env["KEEL_TEMPORAL_NAMESPACE"] = settings.temporal_namespace
+    env["KEEL_INTERACTIVE_TASK_QUEUE"] = settings.interactive_task_queue
+    env["KEEL_BATCH_TASK_QUEUE"] = settings.batch_task_queue
+    for key in ("KEEL_TEMPORAL_ADDRESS", "TEMPORAL_ADDRESS"):
+        env.pop(key, None)
+    if settings.temporal_address is not None:
+        env["KEEL_TEMPORAL_ADDRESS"] = settings.temporal_address
+    for key in ("KEEL_DATABASE_URL", "DATABASE_URL"):
+        env.pop(key, None)
+    if settings.database_url is not None:
+        env["KEEL_DATABASE_URL"] = settings.database_url.get_secret_value()
+    env.pop("KEEL_SIMULATOR_URL", None)
+    if settings.simulator_url is not None:
+        env["KEEL_SIMULATOR_URL"] = settings.simulator_url
+    return env
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def simulator_spec(
+    settings: KeelSettings, layout: StackLayout, profile: str | None = None
+) -> ManagedProcess:
+    port = settings.simulator_port
+    argv: tuple[str, ...] = (
+        sys.executable,
+        "-m",
+        "llmsim",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    )
+    if profile:
+        argv += ("--profile", profile)
+    url = f"http://127.0.0.1:{port}"
+    return ManagedProcess(
+        name=SIMULATOR,
+        what="LLM simulator",
+        argv=argv,
+        address=url,
+        env=stack_env(settings),
+        cwd=Path.cwd(),
+        ports=(
+            PortClaim(
+                port,
+                "LLM simulator",
+                "set KEEL_SIMULATOR_PORT to a free port, KEEL_SIMULATOR_URL to use a running "
+                "simulator, or OPENAI_API_KEY/ANTHROPIC_API_KEY to use real providers",
+            ),
+        ),
+        ready=lambda: http_ok(f"{url}/health"),
+        ready_timeout=30.0,
+    )
+
+
+def worker_spec(settings: KeelSettings, queue: str) -> ManagedProcess:
+    return ManagedProcess(
+        name=worker_part(queue),
+        what=f"worker ({queue})",
+        argv=(sys.executable, "-m", "workers", "--queue", queue),
+        address=f"task queue {queue}",
+        env=stack_env(settings),
+        cwd=Path.cwd(),
+        settle_seconds=WORKER_SETTLE_SECONDS,
+    )
+
+
+# --- up -------------------------------------------------------------------------------------
+
+
+class _Reporter:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.actions: dict[str, str] = {}
+        self.notes: list[str] = []
+
+    def action(self, part: str, what: str, text: str) -> None:
+        self.actions[part] = what
+        self.console.print(f"[green]✓[/] {escape(text)}")
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        log.debug("devstack.note", note=text)
+        self.console.print(f"[yellow]•[/] {escape(text)}")
+
+
+def _ensure_running(
+    specs: Sequence[ManagedProcess], layout: StackLayout, report: _Reporter
+) -> None:
+    """Start each spec not already running (spawn all, then wait for all)."""
+    spawned = []
+    for spec in specs:
+        found = probe(layout, spec.name, spec.argv)
+        if found.state == "running":
+            assert found.record is not None
+            text = f"{spec.label} already running (pid {found.pid})"
+            if found.record.argv is not None and found.record.argv != spec.argv:
+                text += " with other options than requested; `keel dev down` then `up` to apply"
+            report.action(spec.name, "already running", text)
+            continue
+        if found.state == "stale":
+            remove_record(layout, spec.name)
+            report.note(f"removed stale pid file of {spec.name}: {found.reason}")
+        for claim in spec.ports:
+            ensure_port_free(claim)
+        spawned.append((spec, spawn(spec, layout)))
+    for spec, process in spawned:
+        wait_ready(spec, layout, process)
+        where = f" at {spec.address}" if spec.address else ""
+        report.action(spec.name, "started", f"{spec.label} started (pid {process.pid}){where}")
+
+
+def _run_migrations(settings: KeelSettings, report: _Reporter) -> None:
+    shown = embedded_postgres.display_url(settings.effective_database_url)
+    try:
+        from infra.migrate import upgrade_to_head  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise DevStackError(
+            f"Cannot run the database migrations: {exc}.",
+            hint="infra/migrate.py (upgrade_to_head) is part of keel; check the checkout",
+        ) from exc
+    alembic_logger = logging.getLogger("alembic")
+    previous_level = alembic_logger.level
+    if alembic_logger.getEffectiveLevel() < logging.WARNING:
+        alembic_logger.setLevel(logging.WARNING)  # the console line below says what happened
+    try:
+        _outside_event_loop(lambda: upgrade_to_head(settings.effective_database_url))
+    except DevStackError:
+        raise
+    except Exception as exc:
+        raise DevStackError(
+            f"Database migrations (alembic upgrade head) failed against {shown}: "
+            f"{type(exc).__name__}: {exc}",
+            hint="fix the migration error above, then run `keel dev up` again "
+            "(everything already started stays running)",
+        ) from exc
+    finally:
+        alembic_logger.setLevel(previous_level)
+    report.action(MIGRATIONS, "applied", f"database migrations at head ({shown})")
+
+
+def _outside_event_loop(fn: Callable[[], None]) -> None:
+    """Run ``fn`` here, or in a helper thread when this thread runs an event loop (alembic's
+    env.py calls ``asyncio.run``)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        fn()
+        return
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="keel-migrations")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _simulator_banner(settings: KeelSettings, profile: str | None, console: Console) -> None:
+    profile_text = f" (profile '{profile}')" if profile else ""
+    console.print(
+        Panel(
+            "No OPENAI_API_KEY or ANTHROPIC_API_KEY is set, so every LLM call goes to the keel "
+            f"LLM simulator at {escape(settings.effective_simulator_url)}{escape(profile_text)}.\n"
+            "Set a provider key to use real models.",
+            title="[bold]LLM SIMULATOR IN USE[/]",
+            border_style="bold yellow",
+        )
+    )
+
+
+def up(
+    settings: KeelSettings | None = None,
+    *,
+    sim_profile: str | None = None,
+    workers: bool = True,
+    migrate: bool = True,
+    overrides: Mapping[str, ManagedProcess] | None = None,
+    console: Console | None = None,
+) -> StackStatus:
+    """Start what is not running yet; return the resulting status.
+
+    ``overrides`` maps a part name (``simulator``, ``worker-<queue>``, ``temporal``) to the
+    :class:`ManagedProcess` to run instead of the default one (the test seam).
+    Raises :class:`DevStackError` with what to do when a part cannot start; parts already started
+    stay running.
+    """
+    settings = settings or get_settings()
+    overrides = dict(overrides or {})
+    console = console or Console()
+    layout = StackLayout(settings.home)
+    layout.ensure()
+    report = _Reporter(console)
+    log.debug("devstack.up", home=str(layout.home))
+
+    # 1. Temporal
+    if settings.uses_dev_temporal:
+        spec = overrides.get(TEMPORAL) or temporal_dev_server.temporal_spec(settings, layout)
+        _ensure_running([spec], layout, report)
+    else:
+        warning = temporal_dev_server.check_external(
+            settings.effective_temporal_address, settings.temporal_namespace
+        )
+        if warning:
+            report.note(warning)
+        report.action(TEMPORAL, "external", f"using Temporal at {settings.temporal_address}")
+
+    # 2. Postgres
+    if settings.uses_embedded_postgres:
+        if POSTGRES in overrides:
+            pg = overrides[POSTGRES]
+        else:
+            run_as = embedded_postgres.run_as_user()
+            for note in embedded_postgres.prepare_data_dir(layout, run_as):
+                report.note(note)
+            if embedded_postgres.initdb(layout, run_as):
+                report.note(f"initialised a new Postgres cluster in {layout.postgres_data}")
+            pg = embedded_postgres.postgres_spec(settings, layout, run_as)
+        _ensure_running([pg], layout, report)
+        if POSTGRES not in overrides and embedded_postgres.ensure_database(
+            settings.dev_postgres_port
+        ):
+            report.note(f"created database '{embedded_postgres.DATABASE}'")
+    else:
+        embedded_postgres.check_database_url(settings.effective_database_url)
+        report.action(
+            POSTGRES,
+            "external",
+            "using Postgres at " + embedded_postgres.display_url(settings.effective_database_url),
+        )
+
+    # 3. Migrations
+    if migrate:
+        _run_migrations(settings, report)
+
+    # 4. Simulator (before the workers: they may call it right away)
+    if settings.uses_simulator:
+        if settings.simulator_url is not None:
+            url = settings.simulator_url.rstrip("/")
+            if not http_ok(f"{url}/health"):
+                report.note(f"the simulator at {url} (KEEL_SIMULATOR_URL) does not answer /health")
+        else:
+            sim = overrides.get(SIMULATOR) or simulator_spec(settings, layout, sim_profile)
+            _ensure_running([sim], layout, report)
+        _simulator_banner(settings, sim_profile, console)
+
+    # 5. Workers, one process per task queue
+    if workers:
+        specs = [
+            overrides.get(worker_part(q)) or worker_spec(settings, q)
+            for q in worker_queues(settings)
+        ]
+        _ensure_running(specs, layout, report)
+
+    result = status(settings)
+    for part in result.parts:
+        part.action = report.actions.get(part.name, part.action)
+    result.notes = report.notes
+    return result
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+def _managed_status(layout: StackLayout, name: str, what: str, address: str | None) -> PartStatus:
+    found = probe(layout, name)
+    if found.state == "running":
+        recorded = found.record.address if found.record is not None else None
+        return PartStatus(
+            name, what, "running", recorded or address, found.pid, layout.log_file(name)
+        )
+    note = f"stale pid file: {found.reason}" if found.state == "stale" else None
+    return PartStatus(name, what, "stopped", address, None, layout.log_file(name), note=note)
+
+
+def status(settings: KeelSettings | None = None) -> StackStatus:
+    """The state of every part (reads pid files and the process table; changes nothing)."""
+    settings = settings or get_settings()
+    layout = StackLayout(settings.home)
+    parts: list[PartStatus] = []
+
+    if settings.uses_dev_temporal:
+        parts.append(
+            _managed_status(
+                layout, TEMPORAL, "Temporal dev server", settings.effective_temporal_address
+            )
+        )
+    else:
+        parts.append(PartStatus(TEMPORAL, "Temporal", "external", settings.temporal_address))
+
+    db_url = embedded_postgres.display_url(settings.effective_database_url)
+    if settings.uses_embedded_postgres:
+        parts.append(_managed_status(layout, POSTGRES, "embedded Postgres", db_url))
+    else:
+        parts.append(PartStatus(POSTGRES, "Postgres", "external", db_url))
+
+    simulator_url: str | None = None
+    if not settings.uses_simulator:
+        parts.append(
+            PartStatus(SIMULATOR, "LLM simulator", "not used", note="a provider key is set")
+        )
+    elif settings.simulator_url is not None:
+        simulator_url = settings.simulator_url
+        parts.append(PartStatus(SIMULATOR, "LLM simulator", "external", simulator_url))
+    else:
+        simulator_url = settings.effective_simulator_url
+        parts.append(_managed_status(layout, SIMULATOR, "LLM simulator", simulator_url))
+
+    for queue in worker_queues(settings):
+        parts.append(
+            _managed_status(layout, worker_part(queue), f"worker ({queue})", f"task queue {queue}")
+        )
+
+    known = {p.name for p in parts}
+    for name in recorded_parts(layout):
+        if name not in known:
+            parts.append(_managed_status(layout, name, name, None))
+
+    return StackStatus(
+        home=layout.home,
+        parts=parts,
+        temporal_address=settings.effective_temporal_address,
+        temporal_namespace=settings.temporal_namespace,
+        database_url=db_url,
+        web_ui_url=settings.web_ui_url if settings.uses_dev_temporal else None,
+        simulator_url=simulator_url,
+    )
+
+
+# --- down -----------------------------------------------------------------------------------
+
+
+def _live_postmaster(data_dir: Path) -> int | None:
+    """The pid of a live postmaster on ``data_dir`` (per its postmaster.pid), if any."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError, PermissionError):
+        return None
+    try:
+        process = psutil.Process(pid)
+        if process.name() == "postgres" and process.status() != psutil.STATUS_ZOMBIE:
+            return pid
+    except psutil.Error:
+        return None
+    return None
+
+
+def down(
+    settings: KeelSettings | None = None,
+    *,
+    purge: bool = False,
+    grace: float = 10.0,
+    console: Console | None = None,
+) -> list[StopOutcome]:
+    """Stop what keel started (workers and simulator first, then Postgres and Temporal).
+
+    SIGTERM to each process group, SIGKILL after ``grace`` seconds; Postgres is stopped with
+    ``pg_ctl stop -m fast``. Data stays unless ``purge``. Idempotent.
+    """
+    settings = settings or get_settings()
+    console = console or Console()
+    layout = StackLayout(settings.home)
+    names = recorded_parts(layout)
+    core = [n for n in (POSTGRES, TEMPORAL) if n in names]
+    first = [n for n in names if n not in core]
+    outcomes = stop_parts(layout, first, grace=grace) + stop_parts(layout, core, grace=grace)
+    for outcome in outcomes:
+        if outcome.result == "stopped":
+            console.print(f"[green]✓[/] stopped {escape(outcome.name)} (pid {outcome.pid})")
+        elif outcome.result == "stale":
+            console.print(
+                f"[yellow]•[/] removed stale pid file of {escape(outcome.name)}: "
+                f"{escape(outcome.detail or '')}"
+            )
+        elif outcome.result == "failed":
+            console.print(
+                f"[red]✗[/] could not stop {escape(outcome.name)} (pid {outcome.pid}): "
+                f"{escape(outcome.detail or '')}"
+            )
+    if not any(o.result == "stopped" for o in outcomes):
+        console.print("Nothing keel started is running.")
+    failed = [o for o in outcomes if o.result == "failed"]
+    if failed:
+        raise DevStackError(
+            "Some processes did not stop: " + ", ".join(f"{o.name} (pid {o.pid})" for o in failed),
+            hint="stop them by hand (`kill -9 PID`) and run `keel dev down` again",
+        )
+    if purge:
+        _purge(layout, console)
+    return outcomes
+
+
+def _purge(layout: StackLayout, console: Console) -> None:
+    postmaster = _live_postmaster(layout.postgres_data)
+    if postmaster is not None:
+        raise DevStackError(
+            f"Not purging: a Postgres (pid {postmaster}) still runs on {layout.postgres_data} "
+            "without a keel pid file.",
+            hint=f"stop it first: `kill {postmaster}`, then `keel dev down --purge` again",
+        )
+    for directory in layout.data_dirs():
+        if directory.exists():
+            shutil.rmtree(directory)
+            console.print(f"[green]✓[/] removed {escape(str(directory))}")
+    with contextlib.suppress(OSError):  # not empty (other files live there) or already gone
+        layout.home.rmdir()
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+_STATE_STYLE = {"running": "green", "stopped": "red", "external": "cyan", "not used": "dim"}
+
+
+def print_status(result: StackStatus, console: Console) -> None:
+    """The status table plus the addresses a person needs next."""
+    table = Table(title=f"keel dev stack ({escape(str(result.home))})", title_justify="left")
+    table.add_column("part")
+    table.add_column("state")
+    table.add_column("address")
+    table.add_column("pid", justify="right")
+    table.add_column("log")
+    for part in result.parts:
+        state = f"[{_STATE_STYLE[part.state]}]{part.state}[/]"
+        if part.note:
+            state += f" [dim]({escape(part.note)})[/]"
+        table.add_row(
+            escape(part.what),
+            state,
+            escape(part.address or ""),
+            str(part.pid) if part.pid else "",
+            escape(str(part.log_path)) if part.log_path and part.state == "running" else "",
+        )
+    console.print(table)
+    if result.web_ui_url:
+        console.print(f"Temporal Web UI:  [bold link={result.web_ui_url}]{result.web_ui_url}[/]")
+    console.print(
+        f"Temporal:         {escape(result.temporal_address)} "
+        f"(namespace {escape(result.temporal_namespace)})"
+    )
+    console.print(f"Database:         {escape(result.database_url)}")
+    if result.simulator_url:
+        console.print(f"LLM simulator:    {escape(result.simulator_url)}")
+    console.print(f"Logs:             {escape(str(result.home / 'logs'))}")
