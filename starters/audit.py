@@ -15,21 +15,17 @@ from infra.tables import LlmCall
 from starters.output import console, fail
 
 
-async def _audit(workflow_id: str, as_json: bool) -> None:
-    try:
-        async with session_factory()() as session:
-            events = await read_audit_trail(session, workflow_id)
-            calls = list(
-                (
-                    await session.execute(
-                        select(LlmCall)
-                        .where(LlmCall.workflow_id == workflow_id)
-                        .order_by(LlmCall.id)
-                    )
-                ).scalars()
-            )
-    finally:
-        await dispose_engines()
+async def show_audit(workflow_id: str, as_json: bool = False) -> None:
+    """Print the trail and the ledger of one workflow (engines are left open for the caller)."""
+    async with session_factory()() as session:
+        events = await read_audit_trail(session, workflow_id)
+        calls = list(
+            (
+                await session.execute(
+                    select(LlmCall).where(LlmCall.workflow_id == workflow_id).order_by(LlmCall.id)
+                )
+            ).scalars()
+        )
     if not events and not calls:
         fail(
             f"no audit trail for workflow {workflow_id!r}",
@@ -83,3 +79,10 @@ def audit(
 ) -> None:
     """Show a workflow's audit trail and its LLM ledger, in order."""
     asyncio.run(_audit(workflow_id, as_json))
+
+
+async def _audit(workflow_id: str, as_json: bool) -> None:
+    try:
+        await show_audit(workflow_id, as_json)
+    finally:
+        await dispose_engines()
