@@ -7,6 +7,9 @@ import typer
 from starters.ask import ask
 from starters.audit import audit
 from starters.config import config_app
+from starters.demo import demo
+from starters.dev import dev_app
+from starters.sim import sim
 from starters.worker import worker
 
 app = typer.Typer(
@@ -18,4 +21,7 @@ app = typer.Typer(
 app.command()(ask)
 app.command()(audit)
 app.command()(worker)
+app.command()(demo)
 app.add_typer(config_app, name="config")
+app.add_typer(dev_app, name="dev")
+app.command()(sim)

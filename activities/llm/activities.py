@@ -17,7 +17,12 @@ from temporalio.exceptions import ApplicationError
 
 from activities.llm import circuit_breaker, response_cache
 from activities.llm.errors import ClassifiedError, classify
-from activities.llm.ledger import AttemptRecord, record_attempt
+from activities.llm.ledger import (
+    IN_FLIGHT,
+    AttemptRecord,
+    record_attempt,
+    record_attempt_started,
+)
 from activities.llm.models import (
     AttemptInput,
     CallClass,
@@ -29,6 +34,7 @@ from activities.llm.models import (
     Usage,
 )
 from activities.llm.pricing import price_usd
+from activities.llm.streaming import open_attempt_stream
 from activities.llm.providers import (
     Completion,
     estimate_tokens,
@@ -193,15 +199,20 @@ async def complete_chat(call: AttemptInput) -> LlmAnswer:
             await record_attempt(
                 session, attempt.ledger_row("short_circuited", Usage(), None, refused)
             )
+        if refused is None:  # committed before the provider sees the request (see ledger.py)
+            await record_attempt_started(session, attempt.ledger_row(IN_FLIGHT, Usage()))
     if refused is not None:  # raised after the commit, so the ledger keeps the refusal
         raise ApplicationError(
             refused.message, type=ErrorClass.CIRCUIT_OPEN.error_type, non_retryable=True
         )
 
-    async def on_delta(_: str) -> None:
+    stream = open_attempt_stream(request.stream_key, model)
+
+    async def on_delta(delta: str) -> None:
         # Progress is the liveness signal: a stream that stalls stops heartbeating and the
         # heartbeat timeout, not the much longer start-to-close, ends the attempt.
         activity.heartbeat()
+        stream.delta(delta)
 
     policy = (
         settings.batch_policy
@@ -210,7 +221,7 @@ async def complete_chat(call: AttemptInput) -> LlmAnswer:
     )
     try:
         provider = get_provider(provider_name, settings)
-        async with asyncio.timeout(policy.start_to_close_seconds):
+        async with stream, asyncio.timeout(policy.start_to_close_seconds):
             await provider.complete(
                 model_name,
                 request.messages,

@@ -24,6 +24,7 @@ _CONTEXT_MARKERS = (
     "maximum context length",
     "prompt is too long",
     "context window",
+    "context limit",
     "too many tokens",
 )
 _POLICY_MARKERS = (

@@ -1,15 +1,27 @@
-"""The LLM call ledger: exactly one ``llm_calls`` row per attempt that really happened."""
+"""The LLM call ledger: exactly one ``llm_calls`` row per attempt that really happened.
+
+The row is written before the provider is called (outcome ``in_flight``) and completed after, so
+an attempt whose worker dies mid-call still has its row; the next attempt of the same activity
+marks it ``interrupted``. Without that, a SIGKILLed worker's calls would vanish from the ledger
+while the provider still billed them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
 
+from sqlalchemy import func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.llm.models import Usage
 from infra.tables import LlmCall
+
+# Activity ids restart in every workflow run, so the run is part of an attempt's identity.
+LEDGER_KEY = ["workflow_id", "run_id", "activity_id", "attempt"]
+IN_FLIGHT = "in_flight"
+INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)
@@ -33,33 +45,71 @@ class AttemptRecord:
     error_message: str | None = None
 
 
-async def record_attempt(session: AsyncSession, record: AttemptRecord) -> None:
-    """Insert the attempt; a replay of the same attempt (same workflow, activity, attempt) is a
-    no-op, so a retried write never double-counts tokens or cost."""
-    statement = (
-        insert(LlmCall)
-        .values(
-            workflow_id=record.workflow_id,
-            run_id=record.run_id,
-            activity_id=record.activity_id,
-            attempt=record.attempt,
-            tenant=record.tenant,
-            route=record.route,
-            provider=record.provider,
-            model=record.model,
-            prompt_hash=record.prompt_hash,
-            input_tokens=record.usage.input_tokens,
-            output_tokens=record.usage.output_tokens,
-            cached_tokens=record.usage.cached_tokens,
-            reasoning_tokens=record.usage.reasoning_tokens,
-            cost_usd=record.cost_usd,
-            latency_ms=record.latency_ms,
-            first_token_ms=record.first_token_ms,
-            streamed=record.streamed,
-            outcome=record.outcome,
-            error_class=record.error_class,
-            error_message=record.error_message,
+def _values(record: AttemptRecord) -> dict[str, object]:
+    return {
+        "workflow_id": record.workflow_id,
+        "run_id": record.run_id,
+        "activity_id": record.activity_id,
+        "attempt": record.attempt,
+        "tenant": record.tenant,
+        "route": record.route,
+        "provider": record.provider,
+        "model": record.model,
+        "prompt_hash": record.prompt_hash,
+        "input_tokens": record.usage.input_tokens,
+        "output_tokens": record.usage.output_tokens,
+        "cached_tokens": record.usage.cached_tokens,
+        "reasoning_tokens": record.usage.reasoning_tokens,
+        "cost_usd": record.cost_usd,
+        "latency_ms": record.latency_ms,
+        "first_token_ms": record.first_token_ms,
+        "streamed": record.streamed,
+        "outcome": record.outcome,
+        "error_class": record.error_class,
+        "error_message": record.error_message,
+    }
+
+
+async def record_attempt_started(session: AsyncSession, record: AttemptRecord) -> None:
+    """Write the attempt's row before the provider sees the request (outcome ``in_flight``).
+
+    A later attempt of the same activity finding earlier rows still in flight knows their worker
+    died mid-call: they are marked ``interrupted`` (their tokens are unknown, so no cost)."""
+    await session.execute(
+        update(LlmCall)
+        .where(
+            LlmCall.workflow_id == record.workflow_id,
+            LlmCall.run_id == record.run_id,
+            LlmCall.activity_id == record.activity_id,
+            LlmCall.attempt < record.attempt,
+            LlmCall.outcome == IN_FLIGHT,
         )
-        .on_conflict_do_nothing(index_elements=["workflow_id", "activity_id", "attempt"])
+        .values(
+            outcome=INTERRUPTED,
+            error_message=f"the worker stopped during this attempt; attempt {record.attempt} "
+            "took over",
+        )
+    )
+    await session.execute(
+        insert(LlmCall)
+        .values(**{**_values(record), "outcome": IN_FLIGHT})
+        .on_conflict_do_nothing(index_elements=LEDGER_KEY)
+    )
+
+
+async def record_attempt(session: AsyncSession, record: AttemptRecord) -> None:
+    """Complete the attempt's in-flight row (or insert it, for attempts that never called the
+    provider); a replay of a finished attempt is a no-op, so a retried write never
+    double-counts tokens or cost."""
+    values = _values(record)
+    statement = insert(LlmCall).values(**values)
+    statement = statement.on_conflict_do_update(
+        index_elements=LEDGER_KEY,
+        set_={
+            **{name: statement.excluded[name] for name in values if name not in LEDGER_KEY},
+            # created_at is when the attempt finished, as for rows inserted whole.
+            "created_at": func.now(),
+        },
+        where=LlmCall.outcome == IN_FLIGHT,
     )
     await session.execute(statement)

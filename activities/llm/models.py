@@ -130,6 +130,10 @@ class LlmRequest(BaseModel):
     tenant: str = "default"
     # Purpose of the call in the business process, recorded in the ledger and audit rows.
     purpose: str = "completion"
+    # Publish the answer's tokens, as they arrive, to this token stream (infra/token_streams.py).
+    stream_key: str | None = None
+    # Temporal task priority of the call (1 = most urgent; None: inherit the workflow's).
+    priority_key: int | None = Field(default=None, ge=1, le=5)
 
     def prompt_hash(self, model: str) -> str:
         return prompt_hash(model, self.messages, self.parameters)

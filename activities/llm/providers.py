@@ -156,7 +156,8 @@ class AnthropicProvider:
         if system:
             kwargs["system"] = system
         if parameters.temperature is not None:
-            kwargs["temperature"] = min(parameters.temperature, 1.0)
+            # This SDK version takes no `temperature` argument; the API still accepts the field.
+            kwargs["extra_body"] = {"temperature": min(parameters.temperature, 1.0)}
         started = time.perf_counter()
         input_tokens = cached = 0
         async with self._client.messages.stream(**kwargs) as stream:

@@ -1,0 +1,59 @@
+"""``keel sim``: run keel's LLM simulator in the foreground."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from infra.settings import get_settings
+from llmsim import PROFILES, serve
+
+
+def sim(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port (0: any free port). Default: KEEL_SIMULATOR_PORT / 8299."),
+    ] = None,
+    profile: Annotated[
+        str, typer.Option(help=f"Fault profile: {', '.join(sorted(PROFILES))}.")
+    ] = "none",
+    profile_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Fault profile file (JSON or YAML), applied on top of --profile.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seeds reply text and fault draws.")] = 0,
+    latency_scale: Annotated[
+        float, typer.Option(min=0, help="Multiplies model latencies; 0 answers at once.")
+    ] = 1.0,
+) -> None:
+    """Run the LLM simulator: an OpenAI- and Anthropic-compatible API with seeded faults."""
+    if profile not in PROFILES:
+        raise typer.BadParameter(
+            f"unknown profile {profile!r}; choose from {', '.join(sorted(PROFILES))}",
+            param_hint="--profile",
+        )
+    chosen_port = get_settings().simulator_port if port is None else port
+
+    def ready(url: str) -> None:
+        typer.echo(f"keel LLM simulator listening on {url} (profile: {profile}, seed: {seed})")
+        typer.echo("Point the SDKs at it (any API key is accepted):")
+        typer.echo(f"  export OPENAI_BASE_URL={url}/v1")
+        typer.echo(f"  export ANTHROPIC_BASE_URL={url}")
+        typer.echo(f"Admin: {url}/admin/stats, {url}/admin/faults. Ctrl-C to stop.")
+
+    serve(
+        host=host,
+        port=chosen_port,
+        profile=profile,
+        seed=seed,
+        latency_scale=latency_scale,
+        profile_file=profile_file,
+        on_ready=ready,
+    )
