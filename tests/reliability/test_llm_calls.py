@@ -54,7 +54,7 @@ async def test_answer_is_metered_in_the_ledger_and_audited(
 async def test_anthropic_models_go_through_the_anthropic_sdk(
     client: Client, keel_settings: KeelSettings, interactive_worker: Worker, simulator: SimServer
 ) -> None:
-    workflow_id, result = await ask(client, keel_settings, models=[BACKUP])
+    workflow_id, result = await ask(client, keel_settings, models=[BACKUP], temperature=0.2)
     assert result.answer.provider == "anthropic" and result.answer.text
     (row,) = await ledger_rows(workflow_id)
     assert row.provider == "anthropic" and row.cost_usd is not None and row.cost_usd > 0
