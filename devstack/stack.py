@@ -310,6 +310,34 @@ def _simulator_banner(settings: KeelSettings, profile: str | None, console: Cons
     )
 
 
+def _ensure_embedded_postgres(
+    settings: KeelSettings,
+    layout: StackLayout,
+    report: _Reporter,
+    override: ManagedProcess | None = None,
+) -> None:
+    if override is not None:
+        _ensure_running([override], layout, report)
+        return
+    run_as = embedded_postgres.run_as_user()
+    for note in embedded_postgres.prepare_data_dir(layout, run_as):
+        report.note(note)
+    if embedded_postgres.initdb(layout, run_as):
+        report.note(f"initialised a new Postgres cluster in {layout.postgres_data}")
+    _ensure_running([embedded_postgres.postgres_spec(settings, layout, run_as)], layout, report)
+    if embedded_postgres.ensure_database(settings.dev_postgres_port):
+        report.note(f"created database '{embedded_postgres.DATABASE}'")
+
+
+def up_postgres_only(settings: KeelSettings, console: Console | None = None) -> str:
+    """Start only the embedded Postgres under ``settings.home`` and return its URL (the test
+    suite's fallback on a machine with no Postgres of its own). ``down`` stops it."""
+    layout = StackLayout(settings.home)
+    layout.ensure()
+    _ensure_embedded_postgres(settings, layout, _Reporter(console or Console(stderr=True)))
+    return embedded_postgres.embedded_url(settings)
+
+
 def up(
     settings: KeelSettings | None = None,
     *,
@@ -348,20 +376,7 @@ def up(
 
     # 2. Postgres
     if settings.uses_embedded_postgres:
-        if POSTGRES in overrides:
-            pg = overrides[POSTGRES]
-        else:
-            run_as = embedded_postgres.run_as_user()
-            for note in embedded_postgres.prepare_data_dir(layout, run_as):
-                report.note(note)
-            if embedded_postgres.initdb(layout, run_as):
-                report.note(f"initialised a new Postgres cluster in {layout.postgres_data}")
-            pg = embedded_postgres.postgres_spec(settings, layout, run_as)
-        _ensure_running([pg], layout, report)
-        if POSTGRES not in overrides and embedded_postgres.ensure_database(
-            settings.dev_postgres_port
-        ):
-            report.note(f"created database '{embedded_postgres.DATABASE}'")
+        _ensure_embedded_postgres(settings, layout, report, overrides.get(POSTGRES))
     else:
         embedded_postgres.check_database_url(settings.effective_database_url)
         report.action(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +27,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from devstack import stack
 from infra.database import dispose_engines
 from infra.migrate import upgrade_to_head
 from infra.search_attributes import ALL_SEARCH_ATTRIBUTES
@@ -88,13 +90,40 @@ def _plain_url(url: str) -> str:
     return to_asyncpg_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
+LOCAL_POSTGRES = ("127.0.0.1", 5432)
+
+
+def _accepts_connections(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex((host, port)) == 0
+
+
 @pytest.fixture(scope="session")
-def postgres_server_url() -> str:
-    """A URL to the server's maintenance database; test databases are created beside it."""
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A URL to the server's maintenance database; test databases are created beside it.
+
+    ``KEEL_TEST_DATABASE_URL`` / ``DATABASE_URL``, else a Postgres on 127.0.0.1:5432, else an
+    embedded Postgres started for this session (a machine with nothing installed still tests;
+    ``KEEL_TEST_POSTGRES=embedded`` forces it).
+    """
     explicit = os.environ.get("KEEL_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
-    url = _plain_url(explicit) if explicit else "postgresql://postgres@127.0.0.1:5432/postgres"
-    base, _, _ = url.rpartition("/")
-    return f"{base}/postgres"
+    if explicit:
+        yield _plain_url(explicit).rpartition("/")[0] + "/postgres"
+    elif os.environ.get("KEEL_TEST_POSTGRES") != "embedded" and _accepts_connections(
+        *LOCAL_POSTGRES
+    ):
+        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+    else:
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        settings = KeelSettings(
+            home=tmp_path_factory.mktemp("embedded-postgres"), dev_postgres_port=port
+        )
+        url = _plain_url(stack.up_postgres_only(settings))
+        yield url.rpartition("/")[0] + "/postgres"
+        stack.down(settings)
 
 
 _database_numbers = itertools.count()

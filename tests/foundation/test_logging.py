@@ -7,9 +7,13 @@ import logging
 
 import pytest
 import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
 
 from infra.settings import KeelSettings
 from infra.structured_logging import configure_logging, redact_text
+from llmsim import SimServer
+from workflows.ask import AskInput, AskWorkflow
 
 SECRETS = {
     "openai": "sk-proj-A1b2C3d4E5f6G7h8I9j0",
@@ -66,3 +70,36 @@ def test_contextvars_are_bound_to_lines(json_logs: pytest.CaptureFixture[str]) -
     assert line["workflow_id"] == "wf-1"
     assert line["attempt"] == 2
     assert line["event"] == "step"
+
+
+async def test_worker_lines_carry_workflow_run_activity_and_attempt(
+    client: Client,
+    keel_settings: KeelSettings,
+    interactive_worker: Worker,
+    simulator: SimServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A person can follow one request through the logs: the interceptor binds the ids."""
+    configure_logging(keel_settings, force=True)
+    simulator.add_faults("server_error", model="gpt-4o-mini", count=1)
+    workflow_id = "logging-context-check"
+    handle = await client.start_workflow(
+        AskWorkflow.run,
+        AskInput(prompt="hello", models=["gpt-4o-mini"]),
+        id=workflow_id,
+        task_queue=keel_settings.interactive_task_queue,
+    )
+    await handle.result()
+    lines = [
+        line
+        for line in _lines(capsys)
+        if line.get("event") in ("llm.call_failed", "llm.call_succeeded")
+    ]
+    assert [(line["event"], line["attempt"]) for line in lines] == [
+        ("llm.call_failed", 1),
+        ("llm.call_succeeded", 2),
+    ]
+    for line in lines:
+        assert line["workflow_id"] == workflow_id
+        assert line["run_id"] == handle.result_run_id
+        assert line["activity"] == "complete_chat"
