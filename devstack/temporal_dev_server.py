@@ -18,6 +18,7 @@ from devstack.errors import DevStackError
 from devstack.layout import StackLayout
 from devstack.processes import ManagedProcess, PortClaim
 from infra.search_attributes import cli_search_attribute_flags
+from infra.temporal_tuning import dev_server_args
 from infra.settings import KeelSettings
 
 PART = "temporal"
@@ -74,6 +75,8 @@ def server_argv(settings: KeelSettings, layout: StackLayout, cli: Path) -> tuple
         "--log-level",
         "warn",
         *cli_search_attribute_flags(),
+        # Without these each hop waits up to 50 ms (see infra/temporal_tuning.py).
+        *dev_server_args(),
     )
 
 
