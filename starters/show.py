@@ -1,0 +1,141 @@
+"""``keel show WORKFLOW_ID``: where a workflow stands — status, steps done, cost so far, and what
+it waits for (with the exact command) — from Temporal and Postgres, so it answers even when no
+worker is running."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import typer
+from sqlalchemy import func, select
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.approvals import gates_of
+from activities.audit_trail import read_audit_trail
+from infra.database import dispose_engines, session_factory
+from infra.settings import get_settings
+from infra.tables import LlmCall, PublishedDocument
+from infra.temporal_client import connect
+from starters.approvals import EXIT_NO_SUCH_WORKFLOW, age, due
+from starters.output import console, fail, workflow_link
+from starters.review import approve_command, reject_command
+
+# Audit events that describe a gate or a single LLM attempt, not a step of the process.
+_DETAIL_PREFIXES = ("approval.", "llm.")
+
+
+async def _show(workflow_id: str, show_text: bool) -> None:
+    settings = get_settings()
+    try:
+        client = await connect(settings)
+    except ConnectionError as error:
+        fail(str(error))
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            fail(
+                f"no such workflow: {workflow_id!r}",
+                "pending reviews and their workflow ids: keel approvals",
+                code=EXIT_NO_SUCH_WORKFLOW,
+            )
+        raise
+    async with session_factory()() as session:
+        events = await read_audit_trail(session, workflow_id)
+        gates = [g for g in await gates_of(session, workflow_id) if g.run_id == description.run_id]
+        calls, cost, unpriced, tokens_in, tokens_out = (
+            await session.execute(
+                select(
+                    func.count(),
+                    func.sum(LlmCall.cost_usd),
+                    func.count().filter(LlmCall.cost_usd.is_(None)),
+                    func.coalesce(func.sum(LlmCall.input_tokens), 0),
+                    func.coalesce(func.sum(LlmCall.output_tokens), 0),
+                ).where(LlmCall.workflow_id == workflow_id)
+            )
+        ).one()
+        published = (
+            await session.execute(
+                select(PublishedDocument).where(PublishedDocument.workflow_id == workflow_id)
+            )
+        ).scalar_one_or_none()
+
+    status = description.status or WorkflowExecutionStatus.RUNNING
+    console.print(
+        f"[bold]{workflow_id}[/] · {description.workflow_type} · [bold]{status.name}[/] · "
+        f"started {age(description.start_time)} ago"
+    )
+    console.print(f"[dim]{workflow_link(settings, workflow_id)}[/]")
+
+    steps = [e for e in events if not e.event_type.startswith(_DETAIL_PREFIXES)]
+    console.print("[bold]steps done[/]")
+    for event in steps or []:
+        console.print(f"  {event.occurred_at:%H:%M:%S} {event.event_type}")
+    if not steps:
+        console.print("  none recorded yet")
+
+    spent = f"${Decimal(cost or 0):.6f}" + (f" (+{unpriced} unpriced)" if unpriced else "")
+    console.print(
+        f"[bold]cost so far[/] {spent} over {calls} LLM call attempt(s) · tokens in {tokens_in}"
+        f" / out {tokens_out}"
+    )
+    for gate in gates:
+        if gate.status == "pending":
+            continue
+        who = ", ".join(gate.decided_by) or "keel"
+        console.print(
+            f"[bold]gate {gate.gate}[/] {gate.status} by {who}"
+            + (f": {gate.decision_reason}" if gate.decision_reason else ""),
+            highlight=False,
+        )
+
+    waiting = next((g for g in reversed(gates) if g.status == "pending"), None)
+    if status != WorkflowExecutionStatus.RUNNING:
+        if published is not None:
+            console.print(
+                f"[bold]published[/] as document {published.id}"
+                + (" [yellow](flagged: no human approved it)[/]" if published.flagged else "")
+            )
+            if show_text:
+                console.print(published.content, markup=False, highlight=False)
+        console.print(f"[dim]trail: keel audit {workflow_id}[/]")
+        return
+    if waiting is None:
+        console.print("[bold]waiting for[/] nothing from you: the workflow is working")
+        return
+    console.print(
+        f"[bold yellow]waiting for[/] approval of gate [bold]{waiting.gate}[/]"
+        + (f" ({waiting.subject})" if waiting.subject else "")
+    )
+    console.print(f"  why: {waiting.reason_requested}", markup=False, highlight=False)
+    console.print(
+        f"  who: role {waiting.required_role}"
+        + (f" (escalated, level {waiting.escalation_level})" if waiting.escalation_level else "")
+        + f" · {len(waiting.decided_by)} of {waiting.approvals_required} approvals"
+        + (f" ({', '.join(waiting.decided_by)})" if waiting.decided_by else "")
+        + f" · asked {age(waiting.requested_at)} ago · deadline {due(waiting.deadline_at)}"
+    )
+    if show_text:
+        text = waiting.final if waiting.final is not None else waiting.draft
+        label = "edited text under review" if waiting.final is not None else "draft under review"
+        console.print(f"  [dim]{label}:[/]")
+        console.print("    " + (text or "").replace("\n", "\n    "), markup=False, highlight=False)
+    console.print(f"  approve: [cyan]{approve_command(workflow_id)}[/]")
+    console.print(f"  reject:  [cyan]{reject_command(workflow_id)}[/]")
+
+
+def show(
+    workflow_id: str = typer.Argument(..., help="The workflow to look at."),
+    text: bool = typer.Option(True, "--text/--no-text", help="Print the text under review."),
+) -> None:
+    """Status, steps done, cost so far, and what the workflow waits for."""
+
+    async def run() -> None:
+        try:
+            await _show(workflow_id, text)
+        finally:
+            await dispose_engines()
+
+    asyncio.run(run())
