@@ -1,0 +1,709 @@
+"""Batches and their items in Postgres: loading a file, claiming items, recording outcomes,
+metering spend from the ledger, and the reads behind ``keel batch status | results | list``.
+
+The batch workflow holds only counters and a handful of claimed items; everything else lives
+here. Every write is idempotent, because every activity may run twice:
+
+* a claim is named by a token (workflow run + claim number): running it again returns the items
+  it took the first time instead of taking new ones;
+* an outcome is written to the item's own row, keyed by (batch_id, custom_id), and only while
+  the item is ``running``: writing it twice changes nothing, and one item has one result;
+* loading inserts with ON CONFLICT DO NOTHING on (batch_id, custom_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.batch_files import (
+    ItemRequest,
+    ParsedLine,
+    ValidationReport,
+    invalid_line_id,
+    parse_file,
+    validate,
+)
+from activities.llm.models import Usage
+from infra.database import session_factory
+from infra.tables import Approval, Batch, BatchItem, LlmCall
+
+INSERT_CHUNK = 1000
+INVALID_REQUEST = "invalid_request"
+TERMINAL_STATUSES = frozenset({"completed", "cancelled", "aborted", "refused"})
+ItemStatus = Literal["pending", "running", "ok", "failed", "skipped"]
+
+
+def batch_workflow_id(batch_id: str) -> str:
+    return f"batch-{batch_id}"
+
+
+class BatchOptions(BaseModel):
+    """How a batch runs; set at start, kept in the ``batches`` row and the workflow's input."""
+
+    tenant: str = "default"
+    concurrency: int = Field(default=50, ge=1, le=2000)
+    # --route / --model override the models named in the file; neither: each line's model,
+    # else the default route.
+    route: str | None = None
+    model: str | None = None
+    budget_usd: Decimal | None = Field(default=None, gt=0)
+    max_failure_rate: float | None = Field(default=None, ge=0, le=1)
+    # Refuse a file with any malformed line (default: they become failed items).
+    strict: bool = False
+    # Who may raise the budget (or stop the batch) at its gate, and how long the gate waits
+    # before its default action: stop.
+    budget_role: str = "batch-owner"
+    budget_gate_deadline: timedelta = timedelta(hours=72)
+
+
+# --- Loading ---------------------------------------------------------------------------------
+
+
+class LoadSummary(BaseModel):
+    total: int
+    invalid: int
+    created: bool
+
+
+def _item_row(batch_id: str, line: ParsedLine) -> dict[str, Any]:
+    if line.request is not None:
+        return {
+            "batch_id": batch_id,
+            "custom_id": line.custom_id,
+            "line_no": line.line_no,
+            "status": "pending",
+            "request": line.request.model_dump(mode="json", exclude_none=True),
+            "model": line.request.model,
+        }
+    return {
+        "batch_id": batch_id,
+        "custom_id": line.custom_id or invalid_line_id(line.line_no),
+        "line_no": line.line_no,
+        "status": "failed",
+        "request": None,
+        "model": None,
+        "error_class": INVALID_REQUEST,
+        "error_message": f"line {line.line_no}: {line.problem}",
+    }
+
+
+async def create_batch(
+    session: AsyncSession,
+    batch_id: str,
+    options: BatchOptions,
+    *,
+    source_name: str | None,
+    status: str = "queued",
+    schedule_id: str | None = None,
+) -> bool:
+    """Insert the batch row; False when a batch with this id already exists."""
+    created = await session.execute(
+        insert(Batch)
+        .values(
+            id=batch_id,
+            tenant=options.tenant,
+            workflow_id=batch_workflow_id(batch_id),
+            status=status,
+            source_name=source_name,
+            route=options.route,
+            model=options.model,
+            concurrency=options.concurrency,
+            budget_usd=options.budget_usd,
+            max_failure_rate=options.max_failure_rate,
+            schedule_id=schedule_id,
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(Batch.id)
+    )
+    return created.first() is not None
+
+
+async def insert_items(
+    session: AsyncSession,
+    batch_id: str,
+    lines: Iterable[ParsedLine],
+    on_chunk: Any = None,
+) -> tuple[int, int]:
+    """Insert the items in chunks (a retried load inserts nothing twice); (total, invalid)."""
+    total = invalid = 0
+    chunk: list[dict[str, Any]] = []
+
+    async def flush() -> None:
+        if chunk:
+            await session.execute(
+                insert(BatchItem).on_conflict_do_nothing(index_elements=["batch_id", "custom_id"]),
+                chunk,
+            )
+            if on_chunk is not None:
+                on_chunk(total)
+            chunk.clear()
+
+    for line in lines:
+        total += 1
+        invalid += 0 if line.valid else 1
+        chunk.append(_item_row(batch_id, line))
+        if len(chunk) >= INSERT_CHUNK:
+            await flush()
+    await flush()
+    await session.execute(update(Batch).where(Batch.id == batch_id).values(total_items=total))
+    return total, invalid
+
+
+def refusal(report: ValidationReport, strict: bool) -> str | None:
+    """Why a file must not run at all, or None."""
+    if report.duplicates:
+        first = report.duplicates[0]
+        return (
+            f"{len(report.duplicates)} duplicate custom_id(s), e.g. {first.custom_id!r} on lines "
+            f"{', '.join(map(str, first.line_numbers))}: each custom_id must be unique"
+        )
+    if strict and report.problems:
+        return f"{len(report.problems)} malformed line(s) and --strict is set"
+    if report.lines == 0:
+        return "the file has no items"
+    return None
+
+
+def _read_lines(path: Path) -> list[ParsedLine] | None:
+    return list(parse_file(path)) if path.is_file() else None
+
+
+class LoadFileInput(BaseModel):
+    batch_id: str
+    path: str
+    options: BatchOptions
+    schedule_id: str | None = None
+
+
+@activity.defn(name="load_batch_file")
+async def load_batch_file(params: LoadFileInput) -> LoadSummary:
+    """For scheduled batches: read the file on the worker, validate it, load its items.
+
+    A file with duplicate ids (or, with strict, any malformed line) is refused: the batch row
+    records why, and the activity fails non-retryably (retrying cannot fix a file)."""
+    path = Path(params.path)
+    # Reading and parsing is blocking work: off the event loop, or every activity on this
+    # worker would stall while a large file loads.
+    lines = await asyncio.to_thread(_read_lines, path)
+    if lines is None:
+        raise ApplicationError(
+            f"batch file {path} not found on the worker: a scheduled batch reads its file at "
+            "run time, so the path must exist where the keel-batch worker runs",
+            type="BatchFileMissing",
+            non_retryable=True,
+        )
+    report = validate(lines)
+    reason = refusal(report, params.options.strict)
+    async with session_factory().begin() as session:
+        created = await create_batch(
+            session,
+            params.batch_id,
+            params.options,
+            source_name=str(path),
+            status="refused" if reason else "loading",
+            schedule_id=params.schedule_id,
+        )
+        if reason:
+            await session.execute(
+                update(Batch)
+                .where(Batch.id == params.batch_id)
+                .values(status="refused", status_reason=reason, finished_at=func.now())
+            )
+    if reason:
+        raise ApplicationError(reason, type="BatchFileRefused", non_retryable=True)
+    async with session_factory().begin() as session:
+        total, invalid = await insert_items(
+            session, params.batch_id, lines, on_chunk=lambda done: activity.heartbeat(done)
+        )
+    return LoadSummary(total=total, invalid=invalid, created=created)
+
+
+# --- Running -----------------------------------------------------------------------------------
+
+
+class BatchCounts(BaseModel):
+    total: int = 0
+    pending: int = 0
+    running: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    # Failed because the line was malformed (never sent to a model).
+    invalid: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.ok + self.failed + self.skipped
+
+
+async def count_items(session: AsyncSession, batch_id: str) -> BatchCounts:
+    rows = await session.execute(
+        select(
+            BatchItem.status,
+            func.count(),
+            func.count().filter(BatchItem.error_class == INVALID_REQUEST),
+        )
+        .where(BatchItem.batch_id == batch_id)
+        .group_by(BatchItem.status)
+    )
+    counts = BatchCounts()
+    for status, count, invalid in rows:
+        setattr(counts, status, count)
+        counts.total += count
+        counts.invalid += invalid
+    return counts
+
+
+async def ledger_spend(session: AsyncSession, workflow_id: str) -> Decimal:
+    """What the batch's LLM attempts cost, from the ledger (every attempt, failed ones too)."""
+    spent = await session.scalar(
+        select(func.coalesce(func.sum(LlmCall.cost_usd), 0)).where(
+            LlmCall.workflow_id == workflow_id
+        )
+    )
+    return Decimal(spent or 0)
+
+
+class BeginRunInput(BaseModel):
+    batch_id: str
+    workflow_id: str
+    # A new execution started by `keel batch retry-failed` after the batch had finished.
+    retry_failed: bool = False
+
+
+class BeginRunResult(BaseModel):
+    counts: BatchCounts
+    spent_usd: Decimal
+    retried: int = 0
+    released: int = 0
+
+
+@activity.defn(name="begin_batch_run")
+async def begin_batch_run(params: BeginRunInput) -> BeginRunResult:
+    """Start (or continue) a batch run: items a previous run claimed but never started go back
+    to pending, and the batch is marked running."""
+    async with session_factory().begin() as session:
+        exists = await session.get(Batch, params.batch_id)
+        if exists is None:
+            raise ApplicationError(
+                f"batch {params.batch_id} does not exist (load it with `keel batch start`)",
+                type="BatchNotFound",
+                non_retryable=True,
+            )
+        released = await session.execute(
+            update(BatchItem)
+            .where(BatchItem.batch_id == params.batch_id, BatchItem.status == "running")
+            .values(status="pending", claim_token=None, run_count=BatchItem.run_count - 1)
+        )
+        retried = 0
+        if params.retry_failed:
+            retried = await _reset_failed(session, params.batch_id)
+        await session.execute(
+            update(Batch)
+            .where(Batch.id == params.batch_id)
+            .values(
+                status="running",
+                workflow_id=params.workflow_id,
+                status_reason=None,
+                started_at=func.coalesce(Batch.started_at, func.now()),
+                finished_at=None,
+            )
+        )
+        return BeginRunResult(
+            counts=await count_items(session, params.batch_id),
+            spent_usd=await ledger_spend(session, params.workflow_id),
+            retried=retried,
+            released=released.rowcount,  # type: ignore[attr-defined]
+        )
+
+
+async def _reset_failed(session: AsyncSession, batch_id: str) -> int:
+    """Failed items that can run again (malformed lines cannot) go back to pending."""
+    result = await session.execute(
+        update(BatchItem)
+        .where(
+            BatchItem.batch_id == batch_id,
+            BatchItem.status == "failed",
+            BatchItem.request.is_not(None),
+        )
+        .values(status="pending", claim_token=None, finished_at=None)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+class ResetFailedInput(BaseModel):
+    batch_id: str
+
+
+@activity.defn(name="reset_failed_batch_items")
+async def reset_failed_batch_items(params: ResetFailedInput) -> int:
+    async with session_factory().begin() as session:
+        return await _reset_failed(session, params.batch_id)
+
+
+class ClaimInput(BaseModel):
+    batch_id: str
+    claim_token: str
+    limit: int = Field(ge=1)
+    # Keep one claim's requests well under Temporal's 2 MB payload limit.
+    max_bytes: int = 1_000_000
+
+
+class ClaimedItem(BaseModel):
+    custom_id: str
+    line_no: int
+    request: ItemRequest
+
+
+_CLAIM = text(
+    """
+    WITH page AS (
+        SELECT id, line_no,
+               SUM(octet_length(request::text)) OVER (ORDER BY line_no) AS running_bytes,
+               ROW_NUMBER() OVER (ORDER BY line_no) AS position
+          FROM (SELECT id, line_no, request FROM batch_items
+                 WHERE batch_id = :batch_id AND status = 'pending'
+                 ORDER BY line_no LIMIT :limit) pending
+    )
+    UPDATE batch_items AS item
+       SET status = 'running', claim_token = :claim_token, run_count = item.run_count + 1,
+           updated_at = now()
+      FROM page
+     WHERE item.id = page.id AND (page.running_bytes <= :max_bytes OR page.position = 1)
+    RETURNING item.custom_id, item.line_no, item.request
+    """
+)
+
+
+@activity.defn(name="claim_batch_items")
+async def claim_batch_items(params: ClaimInput) -> list[ClaimedItem]:
+    """Take the next pending items in file order; the same claim token returns the same items."""
+    async with session_factory().begin() as session:
+        earlier = await session.execute(
+            select(BatchItem.custom_id, BatchItem.line_no, BatchItem.request)
+            .where(BatchItem.claim_token == params.claim_token)
+            .order_by(BatchItem.line_no)
+        )
+        rows = list(earlier)
+        if not rows:
+            rows = sorted(
+                await session.execute(
+                    _CLAIM,
+                    {
+                        "batch_id": params.batch_id,
+                        "claim_token": params.claim_token,
+                        "limit": params.limit,
+                        "max_bytes": params.max_bytes,
+                    },
+                ),
+                key=lambda row: row.line_no,
+            )
+    return [
+        ClaimedItem(
+            custom_id=row.custom_id,
+            line_no=row.line_no,
+            request=ItemRequest.model_validate(row.request),
+        )
+        for row in rows
+    ]
+
+
+class ReleaseInput(BaseModel):
+    batch_id: str
+    custom_ids: list[str]
+
+
+@activity.defn(name="release_batch_items")
+async def release_batch_items(params: ReleaseInput) -> int:
+    """Claimed items the run will not start (it is about to continue-as-new) go back."""
+    async with session_factory().begin() as session:
+        result = await session.execute(
+            update(BatchItem)
+            .where(
+                BatchItem.batch_id == params.batch_id,
+                BatchItem.custom_id.in_(params.custom_ids),
+                BatchItem.status == "running",
+            )
+            .values(status="pending", claim_token=None, run_count=BatchItem.run_count - 1)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+class ItemOutcome(BaseModel):
+    """What happened to one item: its answer, or why it failed."""
+
+    custom_id: str
+    status: Literal["ok", "failed"]
+    text: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    cost_usd: Decimal | None = None
+    attempts: int = 0
+    failed_models: list[tuple[str, str]] = Field(default_factory=list)
+    error_class: str | None = None
+    error_message: str | None = None
+
+    def response(self) -> dict[str, Any] | None:
+        if self.status != "ok":
+            return None
+        return {
+            "text": self.text,
+            "model": self.model,
+            "provider": self.provider,
+            "finish_reason": self.finish_reason,
+            "usage": (self.usage or Usage()).model_dump(),
+            "attempts": self.attempts,
+            "failed_models": [list(pair) for pair in self.failed_models],
+        }
+
+
+class RecordOutcomesInput(BaseModel):
+    batch_id: str
+    outcomes: list[ItemOutcome]
+    # Also read the batch's spend from the ledger (when it has a budget).
+    meter_workflow_id: str | None = None
+
+
+class RecordOutcomesResult(BaseModel):
+    recorded: int
+    spent_usd: Decimal | None = None
+
+
+# One statement for many outcomes (one round trip, and a real row count).
+_RECORD = text(
+    """
+    UPDATE batch_items AS item
+       SET status = o.status, response = o.response, model = o.model,
+           error_class = o.error_class, error_message = o.error_message, cost_usd = o.cost_usd,
+           finished_at = now(), updated_at = now()
+      FROM jsonb_to_recordset(CAST(:outcomes AS jsonb)) AS o(
+               custom_id text, status text, response jsonb, model text, error_class text,
+               error_message text, cost_usd numeric)
+     WHERE item.batch_id = :batch_id AND item.custom_id = o.custom_id
+       AND item.status = 'running'
+    """
+)
+
+
+@activity.defn(name="record_batch_item_outcomes")
+async def record_batch_item_outcomes(params: RecordOutcomesInput) -> RecordOutcomesResult:
+    """Write each item's outcome to its row. Only a ``running`` item takes an outcome, so a
+    replayed write is a no-op and no item ever has two results."""
+    outcomes = json.dumps(
+        [
+            {
+                "custom_id": outcome.custom_id,
+                "status": outcome.status,
+                "response": outcome.response(),
+                "model": outcome.model,
+                "error_class": outcome.error_class,
+                "error_message": outcome.error_message,
+                "cost_usd": str(outcome.cost_usd) if outcome.cost_usd is not None else None,
+            }
+            for outcome in params.outcomes
+        ]
+    )
+    async with session_factory().begin() as session:
+        result = await session.execute(_RECORD, {"batch_id": params.batch_id, "outcomes": outcomes})
+        spent = (
+            await ledger_spend(session, params.meter_workflow_id)
+            if params.meter_workflow_id
+            else None
+        )
+    return RecordOutcomesResult(recorded=int(result.rowcount), spent_usd=spent)  # type: ignore[attr-defined]
+
+
+class MeterInput(BaseModel):
+    workflow_id: str
+
+
+@activity.defn(name="meter_batch_spend")
+async def meter_batch_spend(params: MeterInput) -> Decimal:
+    async with session_factory()() as session:
+        return await ledger_spend(session, params.workflow_id)
+
+
+class StatusInput(BaseModel):
+    batch_id: str
+    status: str
+    reason: str | None = None
+    # Finish the batch: pending items become skipped (cancel, abort, budget stop).
+    skip_pending: bool = False
+    skip_reason: str | None = None
+    final: bool = False
+    budget_usd: Decimal | None = None
+
+
+@activity.defn(name="set_batch_status")
+async def set_batch_status(params: StatusInput) -> BatchCounts:
+    async with session_factory().begin() as session:
+        if params.skip_pending:
+            await session.execute(
+                update(BatchItem)
+                .where(
+                    BatchItem.batch_id == params.batch_id,
+                    BatchItem.status.in_(["pending", "running"]),
+                )
+                .values(
+                    status="skipped",
+                    error_class="skipped",
+                    error_message=params.skip_reason or params.reason,
+                    finished_at=func.now(),
+                )
+            )
+        values: dict[str, Any] = {"status": params.status, "status_reason": params.reason}
+        if params.final:
+            values["finished_at"] = func.now()
+        if params.budget_usd is not None:
+            values["budget_usd"] = params.budget_usd
+        await session.execute(update(Batch).where(Batch.id == params.batch_id).values(**values))
+        return await count_items(session, params.batch_id)
+
+
+# --- Reports (the CLI) --------------------------------------------------------------------------
+
+
+class BatchReport(BaseModel):
+    id: str
+    tenant: str
+    workflow_id: str
+    status: str
+    status_reason: str | None
+    source_name: str | None
+    concurrency: int
+    budget_usd: Decimal | None
+    max_failure_rate: float | None
+    schedule_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    counts: BatchCounts
+    spent_usd: Decimal
+    pending_gate: str | None = None
+    pending_gate_reason: str | None = None
+    # What the gate proposes: the budget that should finish the batch.
+    pending_gate_draft: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+async def batch_report(session: AsyncSession, batch_id: str) -> BatchReport | None:
+    batch = await session.get(Batch, batch_id)
+    if batch is None:
+        return None
+    gate = (
+        await session.execute(
+            select(Approval.gate, Approval.reason_requested, Approval.draft)
+            .where(Approval.workflow_id == batch.workflow_id, Approval.status == "pending")
+            .order_by(Approval.id.desc())
+            .limit(1)
+        )
+    ).first()
+    return BatchReport(
+        id=batch.id,
+        tenant=batch.tenant,
+        workflow_id=batch.workflow_id,
+        status=batch.status,
+        status_reason=batch.status_reason,
+        source_name=batch.source_name,
+        concurrency=batch.concurrency,
+        budget_usd=batch.budget_usd,
+        max_failure_rate=batch.max_failure_rate,
+        schedule_id=batch.schedule_id,
+        created_at=batch.created_at,
+        started_at=batch.started_at,
+        finished_at=batch.finished_at,
+        counts=await count_items(session, batch_id),
+        spent_usd=await ledger_spend(session, batch.workflow_id),
+        pending_gate=gate.gate if gate else None,
+        pending_gate_reason=gate.reason_requested if gate else None,
+        pending_gate_draft=gate.draft if gate else None,
+    )
+
+
+async def list_batches(session: AsyncSession, limit: int = 50) -> list[Batch]:
+    result = await session.execute(select(Batch).order_by(Batch.created_at.desc()).limit(limit))
+    return list(result.scalars())
+
+
+async def iter_items(session: AsyncSession, batch_id: str) -> AsyncIterator[BatchItem]:
+    """Every item in file order, streamed (a 100k-item batch is never all in memory)."""
+    result = await session.stream_scalars(
+        select(BatchItem)
+        .where(BatchItem.batch_id == batch_id)
+        .order_by(BatchItem.line_no)
+        .execution_options(yield_per=1000)
+    )
+    async for item in result:
+        yield item
+
+
+def openai_output_line(item: BatchItem) -> dict[str, Any]:
+    """One line of the OpenAI Batch API's output file for an item."""
+    line: dict[str, Any] = {"id": f"batch_req_{item.id}", "custom_id": item.custom_id}
+    response = item.response
+    if item.status == "ok" and response is not None:
+        usage = response.get("usage") or {}
+        prompt_tokens = int(usage.get("input_tokens", 0))
+        completion_tokens = int(usage.get("output_tokens", 0))
+        created = int((item.finished_at or item.updated_at).timestamp())
+        line["response"] = {
+            "status_code": 200,
+            "request_id": f"{item.batch_id}/{item.custom_id}",
+            "body": {
+                "id": f"chatcmpl-{item.batch_id}-{item.id}",
+                "object": "chat.completion",
+                "created": created,
+                "model": response.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": response.get("text")},
+                        "finish_reason": response.get("finish_reason") or "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+        }
+        line["error"] = None
+    else:
+        line["response"] = None
+        line["error"] = {
+            "code": item.error_class or item.status,
+            "message": item.error_message
+            or ("not run yet" if item.status in ("pending", "running") else item.status),
+        }
+    return line
+
+
+BATCH_ACTIVITIES: list[Callable[..., Any]] = [
+    load_batch_file,
+    begin_batch_run,
+    claim_batch_items,
+    release_batch_items,
+    record_batch_item_outcomes,
+    reset_failed_batch_items,
+    meter_batch_spend,
+    set_batch_status,
+]

@@ -1,0 +1,173 @@
+"""`keel batch ...` as a user runs it: the real CLI in a subprocess, against this test's Temporal
+server, Postgres database and an in-process batch worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from infra.settings import KeelSettings
+from llmsim import SimServer
+from tests.batch.conftest import CHEAP, items_of
+from tests.conftest import reconfigure
+from tests.worker_processes import REPO_ROOT, worker_environment
+
+KEEL = str(Path(sys.executable).with_name("keel"))
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+KeelCli = Callable[..., Awaitable[Run]]
+
+
+@pytest.fixture
+def keel(client: Client, keel_settings: KeelSettings) -> KeelCli:
+    env = worker_environment(client, keel_settings, COLUMNS="200", NO_COLOR="1")
+
+    async def run(*args: str, timeout: float = 60) -> Run:
+        process = await asyncio.create_subprocess_exec(
+            KEEL,
+            *args,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+        assert process.returncode is not None
+        return Run(process.returncode, out.decode(), err.decode())
+
+    return run
+
+
+def write_lines(path: Path, lines: Sequence[object]) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return path
+
+
+def mixed_file(tmp_path: Path) -> Path:
+    """Six keel lines, one OpenAI Batch API line, one malformed line (line 5)."""
+    lines: list[object] = [
+        {"custom_id": f"k{n}", "prompt": f"Question {n}?", "model": CHEAP, "max_tokens": 16}
+        for n in range(4)
+    ]
+    lines.append('{"custom_id": "broken", ')
+    lines.append(
+        {
+            "custom_id": "oa",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": CHEAP, "messages": [{"role": "user", "content": "Hi"}]},
+        }
+    )
+    lines += [
+        {"custom_id": f"m{n}", "messages": [{"role": "user", "content": "Hello"}], "model": CHEAP}
+        for n in range(2)
+    ]
+    return write_lines(tmp_path / "mixed.jsonl", lines)
+
+
+@pytest.mark.slow
+async def test_start_watch_status_results_and_list(
+    keel: KeelCli,
+    batch_worker: Worker,
+    simulator: SimServer,
+    tmp_path: Path,
+) -> None:
+    run = keel
+    started = await run(
+        "batch", "start", str(mixed_file(tmp_path)), "--id", "cli1", "--concurrency", "3", "--watch"
+    )
+    assert started.code == 0, started.err
+    assert "8 line(s): 7 valid, 1 malformed" in started.out
+    assert "line 5: invalid JSON" in started.out
+    assert "keel batch status cli1 --watch" in started.out
+    assert "7 done · 1 failed · 0 skipped · 0 to go · 8 total" in started.out
+    assert "completed" in started.out
+
+    # --watch ends with the status report: what happened and the next command.
+    assert "batch cli1  completed" in started.out
+    assert "keel batch results cli1" in started.out
+
+    output = tmp_path / "results.jsonl"
+    results = await run("batch", "results", "cli1", "-o", str(output))
+    assert results.code == 0 and "8 line(s) to" in results.err
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [line["custom_id"] for line in lines] == [
+        "k0", "k1", "k2", "k3", "line-5", "oa", "m0", "m1",
+    ]  # fmt: skip
+    ok = lines[0]
+    assert ok["error"] is None and ok["response"]["status_code"] == 200
+    body = ok["response"]["body"]
+    assert body["object"] == "chat.completion" and body["model"] == CHEAP
+    assert body["choices"][0]["message"]["content"]
+    assert body["usage"]["total_tokens"] == (
+        body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    )
+    broken = lines[4]
+    assert broken["response"] is None and broken["error"]["code"] == "invalid_request"
+    assert "line 5" in broken["error"]["message"]
+
+    listed = await run("batch", "list")
+    assert listed.code == 0 and "cli1" in listed.out and "completed" in listed.out
+
+
+async def test_a_file_with_duplicate_ids_is_refused_with_the_lines(
+    keel: KeelCli, batch_worker: Worker, simulator: SimServer, tmp_path: Path
+) -> None:
+    run = keel
+    dupes = write_lines(
+        tmp_path / "dupes.jsonl",
+        [{"custom_id": "a", "prompt": "x"}, {"custom_id": "b", "prompt": "y"},
+         {"custom_id": "a", "prompt": "z"}],
+    )  # fmt: skip
+    refused = await run("batch", "start", str(dupes))
+    assert refused.code == 1
+    assert "duplicate custom_id 'a' on lines 1, 3" in refused.out
+    assert "each custom_id must be unique" in refused.err
+
+
+@pytest.mark.slow
+async def test_the_budget_gate_from_the_command_line(
+    keel: KeelCli,
+    client: Client,
+    keel_settings: KeelSettings,
+    batch_worker: Worker,
+    simulator: SimServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = keel
+    reconfigure(monkeypatch, KEEL_REVIEWERS='{"alice": ["batch-owner"]}')  # the worker's roster
+    lines = [{"custom_id": f"i{n}", "prompt": f"Item {n}", "model": CHEAP, "max_tokens": 32}
+             for n in range(12)]  # fmt: skip
+    path = write_lines(tmp_path / "budget.jsonl", lines)
+    started = await run(
+        "batch", "start", str(path), "--id", "cli2", "--concurrency", "2",
+        "--budget-usd", "0.0001", "--watch",
+    )  # fmt: skip
+    assert started.code == 0, started.err
+    # --watch stops at the gate and says how to decide it.
+    assert "waiting at budget-1" in started.out
+    assert "keel batch budget cli2 --raise-to AMOUNT" in started.out
+
+    decided = await run("batch", "budget", "cli2", "--raise-to", "1", "--by", "alice")
+    assert decided.code == 0, decided.err
+
+    handle = client.get_workflow_handle("batch-cli2")
+    await asyncio.wait_for(handle.result(), timeout=timedelta(seconds=60).total_seconds())
+    assert {i.status for i in await items_of("cli2")} == {"ok"}

@@ -1,0 +1,186 @@
+"""Steering a running batch: pause / resume / cancel / retry-failed as Updates that answer back
+(and refuse what cannot be done), and the failure-rate limit that aborts a batch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
+
+from activities.batch_items import BatchCounts, batch_report, count_items
+from infra.database import session_factory
+from infra.settings import KeelSettings
+from llmsim import SimServer
+from starters.batch import start_retry_run
+from tests.batch.conftest import (
+    CHEAP,
+    items_of,
+    ledger_of,
+    prompt_lines,
+    simulator_requests,
+    start_batch,
+)
+from tests.reliability.ledger import audit_events
+from workflows.batch import BatchWorkflow, ControlRequest
+
+ALICE = ControlRequest(by="alice")
+
+
+async def refused(update: Awaitable[object]) -> str:
+    """The message a refused Update answers with (its validator's reason)."""
+    with pytest.raises(WorkflowUpdateFailedError) as failure:
+        await update
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "BatchControlRefused"
+    return cause.message
+
+
+async def counts(batch_id: str) -> BatchCounts:
+    async with session_factory()() as session:
+        return await count_items(session, batch_id)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.1)
+
+
+async def test_pause_starts_nothing_new_and_resume_finishes_the_batch(
+    client: Client, keel_settings: KeelSettings, batch_worker: Worker, simulator: SimServer
+) -> None:
+    simulator.configure(fixed_latency_s=0.4)
+    batch_id, handle = await start_batch(client, keel_settings, prompt_lines(12), concurrency=2)
+
+    async def some_done() -> bool:
+        return (await counts(batch_id)).ok >= 2
+
+    await eventually(some_done)
+    ack = await handle.execute_update(BatchWorkflow.pause, ALICE)
+    assert ack.status == "paused" and ack.in_flight <= 2
+
+    async def drained() -> bool:
+        """Nothing in flight, and every finished item's outcome written."""
+        progress = await handle.query(BatchWorkflow.progress)
+        return progress.in_flight == 0 and (await counts(batch_id)).ok == progress.ok
+
+    await eventually(drained)
+    requests_when_paused = simulator_requests(simulator.stats())
+    done_when_paused = (await counts(batch_id)).ok
+    await asyncio.sleep(1.2)  # three item latencies: a running batch would have moved on
+    assert simulator_requests(simulator.stats()) == requests_when_paused
+    assert (await counts(batch_id)).ok == done_when_paused < 12
+    report_status = (await handle.query(BatchWorkflow.progress)).status
+    assert report_status == "paused"
+
+    message = await refused(handle.execute_update(BatchWorkflow.pause, ControlRequest(by="bob")))
+    assert message == f"batch {batch_id} is already paused (by alice)"
+    await handle.execute_update(BatchWorkflow.resume, ALICE)
+    result = await handle.result()
+    assert (result.status, result.ok) == ("completed", 12)
+    events = [e.event_type for e in await audit_events(handle.id)]
+    assert events.index("batch.paused") < events.index("batch.resumed")
+    paused = next(e for e in await audit_events(handle.id) if e.event_type == "batch.paused")
+    assert paused.actor == "alice"
+
+
+async def test_cancel_skips_pending_items_and_lets_in_flight_ones_finish(
+    client: Client, keel_settings: KeelSettings, batch_worker: Worker, simulator: SimServer
+) -> None:
+    simulator.configure(fixed_latency_s=0.4)
+    batch_id, handle = await start_batch(client, keel_settings, prompt_lines(20), concurrency=3)
+
+    async def started() -> bool:
+        return (await counts(batch_id)).ok >= 1
+
+    await eventually(started)
+    ack = await handle.execute_update(BatchWorkflow.cancel, ALICE)
+    assert ack.status == "cancelling"
+    message = await refused(handle.execute_update(BatchWorkflow.cancel, ALICE))
+    assert message == f"batch {batch_id} is already stopping"
+    result = await handle.result()
+    assert result.status == "cancelled" and result.reason == "cancelled by alice"
+    assert result.ok + result.skipped == 20 and result.skipped > 0
+    items = await items_of(batch_id)
+    skipped = [i for i in items if i.status == "skipped"]
+    assert all("cancelled by alice" in (i.error_message or "") for i in skipped)
+    # Every call that reached the provider is an item with its answer: none was thrown away.
+    assert simulator_requests(simulator.stats()) == result.ok == len(await ledger_of(handle.id))
+
+
+async def test_retry_failed_runs_only_the_failed_items_again(
+    client: Client, keel_settings: KeelSettings, batch_worker: Worker, simulator: SimServer
+) -> None:
+    simulator.add_faults("context_window", model=CHEAP, count=3)
+    batch_id, handle = await start_batch(client, keel_settings, prompt_lines(10), concurrency=1)
+    first = await handle.result()
+    assert (first.ok, first.failed) == (7, 3)
+    failed_ids = {i.custom_id for i in await items_of(batch_id) if i.status == "failed"}
+
+    async with session_factory()() as session:
+        report = await batch_report(session, batch_id)
+    assert report is not None
+    again = await start_retry_run(client, keel_settings, report)
+    second = await again.result()
+    assert (second.status, second.ok, second.failed) == ("completed", 10, 0)
+    items = await items_of(batch_id)
+    assert {i.custom_id for i in items if i.run_count == 2} == failed_ids
+    assert all(i.run_count == 1 for i in items if i.custom_id not in failed_ids)
+    # One workflow id, two runs: the ledger keeps every attempt of both.
+    assert len(await ledger_of(handle.id)) == simulator_requests(simulator.stats()) == 13
+
+
+async def test_retry_failed_while_paused_puts_failed_items_back_in_line(
+    client: Client, keel_settings: KeelSettings, batch_worker: Worker, simulator: SimServer
+) -> None:
+    simulator.configure(fixed_latency_s=0.2)
+    simulator.add_faults("context_window", model=CHEAP, count=2)
+    batch_id, handle = await start_batch(client, keel_settings, prompt_lines(10), concurrency=1)
+
+    async def two_failed() -> bool:
+        return (await counts(batch_id)).failed >= 2
+
+    await eventually(two_failed)
+    await handle.execute_update(BatchWorkflow.pause, ALICE)
+    ack = await handle.execute_update(BatchWorkflow.retry_failed, ALICE)
+    assert ack.reset == 2
+    await handle.execute_update(BatchWorkflow.resume, ALICE)
+    result = await handle.result()
+    assert (result.ok, result.failed) == (10, 0)
+
+
+async def test_crossing_the_failure_rate_aborts_the_batch(
+    client: Client, keel_settings: KeelSettings, batch_worker: Worker, simulator: SimServer
+) -> None:
+    simulator.add_faults("context_window", model=CHEAP, count=100)
+    _, handle = await start_batch(
+        client, keel_settings, prompt_lines(100), concurrency=4, max_failure_rate=0.25
+    )
+    result = await handle.result()
+    assert result.status == "aborted"
+    assert result.reason is not None and "crossed the limit of 25.0%" in result.reason
+    # Judged after 20 items ran; what was in flight then finished; the rest never ran.
+    assert 20 <= result.failed <= 20 + 4
+    assert result.skipped == 100 - result.failed
+    assert simulator_requests(simulator.stats()) == result.failed
+    events = [e.event_type for e in await audit_events(handle.id)]
+    assert events[-1] == "batch.aborted"
+
+
+async def test_controls_refuse_a_finished_batch_clearly(
+    client: Client, keel_settings: KeelSettings, batch_worker: Worker, simulator: SimServer
+) -> None:
+    simulator.configure(fixed_latency_s=0.3)
+    batch_id, handle = await start_batch(client, keel_settings, prompt_lines(6), concurrency=2)
+    await handle.execute_update(BatchWorkflow.cancel, ALICE)
+    message = await refused(handle.execute_update(BatchWorkflow.resume, ALICE))
+    assert message == f"batch {batch_id} is stopping; nothing to resume"
+    message = await refused(handle.execute_update(BatchWorkflow.pause, ALICE))
+    assert message == f"batch {batch_id} is stopping; nothing to pause"
+    await handle.result()
