@@ -1,0 +1,190 @@
+"""The chat-session contract between the session workflow and its activities.
+
+Plain pydantic models and pure functions, no I/O: the workflow imports this module in its sandbox.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+from pydantic import BaseModel, Field
+
+from activities.llm.models import ChatMessage, Usage
+
+# Activities are named, not imported (see workflows/llm_calls.py).
+PREPARE_TURN = "prepare_turn"
+STORE_SUMMARY = "store_summary"
+FINISH_TURN = "finish_turn"
+FAIL_TURN = "fail_turn"
+
+SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,149}$")
+MAX_TURN_CHARS = 200_000
+
+
+def session_workflow_id(session_id: str) -> str:
+    return f"chat-{session_id}"
+
+
+def turn_stream_key(session_id: str, turn_id: str) -> str:
+    """The token stream of one turn (infra/token_streams.py)."""
+    return f"turn/{session_id}/{turn_id}"
+
+
+# --- The workflow's own input and outputs ----------------------------------------------------
+# Defined here, outside the workflow module, so the sandbox does not rebuild these pydantic
+# classes for every new session run (measured: tens of ms per run; see ARCHITECTURE.md).
+
+
+class ChatSessionInput(BaseModel):
+    session_id: str
+    tenant: str = "default"
+    route: str | None = None
+    models: list[str] | None = None
+    system_prompt: str | None = None
+    answer_tokens: int = Field(default=1024, ge=1)
+    idle_timeout_seconds: float = Field(default=1800, gt=0)
+    max_turns_per_run: int = Field(default=500, ge=1)
+    # A stateless request (an OpenAI call without a session id): complete after the first turn.
+    single_turn: bool = False
+    # Carried across continue-as-new.
+    turns_before: int = 0
+
+
+class TurnInput(BaseModel):
+    content: str
+    # Earlier messages the client sent with this turn; used only to seed a new session.
+    seed_messages: list[ChatMessage] = Field(default_factory=list)
+    route: str | None = None
+    models: list[str] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    # Publish tokens to the turn's stream while the answer is generated.
+    stream: bool = True
+    priority_key: int | None = Field(default=None, ge=1, le=5)
+
+
+class TurnOutput(BaseModel):
+    session_id: str
+    turn_id: str
+    text: str
+    model: str | None
+    message_seq: int
+    usage: Usage = Field(default_factory=Usage)
+    cost_usd: Decimal | None = None
+    # True when a retried turn was answered from Postgres without calling a model.
+    replayed: bool = False
+    summarized: bool = False
+    context_tokens: int = 0
+    budget_tokens: int = 0
+    attempts: int = 0
+    fallback_used: bool = False
+    finish_reason: str | None = None
+
+
+class ChatSessionOutput(BaseModel):
+    session_id: str
+    turns: int
+
+
+# --- Activities' inputs and outputs -------------------------------------------------------------
+
+
+class StoredAnswer(BaseModel):
+    """An assistant message as stored in ``messages``."""
+
+    text: str
+    model: str | None = None
+    message_seq: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal | None = None
+
+
+class FoldPlan(BaseModel):
+    """The oldest turns to fold into the running summary before this turn's call."""
+
+    previous_summary: str | None
+    messages: list[ChatMessage]
+    through_seq: int
+    summary_route: str
+    summary_max_tokens: int
+
+
+class PrepareTurnInput(BaseModel):
+    session_id: str
+    tenant: str
+    workflow_id: str
+    turn_id: str
+    content: str
+    # History a client sent along with its first turn (an OpenAI-style request): stored before
+    # the turn when the session has no messages yet, ignored afterwards.
+    seed_messages: list[ChatMessage] = Field(default_factory=list)
+    system_prompt: str | None = None
+    route: str | None = None
+    models: list[str] | None = None
+    answer_tokens: int
+    stream_key: str | None = None
+
+
+class TurnContext(BaseModel):
+    """What the next call needs, or the answer a retried turn already has."""
+
+    answered: StoredAnswer | None = None
+    system_prompt: str | None = None
+    summary: str | None = None
+    # Unsummarized messages that stay verbatim, oldest first, ending with this turn's question.
+    recent: list[ChatMessage] = Field(default_factory=list)
+    fold: FoldPlan | None = None
+    budget_tokens: int = 0
+    context_tokens: int = 0
+
+
+class StoreSummaryInput(BaseModel):
+    session_id: str
+    summary: str
+    through_seq: int
+
+
+class FinishTurnInput(BaseModel):
+    session_id: str
+    turn_id: str
+    text: str
+    model: str
+    usage: Usage
+    cost_usd: Decimal | None = None
+    stream_key: str | None = None
+
+
+class FailTurnInput(BaseModel):
+    stream_key: str
+    message: str
+    error_type: str
+
+
+def summary_message(summary: str) -> ChatMessage:
+    return ChatMessage(role="system", content=f"Summary of the conversation so far:\n{summary}")
+
+
+def build_context(
+    system_prompt: str | None, summary: str | None, recent: list[ChatMessage]
+) -> list[ChatMessage]:
+    """The messages sent to the model: system prompt, running summary, recent turns."""
+    messages = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
+    if summary:
+        messages.append(summary_message(summary))
+    return messages + recent
+
+
+def summarization_prompt(plan: FoldPlan) -> list[ChatMessage]:
+    transcript = "\n".join(f"{m.role}: {m.content}" for m in plan.messages)
+    earlier = f"Summary so far:\n{plan.previous_summary}\n\n" if plan.previous_summary else ""
+    return [
+        ChatMessage(
+            role="system",
+            content="You keep the running summary of a conversation. Merge the summary so far "
+            "with the new turns into one summary that keeps names, facts, decisions and open "
+            "questions. Answer with the summary only.",
+        ),
+        ChatMessage(role="user", content=f"{earlier}New turns:\n{transcript}"),
+    ]

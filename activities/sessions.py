@@ -1,0 +1,372 @@
+"""Chat-session activities: the conversation lives in Postgres, the workflow only orchestrates.
+
+- ``prepare_turn`` stores the question (once per turn id), answers a retried turn from what is
+  stored, and builds the context: system prompt, running summary, and as many recent messages as
+  the model's token budget allows; when the budget is exceeded it plans a fold of the oldest turns.
+- ``store_summary`` records a fold: the new summary, and the folded messages marked summarized.
+- ``finish_turn`` stores the answer and ends the turn's token stream with the stored text.
+- ``fail_turn`` ends the stream with the error.
+
+All run as local activities (fast, same worker) and are idempotent: unique keys on
+(session, turn, role), "only if not already" updates, one terminal event per stream.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+import structlog
+from genai_prices import Usage as PriceUsage
+from genai_prices import calc_price
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.llm.models import ChatMessage, provider_for_model
+from activities.session_models import (
+    FailTurnInput,
+    FinishTurnInput,
+    FoldPlan,
+    PrepareTurnInput,
+    StoredAnswer,
+    StoreSummaryInput,
+    TurnContext,
+    build_context,
+    summary_message,
+)
+from infra.database import session_factory
+from infra.settings import KeelSettings, get_settings
+from infra.tables import ChatSession, Message
+from infra.token_streams import (
+    NewStreamEvent,
+    StreamEventType,
+    append_events,
+    has_terminal_event,
+    prune_streams,
+)
+from llmsim.tokens import count_message_tokens
+
+log = structlog.get_logger(__name__)
+
+# Old stream rows are deleted by about one turn in twenty (each deletes up to 1000 rows).
+PRUNE_ONE_TURN_IN = 0.05
+
+
+# --- Token budgets ---------------------------------------------------------------------------
+
+
+def message_tokens(message: ChatMessage) -> int:
+    """Prompt tokens a message costs: its text plus the per-message overhead chat formats add
+    (the same count keel's simulator bills, and a slight overestimate for real tokenizers)."""
+    return count_message_tokens([message.content])
+
+
+@lru_cache(maxsize=256)
+def _price_table_window(provider: str, model: str) -> int | None:
+    try:
+        calculation = calc_price(
+            PriceUsage(input_tokens=0, output_tokens=0), model_ref=model, provider_id=provider
+        )
+    except LookupError:
+        return None
+    return calculation.model.context_window
+
+
+def context_window(model: str, settings: KeelSettings) -> int:
+    """The model's context window: settings override, else genai-prices, else the default."""
+    if model in settings.model_context_windows:
+        return settings.model_context_windows[model]
+    provider, name = provider_for_model(model)
+    return _price_table_window(provider, name) or settings.default_context_window
+
+
+def chain_models(route: str | None, models: list[str] | None, settings: KeelSettings) -> list[str]:
+    if models:
+        return list(models)
+    return list(settings.routes.get(route or settings.default_route, []))
+
+
+def context_budget(
+    route: str | None, models: list[str] | None, answer_tokens: int, settings: KeelSettings
+) -> int:
+    """Tokens the history may take: the smallest window in the fallback chain (any model in it
+    may end up answering) minus the answer's reserve, capped by settings."""
+    chain = chain_models(route, models, settings)
+    window = min(
+        (context_window(m, settings) for m in chain), default=settings.default_context_window
+    )
+    budget = window - answer_tokens
+    if settings.session_context_tokens is not None:
+        budget = min(budget, settings.session_context_tokens)
+    return max(budget, 64)
+
+
+def plan_fold(
+    fixed_tokens: int,
+    messages: list[tuple[int, ChatMessage]],
+    budget: int,
+    settings: KeelSettings,
+) -> tuple[list[tuple[int, ChatMessage]], list[tuple[int, ChatMessage]]]:
+    """Split (seq, message) pairs, oldest first, into (to fold, to keep).
+
+    Nothing is folded while everything fits. Otherwise the newest messages are kept up to
+    ``keep_ratio`` of the budget (always at least the new question), and the kept part starts at
+    a user message so a question is never separated from its answer's context.
+    """
+    total = fixed_tokens + sum(message_tokens(m) for _, m in messages)
+    if total <= budget or len(messages) < 2:
+        return [], messages
+    keep_target = int(budget * settings.session_keep_recent_ratio)
+    cut = len(messages) - 1  # the new question is always kept
+    kept_tokens = message_tokens(messages[cut][1])
+    while cut > 0 and kept_tokens + message_tokens(messages[cut - 1][1]) <= keep_target:
+        cut -= 1
+        kept_tokens += message_tokens(messages[cut][1])
+    while cut < len(messages) - 1 and messages[cut][1].role != "user":
+        cut += 1
+    return messages[:cut], messages[cut:]
+
+
+# --- Activities ------------------------------------------------------------------------------
+
+
+async def _ensure_session(db: AsyncSession, params: PrepareTurnInput) -> ChatSession:
+    """The session's row, created on its first turn, locked for this turn (one round trip)."""
+    system_prompt = params.system_prompt or next(
+        (m.content for m in params.seed_messages if m.role == "system"), None
+    )
+    values = insert(ChatSession).values(
+        id=params.session_id,
+        tenant=params.tenant,
+        workflow_id=params.workflow_id,
+        model_route=params.route,
+        models=params.models,
+        system_prompt=system_prompt,
+    )
+    statement = values.on_conflict_do_update(
+        index_elements=["id"], set_={"updated_at": func.now()}
+    ).returning(ChatSession)
+    session = (await db.scalars(statement)).one()
+    if session.tenant != params.tenant:
+        raise ApplicationError(
+            f"session {params.session_id} belongs to another tenant",
+            type="SessionTenantMismatch",
+            non_retryable=True,
+        )
+    return session
+
+
+async def _turn_messages(db: AsyncSession, session_id: str, turn_id: str) -> dict[str, Message]:
+    """This turn's stored messages by role (question, answer), if any."""
+    result = await db.scalars(
+        select(Message).where(Message.session_id == session_id, Message.turn_id == turn_id)
+    )
+    return {message.role: message for message in result}
+
+
+def _stored_answer(message: Message) -> StoredAnswer:
+    return StoredAnswer(
+        text=message.content or "",
+        model=message.model,
+        message_seq=message.seq,
+        input_tokens=message.input_tokens,
+        output_tokens=message.tokens,
+        cost_usd=message.cost_usd,
+    )
+
+
+def _done_event(answer: StoredAnswer, turn_id: str) -> NewStreamEvent:
+    return NewStreamEvent(
+        type=StreamEventType.DONE,
+        data={
+            "turn_id": turn_id,
+            "text": answer.text,
+            "model": answer.model,
+            "message_seq": answer.message_seq,
+            "input_tokens": answer.input_tokens,
+            "output_tokens": answer.output_tokens,
+            "cost_usd": str(answer.cost_usd) if answer.cost_usd is not None else None,
+        },
+    )
+
+
+async def _insert_messages(
+    db: AsyncSession, session_id: str, messages: list[tuple[str, ChatMessage]], first_seq: int
+) -> None:
+    await db.execute(
+        insert(Message)
+        .values(
+            [
+                {
+                    "session_id": session_id,
+                    "seq": first_seq + offset,
+                    "turn_id": turn_id,
+                    "role": message.role,
+                    "content": message.content,
+                    "tokens": message_tokens(message),
+                }
+                for offset, (turn_id, message) in enumerate(messages)
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["session_id", "turn_id", "role"])
+    )
+
+
+@activity.defn(name="prepare_turn")
+async def prepare_turn(params: PrepareTurnInput) -> TurnContext:
+    settings = get_settings()
+    async with session_factory().begin() as db:
+        session = await _ensure_session(db, params)
+        stored = await _turn_messages(db, params.session_id, params.turn_id)
+        question = stored.get("user")
+        if question is not None and question.content != params.content:
+            raise ApplicationError(
+                f"turn id {params.turn_id} was already used for a different message; "
+                "use a new idempotency key for a new turn",
+                type="IdempotencyKeyReused",
+                non_retryable=True,
+            )
+        if "assistant" in stored:
+            # A retried turn: the first answer stands, the model is not asked again. Its stream
+            # already ended with `done`, unless pruned since; then it ends again, identically.
+            answer = _stored_answer(stored["assistant"])
+            if params.stream_key and not await has_terminal_event(db, params.stream_key):
+                await append_events(db, params.stream_key, [_done_event(answer, params.turn_id)])
+            return TurnContext(answered=answer)
+
+        rows = await db.scalars(
+            select(Message)
+            .where(
+                Message.session_id == params.session_id,
+                Message.seq > session.summarized_through_seq,
+            )
+            .order_by(Message.seq)
+        )
+        history = [(m.seq, ChatMessage(role=m.role, content=m.content or "")) for m in rows]
+        if question is None:
+            # Everything at or below the summary's cursor is older than the unsummarized rows.
+            seq = history[-1][0] + 1 if history else session.summarized_through_seq + 1
+            new: list[tuple[str, ChatMessage]] = []
+            if seq == 1:
+                new += [
+                    (f"{params.turn_id}#seed{index}", seed)
+                    for index, seed in enumerate(params.seed_messages)
+                    if seed.role != "system"  # a system message became the system prompt
+                ]
+            new.append((params.turn_id, ChatMessage(role="user", content=params.content)))
+            await _insert_messages(db, params.session_id, new, seq)
+            history += [(seq + offset, message) for offset, (_, message) in enumerate(new)]
+
+    budget = context_budget(params.route, params.models, params.answer_tokens, settings)
+    fixed = sum(
+        message_tokens(m) for m in build_context(session.system_prompt, session.summary, [])
+    )
+    to_fold, recent = plan_fold(fixed, history, budget, settings)
+    fold = None
+    if to_fold:
+        fold = FoldPlan(
+            previous_summary=session.summary,
+            messages=[m for _, m in to_fold],
+            through_seq=to_fold[-1][0],
+            summary_route=settings.session_summary_route,
+            summary_max_tokens=max(32, int(budget * settings.session_summary_ratio)),
+        )
+    return TurnContext(
+        system_prompt=session.system_prompt,
+        summary=session.summary,
+        recent=[m for _, m in recent],
+        fold=fold,
+        budget_tokens=budget,
+        context_tokens=fixed + sum(message_tokens(m) for _, m in recent),
+    )
+
+
+@activity.defn(name="store_summary")
+async def store_summary(params: StoreSummaryInput) -> None:
+    tokens = message_tokens(summary_message(params.summary))
+    async with session_factory().begin() as db:
+        await db.execute(
+            update(ChatSession)
+            .where(
+                ChatSession.id == params.session_id,
+                ChatSession.summarized_through_seq < params.through_seq,
+            )
+            .values(
+                summary=params.summary,
+                summary_tokens=tokens,
+                summarized_through_seq=params.through_seq,
+            )
+        )
+        await db.execute(
+            update(Message)
+            .where(
+                Message.session_id == params.session_id,
+                Message.seq <= params.through_seq,
+                Message.summarized.is_(False),
+            )
+            .values(summarized=True)
+        )
+
+
+@activity.defn(name="finish_turn")
+async def finish_turn(params: FinishTurnInput) -> StoredAnswer:
+    settings = get_settings()
+    next_seq = (
+        select(func.coalesce(func.max(Message.seq), 0) + 1)
+        .where(Message.session_id == params.session_id)
+        .scalar_subquery()
+    )
+    async with session_factory().begin() as db:
+        inserted = await db.scalars(
+            insert(Message)
+            .values(
+                session_id=params.session_id,
+                seq=next_seq,
+                turn_id=params.turn_id,
+                role="assistant",
+                content=params.text,
+                tokens=params.usage.output_tokens
+                or message_tokens(ChatMessage(role="assistant", content=params.text)),
+                model=params.model,
+                input_tokens=params.usage.input_tokens,
+                cost_usd=params.cost_usd,
+            )
+            .on_conflict_do_nothing(index_elements=["session_id", "turn_id", "role"])
+            .returning(Message)
+        )
+        message = inserted.one_or_none()
+        if message is None:  # a retried finish: the answer stored the first time stands
+            message = (await _turn_messages(db, params.session_id, params.turn_id))["assistant"]
+        stored = _stored_answer(message)
+        # In the same transaction as the message: the stream's final text is the stored text.
+        if params.stream_key and not await has_terminal_event(db, params.stream_key):
+            await append_events(db, params.stream_key, [_done_event(stored, params.turn_id)])
+    if random.random() < PRUNE_ONE_TURN_IN:  # off the stream's path: after the commit
+        async with session_factory().begin() as db:
+            await prune_streams(db, timedelta(hours=settings.stream_retention_hours))
+    return stored
+
+
+@activity.defn(name="fail_turn")
+async def fail_turn(params: FailTurnInput) -> None:
+    async with session_factory().begin() as db:
+        if not await has_terminal_event(db, params.stream_key):
+            await append_events(
+                db,
+                params.stream_key,
+                [
+                    NewStreamEvent(
+                        type=StreamEventType.ERROR,
+                        data={"message": params.message, "type": params.error_type},
+                    )
+                ],
+            )
+
+
+SESSION_ACTIVITIES: list[Callable[..., Any]] = [prepare_turn, store_summary, finish_turn, fail_turn]

@@ -1,0 +1,60 @@
+"""keel's HTTP API (FastAPI): OpenAI-compatible chat completions, sessions, async jobs.
+
+``keel api`` serves it with uvicorn; ``create_app()`` builds it for tests and embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from temporalio.client import Client
+
+from api import chat, jobs, sessions
+from api.errors import install_error_handlers
+from api.load_shedding import LoadShedder
+from api.state import KeelApi
+from infra.settings import KeelSettings, get_settings
+from infra.temporal_client import connect
+from infra.token_streams import StreamHub
+
+
+def create_app(settings: KeelSettings | None = None, client: Client | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resolved = settings or get_settings()
+        temporal = client or await connect(resolved)
+        async with StreamHub(resolved.effective_database_url) as hub:
+            shedder = LoadShedder(temporal, resolved)
+            await shedder.start()
+            app.state.keel = KeelApi(settings=resolved, client=temporal, hub=hub, shedder=shedder)
+            try:
+                yield
+            finally:
+                await shedder.stop()
+
+    app = FastAPI(
+        title="keel",
+        summary="Durable LLM workflows on Temporal, over HTTP.",
+        description="OpenAI-compatible chat completions backed by durable chat sessions, "
+        "resumable token streams, and async jobs with signed callbacks.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(chat.router)
+    app.include_router(sessions.router)
+    app.include_router(jobs.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, object]:
+        keel: KeelApi = app.state.keel
+        return {
+            "ok": True,
+            "stream_listener": keel.hub.listening,
+            "in_flight": keel.shedder.in_flight,
+            "backlog": keel.shedder.backlog,
+        }
+
+    return app

@@ -1,0 +1,205 @@
+"""``POST /v1/chat/completions``: OpenAI's Chat Completions, served by durable chat sessions.
+
+- With a session id (``X-Keel-Session-Id`` header or ``session_id`` field) the request is the next
+  turn of that session: its last message is the question, keel's stored history is the context
+  (earlier messages in the request only seed a new session).
+- Without one, the request is stateless: a one-turn session seeded with the request's messages.
+- ``Idempotency-Key`` is the turn id: a retried request returns the first answer.
+- ``stream: true`` answers with SSE chunks ending in ``data: [DONE]``; each carries ``id: <seq>``,
+  and re-sending the request with the same ``Idempotency-Key`` and ``Last-Event-ID`` resumes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.background import BackgroundTask
+
+from activities.llm.models import ChatMessage, RequestPriority
+from activities.session_models import SESSION_ID_PATTERN
+from api.errors import ApiError, from_temporal
+from api.openai_schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    CompletionUsage,
+    KeelExtension,
+    ResponseMessage,
+)
+from api.sse import (
+    KEEP_ALIVE,
+    SSE_HEADERS,
+    OpenAIStreamWriter,
+    follow_turn,
+)
+from api.state import (
+    IDEMPOTENCY_HEADER,
+    SESSION_HEADER,
+    KeelApi,
+    keel_api,
+    request_priority,
+    request_tenant,
+)
+from infra.chat_client import TurnRequest, new_session_id, run_turn, start_turn
+from infra.settings import KeelSettings
+from infra.token_streams import read_events
+
+router = APIRouter(tags=["chat"])
+
+DEFAULT_MODEL_NAMES = frozenset({"keel", "default"})
+
+
+def _route_or_models(model: str, settings: KeelSettings) -> tuple[str | None, list[str] | None]:
+    """``model`` names a keel route (its fallback chain answers), ``keel`` (the default route),
+    or one model."""
+    if model in settings.routes:
+        return model, None
+    if model in DEFAULT_MODEL_NAMES:
+        return None, None
+    return None, [model]
+
+
+def turn_request(
+    body: ChatCompletionRequest,
+    request: Request,
+    settings: KeelSettings,
+    tenant: str,
+    priority: RequestPriority,
+) -> TurnRequest:
+    messages = [m.to_chat_message(i) for i, m in enumerate(body.messages)]
+    question = messages[-1]
+    if question.role != "user" or not question.content.strip():
+        raise ApiError(400, "the last message must be a non-empty user message", param="messages")
+    session_id = request.headers.get(SESSION_HEADER) or body.session_id
+    if session_id is not None and not SESSION_ID_PATTERN.match(session_id):
+        raise ApiError(
+            400,
+            "session id: 1-150 characters of letters, digits, '_', '.', ':' or '-'",
+            param="session_id",
+        )
+    route, models = _route_or_models(body.model, settings)
+    system = [m.content for m in messages[:-1] if m.role == "system"]
+    seed: list[ChatMessage] = [m for m in messages[:-1] if m.role != "system"]
+    idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
+    if session_id is None and idempotency_key:
+        # A stateless request retried with its key must land on the same one-turn session.
+        digest = hashlib.sha256(f"{tenant}\n{idempotency_key}".encode()).hexdigest()[:24]
+        session_id_for_turn = f"oneshot-{digest}"
+    else:
+        session_id_for_turn = session_id or new_session_id()
+    fields: dict[str, object] = {
+        "session_id": session_id_for_turn,
+        "content": question.content,
+        "tenant": tenant,
+        "seed_messages": seed,
+        "system_prompt": "\n\n".join(system) or None,
+        "route": route,
+        "models": models,
+        "max_tokens": body.max_completion_tokens or body.max_tokens,
+        "temperature": body.temperature,
+        "stream": body.stream,
+        "priority": priority,
+        "single_turn": session_id is None,
+    }
+    if idempotency_key:
+        fields["turn_id"] = idempotency_key
+    try:
+        return TurnRequest.model_validate(fields)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        raise ApiError(400, f"{problem['loc'][0]}: {problem['msg']}") from None
+
+
+def _last_event_id(request: Request) -> int:
+    raw = request.headers.get("Last-Event-ID", "0").strip() or "0"
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        raise ApiError(400, "Last-Event-ID must be an event id (an integer)") from None
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    api: KeelApi = Depends(keel_api),
+) -> JSONResponse | StreamingResponse:
+    """Create a chat completion (OpenAI-compatible), as a durable turn of a chat session."""
+    priority = request_priority(request)
+    api.shedder.admit(priority)
+    turn = turn_request(body, request, api.settings, request_tenant(request), priority)
+    headers = {SESSION_HEADER: turn.session_id, IDEMPOTENCY_HEADER: turn.turn_id}
+    completion_id = f"chatcmpl-{turn.turn_id}"
+    if not body.stream:
+        with api.shedder.track():
+            try:
+                output = await run_turn(api.client, api.settings, turn)
+            except Exception as error:
+                raise from_temporal(error) from error
+        completion = ChatCompletion(
+            id=completion_id,
+            model=output.model or body.model,
+            choices=[
+                Choice(
+                    message=ResponseMessage(content=output.text),
+                    finish_reason=output.finish_reason or "stop",
+                )
+            ],
+            usage=CompletionUsage(
+                prompt_tokens=output.usage.input_tokens,
+                completion_tokens=output.usage.output_tokens,
+                total_tokens=output.usage.input_tokens + output.usage.output_tokens,
+            ),
+            keel=KeelExtension(
+                session_id=turn.session_id,
+                turn_id=turn.turn_id,
+                cost_usd=str(output.cost_usd) if output.cost_usd is not None else None,
+                replayed=output.replayed,
+            ),
+        )
+        return JSONResponse(completion.model_dump(exclude_none=True), headers=headers)
+
+    after_seq = _last_event_id(request)
+    in_flight = api.shedder.enter()  # counted from admission until the stream ends
+    try:
+        handle = await start_turn(api.client, api.settings, turn)
+    except Exception as error:
+        in_flight.release()
+        raise from_temporal(error) from error
+    writer = OpenAIStreamWriter(
+        completion_id,
+        body.model,
+        turn.session_id,
+        turn.turn_id,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+    )
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            if after_seq:
+                for seen in await read_events(turn.stream_key):
+                    if seen.seq > after_seq:
+                        break
+                    writer.absorb(seen)
+            else:
+                yield writer.opening()
+            async for event in follow_turn(api.hub, turn.stream_key, after_seq, handle):
+                if event is None:
+                    yield KEEP_ALIVE
+                    continue
+                for line in writer.write(event):
+                    yield line
+            yield "data: [DONE]\n\n"
+        finally:
+            in_flight.release()
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={**headers, **SSE_HEADERS},
+        background=BackgroundTask(in_flight.release),
+    )

@@ -1,0 +1,57 @@
+"""What every route needs, built once per API process (see api/app.py's lifespan)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+from temporalio.client import Client
+
+from activities.llm.models import RequestPriority
+from api.errors import ApiError
+from api.load_shedding import LoadShedder
+from infra.settings import KeelSettings
+from infra.token_streams import StreamHub
+
+TENANT_HEADER = "X-Keel-Tenant"
+PRIORITY_HEADER = "X-Keel-Priority"
+SESSION_HEADER = "X-Keel-Session-Id"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+@dataclass
+class KeelApi:
+    settings: KeelSettings
+    client: Client
+    hub: StreamHub
+    shedder: LoadShedder
+
+
+def keel_api(request: Request) -> KeelApi:
+    """FastAPI dependency: the process's clients, after checking the caller's API key."""
+    api: KeelApi = request.app.state.keel
+    expected = api.settings.api_key
+    if expected is not None:
+        given = request.headers.get("authorization", "")
+        if given != f"Bearer {expected.get_secret_value()}":
+            raise ApiError(401, "missing or wrong API key (Authorization: Bearer …)")
+    return api
+
+
+def request_priority(request: Request) -> RequestPriority:
+    raw = request.headers.get(PRIORITY_HEADER, RequestPriority.NORMAL.value).strip().lower()
+    try:
+        return RequestPriority(raw)
+    except ValueError:
+        raise ApiError(
+            400,
+            f"{PRIORITY_HEADER} must be one of high, normal, low (got {raw!r})",
+            param=PRIORITY_HEADER,
+        ) from None
+
+
+def request_tenant(request: Request) -> str:
+    tenant = request.headers.get(TENANT_HEADER, "default").strip() or "default"
+    if len(tenant) > 100:
+        raise ApiError(400, f"{TENANT_HEADER} is limited to 100 characters", param=TENANT_HEADER)
+    return tenant

@@ -1,0 +1,400 @@
+"""Token streams: how an answer's tokens reach a client while the durable LLM activity runs.
+
+The transport is Postgres: every event is a row of ``stream_events`` (dense ``seq`` per stream)
+and the same statement that inserts it sends a ``NOTIFY`` carrying it. A follower LISTENs for
+the notifications and reads the table to catch up, so a client that reconnects with the last
+``seq`` it saw resumes with no gap and no duplicate. Why Postgres and not Temporal's workflow
+streams: ARCHITECTURE.md ("Streaming tokens"), measured by ``bench/stream_transport.py``.
+
+Events of one stream, in order:
+
+- ``attempt``: an LLM attempt begins (``data``: attempt number, model). Anything streamed before
+  it belongs to a failed attempt: discard it. Every later ``delta`` names the attempt it came
+  from (``attempt``), so deltas of an abandoned attempt still running somewhere are ignorable.
+- ``delta``: text (``data.text``).
+- ``done``: the final text exactly as stored (``data.text``), plus usage and cost. Terminal.
+- ``error``: the turn failed (``data.message``, ``data.type``). Terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+import structlog
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from infra.database import get_engine
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "keel_stream_events"
+# Postgres refuses NOTIFY payloads of 8000 bytes or more; bigger batches notify only their
+# last seq and followers read the rows.
+MAX_NOTIFY_BYTES = 7900
+APPEND_RETRIES = 5
+FLUSH_TIMEOUT_SECONDS = 5.0
+
+
+class StreamEventType(StrEnum):
+    ATTEMPT = "attempt"
+    DELTA = "delta"
+    DONE = "done"
+    ERROR = "error"
+
+
+TERMINAL_EVENTS = frozenset({StreamEventType.DONE, StreamEventType.ERROR})
+
+
+class NewStreamEvent(BaseModel):
+    type: StreamEventType
+    attempt: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class StreamEvent(NewStreamEvent):
+    seq: int
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
+
+# One statement: number the events after the stream's last seq, insert them, and notify with
+# the rows themselves (or, when they are too big for a notification, only the last seq).
+_APPEND = text(
+    """
+WITH last AS (
+    SELECT coalesce(max(seq), 0) AS seq FROM stream_events WHERE stream_key = CAST(:key AS text)
+), inserted AS (
+    INSERT INTO stream_events (stream_key, seq, type, attempt, data)
+    SELECT CAST(:key AS text), last.seq + e.ord, e.item->>'type', e.item->>'attempt',
+           coalesce(e.item->'data', '{}'::jsonb)
+    FROM last, jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(item, ord)
+    RETURNING seq, type, attempt, data
+), message AS (
+    SELECT max(seq) AS last_seq,
+           json_build_object(
+               'k', CAST(:key AS text),
+               'e', json_agg(json_build_object(
+                   'seq', seq, 'type', type, 'attempt', attempt, 'data', data) ORDER BY seq)
+           )::text AS full_payload
+    FROM inserted
+)
+SELECT last_seq,
+       pg_notify(:channel, CASE WHEN octet_length(full_payload) <= :max_bytes THEN full_payload
+                                ELSE json_build_object('k', CAST(:key AS text),
+                                                       'last', last_seq)::text END)
+FROM message
+"""
+)
+
+
+async def append_events(
+    connection: AsyncConnection | AsyncSession,
+    stream_key: str,
+    events: Sequence[NewStreamEvent],
+) -> int:
+    """Append ``events`` to the stream; returns the last seq. The notification goes out when the
+    surrounding transaction commits, so a follower that hears it can always read the rows.
+
+    Two writers racing on one stream collide on (stream_key, seq); the loser raises
+    ``IntegrityError`` and the caller retries (``StreamPublisher`` does)."""
+    payload = json.dumps([e.model_dump(mode="json") for e in events])
+    result = await connection.execute(
+        _APPEND,
+        {"key": stream_key, "events": payload, "channel": CHANNEL, "max_bytes": MAX_NOTIFY_BYTES},
+    )
+    return int(result.scalar_one())
+
+
+async def has_terminal_event(connection: AsyncConnection | AsyncSession, stream_key: str) -> bool:
+    result = await connection.execute(
+        text(
+            "SELECT 1 FROM stream_events WHERE stream_key = :key AND type IN ('done', 'error') "
+            "LIMIT 1"
+        ),
+        {"key": stream_key},
+    )
+    return result.first() is not None
+
+
+async def read_events(
+    stream_key: str, after_seq: int = 0, engine: AsyncEngine | None = None
+) -> list[StreamEvent]:
+    async with (engine or get_engine()).connect() as connection:
+        result = await connection.execute(
+            text(
+                "SELECT seq, type, attempt, data FROM stream_events "
+                "WHERE stream_key = :key AND seq > :after ORDER BY seq"
+            ),
+            {"key": stream_key, "after": after_seq},
+        )
+        return [
+            StreamEvent(seq=row.seq, type=row.type, attempt=row.attempt, data=row.data)
+            for row in result
+        ]
+
+
+async def prune_streams(
+    connection: AsyncConnection | AsyncSession, older_than: timedelta, limit: int = 1000
+) -> int:
+    """Delete up to ``limit`` events older than ``older_than`` (streams are for live clients;
+    the conversation itself lives in ``messages``)."""
+    result = await connection.execute(
+        text(
+            "DELETE FROM stream_events WHERE id IN (SELECT id FROM stream_events "
+            "WHERE created_at < :cutoff ORDER BY created_at LIMIT :limit)"
+        ),
+        {"cutoff": datetime.now(UTC) - older_than, "limit": limit},
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- Producing -------------------------------------------------------------------------------
+
+
+class StreamPublisher:
+    """Writes one producer's events in order, never more than one write in flight.
+
+    The first event goes out at once (time to first token); what arrives while a write is in
+    flight is coalesced into the next one (consecutive deltas of one attempt become one). So a
+    fast stream costs a handful of inserts, and a slow one one insert per delta.
+
+    Publishing never fails the caller: the stream is progress for a watching client, the
+    answer itself is stored by the workflow and repeated, whole, in the ``done`` event.
+    """
+
+    def __init__(self, stream_key: str, engine: AsyncEngine | None = None) -> None:
+        self.stream_key = stream_key
+        self._engine = engine
+        self._buffer: list[NewStreamEvent] = []
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
+        self.writes = 0
+        self.failed_writes = 0
+
+    def publish(
+        self, type: StreamEventType, data: dict[str, Any], attempt: str | None = None
+    ) -> None:
+        last = self._buffer[-1] if self._buffer else None
+        if (
+            type == StreamEventType.DELTA
+            and last is not None
+            and last.type == StreamEventType.DELTA
+            and last.attempt == attempt
+        ):
+            last.data["text"] = last.data.get("text", "") + data.get("text", "")
+        else:
+            self._buffer.append(NewStreamEvent(type=type, attempt=attempt, data=dict(data)))
+        self._wakeup.set()
+
+    async def __aenter__(self) -> StreamPublisher:
+        self._writer = asyncio.create_task(self._write_until_closed())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Flush what is buffered and stop; a database that does not answer within
+        ``FLUSH_TIMEOUT_SECONDS`` loses the tail of the stream, never the LLM call."""
+        self._closing = True
+        self._wakeup.set()
+        if self._writer is not None:
+            try:
+                # Shielded: an activity being cancelled still flushes what it already streamed.
+                await asyncio.wait_for(asyncio.shield(self._writer), FLUSH_TIMEOUT_SECONDS)
+            except TimeoutError:
+                self._writer.cancel()
+                self.failed_writes += 1
+                log.warning("stream.flush_timed_out", stream=self.stream_key)
+            except Exception:  # the writer logs its own failures
+                pass
+            self._writer = None
+
+    async def _write_until_closed(self) -> None:
+        engine = self._engine or get_engine()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._buffer:
+                batch, self._buffer = self._buffer, []
+                await self._write(engine, batch)
+            if self._closing:
+                return
+
+    async def _write(self, engine: AsyncEngine, batch: list[NewStreamEvent]) -> None:
+        for attempt in range(1, APPEND_RETRIES + 1):
+            try:
+                async with engine.connect() as connection:
+                    autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                    await append_events(autocommit, self.stream_key, batch)
+                self.writes += 1
+                return
+            except IntegrityError:
+                continue  # another writer took the same seq: renumber and try again
+            except Exception as error:  # the stream is best effort; the answer is not
+                self.failed_writes += 1
+                log.warning(
+                    "stream.publish_failed",
+                    stream=self.stream_key,
+                    error=type(error).__name__,
+                    attempt=attempt,
+                )
+                return
+        self.failed_writes += 1
+
+
+# --- Following ---------------------------------------------------------------------------------
+
+
+class _Notification(BaseModel):
+    events: list[StreamEvent] | None = None
+    last_seq: int | None = None
+
+
+class StreamHub:
+    """One LISTEN connection per process, fanned out to every follower in it.
+
+    If the connection drops, followers keep working by reading the table every
+    ``poll_interval`` seconds while the hub reconnects.
+    """
+
+    def __init__(self, database_url: str, poll_interval: float = 1.0) -> None:
+        self._dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        self.poll_interval = poll_interval
+        self._connection: asyncpg.Connection | None = None
+        self._followers: dict[str, set[asyncio.Queue[_Notification]]] = defaultdict(set)
+        self._reconnect: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> StreamHub:
+        await self._connect()
+        return self
+
+    async def __aenter__(self) -> StreamHub:
+        return await self.start()
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect
+        if self._connection is not None and not self._connection.is_closed():
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+        self._connection = None
+
+    @property
+    def listening(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed()
+
+    async def _connect(self) -> None:
+        connection = await asyncpg.connect(self._dsn)
+        connection.add_termination_listener(self._on_connection_lost)
+        await connection.add_listener(CHANNEL, self._on_notify)
+        self._connection = connection
+
+    def _on_connection_lost(self, _connection: object) -> None:
+        if self._closed or (self._reconnect is not None and not self._reconnect.done()):
+            return
+        log.warning("stream.listener_lost", hint="followers fall back to polling")
+        self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_forever())
+
+    async def _reconnect_forever(self) -> None:
+        delay = 0.2
+        while not self._closed:
+            try:
+                await self._connect()
+                log.info("stream.listener_reconnected")
+                return
+            except (OSError, asyncpg.PostgresError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _on_notify(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+            key = message["k"]
+        except (ValueError, KeyError, TypeError):
+            return
+        queues = self._followers.get(key)
+        if not queues:
+            return
+        if "e" in message:
+            note = _Notification(events=[StreamEvent.model_validate(e) for e in message["e"]])
+        else:
+            note = _Notification(last_seq=int(message["last"]))
+        for queue in queues:
+            queue.put_nowait(note)
+
+    async def follow(
+        self, stream_key: str, after_seq: int = 0, engine: AsyncEngine | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Every event of the stream after ``after_seq``, in order, until a terminal event.
+
+        Listens first, then reads the table, so an event committed in between is seen once:
+        by seq, events at or below the last one yielded are dropped, and a gap is filled from
+        the table.
+        """
+        queue: asyncio.Queue[_Notification] = asyncio.Queue()
+        self._followers[stream_key].add(queue)
+        try:
+            last = after_seq
+            pending = await read_events(stream_key, last, engine)
+            while True:
+                for event in pending:
+                    if event.seq <= last:
+                        continue
+                    last = event.seq
+                    yield event
+                    if event.terminal:
+                        return
+                pending = await self._next_events(queue, stream_key, last, engine)
+        finally:
+            queues = self._followers.get(stream_key)
+            if queues is not None:
+                queues.discard(queue)
+                if not queues:
+                    del self._followers[stream_key]
+
+    async def _next_events(
+        self,
+        queue: asyncio.Queue[_Notification],
+        stream_key: str,
+        last: int,
+        engine: AsyncEngine | None,
+    ) -> list[StreamEvent]:
+        try:
+            note = await asyncio.wait_for(queue.get(), timeout=self.poll_interval)
+        except TimeoutError:
+            # Quiet, or the listener is down: the table is the truth either way.
+            return await read_events(stream_key, last, engine)
+        if note.events is None:
+            return await read_events(stream_key, last, engine)
+        fresh = [e for e in note.events if e.seq > last]
+        if fresh and fresh[0].seq != last + 1:
+            return await read_events(stream_key, last, engine)  # a gap: fill it from the rows
+        return fresh
