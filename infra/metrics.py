@@ -1,0 +1,326 @@
+"""Prometheus metrics of a worker: keel's own (prometheus-client) and the Temporal SDK's, on one
+endpoint (``KEEL_METRICS_HOST``:``KEEL_METRICS_PORT``, ``/metrics``).
+
+The SDK's metrics come from its Rust core, which serves them itself (``PrometheusConfig``) on a
+private loopback port; keel's endpoint appends that text to its own registry's at every scrape,
+so Prometheus scrapes one target per worker and the docker-compose healthcheck has one URL. The
+two never share a name: the SDK's start with ``temporal_``, keel's with ``keel_``.
+
+Counters and histograms move in the activity that meters a call (``record_llm_attempt``);
+gauges that describe shared state (breakers, budgets, approvals, all in Postgres) are re-read
+every ``KEEL_METRICS_REFRESH_SECONDS`` by each worker, so every replica reports the same values
+(aggregate them with ``max``, not ``sum``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+import threading
+import urllib.request
+from dataclasses import dataclass
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import structlog
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from sqlalchemy import text
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+from activities.llm.budgets import budget_states
+from infra.database import session_factory
+from infra.settings import KeelSettings
+
+log = structlog.get_logger(__name__)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+LLM_TOKENS = Counter(
+    "keel_llm_tokens",
+    "Tokens billed by LLM calls (kind: input, output, cached, reasoning).",
+    ["provider", "model", "tenant", "kind"],
+    registry=REGISTRY,
+)
+LLM_COST = Counter(
+    "keel_llm_cost_usd",
+    "Dollars billed by LLM calls, as metered in the ledger (unpriced models add nothing).",
+    ["provider", "model", "tenant"],
+    registry=REGISTRY,
+)
+LLM_ATTEMPTS = Counter(
+    "keel_llm_attempts",
+    "LLM call attempts by outcome (ok, error, cached, short_circuited, budget_refused, "
+    "throttled) and error class.",
+    ["provider", "model", "outcome", "error_class"],
+    registry=REGISTRY,
+)
+LLM_RETRIES = Counter(
+    "keel_llm_retries",
+    "Attempts after the first on the same model: Temporal retrying a failed call.",
+    ["provider", "model"],
+    registry=REGISTRY,
+)
+LLM_FALLBACKS = Counter(
+    "keel_llm_fallbacks",
+    "Calls sent down the chain to another model after one failed for good (or was skipped).",
+    ["from_model", "to_model"],
+    registry=REGISTRY,
+)
+LLM_LATENCY = Histogram(
+    "keel_llm_call_duration_seconds",
+    "Provider call duration, request to last token (rate-limit waits excluded).",
+    ["provider", "model", "outcome"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
+    registry=REGISTRY,
+)
+LLM_FIRST_TOKEN = Histogram(
+    "keel_llm_time_to_first_token_seconds",
+    "Time from request to the first streamed token.",
+    ["provider", "model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
+    registry=REGISTRY,
+)
+RATE_LIMIT_WAIT = Histogram(
+    "keel_rate_limit_wait_seconds",
+    "How long calls waited for their slot in a shared rate limit.",
+    ["scope"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60),
+    registry=REGISTRY,
+)
+RATE_LIMIT_DEFERRED = Counter(
+    "keel_rate_limit_deferred",
+    "Attempts whose rate-limit slot was too far away: sent back for a Temporal retry.",
+    ["scope", "unit"],
+    registry=REGISTRY,
+)
+BUDGET_REFUSALS = Counter(
+    "keel_budget_refusals",
+    "Calls refused because a budget could not cover their worst-case cost.",
+    ["tenant", "period"],
+    registry=REGISTRY,
+)
+BREAKER_STATE = Gauge(
+    "keel_circuit_breaker_state",
+    "Circuit breaker per provider + model: 0 closed, 1 half-open, 2 open.",
+    ["provider", "model"],
+    registry=REGISTRY,
+)
+BUDGET_LIMIT = Gauge(
+    "keel_budget_limit_usd",
+    "Budget limit per tenant and period.",
+    ["tenant", "period"],
+    registry=REGISTRY,
+)
+BUDGET_SPENT = Gauge(
+    "keel_budget_spent_usd",
+    "Metered spend in the current period.",
+    ["tenant", "period"],
+    registry=REGISTRY,
+)
+BUDGET_REMAINING = Gauge(
+    "keel_budget_remaining_usd",
+    "Budget left in the current period: limit - spent - reserved by calls in flight.",
+    ["tenant", "period"],
+    registry=REGISTRY,
+)
+APPROVALS_PENDING = Gauge(
+    "keel_approvals_pending",
+    "Approval gates waiting for a human decision.",
+    registry=REGISTRY,
+)
+
+BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+@dataclass(frozen=True)
+class AttemptMetrics:
+    provider: str
+    model: str
+    tenant: str
+    outcome: str
+    attempt: int
+    error_class: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal | None = None
+    duration_seconds: float | None = None
+    first_token_seconds: float | None = None
+
+
+def record_llm_attempt(metrics: AttemptMetrics) -> None:
+    """Count one attempt; called once per attempt, after its ledger row is written."""
+    p, m = metrics.provider, metrics.model
+    LLM_ATTEMPTS.labels(p, m, metrics.outcome, metrics.error_class or "").inc()
+    if metrics.attempt > 1:
+        LLM_RETRIES.labels(p, m).inc()
+    # A response-cache hit repeats an earlier answer's usage, but nothing was billed for it.
+    billed = metrics.outcome != "cached"
+    for kind, count in (
+        ("input", metrics.input_tokens),
+        ("output", metrics.output_tokens),
+        ("cached", metrics.cached_tokens),
+        ("reasoning", metrics.reasoning_tokens),
+    ):
+        if count and billed:
+            LLM_TOKENS.labels(p, m, metrics.tenant, kind).inc(count)
+    if metrics.cost_usd:
+        LLM_COST.labels(p, m, metrics.tenant).inc(float(metrics.cost_usd))
+    if metrics.duration_seconds is not None:
+        LLM_LATENCY.labels(p, m, metrics.outcome).observe(metrics.duration_seconds)
+    if metrics.first_token_seconds is not None:
+        LLM_FIRST_TOKEN.labels(p, m).observe(metrics.first_token_seconds)
+
+
+def record_breaker_state(provider: str, model: str, state: str) -> None:
+    BREAKER_STATE.labels(provider, model).set(BREAKER_STATE_VALUES.get(state, 0))
+
+
+# --- Gauges of shared state, re-read from Postgres ------------------------------------------
+
+_BREAKERS = text("SELECT provider, model, state FROM circuit_breakers")
+_APPROVALS_PENDING = text("SELECT count(*) FROM approvals WHERE status = 'pending'")
+
+
+async def refresh_state_gauges(settings: KeelSettings) -> None:
+    """Breakers, budgets and pending approvals as Postgres has them now."""
+    async with session_factory()() as session:
+        for row in await session.execute(_BREAKERS):
+            record_breaker_state(row.provider, row.model, row.state)
+        states = await budget_states(session, None, settings)
+        APPROVALS_PENDING.set(int((await session.execute(_APPROVALS_PENDING)).scalar_one()))
+    for metric in (BUDGET_LIMIT, BUDGET_SPENT, BUDGET_REMAINING):
+        metric.clear()  # a removed budget disappears instead of freezing at its last value
+    for state in states:
+        BUDGET_LIMIT.labels(state.tenant, state.period).set(float(state.limit_usd))
+        BUDGET_SPENT.labels(state.tenant, state.period).set(float(state.spent_usd))
+        BUDGET_REMAINING.labels(state.tenant, state.period).set(float(state.left_usd))
+
+
+async def refresh_state_gauges_forever(settings: KeelSettings) -> None:
+    while True:
+        try:
+            await refresh_state_gauges(settings)
+        except Exception as error:  # a database blip must not stop the worker
+            log.warning("metrics.refresh_failed", error=f"{type(error).__name__}: {error}")
+        await asyncio.sleep(settings.metrics_refresh_seconds)
+
+
+# --- The Temporal SDK's metrics -------------------------------------------------------------
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def temporal_runtime_with_metrics() -> tuple[Runtime, str]:
+    """A Temporal Runtime whose SDK metrics are served on a private loopback port, and the
+    URL keel's endpoint reads them from. Create it once per process, before the client."""
+    address = f"127.0.0.1:{free_loopback_port()}"
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
+    return runtime, f"http://{address}/metrics"
+
+
+# --- The endpoint ---------------------------------------------------------------------------
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    server: _MetricsHTTPServer
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/healthz"):
+            self._reply(200, b"ok\n", "text/plain; charset=utf-8")
+        elif path == "/metrics":
+            self._reply(200, self.server.exposition(), CONTENT_TYPE_LATEST)
+        else:
+            self._reply(404, b"not found; metrics are at /metrics\n", "text/plain")
+
+    def _reply(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # scrapes every 15 s would drown the worker's log
+
+
+class _MetricsHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    sdk_metrics_url: str | None = None
+
+    def exposition(self) -> bytes:
+        body = generate_latest(REGISTRY)
+        if self.sdk_metrics_url:
+            try:
+                with urllib.request.urlopen(self.sdk_metrics_url, timeout=2) as response:
+                    body += response.read()
+            except OSError as error:
+                body += f"# temporal SDK metrics unavailable: {error}\n".encode()
+        return body
+
+
+class MetricsServer:
+    """``/metrics`` (keel's registry, then the SDK's text) and ``/healthz`` on a thread."""
+
+    def __init__(self, host: str, port: int, sdk_metrics_url: str | None = None) -> None:
+        self.requested = (host, port)
+        self.sdk_metrics_url = sdk_metrics_url
+        self._server: _MetricsHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> MetricsServer:
+        host, port = self.requested
+        try:
+            server = _MetricsHTTPServer((host, port), _MetricsHandler)
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE or port == 0:
+                raise
+            # Two workers on one host (the dev stack): the second takes a free port and says so.
+            server = _MetricsHTTPServer((host, 0), _MetricsHandler)
+            log.warning(
+                "metrics.port_in_use",
+                requested_port=port,
+                port=server.server_address[1],
+                hint="set KEEL_METRICS_PORT per worker to choose the port",
+            )
+        server.sdk_metrics_url = self.sdk_metrics_url
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="keel-metrics", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the metrics server is not running")
+        host, port = self._server.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"http://{shown}:{port}/metrics"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            with contextlib.suppress(RuntimeError):
+                self._thread.join(5)
+        self._server = None
+        self._thread = None

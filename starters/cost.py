@@ -1,0 +1,234 @@
+"""``keel cost [--by model|tenant|workflow|day|route] [--since DATE]``: spend from the ledger.
+
+One row per group, totals that are the sum of the rows (the same numbers, added up). Every
+attempt is a ledger row, so a retried call counts each attempt it was billed for (a stream cut
+midway is billed for the tokens that arrived), a cached answer counts as a call that cost $0,
+and a streamed call is metered from the usage its stream reported, like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+
+import typer
+from rich.table import Table
+from sqlalchemy import Date, cast, func, select
+from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.elements import ColumnElement
+
+from infra.database import dispose_engines, session_factory
+from infra.tables import LlmCall
+from starters.output import console, fail
+
+# Attempts refused before reaching a provider: nothing billed.
+REFUSED = ("short_circuited", "budget_refused", "throttled")
+FAILED = ("error", "interrupted")
+
+
+class CostGrouping(StrEnum):
+    MODEL = "model"
+    TENANT = "tenant"
+    WORKFLOW = "workflow"
+    DAY = "day"
+    ROUTE = "route"
+
+
+@dataclass
+class CostRow:
+    key: str
+    attempts: int = 0
+    ok: int = 0
+    cached: int = 0
+    failed: int = 0
+    refused: int = 0
+    in_flight: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    # Attempts that used tokens of a model the price table does not know (cost unknown).
+    unpriced: int = 0
+
+    def add(self, other: CostRow) -> None:
+        for item in fields(self):
+            if item.name != "key":
+                setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
+
+
+@dataclass
+class CostReport:
+    grouping: CostGrouping
+    since: datetime
+    until: datetime | None
+    tenant: str | None
+    rows: list[CostRow]
+
+    @property
+    def total(self) -> CostRow:
+        total = CostRow("total")
+        for row in self.rows:
+            total.add(row)
+        return total
+
+
+def _group_key(grouping: CostGrouping) -> ColumnElement[str] | InstrumentedAttribute[str]:
+    if grouping == CostGrouping.MODEL:
+        return LlmCall.model
+    if grouping == CostGrouping.TENANT:
+        return LlmCall.tenant
+    if grouping == CostGrouping.WORKFLOW:
+        return LlmCall.workflow_id
+    if grouping == CostGrouping.ROUTE:
+        return func.coalesce(LlmCall.route, "(explicit models)")
+    return func.to_char(cast(func.timezone("UTC", LlmCall.created_at), Date), "YYYY-MM-DD")
+
+
+def start_of_month(now: datetime | None = None) -> datetime:
+    now = now or datetime.now(UTC)
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+async def cost_report(
+    grouping: CostGrouping,
+    since: datetime,
+    until: datetime | None = None,
+    tenant: str | None = None,
+) -> CostReport:
+    key = _group_key(grouping).label("key")
+    outcome = LlmCall.outcome
+    statement = (
+        select(
+            key,
+            func.count().label("attempts"),
+            func.count().filter(outcome == "ok").label("ok"),
+            func.count().filter(outcome == "cached").label("cached"),
+            func.count().filter(outcome.in_(FAILED)).label("failed"),
+            func.count().filter(outcome.in_(REFUSED)).label("refused"),
+            func.count().filter(outcome == "in_flight").label("in_flight"),
+            func.coalesce(func.sum(LlmCall.input_tokens), 0).label("input_tokens"),
+            func.coalesce(func.sum(LlmCall.output_tokens), 0).label("output_tokens"),
+            func.coalesce(func.sum(LlmCall.cost_usd), 0).label("cost_usd"),
+            func.count()
+            .filter(
+                LlmCall.cost_usd.is_(None),
+                (LlmCall.input_tokens + LlmCall.output_tokens) > 0,
+            )
+            .label("unpriced"),
+        )
+        .where(LlmCall.created_at >= since)
+        .group_by(key)
+        .order_by(func.coalesce(func.sum(LlmCall.cost_usd), 0).desc(), key)
+    )
+    if until is not None:
+        statement = statement.where(LlmCall.created_at < until)
+    if tenant is not None:
+        statement = statement.where(LlmCall.tenant == tenant)
+    async with session_factory()() as session:
+        result = await session.execute(statement)
+        rows = [CostRow(**{**row._mapping, "key": str(row.key)}) for row in result]
+    return CostReport(grouping, since, until, tenant, rows)
+
+
+def _money(value: Decimal) -> str:
+    return f"{value:,.6f}"
+
+
+def print_cost_report(report: CostReport) -> None:
+    window = f"since {report.since:%Y-%m-%d %H:%M} UTC" + (
+        f" until {report.until:%Y-%m-%d %H:%M} UTC" if report.until else ""
+    )
+    scope = f" · tenant {report.tenant}" if report.tenant else ""
+    table = Table(title=f"LLM spend by {report.grouping} · {window}{scope}", title_justify="left")
+    table.add_column(str(report.grouping))
+    for column in ("attempts", "ok", "cached", "failed", "refused", "in tokens", "out tokens"):
+        table.add_column(column, justify="right")
+    table.add_column("cost $", justify="right")
+    total = report.total
+    for row in [*report.rows, total]:
+        table.add_row(
+            f"[bold]{row.key}[/]" if row is total else row.key,
+            str(row.attempts),
+            str(row.ok),
+            str(row.cached),
+            str(row.failed),
+            str(row.refused),
+            f"{row.input_tokens:,}",
+            f"{row.output_tokens:,}",
+            _money(row.cost_usd),
+            end_section=row is report.rows[-1] if report.rows else False,
+        )
+    console.print(table)
+    if total.unpriced:
+        console.print(
+            f"[yellow]{total.unpriced} attempt(s) used models genai-prices does not know: their "
+            "tokens are counted, their cost is unknown (not guessed)[/]"
+        )
+    if total.in_flight:
+        console.print(f"[dim]{total.in_flight} attempt(s) still in flight: not billed yet[/]")
+    if not report.rows:
+        console.print("[dim]no LLM calls in this window; try --since 2020-01-01[/]")
+
+
+def print_cost_json(report: CostReport) -> None:
+    for row in [*report.rows, report.total]:
+        print(json.dumps({"by": str(report.grouping), **asdict(row)}, default=str))
+
+
+async def show_cost(
+    grouping: CostGrouping = CostGrouping.MODEL,
+    since: datetime | None = None,
+    tenant: str | None = None,
+) -> CostReport:
+    """Print the cost table (the demo calls this; engines are left open for the caller)."""
+    report = await cost_report(grouping, since or start_of_month(), tenant=tenant)
+    print_cost_report(report)
+    return report
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def _cost(
+    grouping: CostGrouping,
+    since: datetime,
+    until: datetime | None,
+    tenant: str | None,
+    as_json: bool,
+) -> None:
+    try:
+        report = await cost_report(grouping, since, until, tenant)
+    except OSError as error:
+        fail(f"cannot read the ledger: {error}", "is Postgres up? keel dev status")
+    finally:
+        await dispose_engines()
+    if as_json:
+        print_cost_json(report)
+    else:
+        print_cost_report(report)
+
+
+DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+
+
+def cost(
+    by: CostGrouping = typer.Option(CostGrouping.MODEL, "--by", help="Group rows by this."),
+    since: datetime | None = typer.Option(
+        None, formats=DATE_FORMATS, help="From this UTC date/time (default: start of the month)."
+    ),
+    until: datetime | None = typer.Option(None, formats=DATE_FORMATS, help="Before this."),
+    tenant: str | None = typer.Option(None, help="Only this tenant's calls."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per row, then the total."),
+) -> None:
+    """LLM spend from the ledger, by model, tenant, workflow, day or route.
+
+    One row per group (attempts, tokens, dollars); the total is the sum of the rows. Retried
+    and cut-off calls count every attempt billed; cached answers count at $0."""
+    start = _utc(since) or start_of_month()
+    asyncio.run(_cost(by, start, _utc(until), tenant, as_json))

@@ -1,0 +1,134 @@
+"""Helpers of the cost and traffic tests: asking through AskWorkflow, reading the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from temporalio.client import Client, WorkflowHandle
+
+from infra.database import session_factory
+from infra.settings import KeelSettings
+from infra.tables import AuditEvent, LlmCall, TenantDailySpend
+from llmsim import SimServer
+from tests.worker_processes import worker_environment
+from workflows.ask import AskInput, AskOutput, AskWorkflow
+
+CHEAP = "gpt-4o-mini"
+PRICEY = "gpt-4o"
+
+
+async def start_ask(
+    client: Client, settings: KeelSettings, **fields: Any
+) -> WorkflowHandle[AskWorkflow, AskOutput]:
+    params = AskInput.model_validate({"prompt": "Name three rivers in Europe.", **fields})
+    return await client.start_workflow(
+        AskWorkflow.run,
+        params,
+        id=f"ask-{uuid.uuid4().hex[:10]}",
+        task_queue=settings.interactive_task_queue,
+    )
+
+
+async def ask(client: Client, settings: KeelSettings, **fields: Any) -> tuple[str, AskOutput]:
+    handle = await start_ask(client, settings, **fields)
+    return handle.id, await handle.result()
+
+
+async def ledger_rows(
+    *, tenant: str | None = None, workflow_id: str | None = None
+) -> list[LlmCall]:
+    statement = select(LlmCall).order_by(LlmCall.id)
+    if tenant is not None:
+        statement = statement.where(LlmCall.tenant == tenant)
+    if workflow_id is not None:
+        statement = statement.where(LlmCall.workflow_id == workflow_id)
+    async with session_factory()() as session:
+        return list((await session.execute(statement)).scalars())
+
+
+async def metered_spend(tenant: str) -> Decimal:
+    """What the ledger says the tenant was billed, straight from the rows."""
+    async with session_factory()() as session:
+        total = await session.scalar(
+            select(func.coalesce(func.sum(LlmCall.cost_usd), 0)).where(LlmCall.tenant == tenant)
+        )
+    return Decimal(total or 0)
+
+
+async def counted_spend(tenant: str) -> Decimal:
+    """What the budget check reads: the per-day spend counters."""
+    async with session_factory()() as session:
+        total = await session.scalar(
+            select(func.coalesce(func.sum(TenantDailySpend.spent_usd), 0)).where(
+                TenantDailySpend.tenant == tenant
+            )
+        )
+    return Decimal(total or 0)
+
+
+async def audit_types(workflow_id: str) -> list[str]:
+    async with session_factory()() as session:
+        result = await session.execute(
+            select(AuditEvent.event_type)
+            .where(AuditEvent.workflow_id == workflow_id)
+            .order_by(AuditEvent.id)
+        )
+        return list(result.scalars())
+
+
+async def audit_events(workflow_id: str) -> list[AuditEvent]:
+    async with session_factory()() as session:
+        result = await session.execute(
+            select(AuditEvent).where(AuditEvent.workflow_id == workflow_id).order_by(AuditEvent.id)
+        )
+        return list(result.scalars())
+
+
+def requests_to(simulator: SimServer, model: str) -> int:
+    return int(simulator.stats()["models"].get(model, {}).get("requests", 0))
+
+
+@contextmanager
+def simulator_latency(simulator: SimServer, seconds: float) -> Iterator[None]:
+    """Every successful simulated call takes ``seconds`` (the simulator is shared: restored)."""
+    before = simulator.state.config.fixed_latency_s
+    simulator.configure(fixed_latency_s=seconds)
+    try:
+        yield
+    finally:
+        simulator.configure(fixed_latency_s=before)
+
+
+KEEL = Path(sys.executable).parent / "keel"
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+async def keel_cli(
+    client: Client, settings: KeelSettings, *args: str, timeout: float = 120
+) -> CliResult:
+    """The real ``keel`` command in a subprocess, pointed at the test's servers."""
+    env = worker_environment(client, settings, COLUMNS="200", NO_COLOR="1")
+    process = await asyncio.create_subprocess_exec(
+        str(KEEL),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    return CliResult(process.returncode or 0, out.decode(), err.decode())
