@@ -18,8 +18,8 @@ from devstack.errors import DevStackError
 from devstack.layout import StackLayout
 from devstack.processes import ManagedProcess, PortClaim
 from infra.search_attributes import cli_search_attribute_flags
-from infra.temporal_tuning import dev_server_args
 from infra.settings import KeelSettings
+from infra.temporal_tuning import dev_server_args
 
 PART = "temporal"
 

@@ -20,7 +20,7 @@ def alembic_config(database_url: str | None = None) -> Config:
 
 
 def upgrade_to_head(database_url: str | None = None) -> None:
-    command.upgrade(alembic_config(database_url), "heads")
+    command.upgrade(alembic_config(database_url), "head")
 
 
 def downgrade_to_base(database_url: str | None = None) -> None:

@@ -14,7 +14,9 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from activities.approval_models import ReviewPolicy
 from activities.llm.models import CallPolicy, FallbackPolicy
+from activities.llm.traffic_config import BudgetPolicy, RateLimit, RoutePolicy
 
 INTERACTIVE_TASK_QUEUE = "keel-interactive"
 BATCH_TASK_QUEUE = "keel-batch"
@@ -123,6 +125,173 @@ class KeelSettings(BaseSettings):
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_window_seconds: float = Field(default=60, gt=0)
     breaker_cooldown_seconds: float = Field(default=30, gt=0)
+
+    # --- Traffic and cost control (activities/llm/budgets.py, rate_limits.py, routing.py) -----
+    route_policies: dict[str, RoutePolicy] = Field(
+        default_factory=dict,
+        description="Per route: canary chains with traffic weights, the cheaper route to "
+        'downgrade to, and purposes always sent there, e.g. {"quality": {"canaries": '
+        '[{"models": ["gpt-4.1"], "weight": 5}], "downgrade_to": "cheap"}}.',
+    )
+    rate_limits: dict[str, RateLimit] = Field(
+        default_factory=dict,
+        description='Requests and tokens per minute per provider ("openai") or provider:model '
+        '("openai:gpt-4o"), shared by every worker, e.g. {"openai": {"requests_per_minute": '
+        '500, "tokens_per_minute": 200000}}.',
+    )
+    rate_limit_max_wait_seconds: float = Field(
+        default=20,
+        ge=0,
+        description="Longest a call waits for its rate-limit slot inside the activity; a later "
+        "slot is taken by a Temporal retry instead (and a route may fall back meanwhile).",
+    )
+    interactive_budget_policy: BudgetPolicy = BudgetPolicy.DOWNGRADE
+    # Batch calls raise LlmBudgetExceeded: the batch workflow pauses the whole batch at its
+    # approval gate (one gate, not a timer per item in flight).
+    batch_budget_policy: BudgetPolicy = BudgetPolicy.REFUSE
+    budget_downgrade_below: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Routes with a downgrade_to switch to it once a budget of the tenant has "
+        "less than this share left.",
+    )
+    budget_pause_poll_seconds: float = Field(default=15, gt=0)
+    budget_pause_poll_max_seconds: float = Field(default=300, gt=0)
+    budget_pause_max_seconds: float = Field(
+        default=86_400, gt=0, description="A paused call gives up (LlmBudgetExceeded) after this."
+    )
+
+    # --- Observability (infra/metrics.py, infra/tracing.py) -------------------------------
+    metrics_enabled: bool = Field(
+        default=True, description="Serve a Prometheus endpoint (/metrics) from each worker."
+    )
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="0: an ephemeral port; a port already taken (two workers on one host) also "
+        "falls back to an ephemeral one, logged at start.",
+    )
+    metrics_refresh_seconds: float = Field(
+        default=15, gt=0, description="How often a worker re-reads the gauges kept in Postgres."
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "KEEL_OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
+        ),
+        description="Export traces over OTLP (http/protobuf) here; unset: tracing is off.",
+    )
+    otel_exporter_otlp_protocol: Literal["http/protobuf", "grpc"] = Field(
+        default="http/protobuf",
+        validation_alias=AliasChoices(
+            "KEEL_OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"
+        ),
+    )
+    otel_service_name: str = Field(
+        default="keel",
+        validation_alias=AliasChoices("KEEL_OTEL_SERVICE_NAME", "OTEL_SERVICE_NAME"),
+    )
+
+    # --- Chat sessions ---------------------------------------------------------------------
+    session_answer_tokens: int = Field(
+        default=1024, ge=1, description="max_tokens of a chat answer: reserved in the context."
+    )
+    session_context_tokens: int | None = Field(
+        default=None,
+        ge=64,
+        description="Cap on the tokens sent per turn. Unset: the model's context window minus "
+        "the answer reserve.",
+    )
+    model_context_windows: dict[str, int] = Field(
+        default_factory=dict,
+        description="Context windows by model, overriding genai-prices' table.",
+    )
+    default_context_window: int = Field(
+        default=8192, ge=256, description="Context window assumed for a model nobody knows."
+    )
+    session_summary_route: str = Field(
+        default="cheap", description="Route of the model that folds old turns into a summary."
+    )
+    session_keep_recent_ratio: float = Field(
+        default=0.5, gt=0, lt=1, description="Share of the budget kept verbatim after a fold."
+    )
+    session_summary_ratio: float = Field(
+        default=0.25, gt=0, lt=1, description="Share of the budget the summary may take."
+    )
+    session_idle_timeout_seconds: float = Field(
+        default=1800,
+        gt=0,
+        description="A session workflow idle this long completes (its "
+        "history stays in Postgres; the next turn starts a new run).",
+    )
+    session_max_turns_per_run: int = Field(
+        default=500,
+        ge=1,
+        description="Continue-as-new after this many turns, if the server "
+        "has not suggested it before.",
+    )
+    stream_retention_hours: float = Field(default=24, gt=0)
+
+    # --- HTTP API --------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8300
+    api_key: SecretStr | None = Field(
+        default=None, description="When set, requests must send `Authorization: Bearer <key>`."
+    )
+    shed_in_flight: int = Field(
+        default=64,
+        ge=1,
+        description="Low-priority requests get 503 once this API process has this many "
+        "interactive requests in flight.",
+    )
+    shed_backlog: int = Field(
+        default=20,
+        ge=1,
+        description="…or once the interactive task queue's backlog (DescribeTaskQueue) is this "
+        "long.",
+    )
+    shed_retry_after_seconds: int = Field(default=2, ge=1)
+    callback_signing_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key that signs job callbacks."
+    )
+    callback_timeout_seconds: float = Field(default=10, gt=0)
+
+    # --- Human oversight (approval gates) -------------------------------------------------
+    reviewers: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Reviewers and their roles, e.g. {"alice": ["editor"]}; added to the '
+        "reviewers table (`keel reviewers add`), which is the usual place to manage them.",
+    )
+    review_policy: ReviewPolicy = Field(
+        default_factory=ReviewPolicy,
+        description="When DocumentReview asks a human and how its gate behaves (JSON).",
+    )
+    review_webhook_url: SecretStr | None = Field(
+        default=None,
+        description="POST each published review here (it may carry a token, so it is read by "
+        "the publishing activity and never enters workflow history).",
+    )
+
+    # --- Batches ----------------------------------------------------------------------------
+    batch_concurrency: int = Field(
+        default=50, ge=1, le=2000, description="Items in flight per batch unless --concurrency."
+    )
+    batch_history_event_limit: int = Field(
+        default=9000,
+        ge=200,
+        le=50_000,
+        description="A batch run continues-as-new before its history reaches this many events.",
+    )
+    batch_budget_role: str = Field(
+        default="batch-owner",
+        description="Reviewer role that may raise a batch's budget or stop it at its gate.",
+    )
+    batch_budget_gate_hours: float = Field(
+        default=72, gt=0, description="An undecided budget gate stops the batch after this long."
+    )
 
     # --- Logging --------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -6,23 +6,26 @@ Alembic owns the schema (``migrations/``); these models are what it is generated
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     Numeric,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -60,6 +63,10 @@ class ChatSession(Base):
     summary: Mapped[str | None] = mapped_column(Text)
     # Messages with seq <= this are folded into `summary` and no longer sent to the model.
     summarized_through_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    summary_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    system_prompt: Mapped[str | None] = mapped_column(Text)
+    # An explicit model chain; null means `model_route` (or the default route) decides.
+    models: Mapped[list[Any] | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=_now(), onupdate=_now()
@@ -84,6 +91,10 @@ class Message(Base):
     content: Mapped[str | None] = mapped_column(Text)
     tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     summarized: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # Assistant messages: who answered, and what the answering call was billed.
+    model: Mapped[str | None] = mapped_column(String(200))
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cost_usd: Mapped[Decimal | None] = mapped_column(USD)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
@@ -110,9 +121,17 @@ class LlmCall(Base):
 
     __tablename__ = "llm_calls"
     __table_args__ = (
-        UniqueConstraint("workflow_id", "activity_id", "attempt"),
+        # run_id belongs in the key: activity ids restart at "1" in every run, so after a
+        # continue-as-new (or a new run of the same workflow id) the same trio names a new attempt.
+        UniqueConstraint("workflow_id", "run_id", "activity_id", "attempt"),
         Index(None, "tenant", "created_at"),
         Index(None, "model", "created_at"),
+        # Budget checks sum the reservations of a tenant's calls in flight: a few rows at most.
+        Index(
+            "ix_llm_calls_tenant_in_flight",
+            "tenant",
+            postgresql_where=text("outcome = 'in_flight'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -134,11 +153,45 @@ class LlmCall(Base):
     latency_ms: Mapped[int] = mapped_column(Integer)
     first_token_ms: Mapped[int | None] = mapped_column(Integer)
     streamed: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
-    # ok | error | cached | short_circuited
+    # ok | error | cached | short_circuited, or in_flight while the provider call runs and
+    # interrupted when the worker died during it (a later attempt of the same activity says so)
     outcome: Mapped[str] = mapped_column(String(30))
     error_class: Mapped[str | None] = mapped_column(String(50))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # What the budget check set aside for this attempt while it runs (worst case: max_tokens
+    # of output); counted against the tenant's budgets while the row is in_flight.
+    reserved_usd: Mapped[Decimal | None] = mapped_column(USD)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class TenantDailySpend(Base):
+    """Metered spend per tenant and UTC day, kept by the statement that completes each ledger
+    row, so a budget check reads a bounded number of rows instead of summing the month's ledger.
+
+    Each day is split into shards: one row per tenant-day would be a lock every completion of
+    that tenant queues behind (a batch of 200 concurrent calls serialised on it)."""
+
+    __tablename__ = "tenant_daily_spend"
+
+    tenant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, server_default="0")
+    spent_usd: Mapped[Decimal] = mapped_column(USD, default=0, server_default="0")
+    calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class RateLimitBucket(Base):
+    """One shared rate limiter (GCRA) per scope ("openai", "openai:gpt-4o") and unit."""
+
+    __tablename__ = "rate_limit_buckets"
+
+    scope: Mapped[str] = mapped_column(String(250), primary_key=True)
+    # requests | tokens
+    unit: Mapped[str] = mapped_column(String(20), primary_key=True)
+    # Theoretical arrival time: the bucket is full when it is in the past.
+    tat: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
 class Approval(Base):
@@ -166,6 +219,44 @@ class Approval(Base):
     requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Four-eyes: how many distinct approvers the gate needs (decided_by counts them).
+    approvals_required: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # One line a reviewer sees in `keel approvals`, e.g. "summary of q3-report.md".
+    subject: Mapped[str | None] = mapped_column(String(300))
+    # The run that opened the gate: a new run under the same workflow id starts it afresh.
+    run_id: Mapped[str | None] = mapped_column(String(100))
+
+
+class Reviewer(Base):
+    """Who may decide approval gates: one row per reviewer and role (`keel reviewers add`)."""
+
+    __tablename__ = "reviewers"
+    __table_args__ = (Index(None, "role"),)
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    role: Mapped[str] = mapped_column(String(100), primary_key=True)
+    added_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class PublishedDocument(Base):
+    """The output of a DocumentReview: what was published, and on whose approval."""
+
+    __tablename__ = "published_documents"
+    __table_args__ = (Index(None, "tenant", "published_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    # One publication per workflow: a retried publish step never publishes twice.
+    workflow_id: Mapped[str] = mapped_column(String(300), unique=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    source_name: Mapped[str] = mapped_column(String(500))
+    content: Mapped[str] = mapped_column(Text)
+    # Null when policy let the draft through without a gate.
+    approval_gate: Mapped[str | None] = mapped_column(String(200))
+    approved_by: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    # Approved by a gate's default action at its deadline: no human looked at it.
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
 class Batch(Base):
@@ -174,7 +265,7 @@ class Batch(Base):
     id: Mapped[str] = mapped_column(String(200), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(100), index=True)
     workflow_id: Mapped[str] = mapped_column(String(300))
-    # validating | running | paused | cancelled | completed | aborted
+    # queued | loading | running | paused | cancelled | completed | aborted | refused
     status: Mapped[str] = mapped_column(String(30))
     source_name: Mapped[str | None] = mapped_column(String(500))
     route: Mapped[str | None] = mapped_column(String(100))
@@ -183,6 +274,12 @@ class Batch(Base):
     total_items: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     budget_usd: Mapped[Decimal | None] = mapped_column(USD)
     max_failure_rate: Mapped[float | None]
+    # Why the batch is paused, cancelled or aborted, in words a person can act on.
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    # The Temporal Schedule that started this batch, if one did.
+    schedule_id: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=_now(), onupdate=_now()
@@ -194,6 +291,7 @@ class BatchItem(Base):
     __table_args__ = (
         UniqueConstraint("batch_id", "custom_id"),
         Index(None, "batch_id", "status", "line_no"),
+        Index(None, "claim_token"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -208,6 +306,12 @@ class BatchItem(Base):
     error_class: Mapped[str | None] = mapped_column(String(50))
     error_message: Mapped[str | None] = mapped_column(Text)
     cost_usd: Mapped[Decimal | None] = mapped_column(USD)
+    # Which claim (workflow run + claim number) took the item: a retried claim returns the
+    # same items instead of taking new ones.
+    claim_token: Mapped[str | None] = mapped_column(String(200))
+    # How many times the item was sent to the LLM (retry-failed sends it again).
+    run_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=_now(), onupdate=_now()
     )
@@ -258,3 +362,47 @@ class CachedResponse(Base):
     input_tokens: Mapped[int] = mapped_column(Integer)
     output_tokens: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class StreamEvent(Base):
+    """One event of a token stream (a chat turn's deltas, retry markers, the final text).
+
+    ``seq`` is dense per stream, so a client resuming after event n asks for seq > n and sees
+    no gap and no duplicate. Rows are short-lived: finished streams are pruned after a day.
+    """
+
+    __tablename__ = "stream_events"
+    __table_args__ = (UniqueConstraint("stream_key", "seq"), Index(None, "created_at"))
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    stream_key: Mapped[str] = mapped_column(String(300))
+    seq: Mapped[int] = mapped_column(Integer)
+    # attempt | delta | done | error
+    type: Mapped[str] = mapped_column(String(20))
+    # Which activity attempt produced the event ("<activity id>/<attempt>"); null for events
+    # the workflow writes (done, error).
+    attempt: Mapped[str | None] = mapped_column(String(200))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class Job(Base):
+    """An async job started over HTTP: its outcome and the delivery state of its callback."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    # running | completed | failed
+    status: Mapped[str] = mapped_column(String(20))
+    result: Mapped[dict[str, Any] | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    callback_last_status: Mapped[int | None] = mapped_column(Integer)
+    callback_last_error: Mapped[str | None] = mapped_column(Text)
+    # Set once, by the first acknowledged delivery; later attempts see it and stop.
+    callback_acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

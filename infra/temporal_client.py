@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 
 from infra.settings import KeelSettings, get_settings
+from infra.tracing import tracing_interceptors
 
 
-async def connect(settings: KeelSettings | None = None) -> Client:
+async def connect(settings: KeelSettings | None = None, runtime: Runtime | None = None) -> Client:
+    """``runtime``: a Temporal Runtime with telemetry (a worker's, serving SDK metrics)."""
     settings = settings or get_settings()
     try:
         return await Client.connect(
             settings.effective_temporal_address,
             namespace=settings.temporal_namespace,
             data_converter=pydantic_data_converter,
+            # Tracing, when configured: workers built from this client inherit it.
+            interceptors=tracing_interceptors(),
+            runtime=runtime,
         )
     except RuntimeError as error:
         hint = (

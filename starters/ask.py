@@ -10,6 +10,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from activities.llm.models import FallbackPolicy
+from activities.llm.traffic_config import BudgetPolicy
 from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from infra.settings import get_settings
 from infra.temporal_client import connect
@@ -78,6 +79,9 @@ def ask(
     ),
     fallback_response: str | None = typer.Option(None, help="Text for --fallback response."),
     cache: bool = typer.Option(False, help="Answer identical temperature-0 calls from cache."),
+    budget_policy: BudgetPolicy | None = typer.Option(
+        None, help="When the tenant's budget cannot cover the call (default from settings)."
+    ),
     workflow_id: str | None = typer.Option(None, "--id", help="Workflow id (default: generated)."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for and print the answer."),
 ) -> None:
@@ -98,5 +102,6 @@ def ask(
         fallback_policy=fallback,
         fallback_response=fallback_response,
         use_cache=cache,
+        budget_policy=budget_policy,
     )
     asyncio.run(_ask(params, workflow_id or f"ask-{uuid.uuid4().hex[:12]}", wait))

@@ -1,4 +1,5 @@
-"""``keel audit WORKFLOW_ID``: the trail of one workflow, in order, with its LLM ledger."""
+"""``keel audit WORKFLOW_ID``: the trail of one workflow, in order, with its LLM ledger and the
+state of its approval gates."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import typer
 from rich.table import Table
 from sqlalchemy import select
 
+from activities.approvals import gates_of
 from activities.audit_trail import read_audit_trail
 from infra.database import dispose_engines, session_factory
-from infra.tables import LlmCall
+from infra.tables import Approval, LlmCall
 from starters.output import console, fail
 
 
@@ -26,7 +28,8 @@ async def show_audit(workflow_id: str, as_json: bool = False) -> None:
                 )
             ).scalars()
         )
-    if not events and not calls:
+        gates = await gates_of(session, workflow_id)
+    if not events and not calls and not gates:
         fail(
             f"no audit trail for workflow {workflow_id!r}",
             "check the id (keel prints it when a workflow starts), or that DATABASE_URL points "
@@ -71,6 +74,36 @@ async def show_audit(workflow_id: str, as_json: bool = False) -> None:
             str(call.latency_ms),
         )
     console.print(ledger)
+    if gates:
+        console.print(_gates_table(gates))
+
+
+def _gates_table(gates: list[Approval]) -> Table:
+    table = Table(title="approval gates (current state)", title_justify="left")
+    for column in (
+        "gate",
+        "status",
+        "role",
+        "approvals",
+        "decided by",
+        "note",
+        "requested",
+        "decided",
+    ):
+        table.add_column(column)
+    for gate in gates:
+        table.add_row(
+            gate.gate,
+            gate.status,
+            gate.required_role
+            + (f" (level {gate.escalation_level})" if gate.escalation_level else ""),
+            f"{len(gate.decided_by)}/{gate.approvals_required}",
+            ", ".join(gate.decided_by) or "—",
+            (gate.decision_reason or "")[:80],
+            gate.requested_at.strftime("%H:%M:%S"),
+            gate.decided_at.strftime("%H:%M:%S") if gate.decided_at else "—",
+        )
+    return table
 
 
 def audit(

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import typer
 
+from starters.api import api
+from starters.approvals import approvals_app, approve, edit, reject
 from starters.ask import ask
 from starters.audit import audit
+from starters.batch import batch_app
+from starters.budget import budget_app
+from starters.chat import chat, session_app
 from starters.config import config_app
+from starters.cost import cost
 from starters.demo import demo
 from starters.dev import dev_app
+from starters.review import review_app
+from starters.reviewers import reviewers_app
+from starters.routes import routes
+from starters.show import show
 from starters.sim import sim
 from starters.worker import worker
 
@@ -23,5 +33,19 @@ app.command()(audit)
 app.command()(worker)
 app.command()(demo)
 app.add_typer(config_app, name="config")
+app.command()(cost)
+app.add_typer(budget_app, name="budget")
+app.command()(routes)
+app.add_typer(batch_app, name="batch")
+app.add_typer(review_app, name="review")
+app.add_typer(approvals_app, name="approvals")
+app.add_typer(reviewers_app, name="reviewers")
+app.command()(approve)
+app.command()(reject)
+app.command()(edit)
+app.command()(show)
 app.add_typer(dev_app, name="dev")
 app.command()(sim)
+app.command()(chat)
+app.add_typer(session_app, name="session")
+app.command()(api)

@@ -12,12 +12,17 @@ import uuid
 import httpx2
 from rich.rule import Rule
 
+from activities.batch_items import batch_workflow_id
 from infra.database import dispose_engines
 from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect
 from starters.ask import print_answer, tenant_search_attributes
 from starters.audit import show_audit
+from starters.batch import run_demo_batch
 from starters.output import console, fail, workflow_link
+from starters.review_demo import demo_review
+from starters.sessions_demo import demo_streaming_chat_and_job
+from starters.traffic_demo import demo_cost_and_traffic
 from workflows.ask import AskInput, AskWorkflow
 
 
@@ -92,6 +97,19 @@ async def _demo_parts(settings: KeelSettings) -> None:
         await show_audit(workflow_ids[-1])
     else:
         console.print("[dim]skipped: real providers are configured, so no faults are injected[/]")
+
+    _section("3. Human oversight: a review pauses at an approval gate until a reviewer decides")
+    workflow_ids.append(await demo_review(settings))
+
+    _section("4. A batch: JSONL items under a concurrency cap, exactly one result each")
+    batch_id = await run_demo_batch(settings)
+    workflow_ids.append(batch_workflow_id(batch_id))
+
+    _section("5. Sessions and the HTTP API: a streamed chat turn and an async job")
+    await demo_streaming_chat_and_job(settings)
+
+    _section("6. Cost and traffic: routes, a budget that refuses, spend by model")
+    workflow_ids += await demo_cost_and_traffic(settings)
 
     _section("Done — the stack is still running")
     console.print(f"Temporal Web UI: {settings.web_ui_url}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import NoReturn
 
 import typer
@@ -9,8 +10,10 @@ from rich.console import Console
 
 from infra.settings import KeelSettings
 
-console = Console()
-error_console = Console(stderr=True)
+# Piped or captured output gets room for whole model names and ids instead of rich's 80 columns.
+_PIPED_WIDTH = 160
+console = Console(width=None if sys.stdout.isatty() else _PIPED_WIDTH)
+error_console = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH)
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:

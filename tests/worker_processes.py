@@ -49,7 +49,7 @@ class WorkerProcess:
         )
         return self
 
-    async def wait_until_polling(self, timeout: float = 20.0) -> None:
+    async def wait_until_polling(self, timeout: float = 60.0) -> None:
         """The worker logs `worker.started` once it is connected and registered."""
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:

@@ -7,10 +7,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from activities.approvals import APPROVAL_ACTIVITIES
 from activities.audit_trail import record_audit_event
+from activities.batch_items import BATCH_ACTIVITIES
+from activities.jobs import JOB_ACTIVITIES
 from activities.llm.activities import complete_chat, plan_llm_route
+from activities.publishing import PUBLISHING_ACTIVITIES
+from activities.sessions import SESSION_ACTIVITIES
 from infra.settings import KeelSettings
 from workflows.ask import AskWorkflow
+from workflows.batch import BatchWorkflow
+from workflows.chat_session import ChatSessionWorkflow
+from workflows.document_review import DocumentReviewWorkflow
+from workflows.jobs import JobWorkflow
 
 
 @dataclass(frozen=True)
@@ -26,10 +35,23 @@ LLM_ACTIVITIES: list[Callable[..., Any]] = [complete_chat, plan_llm_route, recor
 def queue_contents(queue: str, settings: KeelSettings) -> QueueContents:
     if queue == settings.interactive_task_queue:
         return QueueContents(
-            workflows=[AskWorkflow], activities=LLM_ACTIVITIES, max_concurrent_activities=200
+            workflows=[AskWorkflow, ChatSessionWorkflow, JobWorkflow, DocumentReviewWorkflow],
+            activities=[
+                *LLM_ACTIVITIES,
+                *SESSION_ACTIVITIES,
+                *JOB_ACTIVITIES,
+                *APPROVAL_ACTIVITIES,
+                *PUBLISHING_ACTIVITIES,
+            ],
+            max_concurrent_activities=200,
         )
     if queue == settings.batch_task_queue:
-        return QueueContents(workflows=[], activities=LLM_ACTIVITIES, max_concurrent_activities=400)
+        return QueueContents(
+            workflows=[BatchWorkflow],
+            # The budget gate is an approval gate: its roster and records run here too.
+            activities=[*LLM_ACTIVITIES, *BATCH_ACTIVITIES, *APPROVAL_ACTIVITIES],
+            max_concurrent_activities=400,
+        )
     known = ", ".join([settings.interactive_task_queue, settings.batch_task_queue])
     raise ValueError(f"unknown task queue {queue!r}; keel's queues are: {known}")
 

@@ -15,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
         LlmParameters,
         LlmRequest,
     )
+    from activities.llm.traffic_config import BudgetPolicy
     from workflows.llm_calls import ask_llm, audit
 
 
@@ -29,6 +30,8 @@ class AskInput(BaseModel):
     fallback_policy: FallbackPolicy | None = None
     fallback_response: str | None = None
     use_cache: bool = False
+    # What to do when the tenant's budget cannot cover the call (None: settings decide).
+    budget_policy: BudgetPolicy | None = None
 
 
 class AskOutput(BaseModel):
@@ -56,6 +59,7 @@ class AskWorkflow:
                 fallback_response=params.fallback_response,
                 use_cache=params.use_cache,
                 purpose="ask",
+                budget_policy=params.budget_policy,
             )
         )
         await audit(

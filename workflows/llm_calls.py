@@ -1,16 +1,20 @@
 """How every workflow calls an LLM: plan the route, try each model under its retry policy, fall
 back down the chain, and let the caller's fallback policy decide when the chain is exhausted.
+When the tenant's budget cannot cover a call, the caller's budget policy decides: downgrade to
+the route's cheaper ``downgrade_to``, pause (durable timers) until the budget has room, or
+refuse with ``LlmBudgetExceeded`` naming the budget.
 
 Runs inside workflow code, so it only schedules activities and makes decisions; no I/O.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import Priority, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
@@ -26,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         RoutePlan,
         error_class_from_type,
     )
+    from activities.llm.traffic_config import BudgetPolicy
 
 # Activities are named, not imported: workflow modules (and the CLI that starts them) stay free of
 # the provider SDKs and database drivers the activities need.
@@ -41,6 +46,17 @@ CHAIN_STOPPERS = frozenset({ErrorClass.CONTENT_POLICY})
 
 class LlmChainExhausted(ApplicationError):
     pass
+
+
+class LlmBudgetExceeded(ApplicationError):
+    """The tenant's budget cannot cover the call and the budget policy could not help. Its
+    message names the budget and the command that raises it; its details hold the budget."""
+
+
+@dataclass
+class _BudgetRefusal:
+    message: str
+    budget: dict[str, Any] | None = None
 
 
 async def audit(event_type: str, tenant: str, payload: dict[str, Any], actor: str = "keel") -> None:
@@ -81,8 +97,7 @@ def failure_class(error: ActivityError) -> ErrorClass:
     return ErrorClass.UNKNOWN
 
 
-async def ask_llm(request: LlmRequest) -> LlmAnswer:
-    """Answer ``request`` with the first model in its route that succeeds."""
+async def _plan(request: LlmRequest, note_downgrade: bool = True) -> RoutePlan:
     plan = await workflow.execute_local_activity(
         PLAN_LLM_ROUTE,
         request,
@@ -90,7 +105,77 @@ async def ask_llm(request: LlmRequest) -> LlmAnswer:
         start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
         retry_policy=RetryPolicy(maximum_attempts=3, non_retryable_error_types=["UnknownRoute"]),
     )
+    if plan.downgraded_from is not None and note_downgrade:
+        await audit(
+            "llm.route_downgraded",
+            request.tenant,
+            {
+                "purpose": request.purpose,
+                "from_route": plan.downgraded_from,
+                "to_route": plan.route,
+                "reason": plan.downgrade_reason,
+            },
+        )
+    return plan
+
+
+async def plan_route(request: LlmRequest) -> RoutePlan:
+    """The plan ``ask_llm`` makes for ``request`` (chain, breakers, budgets, policies)."""
+    return await _plan(request)
+
+
+async def ask_llm(request: LlmRequest, plan: RoutePlan | None = None) -> LlmAnswer:
+    """Answer ``request`` with the first model in its route that succeeds.
+
+    ``plan``: a recent ``plan_route`` of a request of the same shape, for callers making many
+    such calls (a batch plans once per page instead of once per item: the planning local
+    activity would otherwise hold the workflow task open for every item). Breakers and budget
+    reservations are still enforced per call by the call activity."""
+    plan = plan or await _plan(request)
     failed: list[tuple[str, str]] = []
+    routes_tried = {plan.route, plan.downgraded_from}
+    while True:
+        if plan.budget_refusal is not None:
+            # The planner already sees the budget cannot cover the call: no attempt is made.
+            outcome: LlmAnswer | _BudgetRefusal | None = _BudgetRefusal(
+                plan.budget_refusal,
+                plan.budget_blocking.model_dump(mode="json") if plan.budget_blocking else None,
+            )
+        else:
+            outcome = await _try_chain(request, plan, failed)
+        if isinstance(outcome, LlmAnswer):
+            return outcome
+        if outcome is None:
+            break
+        request, plan = await _after_budget_refusal(request, plan, outcome, routes_tried)
+
+    summary = "; ".join(f"{model}: {cause}" for model, cause in failed)
+    await audit(
+        "llm.chain_exhausted",
+        request.tenant,
+        {"purpose": request.purpose, "failures": failed, "policy": plan.fallback_policy.value},
+    )
+    if plan.fallback_policy == FallbackPolicy.FAIL or plan.fallback_response is None:
+        raise LlmChainExhausted(
+            f"every model in route {plan.route or 'explicit'} failed ({summary}); "
+            "check `keel audit` for each attempt, or set a fallback policy",
+            failed,
+            type="LlmChainExhausted",
+            non_retryable=True,
+        )
+    return LlmAnswer(
+        text=plan.fallback_response,
+        model="fallback",
+        provider="keel",
+        fallback_used=True,
+        failed_models=failed,
+    )
+
+
+async def _try_chain(
+    request: LlmRequest, plan: RoutePlan, failed: list[tuple[str, str]]
+) -> LlmAnswer | _BudgetRefusal | None:
+    """Each model of the plan in turn: the answer, a budget refusal, or None (exhausted)."""
     for position, candidate in enumerate(plan.candidates):
         if position > 0:
             await audit(
@@ -114,6 +199,7 @@ async def ask_llm(request: LlmRequest) -> LlmAnswer:
                     model=candidate.model,
                     provider=candidate.provider,
                     route=plan.route,
+                    fallback_from=failed[-1][0] if position > 0 else None,
                 ),
                 task_queue=plan.task_queue,
                 start_to_close_timeout=plan.policy.start_to_close,
@@ -122,6 +208,10 @@ async def ask_llm(request: LlmRequest) -> LlmAnswer:
                 retry_policy=retry_policy(plan.policy),
                 summary=f"{request.purpose}: {candidate.model}",
                 result_type=LlmAnswer,
+                # Unset inherits the workflow's priority; a turn may ask for its own.
+                priority=Priority(priority_key=request.priority_key)
+                if request.priority_key
+                else Priority.default,
             )
         except ActivityError as error:
             error_class = failure_class(error)
@@ -129,30 +219,76 @@ async def ask_llm(request: LlmRequest) -> LlmAnswer:
             workflow.logger.warning(
                 "LLM call failed on %s (%s)", candidate.model, error_class.value
             )
+            if error_class == ErrorClass.BUDGET_EXCEEDED:
+                # Another model of the chain would spend the same budget: the policy decides.
+                return _refusal_of(error)
             if error_class in CHAIN_STOPPERS:
                 break
             continue
         answer.failed_models = failed
         return answer
+    return None
 
-    summary = "; ".join(f"{model}: {cause}" for model, cause in failed)
-    await audit(
-        "llm.chain_exhausted",
-        request.tenant,
-        {"purpose": request.purpose, "failures": failed, "policy": plan.fallback_policy.value},
+
+def _refusal_of(error: ActivityError) -> _BudgetRefusal:
+    cause = error.cause
+    if not isinstance(cause, ApplicationError):
+        return _BudgetRefusal(str(error))
+    details = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else None
+    return _BudgetRefusal(cause.message, details)
+
+
+async def _after_budget_refusal(
+    request: LlmRequest, plan: RoutePlan, refusal: _BudgetRefusal, routes_tried: set[str | None]
+) -> tuple[LlmRequest, RoutePlan]:
+    """Apply the caller's budget policy: the request and plan to go on with, or raise."""
+    where = {"purpose": request.purpose, "route": plan.route, "reason": refusal.message}
+    if (
+        plan.budget_policy == BudgetPolicy.DOWNGRADE
+        and plan.downgrade_route is not None
+        and plan.downgrade_route not in routes_tried
+    ):
+        routes_tried.add(plan.downgrade_route)
+        await audit("llm.budget_downgraded", request.tenant, {**where, "to": plan.downgrade_route})
+        request = request.model_copy(update={"route": plan.downgrade_route, "models": None})
+        plan = await _plan(request)
+        routes_tried.add(plan.route)
+        return request, plan
+    if plan.budget_policy == BudgetPolicy.PAUSE:
+        await audit("llm.budget_paused", request.tenant, where)
+        plan = await _wait_for_budget(request, plan, refusal)
+        await audit("llm.budget_resumed", request.tenant, {"purpose": request.purpose})
+        return request, plan
+    await audit("llm.budget_refused", request.tenant, {**where, "policy": plan.budget_policy})
+    raise LlmBudgetExceeded(
+        refusal.message,
+        refusal.budget,
+        type=ErrorClass.BUDGET_EXCEEDED.error_type,
+        non_retryable=True,
     )
-    if plan.fallback_policy == FallbackPolicy.FAIL or plan.fallback_response is None:
-        raise LlmChainExhausted(
-            f"every model in route {plan.route or 'explicit'} failed ({summary}); "
-            "check `keel audit` for each attempt, or set a fallback policy",
-            failed,
-            type="LlmChainExhausted",
-            non_retryable=True,
-        )
-    return LlmAnswer(
-        text=plan.fallback_response,
-        model="fallback",
-        provider="keel",
-        fallback_used=True,
-        failed_models=failed,
-    )
+
+
+async def _wait_for_budget(
+    request: LlmRequest, plan: RoutePlan, refusal: _BudgetRefusal
+) -> RoutePlan:
+    """Re-plan on a backing-off timer until the budget can cover the call (someone raised it,
+    or a new period began). Durable: a paused call holds no worker slot and survives restarts;
+    the backoff keeps a day-long pause to a few hundred history events."""
+    paused_at = workflow.now()
+    delay = plan.pause_poll_seconds
+    while True:
+        waited = (workflow.now() - paused_at).total_seconds()
+        if waited + delay > plan.pause_max_seconds:
+            await audit("llm.budget_refused", request.tenant, {"reason": refusal.message})
+            raise LlmBudgetExceeded(
+                f"paused {waited:.0f}s waiting for budget, then gave up: {refusal.message}",
+                refusal.budget,
+                type=ErrorClass.BUDGET_EXCEEDED.error_type,
+                non_retryable=True,
+            )
+        await workflow.sleep(timedelta(seconds=delay))
+        plan = await _plan(request, note_downgrade=False)
+        if plan.budget_refusal is None:
+            return plan
+        refusal = _BudgetRefusal(plan.budget_refusal, refusal.budget)
+        delay = min(delay * 2, plan.pause_poll_max_seconds)

@@ -8,14 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 
 import structlog
+from opentelemetry.trace import Span
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.llm import circuit_breaker, response_cache
+from activities.llm import circuit_breaker, rate_limits, response_cache
+from activities.llm.budgets import (
+    BudgetExceededError,
+    Estimate,
+    blocking_budget,
+    budget_states,
+    estimate_cost,
+    estimated_usage,
+    reserve,
+)
 from activities.llm.errors import ClassifiedError, classify
 from activities.llm.ledger import (
     IN_FLIGHT,
@@ -25,6 +37,7 @@ from activities.llm.ledger import (
 )
 from activities.llm.models import (
     AttemptInput,
+    BudgetState,
     CallClass,
     ErrorClass,
     LlmAnswer,
@@ -34,15 +47,25 @@ from activities.llm.models import (
     Usage,
 )
 from activities.llm.pricing import price_usd
-from activities.llm.streaming import open_attempt_stream
 from activities.llm.providers import (
     Completion,
     estimate_tokens,
     get_provider,
     provider_for_model,
 )
+from activities.llm.routing import (
+    RouteChoice,
+    UnknownRouteError,
+    budget_is_low,
+    choose_route,
+    route_policy,
+)
+from activities.llm.streaming import open_attempt_stream
+from activities.llm.traffic_config import BudgetPolicy
+from infra import metrics
 from infra.database import session_factory
 from infra.settings import KeelSettings, get_settings
+from infra.tracing import end_llm_call_span, llm_call_span
 
 log = structlog.get_logger(__name__)
 
@@ -56,50 +79,106 @@ def breaker_config(settings: KeelSettings) -> circuit_breaker.BreakerConfig:
     )
 
 
-class UnknownRouteError(ValueError):
-    pass
+def budget_policy_of(request: LlmRequest, settings: KeelSettings) -> BudgetPolicy:
+    if request.budget_policy is not None:
+        return request.budget_policy
+    if request.call_class == CallClass.BATCH:
+        return settings.batch_budget_policy
+    return settings.interactive_budget_policy
 
 
-def resolve_models(request: LlmRequest, settings: KeelSettings) -> tuple[str | None, list[str]]:
-    if request.models:
-        return None, list(request.models)
-    route = request.route or settings.default_route
-    models = settings.routes.get(route)
-    if not models:
-        known = ", ".join(sorted(settings.routes)) or "none"
-        raise UnknownRouteError(
-            f"unknown route {route!r}; configured routes: {known} (set KEEL_ROUTES to add one)"
+def _budget_refusal(
+    budgets: list[BudgetState], candidates: list[ModelCandidate], request: LlmRequest
+) -> BudgetExceededError | None:
+    """Why the budget cannot cover the first model the chain would really call, if it can't."""
+    first = next((c for c in candidates if not c.breaker_open), None)
+    if not budgets or first is None:
+        return None
+    _, model_name = provider_for_model(first.model)
+    estimate = estimate_cost(first.provider, model_name, request)
+    blocking = blocking_budget(budgets, estimate)
+    return BudgetExceededError(blocking, estimate, first.model) if blocking else None
+
+
+async def _candidates(
+    session: AsyncSession, models: list[str], config: circuit_breaker.BreakerConfig
+) -> list[ModelCandidate]:
+    candidates: list[ModelCandidate] = []
+    for model in models:
+        provider, _ = provider_for_model(model)
+        state = await circuit_breaker.read_state(session, provider, model, config)
+        candidates.append(
+            ModelCandidate(
+                model=model,
+                provider=provider,
+                breaker_open=state.state == "open" and (state.retry_in_seconds or 0) > 0,
+                breaker_retry_in_seconds=state.retry_in_seconds,
+            )
         )
-    return route, models
+    return candidates
 
 
 @activity.defn(name="plan_llm_route")
 async def plan_llm_route(request: LlmRequest) -> RoutePlan:
     """Turn a route into an ordered chain of models with the breaker state of each, so the
-    workflow skips an open breaker without spending an activity round trip on it."""
+    workflow skips an open breaker without spending an activity round trip on it.
+
+    The route may be swapped for a cheaper one (its ``downgrade_to``): for a task class sent
+    there, while the tenant's budget is low, or, under the downgrade policy, when the budget
+    cannot cover the call; and a canary may take the call (see activities/llm/routing.py)."""
     settings = get_settings()
-    try:
-        route, models = resolve_models(request, settings)
-    except UnknownRouteError as error:
-        raise ApplicationError(str(error), type="UnknownRoute", non_retryable=True) from error
+    info = activity.info()
+    policy = budget_policy_of(request, settings)
     config = breaker_config(settings)
-    candidates: list[ModelCandidate] = []
+    # Per call, stable across retries and replays: the canary split is by call, not by workflow.
+    traffic_key = f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
     async with session_factory().begin() as session:
-        for model in models:
-            provider, _ = provider_for_model(model)
-            state = await circuit_breaker.read_state(session, provider, model, config)
-            candidates.append(
-                ModelCandidate(
-                    model=model,
-                    provider=provider,
-                    breaker_open=state.state == "open" and (state.retry_in_seconds or 0) > 0,
-                    breaker_retry_in_seconds=state.retry_in_seconds,
+        budgets = await budget_states(session, request.tenant, settings)
+        try:
+            if request.models:
+                choice = RouteChoice(route="", models=list(request.models))
+            else:
+                choice = choose_route(
+                    request.route or settings.default_route,
+                    request.purpose,
+                    settings,
+                    traffic_key,
+                    budget_low=budget_is_low(budgets, settings) is not None,
                 )
+        except UnknownRouteError as error:
+            raise ApplicationError(str(error), type="UnknownRoute", non_retryable=True) from error
+        candidates = await _candidates(session, choice.models, config)
+        refusal = _budget_refusal(budgets, candidates, request)
+        seen = {choice.route}
+        # Out of budget under the downgrade policy: step down now, not after a refused call.
+        while refusal and policy == BudgetPolicy.DOWNGRADE and choice.route:
+            target = route_policy(choice.route, settings).downgrade_to
+            if not target or target in seen:
+                break
+            seen.add(target)
+            named = choice.downgraded_from or choice.route
+            choice = choose_route(target, request.purpose, settings, traffic_key)
+            choice = RouteChoice(
+                choice.route, choice.models, choice.chain, named, "budget_exhausted"
             )
+            candidates = await _candidates(session, choice.models, config)
+            refusal = _budget_refusal(budgets, candidates, request)
     batch = request.call_class == CallClass.BATCH
+    route = choice.route or None
     return RoutePlan(
         route=route,
         candidates=candidates,
+        chain=choice.chain,
+        downgraded_from=choice.downgraded_from,
+        downgrade_reason=choice.downgrade_reason,
+        downgrade_route=route_policy(route, settings).downgrade_to if route else None,
+        budget_policy=policy,
+        budgets=budgets,
+        budget_refusal=str(refusal) if refusal else None,
+        budget_blocking=refusal.blocking if refusal else None,
+        pause_poll_seconds=settings.budget_pause_poll_seconds,
+        pause_poll_max_seconds=settings.budget_pause_poll_max_seconds,
+        pause_max_seconds=settings.budget_pause_max_seconds,
         policy=settings.batch_policy if batch else settings.interactive_policy,
         task_queue=settings.batch_task_queue if batch else settings.interactive_task_queue,
         fallback_policy=request.fallback_policy or settings.fallback_policy,
@@ -120,10 +199,62 @@ class _Attempt:
     prompt_hash: str
     started: float
     completion: Completion
+    span: Span | None = None
+    # Set aside against the tenant's budgets while the call runs (None: no budget applies).
+    reserved_usd: Decimal | None = None
+    # The shared rate limits this call was charged to (tokens at worst case, refunded after).
+    charges: list[rate_limits.Charge] = field(default_factory=list)
 
     @property
     def latency_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
+
+    def observe(
+        self,
+        outcome: str,
+        usage: Usage,
+        cost_usd: Decimal | None = None,
+        failure: ClassifiedError | None = None,
+        timed: bool = True,
+    ) -> None:
+        """Count the finished attempt in the worker's metrics and on its trace span."""
+        call, first_token_ms = self.call, self.completion.first_token_ms
+        metrics.record_llm_attempt(
+            metrics.AttemptMetrics(
+                provider=call.provider,
+                model=call.model,
+                tenant=call.request.tenant,
+                outcome=outcome,
+                attempt=activity.info().attempt,
+                error_class=failure.error_class.value if failure else None,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cached_tokens=usage.cached_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                cost_usd=cost_usd,
+                duration_seconds=(time.perf_counter() - self.started) if timed else None,
+                first_token_seconds=first_token_ms / 1000 if first_token_ms is not None else None,
+            )
+        )
+        if self.span is not None:
+            end_llm_call_span(
+                self.span,
+                {
+                    "keel.outcome": outcome,
+                    "gen_ai.usage.input_tokens": usage.input_tokens,
+                    "gen_ai.usage.output_tokens": usage.output_tokens,
+                    "keel.usage.cached_tokens": usage.cached_tokens,
+                    "keel.cost_usd": float(cost_usd) if cost_usd is not None else None,
+                    "keel.reserved_usd": float(self.reserved_usd)
+                    if self.reserved_usd is not None
+                    else None,
+                    "keel.error_class": failure.error_class.value if failure else None,
+                    "gen_ai.response.finish_reasons": [self.completion.finish_reason]
+                    if self.completion.finish_reason
+                    else None,
+                },
+                failure.message if failure else None,
+            )
 
     def ledger_row(
         self,
@@ -151,6 +282,7 @@ class _Attempt:
             outcome=outcome,
             error_class=failure.error_class.value if failure else None,
             error_message=failure.message if failure else None,
+            reserved_usd=self.reserved_usd,
         )
 
 
@@ -164,8 +296,83 @@ def _to_application_error(failure: ClassifiedError, model: str) -> ApplicationEr
     )
 
 
+def _refusal_error(failure: ClassifiedError, model: str, budget: BudgetState | None) -> Exception:
+    if budget is None:
+        return _to_application_error(failure, model)
+    # The caller's budget policy decides what happens next (workflows/llm_calls.py); the
+    # message names the budget and the command that raises it.
+    return ApplicationError(
+        failure.message,
+        budget.model_dump(mode="json"),
+        type=ErrorClass.BUDGET_EXCEEDED.error_type,
+        non_retryable=True,
+    )
+
+
+async def _reserve_budget(
+    session: AsyncSession, attempt: _Attempt, model_name: str, settings: KeelSettings
+) -> Decimal | None:
+    """Check the tenant's budgets (raises BudgetExceededError); returns the amount to reserve
+    on the in-flight row, or None when the tenant has no budget."""
+    call = attempt.call
+    estimate = Estimate(lambda: estimate_cost(call.provider, model_name, call.request))
+    states = await reserve(session, call.request.tenant, estimate, call.model, settings)
+    if not states:
+        return None
+    return estimate.value if estimate.value is not None else Decimal(0)
+
+
+def _rate_limit_charges(
+    request: LlmRequest, provider: str, model_name: str, settings: KeelSettings
+) -> list[rate_limits.Charge]:
+    if not settings.rate_limits:
+        return []
+    return rate_limits.charges_for(provider, model_name, estimated_usage(request), settings)
+
+
+def _rate_limit_max_wait(request: LlmRequest, settings: KeelSettings) -> float:
+    """Waiting in the activity is cheap, but not past half the attempt's time limit."""
+    policy = (
+        settings.batch_policy
+        if request.call_class == CallClass.BATCH
+        else settings.interactive_policy
+    )
+    return min(settings.rate_limit_max_wait_seconds, policy.start_to_close_seconds / 2)
+
+
+async def _wait_for_rate_limit(wait_seconds: float, charges: list[rate_limits.Charge]) -> None:
+    """Sleep until the call's slot comes up, heartbeating so the wait is not taken for a hang."""
+    deadline = time.monotonic() + wait_seconds
+    while (left := deadline - time.monotonic()) > 0:
+        activity.heartbeat()
+        await asyncio.sleep(min(left, 1.0))
+    for scope in {charge.scope for charge in charges}:
+        metrics.RATE_LIMIT_WAIT.labels(scope).observe(wait_seconds)
+
+
 @activity.defn(name="complete_chat")
 async def complete_chat(call: AttemptInput) -> LlmAnswer:
+    info = activity.info()
+    if call.fallback_from and info.attempt == 1:
+        metrics.LLM_FALLBACKS.labels(call.fallback_from, call.model).inc()
+    with llm_call_span(
+        call.model,
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.system": call.provider,
+            "gen_ai.request.model": call.model,
+            "gen_ai.request.max_tokens": call.request.parameters.max_tokens,
+            "keel.attempt": info.attempt,
+            "keel.tenant": call.request.tenant,
+            "keel.route": call.route or "",
+            "keel.purpose": call.request.purpose,
+            "keel.workflow_id": info.workflow_id or "",
+        },
+    ) as span:
+        return await _complete_chat(call, span)
+
+
+async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
     info = activity.info()
     settings = get_settings()
     request, model, provider_name = call.request, call.model, call.provider
@@ -173,13 +380,15 @@ async def complete_chat(call: AttemptInput) -> LlmAnswer:
     prompt_hash = request.prompt_hash(model)
     sessions = session_factory()
     config = breaker_config(settings)
-    attempt = _Attempt(call, prompt_hash, time.perf_counter(), Completion())
+    attempt = _Attempt(call, prompt_hash, time.perf_counter(), Completion(), span)
+    wait_seconds = 0.0
     async with sessions.begin() as session:
         if response_cache.cacheable(request):
             hit = await response_cache.lookup(session, prompt_hash)
             if hit is not None:
                 usage = Usage(input_tokens=hit.input_tokens, output_tokens=hit.output_tokens)
                 await record_attempt(session, attempt.ledger_row("cached", usage, Decimal(0)))
+                attempt.observe("cached", usage, Decimal(0), timed=False)
                 return LlmAnswer(
                     text=hit.text,
                     model=model,
@@ -191,20 +400,49 @@ async def complete_chat(call: AttemptInput) -> LlmAnswer:
                     attempts=info.attempt,
                     latency_ms=attempt.latency_ms,
                 )
+        # Budget, rate limits and breaker, in one transaction with the in-flight row: the
+        # reservation is visible to the next check the moment the budget lock is released.
+        refused: ClassifiedError | None = None
+        refused_outcome, refused_budget = "", None
         try:
+            attempt.reserved_usd = await _reserve_budget(session, attempt, model_name, settings)
+            attempt.charges = _rate_limit_charges(request, provider_name, model_name, settings)
+            wait_seconds = await rate_limits.acquire(
+                session, attempt.charges, _rate_limit_max_wait(request, settings)
+            )
             await circuit_breaker.admit(session, provider_name, model, config)
-            refused = None
+        except BudgetExceededError as error:
+            refused = ClassifiedError(ErrorClass.BUDGET_EXCEEDED, str(error))
+            refused_outcome, refused_budget = "budget_refused", error.blocking
+            metrics.BUDGET_REFUSALS.labels(error.blocking.tenant, error.blocking.period).inc()
+        except rate_limits.RateLimitedError as error:
+            refused = ClassifiedError(
+                ErrorClass.RATE_LIMITED,
+                str(error),
+                retry_after=timedelta(seconds=max(error.retry_in_seconds, 0.1)),
+            )
+            refused_outcome = "throttled"
+            metrics.RATE_LIMIT_DEFERRED.labels(error.charge.scope, error.charge.unit).inc()
         except circuit_breaker.CircuitOpenError as error:
             refused = ClassifiedError(ErrorClass.CIRCUIT_OPEN, str(error))
+            refused_outcome = "short_circuited"
+        if refused is not None:
+            attempt.reserved_usd = None
             await record_attempt(
-                session, attempt.ledger_row("short_circuited", Usage(), None, refused)
+                session, attempt.ledger_row(refused_outcome, Usage(), None, refused)
             )
-        if refused is None:  # committed before the provider sees the request (see ledger.py)
+        else:  # committed before the provider sees the request (see ledger.py)
             await record_attempt_started(session, attempt.ledger_row(IN_FLIGHT, Usage()))
     if refused is not None:  # raised after the commit, so the ledger keeps the refusal
-        raise ApplicationError(
-            refused.message, type=ErrorClass.CIRCUIT_OPEN.error_type, non_retryable=True
-        )
+        attempt.observe(refused_outcome, Usage(), None, refused, timed=False)
+        if refused.error_class == ErrorClass.CIRCUIT_OPEN:
+            raise ApplicationError(
+                refused.message, type=ErrorClass.CIRCUIT_OPEN.error_type, non_retryable=True
+            )
+        raise _refusal_error(refused, model, refused_budget)
+    if wait_seconds > 0:
+        await _wait_for_rate_limit(wait_seconds, attempt.charges)
+        attempt.started = time.perf_counter()  # latency is the provider's, not the queue's
 
     stream = open_attempt_stream(request.stream_key, model)
 
@@ -245,6 +483,8 @@ async def complete_chat(call: AttemptInput) -> LlmAnswer:
     cost = price_usd(provider_name, model_name, usage)
     async with sessions.begin() as session:
         await record_attempt(session, attempt.ledger_row("ok", usage, cost))
+        # Limiter rows before breaker rows, as in the admission transaction: no lock cycle.
+        await rate_limits.refund_unused(session, attempt.charges, usage)
         await circuit_breaker.record_success(session, provider_name, model)
         if response_cache.cacheable(request):
             await response_cache.store(
@@ -257,6 +497,7 @@ async def complete_chat(call: AttemptInput) -> LlmAnswer:
                 usage.input_tokens,
                 usage.output_tokens,
             )
+    attempt.observe("ok", usage, cost)
     log.info(
         "llm.call_succeeded",
         model=model,
@@ -300,9 +541,13 @@ async def _record_failure(
     cost = price_usd(call.provider, model_name, usage) if usage.output_tokens else None
     async with session_factory().begin() as session:
         await record_attempt(session, attempt.ledger_row("error", usage, cost, failure))
+        await rate_limits.refund_unused(session, attempt.charges, usage)
         new_state = await circuit_breaker.record_failure(
             session, call.provider, call.model, failure.error_class, config
         )
+    attempt.observe("error", usage, cost, failure)
+    if new_state is not None:
+        metrics.record_breaker_state(call.provider, call.model, new_state)
     log.warning(
         "llm.call_failed",
         model=call.model,

@@ -8,15 +8,16 @@ while the provider still billed them.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import func, update
+from sqlalchemy import Date, cast, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.llm.models import Usage
-from infra.tables import LlmCall
+from infra.tables import LlmCall, TenantDailySpend
 
 # Activity ids restart in every workflow run, so the run is part of an attempt's identity.
 LEDGER_KEY = ["workflow_id", "run_id", "activity_id", "attempt"]
@@ -43,6 +44,8 @@ class AttemptRecord:
     outcome: str
     error_class: str | None = None
     error_message: str | None = None
+    # Set aside by the budget check while the attempt runs (see activities/llm/budgets.py).
+    reserved_usd: Decimal | None = None
 
 
 def _values(record: AttemptRecord) -> dict[str, object]:
@@ -67,7 +70,16 @@ def _values(record: AttemptRecord) -> dict[str, object]:
         "outcome": record.outcome,
         "error_class": record.error_class,
         "error_message": record.error_message,
+        "reserved_usd": record.reserved_usd,
     }
+
+
+# Concurrent completions of one tenant spread over this many rows per day (see TenantDailySpend).
+SPEND_SHARDS = 16
+
+
+def spend_shard(record: AttemptRecord) -> int:
+    return zlib.crc32(f"{record.workflow_id}/{record.activity_id}".encode()) % SPEND_SHARDS
 
 
 async def record_attempt_started(session: AsyncSession, record: AttemptRecord) -> None:
@@ -100,16 +112,42 @@ async def record_attempt_started(session: AsyncSession, record: AttemptRecord) -
 async def record_attempt(session: AsyncSession, record: AttemptRecord) -> None:
     """Complete the attempt's in-flight row (or insert it, for attempts that never called the
     provider); a replay of a finished attempt is a no-op, so a retried write never
-    double-counts tokens or cost."""
+    double-counts tokens or cost.
+
+    The same statement adds the cost to the tenant's spend of the day: the row leaves
+    ``in_flight`` (releasing its budget reservation) and its cost is metered in one step, so a
+    budget check never sees both or neither, and the spend is counted exactly once."""
     values = _values(record)
     statement = insert(LlmCall).values(**values)
-    statement = statement.on_conflict_do_update(
-        index_elements=LEDGER_KEY,
-        set_={
-            **{name: statement.excluded[name] for name in values if name not in LEDGER_KEY},
-            # created_at is when the attempt finished, as for rows inserted whole.
-            "created_at": func.now(),
-        },
-        where=LlmCall.outcome == IN_FLIGHT,
+    completed = (
+        statement.on_conflict_do_update(
+            index_elements=LEDGER_KEY,
+            set_={
+                **{name: statement.excluded[name] for name in values if name not in LEDGER_KEY},
+                # created_at is when the attempt finished, as for rows inserted whole.
+                "created_at": func.now(),
+            },
+            where=LlmCall.outcome == IN_FLIGHT,
+        )
+        .returning(LlmCall.tenant, LlmCall.cost_usd, LlmCall.created_at)
+        .cte("completed")
     )
-    await session.execute(statement)
+    spend = insert(TenantDailySpend).from_select(
+        ["tenant", "day", "shard", "spent_usd", "calls"],
+        select(
+            completed.c.tenant,
+            cast(func.timezone("UTC", completed.c.created_at), Date),
+            literal(spend_shard(record)),
+            completed.c.cost_usd,
+            literal(1),
+        ).where(completed.c.cost_usd > 0),
+    )
+    spend = spend.on_conflict_do_update(
+        index_elements=["tenant", "day", "shard"],
+        set_={
+            "spent_usd": TenantDailySpend.spent_usd + spend.excluded.spent_usd,
+            "calls": TenantDailySpend.calls + spend.excluded.calls,
+            "updated_at": func.now(),
+        },
+    )
+    await session.execute(spend)

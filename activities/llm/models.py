@@ -14,12 +14,27 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from activities.llm.traffic_config import BudgetPolicy
+
 
 class CallClass(StrEnum):
     """How patient a call may be: interactive callers wait; batch items can wait for minutes."""
 
     INTERACTIVE = "interactive"
     BATCH = "batch"
+
+
+class RequestPriority(StrEnum):
+    """How urgent a caller says its request is. High runs first in Temporal's queues (Priority
+    key 1); low is the first to be refused with 503 when keel is saturated."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def priority_key(self) -> int:
+        return {"high": 1, "normal": 3, "low": 5}[self.value]
 
 
 class ErrorClass(StrEnum):
@@ -37,6 +52,8 @@ class ErrorClass(StrEnum):
     AUTHENTICATION = "authentication"
     MODEL_NOT_FOUND = "model_not_found"
     CIRCUIT_OPEN = "circuit_open"
+    # The tenant's budget cannot cover the call (activities/llm/budgets.py); never retried.
+    BUDGET_EXCEEDED = "budget_exceeded"
     UNKNOWN = "unknown"
 
     @property
@@ -69,6 +86,15 @@ def error_class_from_type(error_type: str | None) -> ErrorClass:
         if candidate.error_type == error_type:
             return candidate
     return ErrorClass.UNKNOWN
+
+
+def provider_for_model(model: str) -> tuple[str, str]:
+    """``(provider, model name)``: an explicit ``anthropic:``/``openai:`` prefix wins; otherwise
+    Claude models go to Anthropic and everything else to the OpenAI-compatible endpoint."""
+    prefix, sep, rest = model.partition(":")
+    if sep and prefix in ("openai", "anthropic"):
+        return prefix, rest
+    return ("anthropic" if model.startswith("claude") else "openai"), model
 
 
 class ChatMessage(BaseModel):
@@ -134,6 +160,9 @@ class LlmRequest(BaseModel):
     stream_key: str | None = None
     # Temporal task priority of the call (1 = most urgent; None: inherit the workflow's).
     priority_key: int | None = Field(default=None, ge=1, le=5)
+    # What to do when the tenant's budget cannot cover the call; None: the call class's
+    # default from settings (interactive: downgrade; batch: refuse, and the batch pauses).
+    budget_policy: BudgetPolicy | None = None
 
     def prompt_hash(self, model: str) -> str:
         return prompt_hash(model, self.messages, self.parameters)
@@ -159,6 +188,34 @@ class ModelCandidate(BaseModel):
     breaker_retry_in_seconds: float | None = None
 
 
+class BudgetState(BaseModel):
+    """One budget of a tenant as it stands: metered spend plus reservations of calls in flight."""
+
+    tenant: str
+    period: Literal["day", "month"]
+    limit_usd: Decimal
+    spent_usd: Decimal = Decimal(0)
+    reserved_usd: Decimal = Decimal(0)
+
+    @property
+    def left_usd(self) -> Decimal:
+        return self.limit_usd - self.spent_usd - self.reserved_usd
+
+    @property
+    def left_ratio(self) -> float:
+        return float(self.left_usd / self.limit_usd) if self.limit_usd > 0 else 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.tenant}/{self.period}"
+
+    def describe(self) -> str:
+        return (
+            f"budget {self.name}: ${self.spent_usd:.4f} spent + ${self.reserved_usd:.4f} "
+            f"reserved by calls in flight, of ${self.limit_usd:.4f}"
+        )
+
+
 class RoutePlan(BaseModel):
     route: str | None
     candidates: list[ModelCandidate]
@@ -166,6 +223,24 @@ class RoutePlan(BaseModel):
     task_queue: str
     fallback_policy: FallbackPolicy
     fallback_response: str | None
+    # Which of the route's chains serves this call: "primary" or a canary's label.
+    chain: str = "primary"
+    # The route the request named, when the planner chose a cheaper one (and why).
+    downgraded_from: str | None = None
+    downgrade_reason: str | None = None
+    # Where to go when the budget refuses a call on this route (BudgetPolicy.DOWNGRADE).
+    downgrade_route: str | None = None
+    budget_policy: BudgetPolicy = BudgetPolicy.REFUSE
+    # The tenant's budgets, and whether they can cover this call's estimate right now.
+    budgets: list[BudgetState] = Field(default_factory=list)
+    # Set when a budget cannot cover the first candidate's worst-case cost right now (the
+    # planner reads without locking; complete_chat's check is the one that holds).
+    budget_refusal: str | None = None
+    budget_blocking: BudgetState | None = None
+    # How a paused call (BudgetPolicy.PAUSE) polls for room, and for how long at most.
+    pause_poll_seconds: float = 15
+    pause_poll_max_seconds: float = 300
+    pause_max_seconds: float = 86_400
 
 
 class AttemptInput(BaseModel):
@@ -175,6 +250,8 @@ class AttemptInput(BaseModel):
     model: str
     provider: str
     route: str | None = None
+    # The model that failed (or was skipped) before this one, for the fallback metric.
+    fallback_from: str | None = None
 
 
 class Usage(BaseModel):

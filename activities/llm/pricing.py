@@ -54,3 +54,19 @@ def price_usd(provider: str, model: str, usage: Usage) -> Decimal | None:
         provider_id=provider,
     )
     return Decimal(calculation.total_price).quantize(Decimal("0.00000001"))
+
+
+def price_per_million(provider: str, model: str) -> tuple[Decimal, Decimal] | None:
+    """Dollars per million input and output tokens at the base tier (None: unknown model)."""
+    if not _known(provider, model):
+        return None
+    # Priced on a thousand tokens, so long-context tiers do not leak into the list price.
+    per_thousand = [
+        calc_price(
+            PriceUsage(input_tokens=tokens_in, output_tokens=tokens_out),
+            model_ref=model,
+            provider_id=provider,
+        ).total_price
+        for tokens_in, tokens_out in ((1000, 0), (0, 1000))
+    ]
+    return Decimal(per_thousand[0]) * 1000, Decimal(per_thousand[1]) * 1000

@@ -18,6 +18,7 @@ import httpx2
 import openai
 
 from activities.llm.models import ChatMessage, LlmParameters, Usage
+from activities.llm.models import provider_for_model as provider_for_model
 from infra.settings import KeelSettings, get_settings
 
 SIMULATOR_API_KEY = "keel-simulator"
@@ -180,15 +181,6 @@ class AnthropicProvider:
                     )
                     partial.usage_reported = True
         return partial
-
-
-def provider_for_model(model: str) -> tuple[str, str]:
-    """``(provider, model name)``: an explicit ``anthropic:``/``openai:`` prefix wins; otherwise
-    Claude models go to Anthropic and everything else to the OpenAI-compatible endpoint."""
-    prefix, sep, rest = model.partition(":")
-    if sep and prefix in ("openai", "anthropic"):
-        return prefix, rest
-    return ("anthropic" if model.startswith("claude") else "openai"), model
 
 
 @lru_cache(maxsize=8)

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "0002_llm_reliability"
 down_revision: str | None = "0001_schema_v1"
 branch_labels: str | Sequence[str] | None = None

@@ -22,6 +22,12 @@ EXPECTED_TABLES = {
     "budgets",
     "circuit_breakers",
     "llm_response_cache",
+    "tenant_daily_spend",
+    "rate_limit_buckets",
+    "reviewers",
+    "published_documents",
+    "stream_events",
+    "jobs",
 }
 
 

@@ -39,9 +39,7 @@ async def test_provider_keys_never_leak(
     simulator.add_faults("server_error", model=CHEAP, count=1)
     simulator.add_faults("context_window", model=CHEAP, count=1)
     async with build_worker(client, settings.interactive_task_queue, settings):
-        workflow_id, result = await ask(
-            client, settings, models=[CHEAP, "claude-3-5-haiku-latest"]
-        )
+        workflow_id, result = await ask(client, settings, models=[CHEAP, "claude-3-5-haiku-latest"])
     assert result.answer.failed_models == [(CHEAP, "context_window")]
 
     history = await client.get_workflow_handle(workflow_id).fetch_history()

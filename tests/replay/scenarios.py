@@ -6,14 +6,28 @@ workflow kind means adding a scenario here and re-recording (``python -m tests.r
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from decimal import Decimal
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
-from infra.settings import KeelSettings
+from activities.batch_files import parse_lines
+from activities.batch_items import BatchOptions
+from activities.job_models import JobInput, JobKind
+from activities.session_models import session_workflow_id
+from infra.chat_client import TurnRequest, run_turn
+from infra.settings import KeelSettings, get_settings
 from llmsim import SimServer
+from starters.batch import submit_batch
+from starters.budget import change_budget
 from workflows.ask import AskInput, AskWorkflow
+from workflows.jobs import JobWorkflow
 
 Scenario = Callable[[Client, KeelSettings, SimServer], Awaitable[WorkflowHandle]]
 
@@ -57,8 +71,147 @@ async def ask_fallback_response(
     return handle
 
 
+async def chat_two_turns_then_continued_as_new(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """Two streamed turns (the second a retried idempotency key), then continue-as-new."""
+    session_settings = settings.model_copy(update={"session_max_turns_per_run": 2})
+    session_id = f"replay-{uuid.uuid4().hex[:8]}"
+    first = TurnRequest(session_id=session_id, content="Hi, I am Ada.", models=["gpt-4o-mini"])
+    await run_turn(client, session_settings, first)
+    handle = client.get_workflow_handle(session_workflow_id(session_id))
+    first_run = (await handle.describe()).run_id
+    await run_turn(client, session_settings, first.model_copy(update={"content": "Hi, I am Ada."}))
+    await run_turn(
+        client,
+        session_settings,
+        TurnRequest(session_id=session_id, content="Who am I?", models=["gpt-4o-mini"]),
+    )
+    return client.get_workflow_handle(handle.id, run_id=first_run)
+
+
+async def job_ask(client: Client, settings: KeelSettings, sim: SimServer) -> WorkflowHandle:
+    handle = await client.start_workflow(
+        JobWorkflow.run,
+        JobInput(kind=JobKind.ASK, input={"prompt": "Name a river.", "models": ["gpt-4o-mini"]}),
+        # The replay test replays under the id "replay-<scenario>": the child id derives from it.
+        id="replay-job_ask",
+        task_queue=settings.interactive_task_queue,
+    )
+    await handle.result()
+    return handle
+
+
+async def batch_continued_as_new(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """A batch of 30 under a 200-event limit (so it continues as new), one item failing; the
+    first run is recorded: claims, the window, outcome writes, the drain and the hand-over."""
+    sim.add_faults("context_window", model="gpt-4o-mini", count=1)
+    lines = [
+        json.dumps({"custom_id": f"r{n}", "prompt": f"Item {n}", "max_tokens": 16})
+        for n in range(30)
+    ]
+    handle = await submit_batch(
+        client,
+        settings,
+        list(parse_lines(lines)),
+        batch_id=f"replay-{uuid.uuid4().hex[:8]}",
+        options=BatchOptions(concurrency=4, model="gpt-4o-mini"),
+        source_name="replay.jsonl",
+        history_event_limit=200,
+    )
+    first_run = (await handle.describe()).run_id
+    await handle.result()
+    return client.get_workflow_handle(handle.id, run_id=first_run)
+
+
+@contextmanager
+def _settings_env(**variables: str) -> Iterator[None]:
+    """Settings the scenario's workers read at call time, restored afterwards."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        get_settings.cache_clear()
+
+
+async def ask_refused_by_budget(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """The tenant's budget cannot cover the call: refused up front, audited, failed clearly."""
+    await change_budget("replay-broke", "day", Decimal(0), "replay")
+    handle = await client.start_workflow(
+        AskWorkflow.run,
+        AskInput(
+            prompt="Hello", models=["gpt-4o-mini"], tenant="replay-broke", budget_policy="refuse"
+        ),
+        id=f"replay-ask-refused-{uuid.uuid4().hex[:8]}",
+        task_queue=settings.interactive_task_queue,
+    )
+    with contextlib.suppress(WorkflowFailureError):
+        await handle.result()
+    return handle
+
+
+async def ask_downgraded_by_budget(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """Room for the cheap route only: the planner steps down, and says so in the audit."""
+    routes = {"quality": ["gpt-4o"], "cheap": ["gpt-4o-mini"]}
+    with _settings_env(
+        KEEL_ROUTES=json.dumps(routes),
+        KEEL_ROUTE_POLICIES=json.dumps({"quality": {"downgrade_to": "cheap"}}),
+    ):
+        await change_budget("replay-lean", "day", Decimal("0.002"), "replay")
+        handle = await client.start_workflow(
+            AskWorkflow.run,
+            AskInput(prompt="Plan it.", route="quality", max_tokens=500, tenant="replay-lean"),
+            id=f"replay-ask-downgraded-{uuid.uuid4().hex[:8]}",
+            task_queue=settings.interactive_task_queue,
+        )
+        await handle.result()
+    return handle
+
+
+async def ask_paused_by_budget(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """Paused on its budget, polled on timers, released by a raise: resumes and answers."""
+    with _settings_env(KEEL_BUDGET_PAUSE_POLL_SECONDS="0.5"):
+        await change_budget("replay-paused", "day", Decimal(0), "replay")
+        handle = await client.start_workflow(
+            AskWorkflow.run,
+            AskInput(
+                prompt="Wait for it.",
+                models=["gpt-4o-mini"],
+                tenant="replay-paused",
+                budget_policy="pause",
+            ),
+            id=f"replay-ask-paused-{uuid.uuid4().hex[:8]}",
+            task_queue=settings.interactive_task_queue,
+        )
+        await asyncio.sleep(2)  # a few polls find no room
+        await change_budget("replay-paused", "day", Decimal(1), "replay")
+        await handle.result()
+    return handle
+
+
 SCENARIOS: dict[str, Scenario] = {
     "ask_answered": ask_answered,
     "ask_retried_then_fell_back": ask_retried_then_fell_back,
     "ask_fallback_response": ask_fallback_response,
+    "chat_two_turns_then_continued_as_new": chat_two_turns_then_continued_as_new,
+    "job_ask": job_ask,
+    "batch_continued_as_new": batch_continued_as_new,
+    "ask_refused_by_budget": ask_refused_by_budget,
+    "ask_downgraded_by_budget": ask_downgraded_by_budget,
+    "ask_paused_by_budget": ask_paused_by_budget,
 }
