@@ -109,9 +109,15 @@ async def append_events(
     """Append ``events`` to the stream; returns the last seq. The notification goes out when the
     surrounding transaction commits, so a follower that hears it can always read the rows.
 
-    Two writers racing on one stream collide on (stream_key, seq); the loser raises
-    ``IntegrityError`` and the caller retries (``StreamPublisher`` does)."""
+    Writers of one stream are serialised by a transaction-scoped advisory lock on the stream
+    key, so racing writers (a retried attempt overlapping its predecessor) queue instead of
+    colliding on (stream_key, seq); without a surrounding transaction the lock would end with
+    the statement, so callers run this inside one."""
     payload = json.dumps([e.model_dump(mode="json") for e in events])
+    await connection.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(CAST(:key AS text), 0))"),
+        {"key": stream_key},
+    )
     result = await connection.execute(
         _APPEND,
         {"key": stream_key, "events": payload, "channel": CHANNEL, "max_bytes": MAX_NOTIFY_BYTES},
@@ -244,13 +250,12 @@ class StreamPublisher:
     async def _write(self, engine: AsyncEngine, batch: list[NewStreamEvent]) -> None:
         for attempt in range(1, APPEND_RETRIES + 1):
             try:
-                async with engine.connect() as connection:
-                    autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-                    await append_events(autocommit, self.stream_key, batch)
+                async with engine.begin() as connection:
+                    await append_events(connection, self.stream_key, batch)
                 self.writes += 1
                 return
             except IntegrityError:
-                continue  # another writer took the same seq: renumber and try again
+                continue  # a writer outside the lock took the same seq: renumber, try again
             except Exception as error:  # the stream is best effort; the answer is not
                 self.failed_writes += 1
                 log.warning(

@@ -17,9 +17,10 @@ error_console = Console(stderr=True, width=None if sys.stderr.isatty() else _PIP
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
-    error_console.print(f"[bold red]error:[/] {message}")
+    # soft_wrap: an error stays one line however long, so it can be read and grepped whole.
+    error_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     if hint:
-        error_console.print(f"[dim]→ {hint}[/]")
+        error_console.print(f"[dim]→ {hint}[/]", soft_wrap=True)
     raise typer.Exit(code)
 
 
