@@ -456,7 +456,9 @@ def list_(limit: int = typer.Option(30, min=1)) -> None:
 async def _running_handle(
     client: Client, batch_id: str
 ) -> WorkflowHandle[BatchWorkflow, BatchResult] | None:
-    handle = client.get_workflow_handle_for(BatchWorkflow.run, batch_workflow_id(batch_id))
+    handle: WorkflowHandle[BatchWorkflow, BatchResult] = client.get_workflow_handle(
+        batch_workflow_id(batch_id), result_type=BatchResult
+    )
     try:
         description = await handle.describe()
     except RPCError as error:

@@ -9,7 +9,12 @@ import uuid
 from pathlib import Path
 
 import typer
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.approval_models import ApprovalMode
@@ -85,7 +90,9 @@ async def wait_for_review(
     client: Client, workflow_id: str, timeout: float, after_gate: str | None = None
 ) -> None:
     """Return once the workflow has finished, or a gate (other than ``after_gate``) waits."""
-    handle = client.get_workflow_handle_for(DocumentReviewWorkflow.run, workflow_id)
+    handle: WorkflowHandle[DocumentReviewWorkflow, ReviewOutput] = client.get_workflow_handle(
+        workflow_id, result_type=ReviewOutput
+    )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
