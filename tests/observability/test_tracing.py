@@ -3,9 +3,11 @@ its model, tokens, cost and attempt; exported over OTLP only when an endpoint is
 
 from __future__ import annotations
 
-import importlib.util
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -18,6 +20,7 @@ from infra.settings import KeelSettings
 from infra.temporal_client import connect
 from infra.tracing import (
     configure_tracing,
+    end_llm_call_span,
     install_tracer_provider,
     llm_call_span,
     shutdown_tracing,
@@ -100,18 +103,41 @@ def test_tracing_is_off_without_an_endpoint(keel_settings: KeelSettings) -> None
         assert isinstance(span, NonRecordingSpan)
 
 
-def test_an_endpoint_turns_otlp_export_on_when_the_exporter_is_installed(
+class _OtlpReceiver(BaseHTTPRequestHandler):
+    """A minimal OTLP/HTTP collector: records each POSTed export request."""
+
+    received: ClassVar[list[tuple[str, str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.received.append((self.path, self.headers.get("Content-Type", ""), body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_an_endpoint_exports_llm_spans_over_otlp(
     keel_settings: KeelSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = reconfigure(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318")
+    server = HTTPServer(("127.0.0.1", 0), _OtlpReceiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _OtlpReceiver.received.clear()
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    settings = reconfigure(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint)
     try:
-        installed = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
-    except ModuleNotFoundError:
-        installed = False
-    try:
-        provider = configure_tracing(settings, role="test")
-        # Without opentelemetry-exporter-otlp-proto-http keel says so and stays off (no crash).
-        assert (provider is not None) == installed == tracing_enabled()
+        assert configure_tracing(settings, role="test") is not None
+        assert tracing_enabled()
+        with llm_call_span("gpt-4o-mini", {"keel.attempt": 1}) as span:
+            end_llm_call_span(span, {"keel.output_tokens": 12}, None)
+        shutdown_tracing()  # flushes the batch to the collector
     finally:
-        shutdown_tracing()
         install_tracer_provider(None)
+        server.shutdown()
+    (path, content_type, body) = _OtlpReceiver.received[0]
+    assert path == "/v1/traces"
+    assert content_type == "application/x-protobuf"
+    assert b"gpt-4o-mini" in body
