@@ -17,6 +17,7 @@ from decimal import Decimal
 
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
+from activities.approval_models import ApprovalMode, ApproveDecision, ReviewPolicy
 from activities.batch_files import parse_lines
 from activities.batch_items import BatchOptions
 from activities.job_models import JobInput, JobKind
@@ -26,7 +27,9 @@ from infra.settings import KeelSettings, get_settings
 from llmsim import SimServer
 from starters.batch import submit_batch
 from starters.budget import change_budget
+from workflows.approval_gate import APPROVE
 from workflows.ask import AskInput, AskWorkflow
+from workflows.document_review import DocumentReviewWorkflow, ReviewInput
 from workflows.jobs import JobWorkflow
 
 Scenario = Callable[[Client, KeelSettings, SimServer], Awaitable[WorkflowHandle]]
@@ -204,7 +207,32 @@ async def ask_paused_by_budget(
     return handle
 
 
+async def review_gated_then_approved(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """A review that always asks a human: the gate opens, an editor approves, it publishes."""
+    with _settings_env(KEEL_REVIEWERS=json.dumps({"replay-editor": ["editor"]})):
+        handle = await client.start_workflow(
+            DocumentReviewWorkflow.run,
+            ReviewInput(
+                document="The vendor will deliver monitoring for 24 months at EUR 18,000 a month.",
+                source_name="contract.md",
+                policy=ReviewPolicy(mode=ApprovalMode.ALWAYS),
+            ),
+            id=f"replay-review-{uuid.uuid4().hex[:8]}",
+            task_queue=settings.interactive_task_queue,
+        )
+        for _ in range(240):  # the gate opens after extract, draft and self-check
+            with contextlib.suppress(Exception):
+                await handle.execute_update(APPROVE, ApproveDecision(reviewer="replay-editor"))
+                break
+            await asyncio.sleep(0.25)
+        await handle.result()
+    return handle
+
+
 SCENARIOS: dict[str, Scenario] = {
+    "review_gated_then_approved": review_gated_then_approved,
     "ask_answered": ask_answered,
     "ask_retried_then_fell_back": ask_retried_then_fell_back,
     "ask_fallback_response": ask_fallback_response,
