@@ -8,6 +8,8 @@ UV_VERSION := 0.13.9
 
 $(BIN)/.keel-installed: pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# A .venv made by uv has no pip: bootstrap it from the standard library.
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	@# --inexact keeps uv itself, which is not a project dependency.
 	@UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --frozen --inexact --quiet
