@@ -406,3 +406,28 @@ class Job(Base):
     callback_acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiToken(Base):
+    """A bearer token for keel's HTTP API, scoped to one tenant and one role.
+
+    Only the SHA-256 of the secret is stored: the token is shown once, at `keel token create`.
+    The secret is 256 random bits, so a fast hash is enough (nothing to brute-force).
+    """
+
+    __tablename__ = "api_tokens"
+
+    # Public, printable id (`tok_…`): what `keel token list/revoke` and the logs name.
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    # client | reviewer | admin
+    role: Mapped[str] = mapped_column(String(20))
+    # The reviewer a reviewer token decides as (a name in `reviewers`); null for other roles.
+    reviewer: Mapped[str | None] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(String(300))
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
