@@ -1,10 +1,11 @@
 # keel's two commands: `make demo` (see it work) and `make test` (prove it works).
 PYTHON ?= python3
 VENV := .venv
+PACKAGES := workflows activities workers starters infra llmsim devstack api migrations
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: install demo down test lint format bench clean
+.PHONY: install compile demo down test lint format bench clean
 
 $(BIN)/.keel-installed: pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,19 +13,25 @@ $(BIN)/.keel-installed: pyproject.toml uv.lock
 	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	@# --inexact keeps uv itself, which is not a project dependency.
-	@UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --frozen --inexact --quiet
+	@# Bytecode compiled at install: with PYTHONDONTWRITEBYTECODE set (as on CI machines) every
+	@# process would otherwise compile every module it imports again (`keel` start-up 4.5 -> 2.2 s).
+	@UV_COMPILE_BYTECODE=1 UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --frozen --inexact --quiet
 	@touch $@
+
+# keel's own modules, compiled likewise (a no-op when nothing changed).
+compile: install
+	@$(BIN)/python -m compileall -q $(PACKAGES) tests bench >/dev/null
 
 install: $(BIN)/.keel-installed
 
-demo: install
+demo: compile
 	$(BIN)/keel dev up
 	$(BIN)/keel demo
 
 down:
 	@if [ -x $(BIN)/keel ]; then $(BIN)/keel dev down; fi
 
-test: install
+test: compile
 	$(BIN)/pytest
 
 lint: install
