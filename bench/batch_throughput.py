@@ -47,17 +47,18 @@ from sqlalchemy import func, select
 from temporalio import activity, workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.batch_files import parse_lines
 from activities.batch_items import BatchOptions
+from devstack.ephemeral import use_throwaway_key_if_unset
 from infra.database import dispose_engines, session_factory
 from infra.migrate import upgrade_to_head
 from infra.search_attributes import ALL_SEARCH_ATTRIBUTES
 from infra.settings import get_settings, to_asyncpg_url
 from infra.tables import LlmCall
+from infra.temporal_client import keel_data_converter
 from infra.temporal_tuning import dev_server_args
 from starters.batch import submit_batch
 from workflows.ask import AskInput, AskWorkflow
@@ -492,10 +493,11 @@ async def main(args: argparse.Namespace) -> None:
         with children(scratch) as kids:
             batch_sim = await simulator(kids, "sim-batch", "--fixed-latency", str(args.latency))
             ask_sim = await simulator(kids, "sim-interactive", "--latency-scale", "0")
+            # Payloads encrypted as in production; the worker processes inherit the key.
             env = await WorkflowEnvironment.start_local(
                 dev_server_existing_path=str(TEMPORAL_CLI),
                 dev_server_database_filename=str(scratch / "temporal.sqlite"),
-                data_converter=pydantic_data_converter,
+                data_converter=keel_data_converter(use_throwaway_key_if_unset()),
                 search_attributes=ALL_SEARCH_ATTRIBUTES,
                 ui=False,
                 dev_server_log_level="error",

@@ -72,11 +72,15 @@ async def keel_call(stack: EphemeralStack, models: list[str]) -> str:
 async def time_to_model(stack: EphemeralStack, workflow_id: str, model: str) -> float:
     """Workflow start → the activity for ``model`` scheduled, from the server's own timestamps."""
     history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
+    codec = stack.client.data_converter.payload_codec  # payloads in history are encrypted
     started = history.events[0].event_time.ToDatetime()
     for event in history.events:
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attributes = event.activity_task_scheduled_event_attributes
-            if model.encode() in attributes.input.payloads[0].data:
+            payload = attributes.input.payloads[0]
+            if codec is not None:
+                (payload,) = await codec.decode([payload])
+            if model.encode() in payload.data:
                 scheduled = event.event_time.ToDatetime()
                 return (scheduled - started).total_seconds() * 1000
     raise RuntimeError(f"{workflow_id}: no activity for {model}")

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import asyncpg
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from infra.database import dispose_engines
 from infra.migrate import upgrade_to_head
+from infra.payload_codec import configured_keys, new_key
 from infra.search_attributes import ALL_SEARCH_ATTRIBUTES
 from infra.settings import KeelSettings, get_settings, to_asyncpg_url
+from infra.temporal_client import keel_data_converter
 from infra.temporal_tuning import dev_server_args
 from llmsim import SimConfig, SimServer
 from workers.builder import build_worker
@@ -43,6 +44,19 @@ class EphemeralStack:
     settings: KeelSettings
     simulator: SimServer
     database_url: str
+
+
+def use_throwaway_key_if_unset() -> KeelSettings:
+    """Give this process (and the processes it starts, which inherit os.environ) a random
+    encryption key when encryption is on and none is configured: a throwaway stack encrypts its
+    payloads as production does. Returns the settings that result."""
+    get_settings.cache_clear()
+    settings = get_settings()
+    if settings.encryption and not configured_keys(settings).keys:
+        os.environ["KEEL_ENCRYPTION_KEYS"] = new_key("throwaway").entry()
+        get_settings.cache_clear()
+        settings = get_settings()
+    return settings
 
 
 def _server_url() -> str:
@@ -71,13 +85,12 @@ async def ephemeral_stack(
                 os.environ.pop(variable, None)
             os.environ.update(DATABASE_URL=database_url, KEEL_SIMULATOR_URL=sim.url)
             os.environ.update(extra_env or {})
-            get_settings.cache_clear()
-            settings = get_settings()
+            settings = use_throwaway_key_if_unset()
             async with AsyncExitStack() as stack:
                 env = await stack.enter_async_context(
                     await WorkflowEnvironment.start_local(
                         dev_server_existing_path=str(TEMPORAL_CLI),
-                        data_converter=pydantic_data_converter,
+                        data_converter=keel_data_converter(settings),
                         search_attributes=ALL_SEARCH_ATTRIBUTES,
                         ui=False,
                         dev_server_log_level="error",

@@ -1,9 +1,11 @@
 """The zero-setup stack: ``up`` / ``down`` / ``status`` over all its parts.
 
-``up`` starts, in order and only what the settings call for: the Temporal dev server, the
-embedded Postgres (or checks DATABASE_URL), the migrations, the LLM simulator, one worker per task
-queue. Everything lives under ``settings.home``. ``up`` is idempotent; ``down`` stops only what
-keel started (proved by its pid files) and keeps the data unless ``purge``.
+``up`` starts, in order and only what the settings call for: the Temporal dev server (its Web UI
+pointed at the codec server), the embedded Postgres (or checks DATABASE_URL), the migrations, the
+LLM simulator, the codec server, one worker per task queue. The first ``up`` also creates the
+payload encryption key file when no key is configured. Everything lives under ``settings.home``.
+``up`` is idempotent; ``down`` stops only what keel started (proved by its pid files) and keeps the
+data unless ``purge`` (the key file stays even then).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from devstack.processes import (
     stop_parts,
     wait_ready,
 )
+from infra.payload_codec import EncryptionKeysError, configured_keys, ensure_key_file
 from infra.settings import KeelSettings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -52,6 +55,7 @@ log = structlog.get_logger(__name__)
 TEMPORAL = temporal_dev_server.PART
 POSTGRES = embedded_postgres.PART
 SIMULATOR = "simulator"
+CODEC_SERVER = "codec-server"
 MIGRATIONS = "migrations"
 WORKER_SETTLE_SECONDS = 1.5
 
@@ -79,6 +83,7 @@ class StackStatus:
     database_url: str
     web_ui_url: str | None = None
     simulator_url: str | None = None
+    codec_server_url: str | None = None
     notes: list[str] = field(default_factory=list)
 
     def part(self, name: str) -> PartStatus:
@@ -141,6 +146,13 @@ def stack_env(settings: KeelSettings) -> dict[str, str]:
     env.pop("KEEL_SIMULATOR_URL", None)
     if settings.simulator_url is not None:
         env["KEEL_SIMULATOR_URL"] = settings.simulator_url
+    # Every process of the stack encrypts and decrypts with the same keys.
+    env.pop("KEEL_ENCRYPTION_KEYS", None)
+    if settings.encryption_keys is not None:
+        env["KEEL_ENCRYPTION_KEYS"] = settings.encryption_keys.get_secret_value()
+    env["KEEL_ENCRYPTION_KEYS_FILE"] = str(settings.effective_encryption_keys_file)
+    env["KEEL_ENCRYPTION"] = "on" if settings.encryption else "off"
+    env["KEEL_CODEC_SERVER_PORT"] = str(settings.codec_server_port)
     return env
 
 
@@ -186,6 +198,67 @@ def simulator_spec(
         ready=lambda: http_ok(f"{url}/health"),
         ready_timeout=30.0,
     )
+
+
+def uses_codec_server(settings: KeelSettings) -> bool:
+    """Whenever payloads may be encrypted: encryption on, or keys kept for older payloads."""
+    if settings.encryption:
+        return True
+    try:
+        return bool(configured_keys(settings).keys)
+    except EncryptionKeysError:
+        return True  # configured, if wrongly: the codec server will say what is wrong
+
+
+def codec_server_url(settings: KeelSettings) -> str:
+    return f"http://127.0.0.1:{settings.codec_server_port}"
+
+
+def codec_server_spec(settings: KeelSettings) -> ManagedProcess:
+    port = settings.codec_server_port
+    url = codec_server_url(settings)
+    return ManagedProcess(
+        name=CODEC_SERVER,
+        what="codec server (Web UI decoding)",
+        argv=(
+            sys.executable,
+            "-m",
+            "starters.codec_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ),
+        address=url,
+        env=stack_env(settings),
+        cwd=Path.cwd(),
+        ports=(
+            PortClaim(
+                port,
+                "codec server",
+                "set KEEL_CODEC_SERVER_PORT to a free port",
+            ),
+        ),
+        ready=lambda: http_ok(f"{url}/health"),
+        ready_timeout=30.0,
+    )
+
+
+def _ensure_encryption_key(settings: KeelSettings, report: _Reporter) -> None:
+    """The dev stack's zero-setup key: created once, kept by `down` (even `--purge`)."""
+    try:
+        created = ensure_key_file(settings)
+    except EncryptionKeysError as exc:
+        raise DevStackError(
+            f"Payload encryption keys are unusable: {exc}",
+            hint="fix KEEL_ENCRYPTION_KEYS or the key file, then run `keel dev up` again",
+        ) from exc
+    if created is not None:
+        report.note(
+            f"created payload encryption key {created.key_id} in "
+            f"{settings.effective_encryption_keys_file} (mode 600): prompts and answers in "
+            "Temporal's history are encrypted with it; without it they cannot be read"
+        )
 
 
 def worker_spec(settings: KeelSettings, queue: str) -> ManagedProcess:
@@ -362,9 +435,13 @@ def up(
     report = _Reporter(console)
     log.debug("devstack.up", home=str(layout.home))
 
-    # 1. Temporal
+    # 1. Temporal (its Web UI decodes payloads through the codec server)
+    codec = uses_codec_server(settings)
     if settings.uses_dev_temporal:
-        spec = overrides.get(TEMPORAL) or temporal_dev_server.temporal_spec(settings, layout)
+        _ensure_encryption_key(settings, report)
+        spec = overrides.get(TEMPORAL) or temporal_dev_server.temporal_spec(
+            settings, layout, codec_server_url(settings) if codec else None
+        )
         _ensure_running([spec], layout, report)
     else:
         warning = temporal_dev_server.check_external(
@@ -400,7 +477,13 @@ def up(
             _ensure_running([sim], layout, report)
         _simulator_banner(settings, sim_profile, console)
 
-    # 5. Workers, one process per task queue
+    # 5. Codec server, for the Web UI and `temporal … --codec-endpoint`
+    if codec:
+        _ensure_running(
+            [overrides.get(CODEC_SERVER) or codec_server_spec(settings)], layout, report
+        )
+
+    # 6. Workers, one process per task queue
     if workers:
         specs = [
             overrides.get(worker_part(q)) or worker_spec(settings, q)
@@ -462,6 +545,17 @@ def status(settings: KeelSettings | None = None) -> StackStatus:
         simulator_url = settings.effective_simulator_url
         parts.append(_managed_status(layout, SIMULATOR, "LLM simulator", simulator_url))
 
+    codec_url: str | None = None
+    if uses_codec_server(settings):
+        codec_url = codec_server_url(settings)
+        parts.append(
+            _managed_status(layout, CODEC_SERVER, "codec server (Web UI decoding)", codec_url)
+        )
+    else:
+        parts.append(
+            PartStatus(CODEC_SERVER, "codec server", "not used", note="KEEL_ENCRYPTION=off")
+        )
+
     for queue in worker_queues(settings):
         parts.append(
             _managed_status(layout, worker_part(queue), f"worker ({queue})", f"task queue {queue}")
@@ -480,6 +574,7 @@ def status(settings: KeelSettings | None = None) -> StackStatus:
         database_url=db_url,
         web_ui_url=settings.web_ui_url if settings.uses_dev_temporal else None,
         simulator_url=simulator_url,
+        codec_server_url=codec_url,
     )
 
 
@@ -596,4 +691,10 @@ def print_status(result: StackStatus, console: Console) -> None:
     console.print(f"Database:         {escape(result.database_url)}")
     if result.simulator_url:
         console.print(f"LLM simulator:    {escape(result.simulator_url)}")
+    if result.codec_server_url:
+        console.print(
+            f"Codec server:     {escape(result.codec_server_url)} (decodes encrypted payloads "
+            f"for the Web UI; CLI: temporal workflow show -w ID --codec-endpoint "
+            f"{escape(result.codec_server_url)})"
+        )
     console.print(f"Logs:             {escape(str(result.home / 'logs'))}")

@@ -57,7 +57,11 @@ def _cli_flags(address: str) -> list[str]:
     ]
 
 
-def server_argv(settings: KeelSettings, layout: StackLayout, cli: Path) -> tuple[str, ...]:
+def server_argv(
+    settings: KeelSettings, layout: StackLayout, cli: Path, codec_endpoint: str | None = None
+) -> tuple[str, ...]:
+    """``codec_endpoint``: the Web UI decodes payloads through it (`keel codec-server`)."""
+    codec = ("--ui-codec-endpoint", codec_endpoint) if codec_endpoint else ()
     return (
         str(cli),
         "server",
@@ -74,6 +78,7 @@ def server_argv(settings: KeelSettings, layout: StackLayout, cli: Path) -> tuple
         settings.temporal_namespace,
         "--log-level",
         "warn",
+        *codec,
         *cli_search_attribute_flags(),
         # Without these each hop waits up to 50 ms (see infra/temporal_tuning.py).
         *dev_server_args(),
@@ -134,14 +139,16 @@ def search_attribute_names(cli: Path, address: str, namespace: str = "default") 
     return names
 
 
-def temporal_spec(settings: KeelSettings, layout: StackLayout) -> ManagedProcess:
+def temporal_spec(
+    settings: KeelSettings, layout: StackLayout, codec_endpoint: str | None = None
+) -> ManagedProcess:
     cli = find_temporal_cli()
     address = f"127.0.0.1:{settings.dev_temporal_port}"
     namespace = settings.temporal_namespace
     return ManagedProcess(
         name=PART,
         what="Temporal dev server",
-        argv=server_argv(settings, layout, cli),
+        argv=server_argv(settings, layout, cli, codec_endpoint),
         address=address,
         env=cli_env(),
         cwd=layout.temporal_dir,

@@ -1,23 +1,48 @@
-"""Connecting to Temporal the one way keel does: pydantic payloads, keel's namespace and address."""
+"""Connecting to Temporal the one way keel does: pydantic payloads encrypted by keel's codec,
+keel's namespace and address."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.runtime import Runtime
 
+from infra.payload_codec import EncryptionKeysError, codec_from_settings
 from infra.settings import KeelSettings, get_settings
 from infra.tracing import tracing_interceptors
+
+
+def keel_data_converter(settings: KeelSettings | None = None) -> DataConverter:
+    """Pydantic payloads, encrypted (infra/payload_codec.py); failure messages and stack traces
+    move into an encoded (so encrypted) payload too, since they can quote prompt text.
+
+    Every client, worker, test environment and replayer is built with this. Raises
+    :class:`EncryptionKeysError` (saying what to set) when encryption is on and no key is.
+    """
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=codec_from_settings(settings or get_settings()),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
 
 
 async def connect(settings: KeelSettings | None = None, runtime: Runtime | None = None) -> Client:
     """``runtime``: a Temporal Runtime with telemetry (a worker's, serving SDK metrics)."""
     settings = settings or get_settings()
     try:
+        data_converter = keel_data_converter(settings)
+    except EncryptionKeysError as error:
+        # A ConnectionError like an unreachable server: every caller already turns it into a
+        # clean "what to do" message, and no client may talk to Temporal without its keys.
+        raise ConnectionError(f"cannot connect to Temporal: {error}") from error
+    try:
         return await Client.connect(
             settings.effective_temporal_address,
             namespace=settings.temporal_namespace,
-            data_converter=pydantic_data_converter,
+            data_converter=data_converter,
             # Tracing, when configured: workers built from this client inherit it.
             interceptors=tracing_interceptors(),
             runtime=runtime,

@@ -20,6 +20,7 @@ from tests.approvals.cli import KeelCli
 from tests.approvals.records import audit_rows, eventually, pending_gate, seed_reviewers
 from tests.approvals.reviews import published, self_check, start_review
 from tests.conftest import reconfigure
+from tests.security.history_payloads import readable_history
 from workflows.document_review import SELF_CHECK_MARKER
 
 TOKEN = "s3cret-webhook-token"
@@ -91,7 +92,7 @@ async def test_the_published_review_is_posted_to_the_webhook_once(
     assert delivered.event_type == "review.webhook_delivered"
     assert delivered.payload == {"host": receiver.url.split("/")[2], "status": 204}
 
-    history = (await handle.fetch_history()).to_json()
+    history = await readable_history(client, handle.id)  # payloads decrypted
     trail = json.dumps([e.payload for e in await audit_rows(handle.id)])
     assert TOKEN not in history and TOKEN not in trail
 

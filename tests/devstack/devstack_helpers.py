@@ -25,7 +25,7 @@ from devstack.processes import ManagedProcess, PortClaim, StopOutcome
 from infra.settings import KeelSettings
 
 FAKE_PARTS = Path(__file__).with_name("fake_parts.py")
-DEFAULT_PORTS = {7233, 8233, 5499, 8299}
+DEFAULT_PORTS = {7233, 8233, 5499, 8299, 8234}
 HAS_MIGRATIONS = importlib.util.find_spec("infra.migrate") is not None
 
 
@@ -48,13 +48,17 @@ def free_ports(count: int) -> list[int]:
 
 
 def make_settings(home: Path, **overrides: object) -> KeelSettings:
-    temporal, ui, postgres, simulator = free_ports(4)
+    temporal, ui, postgres, simulator, codec = free_ports(5)
     values: dict[str, object] = {
         "home": home,
         "dev_temporal_port": temporal,
         "dev_temporal_ui_port": ui,
         "dev_postgres_port": postgres,
         "simulator_port": simulator,
+        "codec_server_port": codec,
+        # No key configured, as on a fresh machine: the first `up` creates the key file.
+        "encryption_keys": None,
+        "encryption_keys_file": None,
         "temporal_address": None,
         "database_url": None,
         "openai_api_key": None,

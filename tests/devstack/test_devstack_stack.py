@@ -11,9 +11,11 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from devstack_helpers import (
     processes_under,
     quiet_console,
 )
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
@@ -34,11 +38,19 @@ from devstack import embedded_postgres, stack, temporal_dev_server
 from devstack.errors import DevStackError
 from devstack.layout import StackLayout
 from devstack.processes import probe, read_record
+from infra.payload_codec import EncryptionCodec, configured_keys
 from infra.search_attributes import ALL_SEARCH_ATTRIBUTES, KEEL_TENANT
 from infra.settings import KeelSettings
 
 REPO = Path(__file__).resolve().parents[2]
-ALL_PARTS = {"temporal", "postgres", "simulator", "worker-keel-interactive", "worker-keel-batch"}
+ALL_PARTS = {
+    "temporal",
+    "postgres",
+    "simulator",
+    "codec-server",
+    "worker-keel-interactive",
+    "worker-keel-batch",
+}
 
 
 def _alive(pid: int) -> bool:
@@ -147,6 +159,37 @@ def test_status_cli_shows_every_part(dev_stack: Stack) -> None:
     data = json.loads(as_json.stdout)
     assert {p["name"]: p["pid"] for p in data["parts"] if p["pid"]} == pids
     assert data["web_ui_url"] == f"http://127.0.0.1:{settings.dev_temporal_ui_port}"
+    assert data["codec_server_url"] == f"http://127.0.0.1:{settings.codec_server_port}"
+
+
+def test_up_creates_a_key_and_the_web_ui_decodes_through_the_codec_server(
+    dev_stack: Stack,
+) -> None:
+    dev_stack.up()
+    settings = dev_stack.settings  # no KEEL_ENCRYPTION_KEYS, as on a fresh machine
+    key_file = settings.effective_encryption_keys_file
+    assert key_file.parent == settings.home
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    (key,) = configured_keys(settings).keys
+
+    codec_url = f"http://127.0.0.1:{settings.codec_server_port}"
+    temporal = psutil.Process(stack.status(settings).part("temporal").pid).cmdline()
+    assert temporal[temporal.index("--ui-codec-endpoint") + 1] == codec_url
+
+    plain = Payload(metadata={"encoding": b"json/plain"}, data=b'"a prompt"')
+    (sealed,) = asyncio.run(EncryptionCodec([key], source="the key file").encode([plain]))
+    origin = f"http://localhost:{settings.dev_temporal_ui_port}"
+    request = urllib.request.Request(
+        f"{codec_url}/decode",
+        data=json_format.MessageToJson(Payloads(payloads=[sealed])).encode(),
+        headers={"Origin": origin, "Content-Type": "application/json", "X-Namespace": "default"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["access-control-allow-origin"] == origin
+        assert list(json_format.Parse(response.read(), Payloads()).payloads) == [plain]
+
+    dev_stack.up()
+    assert configured_keys(settings).keys == (key,), "a later up must never replace the key"
 
 
 def test_database_url_check_against_a_live_server(dev_stack: Stack) -> None:

@@ -12,6 +12,7 @@ from llmsim import SimServer
 from tests.conftest import reconfigure
 from tests.reliability.ledger import audit_events, ledger_rows
 from tests.reliability.test_llm_calls import CHEAP, ask
+from tests.security.history_payloads import readable_history
 from workers.builder import build_worker
 
 OPENAI_KEY = "sk-proj-TopSecretKeyThatMustNeverLeak0123456789"
@@ -42,13 +43,13 @@ async def test_provider_keys_never_leak(
         workflow_id, result = await ask(client, settings, models=[CHEAP, "claude-3-5-haiku-latest"])
     assert result.answer.failed_models == [(CHEAP, "context_window")]
 
-    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    history = await readable_history(client, workflow_id)  # payloads decrypted, as text
     ledger = await ledger_rows(workflow_id)
     audit = await audit_events(workflow_id)
     places = {
         "stderr log lines": capsys.readouterr().err,
         "captured log records": caplog.text,
-        "workflow history": history.to_json(),
+        "workflow history": history,
         "ledger": " ".join(f"{row.error_message}" for row in ledger),
         "audit trail": " ".join(str(event.payload) for event in audit),
     }

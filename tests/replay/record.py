@@ -15,7 +15,10 @@ from tests.replay.test_replay import HISTORIES
 
 
 async def record(names: list[str]) -> None:
-    async with ephemeral_stack(queues=("interactive", "batch")) as stack:
+    # Recorded unencrypted: the files are fixtures read in code review, and replaying them with
+    # keel's encrypting converter proves pre-encryption histories still replay.
+    unencrypted = {"KEEL_ENCRYPTION": "off"}
+    async with ephemeral_stack(queues=("interactive", "batch"), extra_env=unencrypted) as stack:
         for name in names:
             stack.simulator.reset()
             handle = await SCENARIOS[name](stack.client, stack.settings, stack.simulator)

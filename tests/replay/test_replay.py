@@ -3,6 +3,9 @@
 A change that would break running workflows (a new activity before an old one, a removed step)
 fails here until it is guarded with ``workflow.patched`` or ships as a new workflow version.
 Re-record after an intended, compatible change: ``python -m tests.replay.record``.
+
+The histories are recorded unencrypted and replayed with keel's (encrypting) data converter: a
+history written before payload encryption was turned on must keep replaying after it is.
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from infra.settings import KeelSettings
+from infra.temporal_client import keel_data_converter
 from tests.replay.scenarios import SCENARIOS
 from workers.registry import all_workflows
 
@@ -30,8 +33,9 @@ def test_every_scenario_has_a_recorded_history() -> None:
 async def test_history_replays_against_current_code(name: str) -> None:
     path = HISTORIES / f"{name}.json"
     history = WorkflowHistory.from_json(f"replay-{name}", path.read_text())
+    settings = KeelSettings()
     replayer = Replayer(
-        workflows=all_workflows(KeelSettings()), data_converter=pydantic_data_converter
+        workflows=all_workflows(settings), data_converter=keel_data_converter(settings)
     )
     # Raises on any nondeterminism between the recorded run and today's workflow code.
     await replayer.replay_workflow(history)
