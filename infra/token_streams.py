@@ -35,7 +35,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from infra.database import get_engine
+from infra.database import get_engine, role_server_settings
 
 log = structlog.get_logger(__name__)
 
@@ -317,7 +317,7 @@ class StreamHub:
         return self._connection is not None and not self._connection.is_closed()
 
     async def _connect(self) -> None:
-        connection = await asyncpg.connect(self._dsn)
+        connection = await asyncpg.connect(self._dsn, server_settings=role_server_settings())
         connection.add_termination_listener(self._on_connection_lost)
         await connection.add_listener(CHANNEL, self._on_notify)
         self._connection = connection

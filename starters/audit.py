@@ -1,18 +1,21 @@
 """``keel audit WORKFLOW_ID``: the trail of one workflow, in order, with its LLM ledger and the
-state of its approval gates."""
+state of its approval gates; ``keel audit verify``: check trails' hash chains."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import typer
 from rich.table import Table
 from sqlalchemy import select
+from typer.core import TyperGroup
 
 from activities.approvals import gates_of
 from activities.audit_trail import read_audit_trail
-from infra.database import dispose_engines, session_factory
+from infra.audit_chain import ChainReport, recorded_purges, trail_ids, verify_trail
+from infra.database import DatabaseRoleError, dispose_engines, session_factory
 from infra.tables import Approval, LlmCall
 from starters.output import console, fail
 
@@ -106,6 +109,27 @@ def _gates_table(gates: list[Approval]) -> Table:
     return table
 
 
+class _ShowByDefault(TyperGroup):
+    """``keel audit WORKFLOW_ID`` (the first form, used in scripts) still shows the trail:
+    a first argument that is not a subcommand is a workflow id for ``show``."""
+
+    # ctx is typer's own (vendored) click Context: passed through untouched.
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        first = next((arg for arg in args if not arg.startswith("-")), None)
+        if first is not None and first not in self.commands:
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+audit_app = typer.Typer(
+    cls=_ShowByDefault,
+    no_args_is_help=True,
+    help="Show a workflow's audit trail (keel audit WORKFLOW_ID) or verify trails' hash chains "
+    "(keel audit verify).",
+)
+
+
+@audit_app.command("show")
 def audit(
     workflow_id: str = typer.Argument(..., help="The workflow whose trail to show."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per event."),
@@ -117,5 +141,100 @@ def audit(
 async def _audit(workflow_id: str, as_json: bool) -> None:
     try:
         await show_audit(workflow_id, as_json)
+    except DatabaseRoleError as error:
+        fail(str(error))
     finally:
         await dispose_engines()
+
+
+EXIT_TAMPERED = 3
+
+
+@audit_app.command("verify")
+def verify(
+    workflow_ids: list[str] = typer.Argument(None, help="Workflows whose trails to verify."),
+    all_trails: bool = typer.Option(False, "--all", help="Verify every trail in the database."),
+    tenant: str | None = typer.Option(None, help="Verify every trail of this tenant."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per trail."),
+) -> None:
+    """Check audit trails' hash chains: a changed, inserted or deleted row is named by its seq.
+
+    Prints each trail's head (seq and hash): kept somewhere the database's administrators cannot
+    write, it proves later that the trail up to it was not rewritten. Exit code 3 when a trail
+    fails.
+    """
+    if not workflow_ids and not all_trails and tenant is None:
+        fail(
+            "say which trails to verify",
+            "keel audit verify WORKFLOW_ID [WORKFLOW_ID …], or --tenant TENANT, or --all",
+            code=2,
+        )
+    if workflow_ids and (all_trails or tenant is not None):
+        fail("give workflow ids or --all/--tenant, not both", code=2)
+    reports = asyncio.run(_verify(workflow_ids or [], all_trails, tenant))
+    if not reports:
+        fail(
+            f"no audit trail for {', '.join(map(repr, workflow_ids)) or 'that selection'}",
+            "check the id (keel prints it when a workflow starts), or that DATABASE_URL points "
+            "at keel's database",
+        )
+    for report in reports:
+        _print_report(report, as_json)
+    failed = [report for report in reports if not report.ok]
+    if len(reports) > 1 and not as_json:
+        console.print(f"{len(reports)} trails verified, {len(failed)} failed")
+    if failed:
+        raise typer.Exit(EXIT_TAMPERED)
+
+
+async def _verify(
+    workflow_ids: list[str], all_trails: bool, tenant: str | None
+) -> list[ChainReport]:
+    try:
+        async with session_factory()() as session:
+            ids = workflow_ids or await trail_ids(session, tenant)
+            purges = await recorded_purges(session)
+            reports = [await verify_trail(session, workflow_id, purges) for workflow_id in ids]
+    except DatabaseRoleError as error:
+        fail(str(error))
+    finally:
+        await dispose_engines()
+    # A workflow id with neither rows nor a head has no trail at all: not a verified one.
+    return [report for report in reports if report.rows or report.head_seq is not None]
+
+
+def _print_report(report: ChainReport, as_json: bool) -> None:
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "workflow_id": report.workflow_id,
+                    "ok": report.ok,
+                    "rows": report.rows,
+                    "purged_rows": report.purged_rows,
+                    "head_seq": report.head_seq,
+                    "head_hash": report.head_hash,
+                    "problem": None
+                    if report.problem is None
+                    else {
+                        "seq": report.problem.seq,
+                        "kind": str(report.problem.kind),
+                        "detail": report.problem.detail,
+                    },
+                }
+            )
+        )
+        return
+    purged = f", {report.purged_rows} purged" if report.purged_rows else ""
+    if report.problem is None:
+        console.print(
+            f"[green]OK[/]      {report.workflow_id}  {report.rows} rows{purged} · "
+            f"head seq {report.head_seq} {report.head_hash}",
+            soft_wrap=True,
+        )
+        return
+    console.print(
+        f"[bold red]FAILED[/]  {report.workflow_id}  seq {report.problem.seq} "
+        f"{report.problem.kind}: {report.problem.detail}",
+        soft_wrap=True,
+    )

@@ -28,6 +28,8 @@ EXPECTED_TABLES = {
     "published_documents",
     "stream_events",
     "jobs",
+    "api_tokens",
+    "audit_chain_heads",
 }
 
 

@@ -24,6 +24,14 @@ CREATE DATABASE temporal_visibility OWNER temporal;
 
 CREATE ROLE keel LOGIN PASSWORD :'keel_password';
 CREATE DATABASE keel OWNER keel;
+
+-- keel's least-privilege roles (migration 0008 grants them their privileges): the application's
+-- sessions take keel_app (audit rows: INSERT only), `keel purge` takes keel_retention. `keel`
+-- migrates and may SET ROLE to both. For a stricter setup, log the application in as a user
+-- that is only a member of keel_app (see ARCHITECTURE.md, "Database roles").
+CREATE ROLE keel_app NOLOGIN;
+CREATE ROLE keel_retention NOLOGIN;
+GRANT keel_app, keel_retention TO keel;
 EOSQL
 
 # The database owners own their `public` schema too (Postgres 15+ no longer lets every role
