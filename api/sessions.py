@@ -12,9 +12,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from activities.session_models import turn_stream_key
+from api.auth import client_caller
 from api.errors import ApiError
 from api.sse import KEEP_ALIVE, SSE_HEADERS, follow_turn, native_event
-from api.state import KeelApi, keel_api, request_tenant
+from api.state import KeelApi, keel_api
+from infra.api_tokens import VerifiedToken
 from infra.session_reports import SessionReport, session_report, session_tenant
 
 router = APIRouter(tags=["sessions"])
@@ -22,10 +24,10 @@ router = APIRouter(tags=["sessions"])
 
 @router.get("/v1/sessions/{session_id}", response_model=SessionReport)
 async def get_session(
-    session_id: str, request: Request, api: KeelApi = Depends(keel_api)
+    session_id: str, caller: VerifiedToken = Depends(client_caller)
 ) -> SessionReport:
     """A session's turns, running summary, tokens and cost."""
-    report = await session_report(session_id, tenant=request_tenant(request))
+    report = await session_report(session_id, tenant=caller.tenant)
     if report is None:
         raise ApiError(404, f"no session {session_id}", code="session_not_found")
     return report
@@ -38,10 +40,11 @@ async def turn_events(
     request: Request,
     after: int | None = Query(default=None, ge=0, description="Resume after this event id."),
     api: KeelApi = Depends(keel_api),
+    caller: VerifiedToken = Depends(client_caller),
 ) -> StreamingResponse:
     """A turn's token stream (SSE): `attempt`, `delta`, then `done` or `error`."""
     owner = await session_tenant(session_id)
-    if owner is not None and owner != request_tenant(request):
+    if owner is not None and owner != caller.tenant:
         raise ApiError(404, f"no session {session_id}", code="session_not_found")
     header = request.headers.get("Last-Event-ID")
     try:

@@ -13,6 +13,7 @@ from api.load_shedding import LoadShedder
 from infra.settings import KeelSettings
 from infra.token_streams import StreamHub
 
+# Optional: when sent, it must name the token's own tenant (api/auth.py).
 TENANT_HEADER = "X-Keel-Tenant"
 PRIORITY_HEADER = "X-Keel-Priority"
 SESSION_HEADER = "X-Keel-Session-Id"
@@ -28,13 +29,8 @@ class KeelApi:
 
 
 def keel_api(request: Request) -> KeelApi:
-    """FastAPI dependency: the process's clients, after checking the caller's API key."""
+    """FastAPI dependency: the process's clients (who is calling is api/auth.py's job)."""
     api: KeelApi = request.app.state.keel
-    expected = api.settings.api_key
-    if expected is not None:
-        given = request.headers.get("authorization", "")
-        if given != f"Bearer {expected.get_secret_value()}":
-            raise ApiError(401, "missing or wrong API key (Authorization: Bearer …)")
     return api
 
 
@@ -48,10 +44,3 @@ def request_priority(request: Request) -> RequestPriority:
             f"{PRIORITY_HEADER} must be one of high, normal, low (got {raw!r})",
             param=PRIORITY_HEADER,
         ) from None
-
-
-def request_tenant(request: Request) -> str:
-    tenant = request.headers.get(TENANT_HEADER, "default").strip() or "default"
-    if len(tenant) > 100:
-        raise ApiError(400, f"{TENANT_HEADER} is limited to 100 characters", param=TENANT_HEADER)
-    return tenant

@@ -48,11 +48,12 @@ sys.path.insert(0, str(REPO))
 
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.api.history.v1 import HistoryEvent  # noqa: E402
-from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
+from devstack.ephemeral import use_throwaway_key_if_unset  # noqa: E402
 from infra.migrate import upgrade_to_head  # noqa: E402
 from infra.search_attributes import ALL_SEARCH_ATTRIBUTES  # noqa: E402
+from infra.temporal_client import keel_data_converter  # noqa: E402
 from infra.temporal_tuning import dev_server_args  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -222,9 +223,11 @@ async def bench(rounds: int, latency_scale: float, scratch: Path) -> None:
     await admin.execute(f"CREATE DATABASE {name}")
     await asyncio.to_thread(upgrade_to_head, database_url)
 
+    # Payloads encrypted as in production; the worker and API processes inherit the key.
+    settings = use_throwaway_key_if_unset()
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(BIN / "temporal"),
-        data_converter=pydantic_data_converter,
+        data_converter=keel_data_converter(settings),
         search_attributes=ALL_SEARCH_ATTRIBUTES,
         ui=False,
         dev_server_log_level="error",
@@ -272,7 +275,17 @@ async def bench(rounds: int, latency_scale: float, scratch: Path) -> None:
         # The worker logs nothing at warning level once up: a first call proves it polls.
 
         direct = openai.AsyncOpenAI(base_url=f"{sim_url}/v1", api_key="sim", max_retries=0)
-        through_keel = openai.AsyncOpenAI(base_url=f"{keel_url}/v1", api_key="-", max_retries=0)
+        # The API needs a token, made as a user would (`keel token create`, secret on stdout).
+        creating = await asyncio.create_subprocess_exec(
+            str(BIN / "keel"), "token", "create", "--tenant", "default", "--role", "client",
+            "--expires", "1d", "--description", "bench/interactive.py",
+            env=keel_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        created, problem = await creating.communicate()
+        if creating.returncode != 0:
+            raise RuntimeError(f"keel token create failed: {problem.decode()}")
+        token = created.decode().strip()
+        through_keel = openai.AsyncOpenAI(base_url=f"{keel_url}/v1", api_key=token, max_retries=0)
         session_id = f"bench-{uuid.uuid4().hex[:8]}"
         session_client = through_keel.with_options(
             default_headers={"X-Keel-Session-Id": session_id}

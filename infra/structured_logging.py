@@ -36,12 +36,20 @@ _SECRET_VALUE_PATTERNS = (
     re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._\-~+/=]{8,}"),
     re.compile(r"(?i)(x-api-key['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+"),
     re.compile(r"(postgres(?:ql)?(?:\+\w+)?://[^:/@\s]+:)[^@\s]+(@)"),  # password in a DSN
+    # keel's API tokens (infra/api_tokens.py): keel_tok_<id>_<secret>. The public id stays
+    # readable; anything after it, or anything shaped like a token that is not one, goes.
+    re.compile(r"(\bkeel_tok_[0-9a-f]{16}_)[A-Za-z0-9_\-]+"),
+    re.compile(r"\bkeel_tok_(?![0-9a-f]{16}_\*)[A-Za-z0-9_\-]+"),
 )
+# Keys that match _SECRET_KEY_NAMES but hold no secret: token counts, and API token ids (the
+# public `tok_…` half of a token, what a person needs to find and revoke it).
 _TOKEN_COUNT_KEYS = {
     "input_tokens",
     "output_tokens",
     "cached_tokens",
     "reasoning_tokens",
+    "token_id",
+    "api_token_id",
 }
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import asyncpg
 import typer
 
+from infra.database import DatabaseRole, explain_role_error, role_server_settings
 from infra.settings import KeelSettings, get_settings
 from infra.structured_logging import configure_logging
 from infra.temporal_client import connect
@@ -21,11 +23,12 @@ async def _preflight(settings: KeelSettings) -> str | None:
         return str(error)
     try:
         connection = await asyncpg.connect(
-            settings.effective_database_url.replace("postgresql+asyncpg://", "postgresql://")
+            settings.effective_database_url.replace("postgresql+asyncpg://", "postgresql://"),
+            server_settings=role_server_settings(DatabaseRole.APPLICATION, settings),
         )
         await connection.close()
     except (OSError, asyncpg.PostgresError) as error:
-        return f"cannot reach Postgres: {type(error).__name__}"
+        return explain_role_error(error) or f"cannot reach Postgres: {type(error).__name__}"
     return None
 
 
@@ -43,11 +46,21 @@ def api(
     base = f"http://{settings.api_host}:{settings.api_port}"
     console.print(f"[bold]keel api[/] on {base}  (OpenAPI: {base}/docs)")
     console.print(
-        f"[dim]try: curl -N {base}/v1/chat/completions -H 'Content-Type: application/json' "
+        "[dim]every /v1 request needs a token: "
+        "export KEEL_TOKEN=$(keel token create --tenant default --role client)[/]"
+    )
+    console.print(
+        f'[dim]try: curl -N {base}/v1/chat/completions -H "Authorization: Bearer $KEEL_TOKEN" '
+        "-H 'Content-Type: application/json' "
         '-d \'{"model": "keel", "stream": true, "messages": '
         '[{"role": "user", "content": "Hello"}]}\'[/]'
     )
-    console.print(f'[dim]OpenAI SDK: OpenAI(base_url="{base}/v1", api_key="...")[/]')
+    console.print(f'[dim]OpenAI SDK: OpenAI(base_url="{base}/v1", api_key=KEEL_TOKEN)[/]')
+    if os.environ.get("KEEL_API_KEY"):
+        console.print(
+            "[yellow]KEEL_API_KEY is no longer read: the API takes per-tenant tokens "
+            "(keel token create); unset it[/]"
+        )
     if settings.uses_simulator:
         console.print("[yellow]no provider key set: answers come from keel's simulator[/]")
     problem = asyncio.run(_preflight(settings))

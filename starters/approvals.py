@@ -1,8 +1,9 @@
 """Reviewers' commands: the review queue (``keel approvals``), the (draft, final) export, and the
 decisions themselves (``keel approve`` / ``reject`` / ``edit``), sent as workflow Updates.
 
-A decision the workflow refuses exits non-zero with its reason, and is recorded in the audit
-trail here (a refused Update never reaches the workflow's history). Exit codes:
+Decisions go through infra/approval_client.py (shared with the HTTP API): the reviewer is
+checked against the current reviewers table before anything is sent, and a refused decision
+exits non-zero with its reason and is recorded in the audit trail. Exit codes:
 1 other error, 3 no such workflow, 4 not waiting for approval, 5 reviewer not authorized,
 6 gate already decided, 7 invalid decision.
 """
@@ -10,53 +11,41 @@ trail here (a refused Update never reaches the workflow's history). Exit codes:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import sys
-import uuid
-from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
 
 import typer
 from rich.table import Table
-from temporalio.client import (
-    WorkflowExecutionDescription,
-    WorkflowExecutionStatus,
-    WorkflowHandle,
-    WorkflowUpdateFailedError,
-)
-from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.approval_models import (
     ApproveDecision,
     Decision,
-    DecisionReceipt,
     EditDecision,
     GateStatus,
     RefusalType,
     RejectDecision,
 )
-from activities.approvals import decided_by_humans, gates_of, pending_gates, reviewer_roles
-from activities.audit_trail import AuditEventInput, write_audit_event
-from infra.database import dispose_engines, session_factory
-from infra.search_attributes import KEEL_TENANT
+from activities.approvals import decided_by_humans, pending_gates
+from infra.approval_client import DecisionProblem, DecisionRefused, DecisionSender
+from infra.database import session_factory
 from infra.settings import get_settings
 from infra.tables import Approval
 from infra.temporal_client import connect
+from starters.database_command import run_then_close_database
 from starters.output import console, error_console, fail
 from starters.review import approve_command, wait_for_review
 
 EXIT_NO_SUCH_WORKFLOW = 3
 EXIT_CODES = {
+    DecisionProblem.NO_SUCH_WORKFLOW: EXIT_NO_SUCH_WORKFLOW,
     RefusalType.NOT_WAITING.value: 4,
+    DecisionProblem.FINISHED_BEFORE: 4,
     RefusalType.NOT_AUTHORIZED.value: 5,
     RefusalType.ALREADY_DECIDED.value: 6,
     RefusalType.INVALID.value: 7,
 }
-DECISION_TIMEOUT_SECONDS = 30.0
 
 approvals_app = typer.Typer(
     help="The review queue: pending approval gates, oldest first (and `export`).",
@@ -147,7 +136,7 @@ def approvals(
     """Pending approval gates, oldest first: age, gate, workflow and the approve command."""
     if ctx.invoked_subcommand is not None:
         return
-    _run(_list(tenant, as_json))
+    run_then_close_database(_list(tenant, as_json))
 
 
 def _pair(gate: Approval) -> dict[str, object]:
@@ -189,149 +178,29 @@ def export(
 ) -> None:
     """Write each gate a person decided as JSONL: draft, final (their edit, or null when
     rejected), who, and why: ready for evaluation sets or fine-tuning."""
-    _run(_export(output, changed_only))
+    run_then_close_database(_export(output, changed_only))
 
 
 # --- Decisions ---------------------------------------------------------------------------
 
 
-def _update_id(action: str, gate: str, decision: Decision) -> str:
-    """Same reviewer, same gate, same decision: the same Update id, so Temporal answers a
-    retried command with the first result instead of applying it again."""
-    key = f"{action}/{gate}/{decision.reviewer}"
-    if isinstance(decision, EditDecision):
-        key += "/" + hashlib.sha256(decision.text.encode()).hexdigest()[:16]
-    return key
-
-
-async def _describe(handle: WorkflowHandle) -> WorkflowExecutionDescription:
-    try:
-        return await handle.describe()
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
-            fail(
-                f"no such workflow: {handle.id!r}",
-                "pending reviews and their workflow ids: keel approvals",
-                code=EXIT_NO_SUCH_WORKFLOW,
-            )
-        raise
-
-
-async def _record_refusal(
-    description: WorkflowExecutionDescription,
-    gate: str | None,
-    action: str,
-    decision: Decision,
-    refusal_type: str,
-    message: str,
-) -> None:
-    tenant = description.typed_search_attributes.get(KEEL_TENANT) or "default"
-    async with session_factory().begin() as session:
-        await write_audit_event(
-            session,
-            AuditEventInput(
-                event_key=f"{description.id}/refused/{uuid.uuid4()}",
-                workflow_id=description.id,
-                run_id=description.run_id,
-                tenant=tenant,
-                event_type="approval.refused",
-                actor=decision.reviewer,
-                payload={
-                    "gate": gate,
-                    "action": action,
-                    "channel": "update",
-                    "refusal": refusal_type,
-                    "message": message,
-                },
-            ),
-        )
-
-
-async def _refuse(
-    description: WorkflowExecutionDescription,
-    gate: str | None,
-    action: str,
-    decision: Decision,
-    refusal_type: str,
-    message: str,
-) -> NoReturn:
-    await _record_refusal(description, gate, action, decision, refusal_type, message)
-    hint = f"see the run: keel show {description.id}"
-    if refusal_type == RefusalType.NOT_AUTHORIZED.value:
-        async with session_factory()() as session:
-            known = await reviewer_roles(session, get_settings().reviewers)
-        held = known.get(decision.reviewer)
-        hint = (
-            f"{decision.reviewer} holds role {', '.join(held)}"
-            if held
-            else f"{decision.reviewer!r} is not a known reviewer (keel reviewers list)"
-        )
-    fail(message, hint, code=EXIT_CODES.get(refusal_type, 1))
-
-
 async def _decide(
     workflow_id: str, action: str, decision: Decision, wait: bool, timeout: float
 ) -> None:
+    settings = get_settings()
     try:
-        client = await connect(get_settings())
+        client = await connect(settings)
     except ConnectionError as error:
         fail(str(error))
-    handle = client.get_workflow_handle(workflow_id)
-    description = await _describe(handle)
-    async with session_factory()() as session:
-        gates = [g for g in await gates_of(session, workflow_id) if g.run_id == description.run_id]
-    open_gate = next((g for g in reversed(gates) if g.status == GateStatus.PENDING.value), None)
-
-    if description.status != WorkflowExecutionStatus.RUNNING:
-        last = gates[-1] if gates else None
-        if last is not None and action == "approve" and decision.reviewer in last.decided_by:
-            console.print(
-                f"already recorded: {decision.reviewer} approved gate {last.gate!r} "
-                f"({last.status}); the workflow has finished"
-            )
-            return
-        status = (
-            description.status.name.lower().replace("_", " ") if description.status else "closed"
-        )
-        await _refuse(
-            description,
-            last.gate if last else None,
-            action,
-            decision,
-            RefusalType.NOT_WAITING.value,
-            f"workflow {workflow_id} is not waiting for approval: it is {status}",
-        )
-
-    # The gate the reviewer can have seen: the open one, else the last one (a decision for it is
-    # then refused as already decided, or answered as a repeat, instead of "no gate open").
-    target = open_gate or (gates[-1] if gates else None)
-    gate_name = target.gate if target is not None else None
-    decision = decision.model_copy(update={"gate": gate_name})
-    update_id = _update_id(action, gate_name, decision) if gate_name else str(uuid.uuid4())
+    sender = DecisionSender(client, settings.reviewers, via="cli")
     try:
-        receipt = await asyncio.wait_for(
-            handle.execute_update(action, decision, id=update_id, result_type=DecisionReceipt),
-            timeout=DECISION_TIMEOUT_SECONDS,
-        )
-    except WorkflowUpdateFailedError as error:
-        cause = error.cause
-        if isinstance(cause, ApplicationError) and cause.type in EXIT_CODES:
-            await _refuse(description, gate_name, action, decision, cause.type, cause.message)
-        fail(f"the decision failed: {cause or error}", f"see the run: keel show {workflow_id}")
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
-            fail(
-                f"workflow {workflow_id} finished before the decision arrived",
-                f"see how it ended: keel show {workflow_id}",
-                code=EXIT_CODES[RefusalType.NOT_WAITING.value],
-            )
-        raise
-    except TimeoutError:
-        fail(
-            f"no worker answered within {DECISION_TIMEOUT_SECONDS:g}s; the decision was not "
-            "confirmed",
-            "is a worker running (keel worker)? then send the same command again: it is idempotent",
-        )
+        sent = await sender.send(workflow_id, action, decision)
+    except DecisionRefused as refused:
+        fail(refused.message, refused.hint, code=EXIT_CODES.get(refused.kind, 1))
+    receipt = sent.receipt
+    if receipt is None:
+        console.print(sent.message)
+        return
     style = (
         "green"
         if receipt.status in (GateStatus.APPROVED, GateStatus.EDITED)
@@ -343,16 +212,6 @@ async def _decide(
         return
     if receipt.status != GateStatus.PENDING:
         await wait_for_review(client, workflow_id, timeout, after_gate=receipt.gate)
-
-
-def _run(coroutine: Coroutine[Any, Any, None]) -> None:
-    async def main() -> None:
-        try:
-            await coroutine
-        finally:
-            await dispose_engines()
-
-    asyncio.run(main())
 
 
 _WAIT = typer.Option(
@@ -369,7 +228,7 @@ def approve(
     timeout: float = _TIMEOUT,
 ) -> None:
     """Approve the draft a workflow's open gate waits on."""
-    _run(
+    run_then_close_database(
         _decide(
             workflow_id,
             "approve",
@@ -390,7 +249,7 @@ def reject(
     """Reject the draft, with the reason (the workflow may revise it once and ask again)."""
     if not reason.strip():
         fail("a rejection needs a reason", "say what must change: --reason TEXT")
-    _run(
+    run_then_close_database(
         _decide(
             workflow_id, "reject", RejectDecision(reviewer=reviewer, reason=reason), wait, timeout
         )
@@ -411,7 +270,7 @@ def edit(
     text = file.read_text(encoding="utf-8")
     if not text.strip():
         fail(f"{file} is empty")
-    _run(
+    run_then_close_database(
         _decide(
             workflow_id,
             "edit",

@@ -1,34 +1,22 @@
 """``keel reviewers``: who may decide approval gates, by role. Every change is audited
-(``keel audit keel/reviewers``); a waiting gate sees it at its next reminder or escalation."""
+(``keel audit keel/reviewers``). A removal takes effect at once (decisions are checked against
+this table before they are sent); an addition reaches a waiting gate at its next reminder or
+escalation."""
 
 from __future__ import annotations
 
-import asyncio
 import getpass
-from collections.abc import Coroutine
-from typing import Any
 
 import typer
 from rich.table import Table
 
 from activities.approvals import add_reviewer, remove_reviewer, reviewer_roles
-from infra.database import dispose_engines, session_factory
+from infra.database import session_factory
 from infra.settings import get_settings
+from starters.database_command import BY_OPTION, run_then_close_database
 from starters.output import console, fail
 
 reviewers_app = typer.Typer(help="Who may approve, by role.", no_args_is_help=True)
-
-_BY = typer.Option(None, "--by", help="Who makes the change (default: your login name).")
-
-
-def _run(coroutine: Coroutine[Any, Any, None]) -> None:
-    async def main() -> None:
-        try:
-            await coroutine
-        finally:
-            await dispose_engines()
-
-    asyncio.run(main())
 
 
 def _actor(by: str | None) -> str:
@@ -83,23 +71,23 @@ async def _list() -> None:
 def add(
     name: str = typer.Argument(..., help="The reviewer's name, as they pass it to --reviewer."),
     role: list[str] = typer.Option(..., "--role", help="A role they may decide for (repeatable)."),
-    by: str | None = _BY,
+    by: str | None = BY_OPTION,
 ) -> None:
     """Let NAME decide gates that ask for ROLE."""
-    _run(_add(name, role, _actor(by)))
+    run_then_close_database(_add(name, role, _actor(by)))
 
 
 @reviewers_app.command("remove")
 def remove(
     name: str = typer.Argument(...),
     role: str | None = typer.Option(None, "--role", help="Only this role (default: all)."),
-    by: str | None = _BY,
+    by: str | None = BY_OPTION,
 ) -> None:
     """Withdraw a role (or every role) from NAME."""
-    _run(_remove(name, role, _actor(by)))
+    run_then_close_database(_remove(name, role, _actor(by)))
 
 
 @reviewers_app.command("list")
 def list_reviewers() -> None:
     """Every reviewer and role: the reviewers table plus KEEL_REVIEWERS."""
-    _run(_list())
+    run_then_close_database(_list())

@@ -24,6 +24,7 @@ from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import Job
 from llmsim import SimServer
+from tests.api.tokens import http_client, issue_token
 from tests.conftest import reconfigure
 
 SECRET = "callback-secret-for-tests"
@@ -75,7 +76,8 @@ async def test_a_job_answers_at_once_and_its_callback_is_signed_and_acknowledged
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = reconfigure(monkeypatch, KEEL_CALLBACK_SIGNING_SECRET=SECRET)
-    async with running_api(settings, client) as url, httpx2.AsyncClient(base_url=url) as http:
+    token = await issue_token()
+    async with running_api(settings, client) as url, http_client(url, token) as http:
         created = await http.post(
             "/v1/jobs",
             json={
@@ -119,7 +121,8 @@ async def test_job_requests_are_validated_and_idempotent(
     interactive_worker: Worker,
     simulator: SimServer,
 ) -> None:
-    async with running_api(keel_settings, client) as url, httpx2.AsyncClient(base_url=url) as http:
+    token = await issue_token()
+    async with running_api(keel_settings, client) as url, http_client(url, token) as http:
         no_prompt = await http.post("/v1/jobs", json={"kind": "ask", "input": {}})
         unknown_kind = await http.post("/v1/jobs", json={"kind": "dance", "input": {}})
         unsigned = await http.post(

@@ -8,7 +8,6 @@ import time
 import uuid
 
 import httpx2
-import openai
 import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -17,6 +16,7 @@ from activities.session_models import session_workflow_id
 from api.server import running_api
 from infra.settings import KeelSettings
 from llmsim import SimServer
+from tests.api.tokens import http_client, issue_token, openai_client
 from tests.conftest import reconfigure
 
 MODEL = "gpt-4o-mini"
@@ -37,9 +37,10 @@ async def test_a_low_priority_flood_is_shed_while_high_priority_passes(
 ) -> None:
     settings = reconfigure(monkeypatch, KEEL_SHED_IN_FLIGHT=str(CAPACITY))
     low = {"X-Keel-Priority": "low"}
+    token = await issue_token()
     async with (
         running_api(settings, client) as url,
-        httpx2.AsyncClient(base_url=url, timeout=60) as http,
+        http_client(url, token, timeout=60) as http,
     ):
 
         async def timed_post(question: str) -> tuple[httpx2.Response, float]:
@@ -50,11 +51,8 @@ async def test_a_low_priority_flood_is_shed_while_high_priority_passes(
         flood = [asyncio.create_task(timed_post(f"flood {i}")) for i in range(FLOOD)]
         await asyncio.sleep(0.3)  # the flood is in: CAPACITY requests in flight, the rest shed
         session_id = f"s-{uuid.uuid4().hex[:8]}"
-        vip = openai.AsyncOpenAI(
-            base_url=f"{url}/v1",
-            api_key="unused",
-            max_retries=0,
-            default_headers={"X-Keel-Priority": "high", "X-Keel-Session-Id": session_id},
+        vip = openai_client(
+            url, token, **{"X-Keel-Priority": "high", "X-Keel-Session-Id": session_id}
         )
         urgent = await vip.chat.completions.create(**chat("urgent question"))  # type: ignore[call-overload]
         results = await asyncio.gather(*flood)

@@ -9,31 +9,29 @@ import uuid
 import httpx2
 import openai
 import pytest
-from pydantic import SecretStr
-from temporalio.client import Client
-from temporalio.worker import Worker
 
 from activities.session_models import session_workflow_id
-from api.server import running_api
-from infra.settings import KeelSettings
+from infra.api_tokens import IssuedToken
 from llmsim import SimServer
+from tests.api.tokens import http_client, openai_client
 from tests.reliability.ledger import ledger_rows
 from tests.sessions.conftest import stored_messages
 
 MODEL = "gpt-4o-mini"
 
 
-def sdk(keel_url: str, **headers: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        base_url=f"{keel_url}/v1", api_key="unused", max_retries=0, default_headers=headers
-    )
+def sdk(keel_url: str, token: IssuedToken, **headers: str) -> openai.AsyncOpenAI:
+    return openai_client(keel_url, token, **headers)
 
 
 async def test_the_sync_openai_client_gets_a_chat_completion(
-    keel_url: str, simulator: SimServer
+    keel_url: str, api_token: IssuedToken, simulator: SimServer
 ) -> None:
     def call() -> openai.types.chat.ChatCompletion:
-        with openai.OpenAI(base_url=f"{keel_url}/v1", api_key="unused", max_retries=0) as sync:
+        # The keel token is the SDK's api_key: it goes out as `Authorization: Bearer …`.
+        with openai.OpenAI(
+            base_url=f"{keel_url}/v1", api_key=api_token.secret, max_retries=0
+        ) as sync:
             return sync.chat.completions.create(
                 model=MODEL,
                 messages=[
@@ -52,10 +50,10 @@ async def test_the_sync_openai_client_gets_a_chat_completion(
 
 
 async def test_streaming_with_the_async_client_ends_with_the_stored_text(
-    keel_url: str, simulator: SimServer
+    keel_url: str, api_token: IssuedToken, simulator: SimServer
 ) -> None:
     session_id = f"s-{uuid.uuid4().hex[:8]}"
-    client = sdk(keel_url, **{"X-Keel-Session-Id": session_id})
+    client = sdk(keel_url, api_token, **{"X-Keel-Session-Id": session_id})
     stream = await client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Describe a glacier."}],
@@ -77,10 +75,10 @@ async def test_streaming_with_the_async_client_ends_with_the_stored_text(
 
 
 async def test_a_session_keeps_its_history_between_requests(
-    keel_url: str, simulator: SimServer
+    keel_url: str, api_token: IssuedToken, simulator: SimServer
 ) -> None:
     session_id = f"s-{uuid.uuid4().hex[:8]}"
-    client = sdk(keel_url)
+    client = sdk(keel_url, api_token)
     first = await client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Remember: my name is Ada."}],
@@ -98,10 +96,12 @@ async def test_a_session_keeps_its_history_between_requests(
 
 
 async def test_a_retried_request_with_the_same_idempotency_key_is_answered_once(
-    keel_url: str, simulator: SimServer
+    keel_url: str, api_token: IssuedToken, simulator: SimServer
 ) -> None:
     session_id = f"s-{uuid.uuid4().hex[:8]}"
-    client = sdk(keel_url, **{"X-Keel-Session-Id": session_id, "Idempotency-Key": "retry-me"})
+    client = sdk(
+        keel_url, api_token, **{"X-Keel-Session-Id": session_id, "Idempotency-Key": "retry-me"}
+    )
     request = {"model": MODEL, "messages": [{"role": "user", "content": "Name a lake."}]}
     first = await client.chat.completions.create(**request)  # type: ignore[call-overload]
     again = await asyncio.gather(
@@ -110,7 +110,7 @@ async def test_a_retried_request_with_the_same_idempotency_key_is_answered_once(
     assert {c.choices[0].message.content for c in again} == {first.choices[0].message.content}
     assert simulator.stats()["models"][MODEL]["requests"] == 1
     # Stateless requests too: the key maps a retry onto the same one-turn session.
-    stateless = sdk(keel_url, **{"Idempotency-Key": "stateless-retry"})
+    stateless = sdk(keel_url, api_token, **{"Idempotency-Key": "stateless-retry"})
     once = await stateless.chat.completions.create(**request)  # type: ignore[call-overload]
     twice = await stateless.chat.completions.create(**request)  # type: ignore[call-overload]
     assert twice.choices[0].message.content == once.choices[0].message.content
@@ -121,9 +121,9 @@ async def test_a_retried_request_with_the_same_idempotency_key_is_answered_once(
 
 
 async def test_bad_requests_get_openai_shaped_4xx_errors(
-    keel_url: str, simulator: SimServer
+    keel_url: str, api_token: IssuedToken, simulator: SimServer
 ) -> None:
-    client = sdk(keel_url)
+    client = sdk(keel_url, api_token)
     with pytest.raises(openai.BadRequestError) as empty:
         await client.chat.completions.create(model=MODEL, messages=[])
     assert empty.value.status_code == 400
@@ -133,7 +133,7 @@ async def test_bad_requests_get_openai_shaped_4xx_errors(
             model=MODEL, messages=[{"role": "assistant", "content": "hi"}]
         )
     assert "last message" in assistant_last.value.message
-    async with httpx2.AsyncClient(base_url=keel_url) as http:
+    async with http_client(keel_url, api_token) as http:
         garbage = await http.post(
             "/v1/chat/completions",
             content=b"{not json",
@@ -153,33 +153,24 @@ async def test_bad_requests_get_openai_shaped_4xx_errors(
 
 
 async def test_a_failed_turn_is_an_error_not_a_stack_trace(
-    keel_url: str, simulator: SimServer
+    keel_url: str, api_token: IssuedToken, simulator: SimServer
 ) -> None:
-    client = sdk(keel_url)
+    client = sdk(keel_url, api_token)
     with pytest.raises(openai.APIStatusError) as failure:
         await client.chat.completions.create(
             model="no-such-model", messages=[{"role": "user", "content": "hello"}]
         )
-    assert failure.value.status_code == 502
+    assert failure.value.status_code == 404  # the caller's unknown model, as OpenAI answers it
     assert "no-such-model" in failure.value.message and "Traceback" not in failure.value.message
 
 
 async def test_openapi_document_lists_the_routes(keel_url: str) -> None:
     async with httpx2.AsyncClient(base_url=keel_url) as http:
         document = (await http.get("/openapi.json")).json()
-    assert {"/v1/chat/completions", "/v1/jobs", "/v1/jobs/{job_id}"} <= set(document["paths"])
-
-
-async def test_the_api_key_is_enforced_when_configured(
-    client: Client, keel_settings: KeelSettings, interactive_worker: Worker, simulator: SimServer
-) -> None:
-    keyed = keel_settings.model_copy(update={"api_key": SecretStr("sekrit-key-123")})
-    async with running_api(keyed, client) as url:
-        async with httpx2.AsyncClient(base_url=url) as http:
-            refused = await http.post("/v1/chat/completions", json={})
-        assert refused.status_code == 401 and "sekrit" not in refused.text
-        good = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sekrit-key-123", max_retries=0)
-        completion = await good.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "hello"}]
-        )
-        assert completion.choices[0].message.content
+    assert {
+        "/v1/chat/completions",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/approvals",
+        "/v1/approvals/{workflow_id}/approve",
+    } <= set(document["paths"])

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import httpx2
-
+from infra.api_tokens import IssuedToken
 from llmsim import SimServer
 from tests.api.sse_reading import SseEvent, content_of, sse_events
+from tests.api.tokens import http_client
 from tests.sessions.conftest import stored_messages
 
 MODEL = "gpt-4o-mini"
@@ -20,12 +20,12 @@ def body(question: str) -> dict[str, object]:
 
 
 async def test_a_reconnect_mid_stream_resumes_without_gap_or_duplicate(
-    keel_url: str, slow_simulator: SimServer
+    keel_url: str, api_token: IssuedToken, slow_simulator: SimServer
 ) -> None:
     session_id = f"s-{uuid.uuid4().hex[:8]}"
     headers = {"X-Keel-Session-Id": session_id, "Idempotency-Key": "turn-reconnect"}
     before: list[SseEvent] = []
-    async with httpx2.AsyncClient(base_url=keel_url, timeout=30) as http:
+    async with http_client(keel_url, api_token) as http:
         async with http.stream(
             "POST", "/v1/chat/completions", json=body("Tell me about deserts."), headers=headers
         ) as response:
@@ -53,7 +53,7 @@ async def test_a_reconnect_mid_stream_resumes_without_gap_or_duplicate(
     assert content_of(after[0])  # resumed straight into the answer, no second opening
     assert slow_simulator.stats()["models"][MODEL]["requests"] == 1  # the model ran once
     # The dropped connection released its place in the in-flight count (load shedding).
-    async with httpx2.AsyncClient(base_url=keel_url) as http:
+    async with http_client(keel_url, api_token) as http:
         for _ in range(50):
             if (await http.get("/healthz")).json()["in_flight"] == 0:
                 break
@@ -62,12 +62,12 @@ async def test_a_reconnect_mid_stream_resumes_without_gap_or_duplicate(
 
 
 async def test_a_turn_can_be_followed_and_resumed_on_its_own_event_stream(
-    keel_url: str, slow_simulator: SimServer
+    keel_url: str, api_token: IssuedToken, slow_simulator: SimServer
 ) -> None:
     session_id = f"s-{uuid.uuid4().hex[:8]}"
     headers = {"X-Keel-Session-Id": session_id, "Idempotency-Key": "turn-follow"}
     events_url = f"/v1/sessions/{session_id}/turns/turn-follow/events"
-    async with httpx2.AsyncClient(base_url=keel_url, timeout=30) as http:
+    async with http_client(keel_url, api_token) as http:
         async with http.stream(
             "POST", "/v1/chat/completions", json=body("Describe a forest."), headers=headers
         ) as chat:
@@ -87,12 +87,12 @@ async def test_a_turn_can_be_followed_and_resumed_on_its_own_event_stream(
 
 
 async def test_a_retried_attempt_is_marked_in_the_openai_stream(
-    keel_url: str, simulator: SimServer
+    keel_url: str, api_token: IssuedToken, simulator: SimServer
 ) -> None:
     simulator.add_faults("stream_reset", model=MODEL, count=1, after_chunks=3)
     session_id = f"s-{uuid.uuid4().hex[:8]}"
     async with (
-        httpx2.AsyncClient(base_url=keel_url, timeout=30) as http,
+        http_client(keel_url, api_token) as http,
         http.stream(
             "POST",
             "/v1/chat/completions",
