@@ -20,18 +20,33 @@ uses it on the worker.
 from __future__ import annotations
 
 import json
+import math
+import re
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from activities.llm.models import ChatMessage, LlmParameters
+from infra.input_limits import (
+    InputTooLarge,
+    PromptLimits,
+    UnstorableText,
+    check_model_name,
+    check_prompt,
+    first_unstorable,
+    setting_name,
+)
+from infra.settings import KeelSettings, get_settings
 
-# A line carries one request through workflow history (Temporal's payload limit is 2 MB).
-MAX_LINE_BYTES = 1_000_000
 MAX_CUSTOM_ID_LENGTH = 500  # batch_items.custom_id
+# Deeper JSON than any request needs; past it, serializers (ours, Postgres's) hit recursion limits.
+MAX_JSON_DEPTH = 64
+_MAYBE_UNSTORABLE = re.compile(r"\\u(?:0000|[dD][89abcdefABCDEF])")
 OPENAI_CHAT_URL = "/v1/chat/completions"
 
 KEEL_FIELDS = frozenset(
@@ -125,6 +140,31 @@ class _LineError(ValueError):
     pass
 
 
+@dataclass(frozen=True)
+class BatchFileLimits:
+    """How big a batch file, one of its lines and one line's prompt may be (settings)."""
+
+    file_bytes: int
+    line_bytes: int
+    items: int
+    prompt: PromptLimits
+
+    @classmethod
+    def from_settings(cls, settings: KeelSettings | None = None) -> BatchFileLimits:
+        settings = settings or get_settings()
+        return cls(
+            file_bytes=settings.max_batch_file_bytes,
+            line_bytes=settings.max_batch_line_bytes,
+            items=settings.max_batch_items,
+            prompt=PromptLimits.from_settings(settings),
+        )
+
+
+class BatchFileRefused(ValueError):
+    """The whole file cannot run (too large, too many items); ``str()`` says why and how to
+    change the limit. Raised before anything is written."""
+
+
 def _message_content(raw: Any, where: str) -> str:
     if isinstance(raw, str):
         return raw
@@ -202,7 +242,7 @@ def _from_openai(line: dict[str, Any], warnings: list[str]) -> ItemRequest:
         )
     if ignored:
         warnings.append(f"ignored body field(s): {', '.join(ignored)}")
-    if not isinstance(body.get("model"), str) or not body["model"]:
+    if not isinstance(body.get("model"), str) or not body["model"].strip():
         raise _LineError("body.model must be a model name")
     schema, schema_name = _json_schema(body.get("response_format"))
     return ItemRequest(
@@ -236,7 +276,9 @@ def _from_keel(line: dict[str, Any]) -> ItemRequest:
         if not isinstance(line["system"], str):
             raise _LineError("'system' must be a string")
         messages.insert(0, ChatMessage(role="system", content=line["system"]))
-    if line.get("model") is not None and not isinstance(line["model"], str):
+    if line.get("model") is not None and (
+        not isinstance(line["model"], str) or not line["model"].strip()
+    ):
         raise _LineError("'model' must be a model name")
     return ItemRequest(
         messages=messages,
@@ -253,27 +295,87 @@ def _pydantic_reason(error: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-def parse_line(line_no: int, raw: bytes | str) -> ParsedLine | None:
+def _not_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:30]} is too large for a float")
+    return value
+
+
+# json.loads, strict: NaN/Infinity (Python's extension) and numbers that overflow a float are
+# refused, as Postgres's JSON would refuse them when the item is stored.
+_load_json = json.JSONDecoder(parse_constant=_not_json_constant, parse_float=_finite_float).decode
+
+
+def _json_depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, dict | list):
+            deepest = max(deepest, depth)
+            children = current.values() if isinstance(current, dict) else current
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _prompt_problem(request: ItemRequest, limits: PromptLimits) -> str | None:
+    try:
+        # parse_line already refused any line with text that cannot be stored.
+        check_prompt([m.content for m in request.messages], limits, "the prompt", text_checked=True)
+        if request.model is not None:
+            check_model_name(request.model)
+    except (InputTooLarge, UnstorableText) as error:
+        return str(error)
+    return None
+
+
+def _too_long(line_no: int, size: int, limits: BatchFileLimits) -> ParsedLine:
+    return ParsedLine(
+        line_no=line_no,
+        custom_id=None,
+        problem=f"line is {size:,} bytes; the limit is {limits.line_bytes:,} bytes (raise it "
+        f"with {setting_name('max_batch_line_bytes')})",
+    )
+
+
+def parse_line(
+    line_no: int, raw: bytes | str, limits: BatchFileLimits | None = None
+) -> ParsedLine | None:
     """Parse one line; ``None`` for a blank line (skipped, not an item)."""
+    limits = limits or BatchFileLimits.from_settings()
     if isinstance(raw, bytes):
-        if len(raw) > MAX_LINE_BYTES:
-            return ParsedLine(
-                line_no=line_no,
-                custom_id=None,
-                problem=f"line is {len(raw):,} bytes; the limit is {MAX_LINE_BYTES:,}",
-            )
+        if len(raw) > limits.line_bytes:
+            return _too_long(line_no, len(raw), limits)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
             return ParsedLine(line_no=line_no, custom_id=None, problem=f"not UTF-8: {error}")
     else:
+        size = len(raw.encode("utf-8", "surrogatepass"))
+        if size > limits.line_bytes:
+            return _too_long(line_no, size, limits)
         text = raw
     if not text.strip():
         return None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        return ParsedLine(line_no=line_no, custom_id=None, problem=f"invalid JSON: {error}")
+        data = _load_json(text)
+    except RecursionError:
+        return ParsedLine(
+            line_no=line_no,
+            custom_id=None,
+            problem=f"invalid JSON: nested too deeply (at most {MAX_JSON_DEPTH} levels)",
+        )
+    except ValueError as error:  # JSONDecodeError, or a number JSON allows and Python cannot hold
+        reason = (
+            f"a number has more than {sys.get_int_max_str_digits():,} digits"
+            if "integer string conversion" in str(error)
+            else str(error)
+        )
+        return ParsedLine(line_no=line_no, custom_id=None, problem=f"invalid JSON: {reason}")
     if not isinstance(data, dict):
         return ParsedLine(
             line_no=line_no,
@@ -298,6 +400,24 @@ def parse_line(line_no: int, raw: bytes | str) -> ParsedLine | None:
             line_format=line_format,
             problem=f"'custom_id' is longer than {MAX_CUSTOM_ID_LENGTH} characters",
         )
+    # Everything on the line is stored (batch_items) and carried in workflow history. A NUL or
+    # a surrogate can only come from a \u escape (UTF-8 has neither raw), so most lines skip
+    # the walk.
+    unstorable = first_unstorable(data, "line") if _MAYBE_UNSTORABLE.search(text) else None
+    if unstorable is not None:
+        # An unstorable custom_id cannot name the failed item either.
+        usable_id = None if unstorable.startswith("line.custom_id ") else custom_id
+        return ParsedLine(
+            line_no=line_no, custom_id=usable_id, line_format=line_format, problem=unstorable
+        )
+    openers = text.count("{") + text.count("[")  # an upper bound of the depth
+    if openers > MAX_JSON_DEPTH and _json_depth(data) > MAX_JSON_DEPTH:
+        return ParsedLine(
+            line_no=line_no,
+            custom_id=custom_id,
+            line_format=line_format,
+            problem=f"the line nests JSON deeper than {MAX_JSON_DEPTH} levels",
+        )
     warnings: list[str] = []
     try:
         request = _from_openai(data, warnings) if line_format == "openai" else _from_keel(data)
@@ -312,6 +432,11 @@ def parse_line(line_no: int, raw: bytes | str) -> ParsedLine | None:
             line_format=line_format,
             problem=_pydantic_reason(error),
         )
+    problem = _prompt_problem(request, limits.prompt)
+    if problem is not None:
+        return ParsedLine(
+            line_no=line_no, custom_id=custom_id, line_format=line_format, problem=problem
+        )
     return ParsedLine(
         line_no=line_no,
         custom_id=custom_id,
@@ -321,16 +446,99 @@ def parse_line(line_no: int, raw: bytes | str) -> ParsedLine | None:
     )
 
 
-def parse_lines(lines: Iterable[bytes | str]) -> Iterator[ParsedLine]:
+def _without_line_end(raw: bytes | str) -> bytes | str:
+    """The line without its one terminator ("\n" or "\r\n"): what its size is measured on."""
+    if isinstance(raw, bytes):
+        return raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
+    return raw[:-2] if raw.endswith("\r\n") else raw[:-1] if raw.endswith("\n") else raw
+
+
+@dataclass(frozen=True)
+class _OversizedLine:
+    """A line longer than the limit, read past without being kept: only its size is known."""
+
+    size: int
+
+
+def parse_lines(
+    lines: Iterable[bytes | str | _OversizedLine], limits: BatchFileLimits | None = None
+) -> Iterator[ParsedLine]:
+    """Every non-blank line as a ParsedLine, numbered from 1 (blank lines count in the
+    numbering). Raises BatchFileRefused, before yielding the item past the limit, when the
+    file has more items than ``limits.items``."""
+    limits = limits or BatchFileLimits.from_settings()
+    items = 0
     for line_no, raw in enumerate(lines, start=1):
-        parsed = parse_line(line_no, raw.rstrip(b"\r\n") if isinstance(raw, bytes) else raw)
-        if parsed is not None:
-            yield parsed
+        if isinstance(raw, _OversizedLine):
+            parsed: ParsedLine | None = _too_long(line_no, raw.size, limits)
+        else:
+            parsed = parse_line(line_no, _without_line_end(raw), limits)
+        if parsed is None:
+            continue
+        items += 1
+        if items > limits.items:
+            raise BatchFileRefused(
+                f"the file has more than {limits.items:,} items (line {line_no} is item "
+                f"{items:,}); the limit is {limits.items:,} (raise it with "
+                f"{setting_name('max_batch_items')}, or split the file)"
+            )
+        yield parsed
 
 
-def parse_file(path: Path) -> Iterator[ParsedLine]:
+_DRAIN_CHUNK = 64 * 1024
+
+
+def read_bounded_lines(
+    source: IO[bytes], limits: BatchFileLimits
+) -> Iterator[bytes | _OversizedLine]:
+    """The file's lines, each at most ``limits.line_bytes`` (plus its line end) in memory: a
+    longer line is read past in chunks and reported by size. Raises BatchFileRefused once more
+    than ``limits.file_bytes`` were read (a file that grew after it was measured, or a pipe)."""
+    read = 0
+
+    def count(chunk: bytes) -> None:
+        nonlocal read
+        read += len(chunk)
+        if read > limits.file_bytes:
+            raise _file_too_large(f"more than {limits.file_bytes:,}", limits)
+
+    # Room for the longest allowed line and its "\r\n".
+    window = limits.line_bytes + 2
+    while chunk := source.readline(window):
+        count(chunk)
+        if chunk.endswith(b"\n") or len(chunk) < window:
+            yield chunk
+            continue
+        # Too long: read past the rest of the line without keeping it, counting its bytes.
+        size, previous = len(chunk), chunk
+        while not chunk.endswith(b"\n"):
+            previous, chunk = chunk, source.readline(_DRAIN_CHUNK)
+            if not chunk:
+                break
+            count(chunk)
+            size += len(chunk)
+        ending = (previous[-1:] + chunk)[-2:] if chunk else b""
+        yield _OversizedLine(
+            size - (2 if ending == b"\r\n" else 1 if ending.endswith(b"\n") else 0)
+        )
+
+
+def _file_too_large(size: str, limits: BatchFileLimits) -> BatchFileRefused:
+    return BatchFileRefused(
+        f"the file is {size} bytes; the limit is {limits.file_bytes:,} bytes (raise it with "
+        f"{setting_name('max_batch_file_bytes')}, or split the file)"
+    )
+
+
+def parse_file(path: Path, limits: BatchFileLimits | None = None) -> Iterator[ParsedLine]:
+    """The file's items; BatchFileRefused when the file is over a limit (before reading it,
+    when its size says so)."""
+    limits = limits or BatchFileLimits.from_settings()
+    size = path.stat().st_size
+    if size > limits.file_bytes:
+        raise _file_too_large(f"{size:,}", limits)
     with path.open("rb") as source:
-        yield from parse_lines(source)
+        yield from parse_lines(read_bounded_lines(source, limits), limits)
 
 
 def invalid_line_id(line_no: int) -> str:

@@ -29,6 +29,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.batch_files import (
+    BatchFileRefused,
     ItemRequest,
     ParsedLine,
     ValidationReport,
@@ -197,16 +198,20 @@ async def load_batch_file(params: LoadFileInput) -> LoadSummary:
     path = Path(params.path)
     # Reading and parsing is blocking work: off the event loop, or every activity on this
     # worker would stall while a large file loads.
-    lines = await asyncio.to_thread(_read_lines, path)
-    if lines is None:
-        raise ApplicationError(
-            f"batch file {path} not found on the worker: a scheduled batch reads its file at "
-            "run time, so the path must exist where the keel-batch worker runs",
-            type="BatchFileMissing",
-            non_retryable=True,
-        )
-    report = validate(lines)
-    reason = refusal(report, params.options.strict)
+    reason: str | None
+    try:
+        lines = await asyncio.to_thread(_read_lines, path)
+    except BatchFileRefused as too_large:  # over a size limit: refused whole, like a bad file
+        lines, reason = [], str(too_large)
+    else:
+        if lines is None:
+            raise ApplicationError(
+                f"batch file {path} not found on the worker: a scheduled batch reads its file "
+                "at run time, so the path must exist where the keel-batch worker runs",
+                type="BatchFileMissing",
+                non_retryable=True,
+            )
+        reason = refusal(validate(lines), params.options.strict)
     async with session_factory().begin() as session:
         created = await create_batch(
             session,

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, Field
 
-from activities.llm.models import ChatMessage, Usage
+from activities.llm.models import MAX_OUTPUT_TOKENS, ChatMessage, Usage
 
 # Activities are named, not imported (see workflows/llm_calls.py).
 PREPARE_TURN = "prepare_turn"
@@ -57,7 +57,9 @@ class TurnInput(BaseModel):
     seed_messages: list[ChatMessage] = Field(default_factory=list)
     route: str | None = None
     models: list[str] | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    # Bounded as LlmParameters is: an unbounded value failed the turn's workflow task (the
+    # session stuck retrying it) instead of refusing the turn.
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     # Publish tokens to the turn's stream while the answer is generated.
     stream: bool = True

@@ -60,6 +60,11 @@ PRUNE_ONE_TURN_IN = 0.05
 
 # --- Token budgets ---------------------------------------------------------------------------
 
+# What summarization_prompt adds around the folded turns and the previous summary (its
+# instructions, headings, role prefixes, two messages' overhead): about 75 tokens by keel's
+# count, with room to spare (tests/security/test_input_limits.py measures it).
+FOLD_INSTRUCTION_TOKENS = 96
+
 
 def message_tokens(message: ChatMessage) -> int:
     """Prompt tokens a message costs: its text plus the per-message overhead chat formats add
@@ -96,12 +101,20 @@ def context_budget(
     route: str | None, models: list[str] | None, answer_tokens: int, settings: KeelSettings
 ) -> int:
     """Tokens the history may take: the smallest window in the fallback chain (any model in it
-    may end up answering) minus the answer's reserve, capped by settings."""
+    may end up answering) minus the answer's reserve, capped by settings.
+
+    Also capped by keel's prompt limit (KEEL_MAX_PROMPT_TOKENS, which the LLM activity
+    enforces on every call), with room for the fold: a fold's prompt is at most the previous
+    context (<= budget) plus the last answer plus its instructions, since the new question is
+    always kept verbatim. So neither a turn nor its fold is ever refused as too large."""
     chain = chain_models(route, models, settings)
     window = min(
         (context_window(m, settings) for m in chain), default=settings.default_context_window
     )
-    budget = window - answer_tokens
+    budget = min(
+        window - answer_tokens,
+        settings.max_prompt_tokens - answer_tokens - FOLD_INSTRUCTION_TOKENS,
+    )
     if settings.session_context_tokens is not None:
         budget = min(budget, settings.session_context_tokens)
     return max(budget, 64)

@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from temporalio.client import Client
 
-from api import chat, jobs, sessions
-from api.errors import install_error_handlers
+from api import approvals, chat, jobs, sessions
+from api.auth import authenticated_caller
+from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.load_shedding import LoadShedder
+from api.request_limits import RequestBodyLimit
 from api.state import KeelApi
 from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect
@@ -41,11 +43,18 @@ def create_app(settings: KeelSettings | None = None, client: Client | None = Non
         "resumable token streams, and async jobs with signed callbacks.",
         version="0.1.0",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     install_error_handlers(app)
-    app.include_router(chat.router)
-    app.include_router(sessions.router)
-    app.include_router(jobs.router)
+    # Outermost, so an oversized body is refused before anything else reads or parses it.
+    app.add_middleware(
+        RequestBodyLimit, max_bytes=lambda: (settings or get_settings()).max_request_body_bytes
+    )
+    # Every /v1 route needs a token, whatever its own role check (api/auth.py): a route that
+    # forgets one is still closed. FastAPI verifies the token once per request.
+    authenticated = [Depends(authenticated_caller)]
+    for router in (chat.router, sessions.router, jobs.router, approvals.router):
+        app.include_router(router, dependencies=authenticated)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, object]:

@@ -21,6 +21,7 @@ from starlette.background import BackgroundTask
 
 from activities.llm.models import ChatMessage, RequestPriority
 from activities.session_models import SESSION_ID_PATTERN
+from api.auth import client_caller
 from api.errors import ApiError, from_temporal
 from api.openai_schemas import (
     ChatCompletion,
@@ -42,15 +43,33 @@ from api.state import (
     KeelApi,
     keel_api,
     request_priority,
-    request_tenant,
 )
+from infra.api_tokens import VerifiedToken
 from infra.chat_client import TurnRequest, new_session_id, run_turn, start_turn
+from infra.input_limits import (
+    InputTooLarge,
+    PromptLimits,
+    UnstorableText,
+    check_model_name,
+    check_prompt,
+    check_storable,
+)
+from infra.session_reports import session_tenant
 from infra.settings import KeelSettings
 from infra.token_streams import read_events
 
 router = APIRouter(tags=["chat"])
 
 DEFAULT_MODEL_NAMES = frozenset({"keel", "default"})
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "id": {"type": "string"},
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+    },
+}
 
 
 def _route_or_models(model: str, settings: KeelSettings) -> tuple[str | None, list[str] | None]:
@@ -63,6 +82,27 @@ def _route_or_models(model: str, settings: KeelSettings) -> tuple[str | None, li
     return None, [model]
 
 
+def check_request_text(model: str, messages: list[ChatMessage], settings: KeelSettings) -> None:
+    """400 for messages over keel's prompt limits, or text keel cannot store (checked before
+    anything starts, so a refused request leaves nothing behind)."""
+    try:
+        check_model_name(model)
+    except UnstorableText as error:
+        raise ApiError(400, str(error), param="model", code="invalid_model") from None
+    try:
+        for position, message in enumerate(messages):
+            check_storable(message.content, f"messages[{position}].content")
+        check_prompt(
+            [m.content for m in messages],
+            PromptLimits.from_settings(settings),
+            "the prompt (all messages)",
+        )
+    except InputTooLarge as error:
+        raise ApiError(400, str(error), param="messages", code="prompt_too_large") from None
+    except UnstorableText as error:
+        raise ApiError(400, str(error), param="messages", code="invalid_text") from None
+
+
 def turn_request(
     body: ChatCompletionRequest,
     request: Request,
@@ -71,6 +111,7 @@ def turn_request(
     priority: RequestPriority,
 ) -> TurnRequest:
     messages = [m.to_chat_message(i) for i, m in enumerate(body.messages)]
+    check_request_text(body.model, messages, settings)
     question = messages[-1]
     if question.role != "user" or not question.content.strip():
         raise ApiError(400, "the last message must be a non-empty user message", param="messages")
@@ -122,16 +163,29 @@ def _last_event_id(request: Request) -> int:
         raise ApiError(400, "Last-Event-ID must be an event id (an integer)") from None
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    # With `stream: true` the same 200 is an SSE stream: each event's data is a
+    # chat.completion.chunk (JSON), the last one `[DONE]`.
+    responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}},
+)
 async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
     api: KeelApi = Depends(keel_api),
+    caller: VerifiedToken = Depends(client_caller),
 ) -> JSONResponse | StreamingResponse:
     """Create a chat completion (OpenAI-compatible), as a durable turn of a chat session."""
     priority = request_priority(request)
     api.shedder.admit(priority)
-    turn = turn_request(body, request, api.settings, request_tenant(request), priority)
+    turn = turn_request(body, request, api.settings, caller.tenant, priority)
+    if not turn.single_turn:
+        # Another tenant's session answers as one that does not exist (the session workflow
+        # refuses the turn too; this check keeps it from learning the session exists).
+        owner = await session_tenant(turn.session_id)
+        if owner is not None and owner != caller.tenant:
+            raise ApiError(404, f"no session {turn.session_id}", code="session_not_found")
     headers = {SESSION_HEADER: turn.session_id, IDEMPOTENCY_HEADER: turn.turn_id}
     completion_id = f"chatcmpl-{turn.turn_id}"
     if not body.stream:

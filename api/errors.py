@@ -15,6 +15,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
@@ -36,6 +37,27 @@ _TYPE_BY_STATUS = {
     502: "upstream_error",
     503: "overloaded_error",
     504: "timeout_error",
+}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error object: what every 4xx and 5xx of keel's API carries."""
+
+    error: ErrorDetail
+
+
+# Declared on every operation of the OpenAPI schema: what the API really answers when it
+# refuses a request (never FastAPI's default 422 body, which keel replaces with a 400).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorResponse, "description": "The request was refused (OpenAI's shape)."},
+    "5XX": {"model": ErrorResponse, "description": "keel or a model failed (OpenAI's shape)."},
 }
 
 
@@ -79,10 +101,36 @@ class ApiError(Exception):
 # A turn that failed in the workflow, by the ApplicationError type it failed with.
 _TURN_FAILURES = {
     "IdempotencyKeyReused": (409, "idempotency_key_reused"),
-    "SessionTenantMismatch": (409, "session_conflict"),
-    "LlmChainExhausted": (502, "models_failed"),
+    # Another tenant's session (a race the API's own check missed): as if it did not exist.
+    "SessionTenantMismatch": (404, "session_not_found"),
     "UnknownRoute": (400, "unknown_route"),
 }
+
+
+# When every model of the chain failed for a reason that is the request's own fault, the caller
+# gets a 4xx with OpenAI's code (404 when no model it named exists), not a 502 that would say a
+# model was down.
+_CALLER_FAULTS = {
+    "model_not_found": "model_not_found",
+    "context_window": "context_length_exceeded",
+    "prompt_too_large": "prompt_too_large",
+    "content_policy": "content_policy_violation",
+    "bad_request": "invalid_request",
+}
+
+
+def _chain_exhausted(cause: ApplicationError) -> ApiError:
+    failures = cause.details[0] if cause.details else None
+    classes = [
+        str(failure[1])
+        for failure in (failures if isinstance(failures, list) else [])
+        if isinstance(failure, list | tuple) and len(failure) == 2
+    ]
+    if not classes or not all(error_class in _CALLER_FAULTS for error_class in classes):
+        return ApiError(502, cause.message, code="models_failed")
+    if set(classes) == {"model_not_found"}:
+        return ApiError(404, cause.message, param="model", code="model_not_found")
+    return ApiError(400, cause.message, code=_CALLER_FAULTS[classes[-1]])
 
 
 def from_temporal(error: BaseException) -> ApiError:
@@ -92,7 +140,11 @@ def from_temporal(error: BaseException) -> ApiError:
     if isinstance(error, WorkflowUpdateFailedError):
         cause = error.cause
         if isinstance(cause, ApplicationError):
+            if cause.type == "LlmChainExhausted":
+                return _chain_exhausted(cause)
             status, code = _TURN_FAILURES.get(cause.type or "", (400, "turn_rejected"))
+            if code == "session_not_found":
+                return ApiError(status, "no such session for this token's tenant", code=code)
             return ApiError(status, cause.message, code=code)
         if isinstance(cause, CancelledError):
             return ApiError(503, "the turn was cancelled; retry it", code="cancelled")

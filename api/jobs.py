@@ -24,16 +24,29 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.job_models import JobInput, JobKind, JobStatus
+from api.auth import check_tenant_field, client_caller
 from api.errors import ApiError, from_temporal
-from api.state import KeelApi, keel_api, request_priority, request_tenant
+from api.state import KeelApi, keel_api, request_priority
+from infra.api_tokens import VerifiedToken
 from infra.database import session_factory
+from infra.input_limits import (
+    InputTooLarge,
+    PromptLimits,
+    UnstorableText,
+    check_model_name,
+    check_prompt,
+    first_unstorable,
+)
 from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
+from infra.settings import KeelSettings
 from infra.tables import Job
 from workflows.jobs import JOB_WORKFLOWS, JobWorkflow
 
 router = APIRouter(tags=["jobs"])
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,150}$"
+# Fields of a job's input that go to a model as its prompt.
+PROMPT_FIELDS = ("system", "prompt")
 
 
 class JobRequest(BaseModel):
@@ -90,14 +103,42 @@ def _job_view(job: Job) -> JobView:
     )
 
 
+def check_job_text(
+    workflow_input: dict[str, Any], callback_url: str | None, settings: KeelSettings
+) -> None:
+    """400 for a prompt over keel's limits, or text keel cannot store or carry (checked before
+    the job starts, so a refused job leaves no row and no workflow)."""
+    unstorable = first_unstorable(workflow_input, "input") or first_unstorable(
+        callback_url, "callback_url"
+    )
+    if unstorable is not None:
+        raise ApiError(400, unstorable, code="invalid_text")
+    names = [*(workflow_input.get("models") or []), workflow_input.get("route")]
+    for name in (n for n in names if isinstance(n, str)):
+        try:
+            check_model_name(name, "a model or route name in input")
+        except UnstorableText as error:
+            raise ApiError(400, str(error), param="input", code="invalid_model") from None
+    texts = [text for field in PROMPT_FIELDS if isinstance(text := workflow_input.get(field), str)]
+    try:
+        what = "input.prompt" if len(texts) == 1 else "input.system + input.prompt"
+        check_prompt(texts, PromptLimits.from_settings(settings), what)
+    except InputTooLarge as error:
+        raise ApiError(400, str(error), param="input.prompt", code="prompt_too_large") from None
+
+
 @router.post("/v1/jobs", status_code=202, response_model=JobView)
 async def create_job(
-    body: JobRequest, request: Request, api: KeelApi = Depends(keel_api)
+    body: JobRequest,
+    request: Request,
+    api: KeelApi = Depends(keel_api),
+    caller: VerifiedToken = Depends(client_caller),
 ) -> JSONResponse:
     """Start a job; answers at once (202) with its id and where to poll."""
+    check_tenant_field(caller, body.input.get("tenant"), "input.tenant")
     priority = request_priority(request)
     api.shedder.admit(priority)
-    tenant = request_tenant(request)
+    tenant = caller.tenant
     if body.callback_url and api.settings.callback_signing_secret is None:
         raise ApiError(
             400,
@@ -111,13 +152,15 @@ async def create_job(
         problem = error.errors()[0]
         where = ".".join(str(p) for p in problem["loc"])
         raise ApiError(400, f"input.{where}: {problem['msg']}", param=f"input.{where}") from None
+    workflow_input = validated.model_dump(mode="json")
+    check_job_text(workflow_input, body.callback_url, api.settings)
     job_id = body.id or f"job-{uuid.uuid4().hex[:16]}"
     try:
         await api.client.start_workflow(
             JobWorkflow.run,
             JobInput(
                 kind=body.kind,
-                input=validated.model_dump(mode="json"),
+                input=workflow_input,
                 tenant=tenant,
                 callback_url=body.callback_url,
             ),
@@ -160,7 +203,12 @@ async def _read_job(api: KeelApi, job_id: str, tenant: str) -> JobView:
         if error.status == RPCStatusCode.NOT_FOUND:
             raise ApiError(404, f"no job {job_id}", code="job_not_found") from None
         raise from_temporal(error) from error
-    if description.workflow_type != "JobWorkflow":
+    # Before the job records its row, the tenant is the workflow's search attribute: another
+    # tenant's job answers as one that does not exist.
+    if (
+        description.workflow_type != "JobWorkflow"
+        or description.typed_search_attributes.get(KEEL_TENANT) != tenant
+    ):
         raise ApiError(404, f"no job {job_id}", code="job_not_found")
     stopped = description.status not in (
         WorkflowExecutionStatus.RUNNING,
@@ -179,6 +227,10 @@ async def _read_job(api: KeelApi, job_id: str, tenant: str) -> JobView:
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView)
-async def get_job(job_id: str, request: Request, api: KeelApi = Depends(keel_api)) -> JobView:
+async def get_job(
+    job_id: str,
+    api: KeelApi = Depends(keel_api),
+    caller: VerifiedToken = Depends(client_caller),
+) -> JobView:
     """A job's status, and its result or error once finished."""
-    return await _read_job(api, job_id, request_tenant(request))
+    return await _read_job(api, job_id, caller.tenant)

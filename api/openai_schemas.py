@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from activities.llm.models import ChatMessage
+from activities.llm.models import MAX_OUTPUT_TOKENS, ChatMessage
 from api.errors import ApiError
+from infra.input_limits import MAX_MODEL_NAME_LENGTH
 
 
 class ContentPart(BaseModel):
@@ -61,12 +62,16 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1, description="A keel route name, or a model id.")
+    model: str = Field(
+        min_length=1,
+        max_length=MAX_MODEL_NAME_LENGTH,
+        description="A keel route name, or a model id.",
+    )
     messages: list[RequestMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     n: int = Field(default=1, ge=1, le=1, description="keel answers with one choice.")
     session_id: str | None = Field(

@@ -23,7 +23,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
 )
 
-from activities.llm.models import ChatMessage, RequestPriority
+from activities.llm.models import MAX_OUTPUT_TOKENS, ChatMessage, RequestPriority
 from activities.session_models import SESSION_ID_PATTERN, session_workflow_id, turn_stream_key
 from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from infra.settings import KeelSettings
@@ -39,7 +39,7 @@ class TurnRequest(BaseModel):
     system_prompt: str | None = None
     route: str | None = None
     models: list[str] | None = None
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
     temperature: float | None = None
     stream: bool = True
     priority: RequestPriority = RequestPriority.NORMAL

@@ -7,12 +7,13 @@ plus the variables the wider ecosystem already uses (``TEMPORAL_ADDRESS``, ``DAT
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from activities.approval_models import ReviewPolicy
 from activities.llm.models import CallPolicy, FallbackPolicy
@@ -57,6 +58,36 @@ class KeelSettings(BaseSettings):
     interactive_task_queue: str = INTERACTIVE_TASK_QUEUE
     batch_task_queue: str = BATCH_TASK_QUEUE
 
+    # --- Payload encryption (infra/payload_codec.py, `keel codec-server`) ------------------
+    encryption: bool = Field(
+        default=True,
+        description="Encrypt every payload keel writes to Temporal (AES-256-GCM). Off "
+        "(KEEL_ENCRYPTION=off) stores prompts and answers readable in history; keys still "
+        "decrypt what was written while it was on.",
+    )
+    encryption_keys: SecretStr | None = Field(
+        default=None,
+        description="`id:base64key` entries, comma-separated, newest first: the first "
+        "encrypts, every one decrypts. Unset: the key file.",
+    )
+    encryption_keys_file: Path | None = Field(
+        default=None,
+        description="Key file (one `id:base64key` per line, newest first), used when "
+        "KEEL_ENCRYPTION_KEYS is unset. Unset: <home>/encryption-keys.",
+    )
+    codec_server_host: str = "127.0.0.1"
+    codec_server_port: int = Field(default=8234, ge=0, le=65535)
+    codec_server_cors_origins: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Browser origins (the Web UI's) allowed to call the codec server, "
+        "comma-separated. Unset: the dev Web UI, http://localhost:<ui port> and "
+        "http://127.0.0.1:<ui port>.",
+    )
+    codec_server_token: SecretStr | None = Field(
+        default=None,
+        description="When set, codec server requests must send `Authorization: Bearer <token>`.",
+    )
+
     # --- Postgres -------------------------------------------------------------------------
     database_url: SecretStr | None = Field(
         default=None,
@@ -64,6 +95,17 @@ class KeelSettings(BaseSettings):
         description="postgresql://… URL. Unset: the embedded Postgres keel starts under home.",
     )
     dev_postgres_port: int = 5499
+    database_role: str | None = Field(
+        default="keel_app",
+        description="Role every application session takes at connect (SET ROLE as a startup "
+        "parameter): keel_app may not UPDATE or DELETE audit rows even when DATABASE_URL logs "
+        "in as a superuser. `none` keeps the login user's own privileges.",
+    )
+    retention_database_role: str | None = Field(
+        default="keel_retention",
+        description="Role `keel purge` takes: it may only blank content columns. `none` keeps "
+        "the login user's own privileges.",
+    )
 
     # --- LLM providers --------------------------------------------------------------------
     openai_api_key: SecretStr | None = Field(
@@ -238,9 +280,6 @@ class KeelSettings(BaseSettings):
     # --- HTTP API --------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8300
-    api_key: SecretStr | None = Field(
-        default=None, description="When set, requests must send `Authorization: Bearer <key>`."
-    )
     shed_in_flight: int = Field(
         default=64,
         ge=1,
@@ -293,14 +332,69 @@ class KeelSettings(BaseSettings):
         default=72, gt=0, description="An undecided budget gate stops the batch after this long."
     )
 
+    # --- Input limits (infra/input_limits.py, api/request_limits.py) -----------------------
+    max_prompt_chars: int = Field(
+        default=200_000,
+        ge=1,
+        description="Characters of one request's prompt, all its messages together (ask, chat, "
+        "review, each batch line, the API). Chat turns and reviewed documents are also capped "
+        "at 200,000 by their workflows, whatever this says (Temporal payload size).",
+    )
+    max_prompt_tokens: int = Field(
+        default=128_000,
+        ge=1,
+        description="Estimated tokens of one request's prompt (keel's count, a little above real "
+        "tokenizers). The LLM activity refuses a larger prompt before any provider sees it, and "
+        "chat sessions fold their history to stay under it.",
+    )
+    max_messages: int = Field(
+        default=1_000, ge=1, description="Messages in one request (API, batch line)."
+    )
+    max_request_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="HTTP request bodies larger than this get 413, counted as they arrive "
+        "(chunked bodies too) before anything parses them.",
+    )
+    max_batch_file_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1, description="A larger batch file is refused whole."
+    )
+    max_batch_line_bytes: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="A longer batch line is a malformed line (its item fails, or --strict "
+        "refuses the file); it carries one request through workflow history.",
+    )
+    max_batch_items: int = Field(
+        default=100_000, ge=1, description="A batch file with more items is refused whole."
+    )
+
     # --- Logging --------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("database_role", "retention_database_role", mode="before")
+    @classmethod
+    def _no_role(cls, value: Any) -> Any:
+        # An empty variable means unset (env_ignore_empty), so "none" is how to say "no role".
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
+        return value
 
     @field_validator("home", mode="before")
     @classmethod
     def _expand_home(cls, value: Any) -> Any:
         return Path(value).expanduser().resolve() if isinstance(value, (str, Path)) else value
+
+    @field_validator("codec_server_cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):  # "https://a,https://b" (a JSON list is accepted too)
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip().rstrip("/") for origin in text.split(",") if origin.strip()]
+        return value
 
     # --- Derived values -------------------------------------------------------------------
     @property
@@ -336,6 +430,25 @@ class KeelSettings(BaseSettings):
     @property
     def web_ui_url(self) -> str:
         return f"http://127.0.0.1:{self.dev_temporal_ui_port}"
+
+    @property
+    def effective_encryption_keys_file(self) -> Path:
+        return self.encryption_keys_file or self.home / "encryption-keys"
+
+    @property
+    def codec_server_url(self) -> str:
+        """Where a local browser or CLI reaches `keel codec-server` (as configured here)."""
+        host = "127.0.0.1" if self.codec_server_host in ("0.0.0.0", "") else self.codec_server_host
+        return f"http://{host}:{self.codec_server_port}"
+
+    @property
+    def effective_codec_server_cors_origins(self) -> list[str]:
+        if self.codec_server_cors_origins is not None:
+            return self.codec_server_cors_origins
+        return [
+            f"http://localhost:{self.dev_temporal_ui_port}",
+            f"http://127.0.0.1:{self.dev_temporal_ui_port}",
+        ]
 
 
 def to_asyncpg_url(url: str) -> str:

@@ -99,10 +99,16 @@ class Message(Base):
 
 
 class AuditEvent(Base):
-    """Append-only trail of everything that happened to a workflow that a person may ask about."""
+    """Append-only trail of everything that happened to a workflow that a person may ask about.
+
+    Each workflow's rows are a hash chain (``seq``, ``prev_hash``, ``row_hash``; see
+    ``infra/audit_chain.py``) whose head is in ``audit_chain_heads``. The application's database
+    role may INSERT rows, never UPDATE or DELETE them; ``keel purge`` (role keel_retention) may
+    only blank ``payload`` and set ``purged_at``.
+    """
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index(None, "workflow_id", "id"),)
+    __table_args__ = (UniqueConstraint("workflow_id", "seq"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     # Derived from workflow id + activity id (+ a suffix): a retried activity writes the row once.
@@ -114,6 +120,28 @@ class AuditEvent(Base):
     actor: Mapped[str] = mapped_column(String(200))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    # Position in the workflow's chain: 1, 2, 3, … with no gaps.
+    seq: Mapped[int] = mapped_column(Integer)
+    # The previous row's row_hash (64 zeros for seq 1).
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    # sha256 of the payload's canonical JSON: still vouches for a purged payload.
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+    # Set by `keel purge` when it replaced the payload with the purge marker.
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditChainHead(Base):
+    """The last row of each workflow's audit chain, written with every row: deleting the last
+    rows of a trail leaves the head pointing past its end. Its row lock serializes a workflow's
+    writers."""
+
+    __tablename__ = "audit_chain_heads"
+
+    workflow_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
 class LlmCall(Base):

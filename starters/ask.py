@@ -6,13 +6,22 @@ import asyncio
 import uuid
 
 import typer
+from pydantic import ValidationError
 from temporalio.client import WorkflowFailureError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from activities.llm.models import FallbackPolicy
 from activities.llm.traffic_config import BudgetPolicy
+from infra.input_limits import (
+    InputTooLarge,
+    PromptLimits,
+    UnstorableText,
+    check_model_name,
+    check_prompt,
+    check_storable,
+)
 from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
-from infra.settings import get_settings
+from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect
 from starters.output import console, fail, workflow_link
 from workflows.ask import AskInput, AskOutput, AskWorkflow
@@ -22,6 +31,23 @@ def tenant_search_attributes(tenant: str, kind: str) -> TypedSearchAttributes:
     return TypedSearchAttributes(
         [SearchAttributePair(KEEL_TENANT, tenant), SearchAttributePair(KEEL_WORKFLOW_KIND, kind)]
     )
+
+
+def check_question(
+    prompt: str, system: str | None, models: list[str], settings: KeelSettings
+) -> None:
+    """The prompt, system prompt and model names within keel's limits and storable, or
+    InputTooLarge / UnstorableText saying which is not."""
+    if system is not None:
+        check_storable(system, "--system")
+    check_storable(prompt, "the prompt")
+    for name in models:
+        check_model_name(name, f"--model {name[:40]!r}")
+    limits = PromptLimits.from_settings(settings)
+    if system is None:
+        check_prompt([prompt], limits, "the prompt")
+    else:
+        check_prompt([system, prompt], limits, "the prompt and --system together")
 
 
 def print_answer(result: AskOutput) -> None:
@@ -91,17 +117,24 @@ def ask(
         fail("give either --route or --model, not both")
     if route and route not in settings.routes:
         fail(f"unknown route {route!r}", f"configured routes: {', '.join(sorted(settings.routes))}")
-    params = AskInput(
-        prompt=prompt,
-        system=system,
-        route=route,
-        models=model or None,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        tenant=tenant,
-        fallback_policy=fallback,
-        fallback_response=fallback_response,
-        use_cache=cache,
-        budget_policy=budget_policy,
-    )
+    try:
+        check_question(prompt, system, model or [], settings)
+        params = AskInput(
+            prompt=prompt,
+            system=system,
+            route=route,
+            models=model or None,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            tenant=tenant,
+            fallback_policy=fallback,
+            fallback_response=fallback_response,
+            use_cache=cache,
+            budget_policy=budget_policy,
+        )
+    except (InputTooLarge, UnstorableText) as error:
+        fail(str(error), "nothing was started")
+    except ValidationError as error:
+        problem = error.errors()[0]
+        fail(f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}", "nothing was started")
     asyncio.run(_ask(params, workflow_id or f"ask-{uuid.uuid4().hex[:12]}", wait))

@@ -52,7 +52,14 @@ from activities.approval_models import (
     EditDecision,
     RejectDecision,
 )
-from activities.batch_files import ParsedLine, ValidationReport, parse_file, parse_lines, validate
+from activities.batch_files import (
+    BatchFileRefused,
+    ParsedLine,
+    ValidationReport,
+    parse_file,
+    parse_lines,
+    validate,
+)
 from activities.batch_items import (
     BatchOptions,
     BatchReport,
@@ -174,9 +181,12 @@ def print_validation(report: ValidationReport) -> None:
 def _read_and_validate(file: Path, strict: bool) -> list[ParsedLine]:
     if not file.is_file():
         fail(f"no such file: {file}")
-    with console.status(f"validating {file} …"):
-        lines = list(parse_file(file))
-        report = validate(lines)
+    try:
+        with console.status(f"validating {file} …"):
+            lines = list(parse_file(file))
+            report = validate(lines)
+    except BatchFileRefused as too_large:  # before anything was written
+        fail(f"refused {file}: {too_large}")
     print_validation(report)
     reason = refusal(report, strict)
     if reason:

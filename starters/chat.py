@@ -21,6 +21,14 @@ from activities.llm.models import RequestPriority
 from activities.session_models import session_workflow_id
 from infra.chat_client import TurnRequest, new_session_id, start_turn
 from infra.database import dispose_engines
+from infra.input_limits import (
+    InputTooLarge,
+    PromptLimits,
+    UnstorableText,
+    check_model_name,
+    check_prompt,
+    check_storable,
+)
 from infra.session_reports import SessionReport, session_report
 from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect
@@ -101,6 +109,20 @@ async def chat_turn(
             error_console.print(f"[bold red]error:[/] {failure_message(error)}")
 
 
+def turn_problem(text: str, system: str | None, settings: KeelSettings) -> str | None:
+    """Why this message cannot be sent (over a limit, or text keel cannot store), or None."""
+    try:
+        check_storable(text, "the message")
+        limits = PromptLimits.from_settings(settings)
+        if system is None:
+            check_prompt([text], limits, "the message")
+        else:
+            check_prompt([system, text], limits, "the message and --system together")
+    except (InputTooLarge, UnstorableText) as error:
+        return str(error)
+    return None
+
+
 async def _chat(base: TurnRequest, message: str | None) -> None:
     settings = get_settings()
     client = await connect(settings)
@@ -126,7 +148,10 @@ async def _chat(base: TurnRequest, message: str | None) -> None:
                         break
                 if text.strip().lower() in EXIT_WORDS:
                     break
-                if text.strip():
+                problem = turn_problem(text, base.system_prompt, settings)
+                if problem is not None:  # said here, never sent: the session is unchanged
+                    error_console.print(f"[bold red]error:[/] {problem}", soft_wrap=True)
+                elif text.strip():
                     turn_id = f"turn-{uuid.uuid4().hex}"
                     request = base.model_copy(update={"content": text, "turn_id": turn_id})
                     await chat_turn(client, settings, hub, request)
@@ -173,6 +198,16 @@ def chat(
             f"invalid session id {session!r}",
             "use 1-150 letters, digits, '_', '.', ':' or '-'",
         )
+    problem = turn_problem(message, system, settings) if message is not None else None
+    try:
+        if system is not None:
+            check_storable(system, "--system")
+        for name in model or []:
+            check_model_name(name, f"--model {name[:40]!r}")
+    except UnstorableText as error:
+        problem = str(error)
+    if problem is not None:
+        fail(problem, "nothing was sent")
     try:
         asyncio.run(_chat(base, message))
     except ConnectionError as error:

@@ -7,19 +7,23 @@ import typer
 from starters.api import api
 from starters.approvals import approvals_app, approve, edit, reject
 from starters.ask import ask
-from starters.audit import audit
+from starters.audit import audit_app
 from starters.batch import batch_app
 from starters.budget import budget_app
 from starters.chat import chat, session_app
+from starters.codec_server import codec_server
 from starters.config import config_app
 from starters.cost import cost
 from starters.demo import demo
 from starters.dev import dev_app
+from starters.encryption_keys import encryption_keys_app
+from starters.purge import purge
 from starters.review import review_app
 from starters.reviewers import reviewers_app
 from starters.routes import routes
 from starters.show import show
 from starters.sim import sim
+from starters.tokens import token_app
 from starters.worker import worker
 
 app = typer.Typer(
@@ -29,7 +33,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals can hold secrets
 )
 app.command()(ask)
-app.command()(audit)
+app.add_typer(audit_app, name="audit")
 app.command()(worker)
 app.command()(demo)
 app.add_typer(config_app, name="config")
@@ -49,3 +53,7 @@ app.command()(sim)
 app.command()(chat)
 app.add_typer(session_app, name="session")
 app.command()(api)
+app.command()(purge)
+app.add_typer(token_app, name="token")
+app.command(name="codec-server")(codec_server)
+app.add_typer(encryption_keys_app, name="encryption-keys")

@@ -26,7 +26,7 @@ from infra.tables import LlmCall
 from starters.output import console, fail
 
 # Attempts refused before reaching a provider: nothing billed.
-REFUSED = ("short_circuited", "budget_refused", "throttled")
+REFUSED = ("short_circuited", "budget_refused", "throttled", "prompt_too_large")
 FAILED = ("error", "interrupted")
 
 

@@ -68,6 +68,10 @@ def up(
         raise failure from None
     console.print()
     stack.print_status(result, console)
+    console.print(
+        "HTTP API: [bold]keel api[/]; its requests need a token: "
+        "[bold]export KEEL_TOKEN=$(keel token create --tenant default --role client)[/]"
+    )
     console.print("Stop everything with [bold]keel dev down[/] (data is kept).")
 
 

@@ -20,6 +20,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from activities.approval_models import ApprovalMode
 from activities.approvals import gates_of
 from infra.database import dispose_engines, session_factory
+from infra.input_limits import InputTooLarge, PromptLimits, UnstorableText, check_prompt
 from infra.settings import KeelSettings, get_settings
 from infra.tables import Approval, PublishedDocument
 from infra.temporal_client import connect
@@ -171,7 +172,11 @@ def start(
         fail(f"{file} is not UTF-8 text", "review plain-text or Markdown documents")
     if not document.strip():
         fail(f"{file} is empty")
-    if len(document) > MAX_DOCUMENT_CHARS:
+    try:
+        check_prompt([document], PromptLimits.from_settings(settings), str(file))
+    except (InputTooLarge, UnstorableText) as error:
+        fail(str(error), "split the document, or review its relevant part; nothing was started")
+    if len(document) > MAX_DOCUMENT_CHARS:  # the workflow's own cap, whatever the settings say
         fail(
             f"{file} has {len(document):,} characters; a review takes at most "
             f"{MAX_DOCUMENT_CHARS:,}",

@@ -40,8 +40,9 @@ RECORD_AUDIT_EVENT = "record_audit_event"
 
 LOCAL_ACTIVITY_TIMEOUT = timedelta(seconds=10)
 LOCAL_ACTIVITY_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=2))
-# A content-policy refusal is about the prompt, not the model: other models are not asked.
-CHAIN_STOPPERS = frozenset({ErrorClass.CONTENT_POLICY})
+# A content-policy refusal or a prompt over keel's limit is about the prompt, not the model:
+# other models are not asked.
+CHAIN_STOPPERS = frozenset({ErrorClass.CONTENT_POLICY, ErrorClass.PROMPT_TOO_LARGE})
 
 
 class LlmChainExhausted(ApplicationError):

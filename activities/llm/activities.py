@@ -64,6 +64,7 @@ from activities.llm.streaming import open_attempt_stream
 from activities.llm.traffic_config import BudgetPolicy
 from infra import metrics
 from infra.database import session_factory
+from infra.input_limits import InputTooLarge, check_prompt_tokens
 from infra.settings import KeelSettings, get_settings
 from infra.tracing import end_llm_call_span, llm_call_span
 
@@ -381,6 +382,16 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
     sessions = session_factory()
     config = breaker_config(settings)
     attempt = _Attempt(call, prompt_hash, time.perf_counter(), Completion(), span)
+    too_large = _prompt_too_large(request, settings)
+    if too_large is not None:
+        # The last line of defence (every entry point checks first): nothing is reserved or
+        # sent, one ledger row says why, and no retry or other model can change the answer.
+        async with sessions.begin() as session:
+            await record_attempt(
+                session, attempt.ledger_row("prompt_too_large", Usage(), None, too_large)
+            )
+        attempt.observe("prompt_too_large", Usage(), None, too_large, timed=False)
+        raise _to_application_error(too_large, model)
     wait_seconds = 0.0
     async with sessions.begin() as session:
         if response_cache.cacheable(request):
@@ -516,6 +527,16 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
         attempts=info.attempt,
         latency_ms=attempt.latency_ms,
     )
+
+
+def _prompt_too_large(request: LlmRequest, settings: KeelSettings) -> ClassifiedError | None:
+    try:
+        check_prompt_tokens(
+            [m.content for m in request.messages], settings.max_prompt_tokens, "the prompt"
+        )
+    except InputTooLarge as error:
+        return ClassifiedError(ErrorClass.PROMPT_TOO_LARGE, str(error))
+    return None
 
 
 def _estimated_usage(request: LlmRequest, completion: Completion) -> Usage:

@@ -54,6 +54,9 @@ class ErrorClass(StrEnum):
     CIRCUIT_OPEN = "circuit_open"
     # The tenant's budget cannot cover the call (activities/llm/budgets.py); never retried.
     BUDGET_EXCEEDED = "budget_exceeded"
+    # Over keel's own prompt limit (KEEL_MAX_PROMPT_TOKENS): refused before any provider sees
+    # it, and no model of the chain is asked (the limit is the same for all).
+    PROMPT_TOO_LARGE = "prompt_too_large"
     UNKNOWN = "unknown"
 
     @property
@@ -102,8 +105,12 @@ class ChatMessage(BaseModel):
     content: str
 
 
+# The most output tokens any request may ask for (every model's answer fits in it).
+MAX_OUTPUT_TOKENS = 200_000
+
+
 class LlmParameters(BaseModel):
-    max_tokens: int = Field(default=1024, ge=1, le=200_000)
+    max_tokens: int = Field(default=1024, ge=1, le=MAX_OUTPUT_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     # A JSON schema the answer must satisfy (OpenAI json_schema response format).
     json_schema: dict[str, Any] | None = None
