@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import itertools
 import os
 import socket
@@ -23,7 +25,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -32,6 +33,7 @@ from infra.database import dispose_engines
 from infra.migrate import upgrade_to_head
 from infra.search_attributes import ALL_SEARCH_ATTRIBUTES
 from infra.settings import KeelSettings, get_settings, to_asyncpg_url
+from infra.temporal_client import keel_data_converter
 from infra.temporal_tuning import dev_server_args
 from llmsim import SimConfig, SimServer
 from workers.builder import build_worker
@@ -39,6 +41,15 @@ from workers.builder import build_worker
 BIN = Path(sys.executable).parent
 TEMPORAL_CLI = BIN / "temporal"
 TEMPORAL_TEST_SERVER = BIN / "temporal-test-server"
+# The whole suite runs with payload encryption on, as production does: one fixed test-only key,
+# set here so every settings object and every worker subprocess (tests/worker_processes.py
+# copies os.environ) encrypts and decrypts alike. tests/security changes it per test.
+TEST_ENCRYPTION_KEYS = (
+    "keel-test-suite:"
+    + base64.b64encode(hashlib.sha256(b"keel test suite payload key").digest()).decode()
+)
+os.environ["KEEL_ENCRYPTION_KEYS"] = TEST_ENCRYPTION_KEYS
+os.environ.pop("KEEL_ENCRYPTION", None)
 PROVIDER_ENV = (
     "OPENAI_API_KEY",
     "ANTHROPIC_API_KEY",
@@ -53,12 +64,12 @@ PROVIDER_ENV = (
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     address = os.environ.get("KEEL_TEST_TEMPORAL_ADDRESS")
     if address:
-        client = await Client.connect(address, data_converter=pydantic_data_converter)
+        client = await Client.connect(address, data_converter=keel_data_converter(KeelSettings()))
         yield WorkflowEnvironment.from_client(client)
         return
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(TEMPORAL_CLI),
-        data_converter=pydantic_data_converter,
+        data_converter=keel_data_converter(KeelSettings()),
         search_attributes=ALL_SEARCH_ATTRIBUTES,
         ui=False,
         dev_server_log_level="error",
@@ -72,7 +83,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(TEMPORAL_TEST_SERVER),
-        data_converter=pydantic_data_converter,
+        data_converter=keel_data_converter(KeelSettings()),
     )
     yield env
     await env.shutdown()
