@@ -74,6 +74,10 @@ def create_codec_app(
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Starlette:
     """The ASGI app. ``token``: when set, every /encode and /decode needs it as a bearer token."""
+    if any(origin in ("*", "null") for origin in allowed_origins):
+        # CORSMiddleware with credentials echoes any origin back for "*": every web page could
+        # call /decode. Settings refuse it too; this keeps every caller of the app honest.
+        raise ValueError("the codec server's allowed origins must be explicit, never '*'/'null'")
     expected_authorization = f"Bearer {token}".encode() if token else None
 
     def authorized(request: Request) -> bool:

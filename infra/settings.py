@@ -396,6 +396,20 @@ class KeelSettings(BaseSettings):
             return [origin.strip().rstrip("/") for origin in text.split(",") if origin.strip()]
         return value
 
+    @field_validator("codec_server_cors_origins")
+    @classmethod
+    def _refuse_wildcard_origins(cls, value: list[str] | None) -> list[str] | None:
+        # With credentials allowed, Starlette answers "*" (and "null") by echoing whatever
+        # origin asks: every web page the operator visits could call /decode.
+        for origin in value or []:
+            if origin in ("*", "null"):
+                raise ValueError(
+                    f"KEEL_CODEC_SERVER_CORS_ORIGINS may not contain {origin!r}: it would let "
+                    "any web page call the codec server; list the Web UI's origins, e.g. "
+                    "http://localhost:8080"
+                )
+        return value
+
     # --- Derived values -------------------------------------------------------------------
     @property
     def uses_dev_temporal(self) -> bool:

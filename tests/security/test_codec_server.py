@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx2
 import pytest
 from google.protobuf import json_format
+from pydantic import ValidationError
 from temporalio.api.common.v1 import Payload, Payloads
 
 from api.server import serving
@@ -27,6 +28,7 @@ from infra.payload_codec import (
     EncryptionKey,
     new_key,
 )
+from infra.settings import KeelSettings
 
 UI_ORIGIN = "http://localhost:8233"
 OTHER_ORIGIN = "https://evil.example"
@@ -195,6 +197,15 @@ async def test_the_web_uis_origin_may_call_and_any_other_may_not(http: httpx2.As
     # The browser withholds the answer from a page without the header.
     assert "access-control-allow-origin" not in from_other.headers
     assert (await http.post("/decode", content=body)).status_code == 200  # the CLI: no Origin
+
+
+@pytest.mark.parametrize("wildcard", ["*", "null", "http://localhost:8080,*"])
+def test_a_wildcard_origin_is_refused_since_it_would_admit_every_web_page(wildcard: str) -> None:
+    # With credentials on, Starlette answers "*" by echoing whichever origin asks.
+    with pytest.raises(ValidationError, match="KEEL_CODEC_SERVER_CORS_ORIGINS may not contain"):
+        KeelSettings(codec_server_cors_origins=wildcard)
+    with pytest.raises(ValueError, match="never"):
+        create_codec_app(codec_with(), allowed_origins=[UI_ORIGIN, wildcard.rpartition(",")[2]])
 
 
 # --- The bearer token ---------------------------------------------------------------------------
