@@ -13,22 +13,8 @@ import uvicorn
 from temporalio.client import Client
 
 from api.app import create_app
+from infra.listening_socket import bind_tcp
 from infra.settings import KeelSettings
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto must say TCP: asyncio sets TCP_NODELAY only on accepted sockets whose proto is
-    # IPPROTO_TCP; without it small SSE writes wait on delayed ACKs (~40 ms each).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
 
 
 def url_of(sock: socket.socket) -> str:
@@ -56,7 +42,7 @@ def _config(
 
 def serve(settings: KeelSettings) -> None:
     """Serve on ``settings.api_host:api_port`` until SIGINT/SIGTERM."""
-    sock = bind(settings.api_host, settings.api_port)
+    sock = bind_tcp(settings.api_host, settings.api_port)
     server = uvicorn.Server(_config(settings, None, log_config=None, access_log=False))
     try:
         server.run(sockets=[sock])
@@ -76,7 +62,7 @@ async def running_api(
 @contextlib.asynccontextmanager
 async def serving(config: uvicorn.Config, port: int = 0) -> AsyncIterator[str]:
     """Any ASGI app (``config``) served from this event loop on 127.0.0.1; yields its URL."""
-    sock = bind("127.0.0.1", port)
+    sock = bind_tcp("127.0.0.1", port)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

@@ -164,39 +164,58 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def simulator_spec(
-    settings: KeelSettings, layout: StackLayout, profile: str | None = None
+def local_url(port: int) -> str:
+    """Where the stack's own HTTP services (simulator, codec server) listen: loopback only."""
+    return f"http://127.0.0.1:{port}"
+
+
+def _http_service_spec(
+    settings: KeelSettings,
+    *,
+    name: str,
+    what: str,
+    module: str,
+    port: int,
+    port_hint: str,
+    port_what: str | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> ManagedProcess:
-    port = settings.simulator_port
-    argv: tuple[str, ...] = (
-        sys.executable,
-        "-m",
-        "llmsim",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    )
-    if profile:
-        argv += ("--profile", profile)
-    url = f"http://127.0.0.1:{port}"
+    """``python -m <module> --host 127.0.0.1 --port <port>``, ready once ``/health`` answers."""
+    url = local_url(port)
     return ManagedProcess(
-        name=SIMULATOR,
-        what="LLM simulator",
-        argv=argv,
+        name=name,
+        what=what,
+        argv=(
+            sys.executable,
+            "-m",
+            module,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *extra_args,
+        ),
         address=url,
         env=stack_env(settings),
         cwd=Path.cwd(),
-        ports=(
-            PortClaim(
-                port,
-                "LLM simulator",
-                "set KEEL_SIMULATOR_PORT to a free port, KEEL_SIMULATOR_URL to use a running "
-                "simulator, or OPENAI_API_KEY/ANTHROPIC_API_KEY to use real providers",
-            ),
-        ),
+        ports=(PortClaim(port, port_what or what, port_hint),),
         ready=lambda: http_ok(f"{url}/health"),
         ready_timeout=30.0,
+    )
+
+
+def simulator_spec(
+    settings: KeelSettings, layout: StackLayout, profile: str | None = None
+) -> ManagedProcess:
+    return _http_service_spec(
+        settings,
+        name=SIMULATOR,
+        what="LLM simulator",
+        module="llmsim",
+        port=settings.simulator_port,
+        port_hint="set KEEL_SIMULATOR_PORT to a free port, KEEL_SIMULATOR_URL to use a running "
+        "simulator, or OPENAI_API_KEY/ANTHROPIC_API_KEY to use real providers",
+        extra_args=("--profile", profile) if profile else (),
     )
 
 
@@ -210,37 +229,15 @@ def uses_codec_server(settings: KeelSettings) -> bool:
         return True  # configured, if wrongly: the codec server will say what is wrong
 
 
-def codec_server_url(settings: KeelSettings) -> str:
-    return f"http://127.0.0.1:{settings.codec_server_port}"
-
-
 def codec_server_spec(settings: KeelSettings) -> ManagedProcess:
-    port = settings.codec_server_port
-    url = codec_server_url(settings)
-    return ManagedProcess(
+    return _http_service_spec(
+        settings,
         name=CODEC_SERVER,
         what="codec server (Web UI decoding)",
-        argv=(
-            sys.executable,
-            "-m",
-            "starters.codec_server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ),
-        address=url,
-        env=stack_env(settings),
-        cwd=Path.cwd(),
-        ports=(
-            PortClaim(
-                port,
-                "codec server",
-                "set KEEL_CODEC_SERVER_PORT to a free port",
-            ),
-        ),
-        ready=lambda: http_ok(f"{url}/health"),
-        ready_timeout=30.0,
+        module="starters.codec_server",
+        port=settings.codec_server_port,
+        port_what="codec server",
+        port_hint="set KEEL_CODEC_SERVER_PORT to a free port",
     )
 
 
@@ -440,7 +437,7 @@ def up(
     if settings.uses_dev_temporal:
         _ensure_encryption_key(settings, report)
         spec = overrides.get(TEMPORAL) or temporal_dev_server.temporal_spec(
-            settings, layout, codec_server_url(settings) if codec else None
+            settings, layout, local_url(settings.codec_server_port) if codec else None
         )
         _ensure_running([spec], layout, report)
     else:
@@ -547,7 +544,7 @@ def status(settings: KeelSettings | None = None) -> StackStatus:
 
     codec_url: str | None = None
     if uses_codec_server(settings):
-        codec_url = codec_server_url(settings)
+        codec_url = local_url(settings.codec_server_port)
         parts.append(
             _managed_status(layout, CODEC_SERVER, "codec server (Web UI decoding)", codec_url)
         )

@@ -162,19 +162,6 @@ def _client(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (OSError when the port is taken), for uvicorn to serve."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def uvicorn_config(app: Any) -> uvicorn.Config:
     # No access log: paths say nothing useful, and a request line must never grow a header.
     return uvicorn.Config(

@@ -450,12 +450,6 @@ class KeelSettings(BaseSettings):
         return self.encryption_keys_file or self.home / "encryption-keys"
 
     @property
-    def codec_server_url(self) -> str:
-        """Where a local browser or CLI reaches `keel codec-server` (as configured here)."""
-        host = "127.0.0.1" if self.codec_server_host in ("0.0.0.0", "") else self.codec_server_host
-        return f"http://{host}:{self.codec_server_port}"
-
-    @property
     def effective_codec_server_cors_origins(self) -> list[str]:
         if self.codec_server_cors_origins is not None:
             return self.codec_server_cors_origins

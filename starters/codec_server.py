@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from infra.codec_server import bind, create_codec_app, serve
+from infra.codec_server import create_codec_app, serve
+from infra.listening_socket import bind_tcp
 from infra.payload_codec import EncryptionKeysError, codec_from_settings
 from infra.settings import get_settings
 from infra.structured_logging import configure_logging
@@ -47,7 +48,7 @@ def codec_server(
     token = settings.codec_server_token.get_secret_value() if settings.codec_server_token else None
     origins = settings.effective_codec_server_cors_origins
     try:
-        sock = bind(settings.codec_server_host, settings.codec_server_port)
+        sock = bind_tcp(settings.codec_server_host, settings.codec_server_port)
     except OSError as error:
         fail(
             f"cannot listen on {settings.codec_server_host}:{settings.codec_server_port}: "
