@@ -96,6 +96,7 @@ def check_request_text(model: str, messages: list[ChatMessage], settings: KeelSe
             [m.content for m in messages],
             PromptLimits.from_settings(settings),
             "the prompt (all messages)",
+            text_checked=True,
         )
     except InputTooLarge as error:
         raise ApiError(400, str(error), param="messages", code="prompt_too_large") from None

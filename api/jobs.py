@@ -122,7 +122,7 @@ def check_job_text(
     texts = [text for field in PROMPT_FIELDS if isinstance(text := workflow_input.get(field), str)]
     try:
         what = "input.prompt" if len(texts) == 1 else "input.system + input.prompt"
-        check_prompt(texts, PromptLimits.from_settings(settings), what)
+        check_prompt(texts, PromptLimits.from_settings(settings), what, text_checked=True)
     except InputTooLarge as error:
         raise ApiError(400, str(error), param="input.prompt", code="prompt_too_large") from None
 

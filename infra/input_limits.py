@@ -16,18 +16,17 @@ is refused at the door with its location, instead of failing a database write la
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+# keel's token estimate is the simulator's rule, which also bills and budgets: a little above
+# real tokenizers, the safe side for a limit.
+from llmsim.tokens import MESSAGE_OVERHEAD_TOKENS, count_message_tokens
 
 if TYPE_CHECKING:
     from infra.settings import KeelSettings
 
-# keel's token estimate: the simulator's rule (llmsim/tokens.py), which budgets also use. A run
-# of up to four word characters, or one other non-space character; whitespace is free; each
-# message costs a few tokens more. A little above real tokenizers: the safe side for a limit.
-_TOKEN = re.compile(r"\s*(?:\w{1,4}|[^\w\s])")
-MESSAGE_OVERHEAD_TOKENS = 4
 # Model names are stored in VARCHAR(200) columns (ledger, batch items, breakers, messages).
 MAX_MODEL_NAME_LENGTH = 200
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -69,18 +68,13 @@ class PromptLimits:
         )
 
 
-def estimate_prompt_tokens(texts: Iterable[str]) -> int:
-    """Prompt tokens of a chat whose messages are ``texts`` (keel's generous estimate)."""
-    return sum(sum(1 for _ in _TOKEN.finditer(text)) + MESSAGE_OVERHEAD_TOKENS for text in texts)
-
-
 def check_prompt_tokens(texts: Sequence[str], max_tokens: int, what: str = "the prompt") -> int:
     """Raise InputTooLarge when the estimate is over ``max_tokens``; returns the estimate (0
     when it was not needed: every token takes at least one character, so a prompt shorter
     than the limit in characters cannot be over it in tokens)."""
     if sum(map(len, texts)) + MESSAGE_OVERHEAD_TOKENS * len(texts) <= max_tokens:
         return 0
-    tokens = estimate_prompt_tokens(texts)
+    tokens = count_message_tokens(texts)
     if tokens > max_tokens:
         raise InputTooLarge(
             f"{what} (estimated)", tokens, max_tokens, "tokens", "max_prompt_tokens"
@@ -106,6 +100,20 @@ def check_prompt(
     for position, text in enumerate(() if text_checked else texts):
         check_storable(text, what if len(texts) == 1 else f"{what} (message {position + 1})")
     check_prompt_tokens(texts, limits.max_tokens, what)
+
+
+def check_prompt_with_system(
+    prompt: str, system: str | None, limits: PromptLimits, what: str
+) -> None:
+    """A command's prompt and its optional ``--system``: each storable (named as the user gave
+    it), and the two together within the limits."""
+    if system is not None:
+        check_storable(system, "--system")
+    check_storable(prompt, what)
+    if system is None:
+        check_prompt([prompt], limits, what, text_checked=True)
+    else:
+        check_prompt([system, prompt], limits, f"{what} and --system together", text_checked=True)
 
 
 def unstorable_reason(text: str) -> str | None:

@@ -17,8 +17,7 @@ from infra.input_limits import (
     PromptLimits,
     UnstorableText,
     check_model_name,
-    check_prompt,
-    check_storable,
+    check_prompt_with_system,
 )
 from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from infra.settings import KeelSettings, get_settings
@@ -38,16 +37,9 @@ def check_question(
 ) -> None:
     """The prompt, system prompt and model names within keel's limits and storable, or
     InputTooLarge / UnstorableText saying which is not."""
-    if system is not None:
-        check_storable(system, "--system")
-    check_storable(prompt, "the prompt")
     for name in models:
         check_model_name(name, f"--model {name[:40]!r}")
-    limits = PromptLimits.from_settings(settings)
-    if system is None:
-        check_prompt([prompt], limits, "the prompt")
-    else:
-        check_prompt([system, prompt], limits, "the prompt and --system together")
+    check_prompt_with_system(prompt, system, PromptLimits.from_settings(settings), "the prompt")
 
 
 def print_answer(result: AskOutput) -> None:

@@ -26,7 +26,7 @@ from infra.input_limits import (
     PromptLimits,
     UnstorableText,
     check_model_name,
-    check_prompt,
+    check_prompt_with_system,
     check_storable,
 )
 from infra.session_reports import SessionReport, session_report
@@ -112,12 +112,7 @@ async def chat_turn(
 def turn_problem(text: str, system: str | None, settings: KeelSettings) -> str | None:
     """Why this message cannot be sent (over a limit, or text keel cannot store), or None."""
     try:
-        check_storable(text, "the message")
-        limits = PromptLimits.from_settings(settings)
-        if system is None:
-            check_prompt([text], limits, "the message")
-        else:
-            check_prompt([system, text], limits, "the message and --system together")
+        check_prompt_with_system(text, system, PromptLimits.from_settings(settings), "the message")
     except (InputTooLarge, UnstorableText) as error:
         return str(error)
     return None

@@ -16,7 +16,6 @@ or, for an attempt whose worker died, when it is older than the longest an attem
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -28,14 +27,10 @@ from activities.llm.models import BudgetState, LlmRequest, Usage
 from activities.llm.pricing import price_usd
 from infra.settings import KeelSettings
 from infra.tables import Budget
+from llmsim.tokens import count_message_tokens
 
 PERIODS = ("day", "month")
 
-# The simulator's tokenizer rule (llmsim/tokens.py): a run of up to four word characters, or one
-# other non-space character. It counts a little above real tokenizers, the safe side for a
-# worst case; kept here so workers do not import the simulator (tests check the two agree).
-_TOKEN = re.compile(r"\s*(?:\w{1,4}|[^\w\s])")
-MESSAGE_OVERHEAD_TOKENS = 4
 
 # The tenant's budgets with their spend in the current UTC period and the reservations of its
 # calls in flight. now() is the transaction's start, so every check in one transaction agrees.
@@ -73,10 +68,7 @@ def estimated_usage(request: LlmRequest) -> Usage:
     """The most a call can be billed: the prompt counted generously (the simulator's rule, a
     little above real tokenizers) and every token of ``max_tokens`` generated."""
     return Usage(
-        input_tokens=sum(
-            sum(1 for _ in _TOKEN.finditer(m.content)) + MESSAGE_OVERHEAD_TOKENS
-            for m in request.messages
-        ),
+        input_tokens=count_message_tokens(m.content for m in request.messages),
         output_tokens=request.parameters.max_tokens,
     )
 

@@ -34,10 +34,9 @@ from api.server import running_api
 from infra.api_tokens import IssuedToken
 from infra.chat_client import TurnRequest, run_turn
 from infra.database import session_factory
-from infra.input_limits import estimate_prompt_tokens
 from infra.settings import KeelSettings
 from infra.tables import Batch, BatchItem, ChatSession, Job
-from llmsim import SimServer
+from llmsim import SimServer, count_message_tokens
 from tests.api.tokens import bearer, http_client, openai_client
 from tests.conftest import reconfigure
 from tests.reliability.ledger import ledger_rows
@@ -501,7 +500,7 @@ def test_the_fold_reserve_covers_what_a_summarization_prompt_adds() -> None:
         summary_route="cheap",
         summary_max_tokens=32,
     )
-    added = estimate_prompt_tokens([m.content for m in summarization_prompt(plan)])
+    added = count_message_tokens([m.content for m in summarization_prompt(plan)])
     assert added <= FOLD_INSTRUCTION_TOKENS
 
 
