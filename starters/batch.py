@@ -48,7 +48,6 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.approval_models import (
     ApproveDecision,
-    DecisionReceipt,
     EditDecision,
     RejectDecision,
 )
@@ -72,10 +71,12 @@ from activities.batch_items import (
     openai_output_line,
     refusal,
 )
+from infra.approval_client import DecisionRefused, DecisionSender
 from infra.database import dispose_engines, session_factory
 from infra.settings import KeelSettings, get_settings
 from infra.tables import Batch
 from infra.temporal_client import connect
+from starters.approvals import EXIT_CODES
 from starters.ask import tenant_search_attributes
 from starters.output import console, error_console, fail, workflow_link
 from workflows.batch import (
@@ -556,7 +557,7 @@ def budget(
         fail("decide one way: --raise-to AMOUNT or --stop")
     reviewer = by or _whoami()
 
-    async def go() -> DecisionReceipt:
+    async def go() -> str:
         report = await _report(batch_id)
         gate, proposed = report.pending_gate, report.pending_gate_draft
         if gate is None:
@@ -588,13 +589,26 @@ def budget(
                     "edit",
                     EditDecision(reviewer=reviewer, gate=gate, text=f"{amount}", comment=reason),
                 )
-        return await _update(
-            batch_id,
-            lambda h: h.execute_update(action, decision, result_type=DecisionReceipt),
-        )
+        # The same sender as `keel approve`: the reviewer is checked against the reviewers table
+        # as it is now, refusals are recorded, and a repeated decision counts once.
+        settings = get_settings()
+        client = await connect(settings)
+        handle = await _running_handle(client, batch_id)
+        if handle is None:
+            fail(
+                f"batch {batch_id} is not running (status: {report.status})",
+                f"see it with: keel batch status {batch_id}",
+            )
+        try:
+            sent = await DecisionSender(client, settings.reviewers, via="cli").send(
+                handle.id, action, decision
+            )
+        except DecisionRefused as refused:
+            fail(refused.message, refused.hint, code=EXIT_CODES.get(refused.kind, 1))
+        return sent.message
 
-    receipt = _run(go())
-    console.print(f"batch {batch_id}: {receipt.message}")
+    message = _run(go())
+    console.print(f"batch {batch_id}: {message}")
     console.print(f"follow: [cyan]keel batch status {batch_id} --watch[/]")
 
 

@@ -165,6 +165,19 @@ async def test_the_budget_gate_from_the_command_line(
     assert "waiting at budget-1" in started.out
     assert "keel batch budget cli2 --raise-to AMOUNT" in started.out
 
+    # The CLI checks the reviewers table as it is now (the worker also has KEEL_REVIEWERS).
+    added = await run("reviewers", "add", "alice", "--role", "batch-owner")
+    assert added.code == 0, added.err
+    # The same sender as `keel approve`: someone off the roster is refused (exit 5), recorded.
+    outsider = await run("batch", "budget", "cli2", "--raise-to", "1", "--by", "mallory")
+    assert outsider.code == 5, outsider.err
+    assert "mallory" in outsider.err
+    trail = await run("audit", "batch-cli2", "--json")
+    assert any(
+        json.loads(line)["event"] == "approval.refused" and json.loads(line)["actor"] == "mallory"
+        for line in trail.out.splitlines()
+    ), trail.out
+
     decided = await run("batch", "budget", "cli2", "--raise-to", "1", "--by", "alice")
     assert decided.code == 0, decided.err
 
