@@ -80,21 +80,7 @@ async def write_audit_event(session: AsyncSession, event: AuditEventInput) -> No
         prev_hash=head.last_hash,
     )
     await session.execute(
-        _APPEND,
-        {
-            "event_key": fields.event_key,
-            "workflow_id": fields.workflow_id,
-            "run_id": fields.run_id,
-            "tenant": fields.tenant,
-            "event_type": fields.event_type,
-            "actor": fields.actor,
-            "payload": stored_payload,
-            "occurred_at": fields.occurred_at,
-            "seq": fields.seq,
-            "prev_hash": fields.prev_hash,
-            "payload_sha256": fields.payload_sha256,
-            "row_hash": fields.row_hash(),
-        },
+        _APPEND, {**vars(fields), "payload": stored_payload, "row_hash": fields.row_hash()}
     )
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -396,25 +396,22 @@ async def verify_trail(
     head = await _head(session, workflow_id)
     if workflow_id == PURGE_AUDIT_ID:
         return _check_chain(workflow_id, rows, head, purges=None)
-    if any(row.purged_at is not None for row in rows):
-        known, purge_report = purges or await recorded_purges(session)
-        if not purge_report.ok:
-            first = next(row for row in rows if row.purged_at is not None)
-            return ChainReport(
-                workflow_id,
-                len(rows),
-                sum(1 for row in rows if row.purged_at is not None),
-                head[0] if head else None,
-                head[1] if head else None,
-                ChainProblem(
-                    first.fields.seq,
-                    Tamper.CHANGED,
-                    f"it is marked purged, but the purge trail {PURGE_AUDIT_ID} that vouches "
-                    f"for purges fails verification ({purge_report.problem})",
-                ),
-            )
-        return _check_chain(workflow_id, rows, head, known)
-    return _check_chain(workflow_id, rows, head, purges=[])
+    first_purged = next((row for row in rows if row.purged_at is not None), None)
+    if first_purged is None:
+        return _check_chain(workflow_id, rows, head, purges=[])
+    known, purge_report = purges or await recorded_purges(session)
+    report = _check_chain(workflow_id, rows, head, known)
+    if purge_report.ok:
+        return report
+    return replace(
+        report,
+        problem=ChainProblem(
+            first_purged.fields.seq,
+            Tamper.CHANGED,
+            f"it is marked purged, but the purge trail {PURGE_AUDIT_ID} that vouches "
+            f"for purges fails verification ({purge_report.problem})",
+        ),
+    )
 
 
 async def trail_ids(session: AsyncSession, tenant: str | None = None) -> list[str]:

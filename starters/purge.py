@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import sys
+from datetime import timedelta
 
 import typer
 from rich.table import Table
@@ -33,12 +34,12 @@ def purge(
     audit trails still verify. The purge itself is recorded under `keel audit keel/purge`.
     """
     try:
-        parse_duration(older_than)
+        age = parse_duration(older_than)
     except ValueError as error:
         fail(f"--older-than: {error}", code=EXIT_USAGE)
     actor = by or getpass.getuser()
     scope = f"tenant {tenant!r}" if tenant else "every tenant"
-    preview = asyncio.run(_run(older_than, tenant, dry_run=True, actor=actor))
+    preview = asyncio.run(_run(age, older_than, tenant, dry_run=True, actor=actor))
     _print(preview, f"would remove ({scope}, older than {older_than})")
     if dry_run:
         console.print("[dim]dry run: nothing changed · purge: drop --dry-run[/]")
@@ -51,7 +52,7 @@ def purge(
             fail("purging needs a confirmation", "add --yes (or -y) to purge without a prompt",
                  code=EXIT_USAGE)  # fmt: skip
         typer.confirm(f"remove this content of {scope} for good?", abort=True)
-    result = asyncio.run(_run(older_than, tenant, dry_run=False, actor=actor))
+    result = asyncio.run(_run(age, older_than, tenant, dry_run=False, actor=actor))
     _print(result, f"removed ({scope}, older than {result.cutoff:%Y-%m-%d %H:%M} UTC)")
     console.print(
         f"[dim]recorded: keel audit {PURGE_AUDIT_ID} · trails still verify: "
@@ -59,12 +60,14 @@ def purge(
     )
 
 
-async def _run(older_than: str, tenant: str | None, *, dry_run: bool, actor: str) -> PurgeResult:
+async def _run(
+    age: timedelta, older_than: str, tenant: str | None, *, dry_run: bool, actor: str
+) -> PurgeResult:
     try:
         async with session_factory(purpose=DatabaseRole.RETENTION).begin() as session:
             return await purge_content(
                 session,
-                parse_duration(older_than),
+                age,
                 tenant=tenant,
                 dry_run=dry_run,
                 actor=actor,
