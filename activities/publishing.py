@@ -29,24 +29,23 @@ WEBHOOK_TIMEOUT_SECONDS = 10.0
 _RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 
 
-class PublishInput(BaseModel):
+class Publication(BaseModel):
+    """What a published review says about itself: stored with the text, sent to the webhook."""
+
     workflow_id: str
     tenant: str
     source_name: str
+    approval_gate: str | None = None
+    approved_by: list[str] = Field(default_factory=list)
+    flagged: bool = False
+
+
+class PublishInput(Publication):
     content: str
-    approval_gate: str | None = None
-    approved_by: list[str] = Field(default_factory=list)
-    flagged: bool = False
 
 
-class WebhookInput(BaseModel):
-    workflow_id: str
+class WebhookInput(Publication):
     published_id: int
-    tenant: str
-    source_name: str
-    approval_gate: str | None = None
-    approved_by: list[str] = Field(default_factory=list)
-    flagged: bool = False
 
 
 class WebhookDelivery(BaseModel):

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -84,6 +86,17 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(TEMPORAL_TEST_SERVER),
         data_converter=keel_data_converter(KeelSettings()),
+    )
+    # The test server takes no --search-attribute flag: register keel's attributes (the approval
+    # gate sets KeelAwaiting; an unknown attribute would fail its workflow task).
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={
+                key.name: IndexedValueType.ValueType(key.indexed_value_type.value)
+                for key in ALL_SEARCH_ATTRIBUTES
+            },
+        )
     )
     yield env
     await env.shutdown()

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.approval_models import ApprovalMode, GateOutcome, GateRequest, ReviewPolicy
     from activities.llm.models import ChatMessage, LlmAnswer, LlmParameters, LlmRequest
     from activities.publishing import (
+        Publication,
         PublishInput,
         WebhookInput,
         deliver_review_webhook,
@@ -250,30 +251,31 @@ class DocumentReviewWorkflow:
         revisions: int = 0,
     ) -> ReviewOutput:
         self.show_step("4/5 publishing")
-        info = workflow.info()
-        approved_by = outcome.decided_by if outcome else []
-        flagged = outcome.flagged if outcome else False
+        publication = Publication(
+            workflow_id=workflow.info().workflow_id,
+            tenant=self.params.tenant,
+            source_name=self.params.source_name,
+            approval_gate=outcome.gate if outcome else None,
+            approved_by=outcome.decided_by if outcome else [],
+            flagged=outcome.flagged if outcome else False,
+        )
         published_id = await workflow.execute_activity(
             publish_document,
-            PublishInput(
-                workflow_id=info.workflow_id,
-                tenant=self.params.tenant,
-                source_name=self.params.source_name,
-                content=text,
-                approval_gate=outcome.gate if outcome else None,
-                approved_by=approved_by,
-                flagged=flagged,
-            ),
+            PublishInput(**publication.model_dump(), content=text),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=PUBLISH_RETRY,
         )
         await audit(
             "review.published",
             self.params.tenant,
-            {"published_id": published_id, "approved_by": approved_by, "flagged": flagged},
+            {
+                "published_id": published_id,
+                "approved_by": publication.approved_by,
+                "flagged": publication.flagged,
+            },
         )
         if self.params.notify_webhook:
-            await self.notify(published_id, outcome)
+            await self.notify(WebhookInput(**publication.model_dump(), published_id=published_id))
         return await self.finish(
             ReviewOutput(
                 status="published",
@@ -281,26 +283,18 @@ class DocumentReviewWorkflow:
                 gated_because=gated_because,
                 confidence=check.confidence,
                 policy_flags=check.policy_flags,
-                approved_by=approved_by,
-                flagged=flagged,
+                approved_by=publication.approved_by,
+                flagged=publication.flagged,
                 revisions=revisions,
             )
         )
 
-    async def notify(self, published_id: int, outcome: GateOutcome | None) -> None:
+    async def notify(self, request: WebhookInput) -> None:
         self.show_step("5/5 notifying the webhook")
         try:
             delivery = await workflow.execute_activity(
                 deliver_review_webhook,
-                WebhookInput(
-                    workflow_id=workflow.info().workflow_id,
-                    published_id=published_id,
-                    tenant=self.params.tenant,
-                    source_name=self.params.source_name,
-                    approval_gate=outcome.gate if outcome else None,
-                    approved_by=outcome.decided_by if outcome else [],
-                    flagged=outcome.flagged if outcome else False,
-                ),
+                request,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=WEBHOOK_RETRY,
             )

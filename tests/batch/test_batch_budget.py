@@ -12,18 +12,14 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import select
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.approval_models import ApproveDecision, EditDecision, RejectDecision
 from activities.batch_items import BatchReport, batch_report
 from infra.database import session_factory
-from infra.search_attributes import ALL_SEARCH_ATTRIBUTES
 from infra.settings import KeelSettings
 from infra.tables import Approval, Batch, Budget
 from llmsim import SimServer
@@ -31,7 +27,7 @@ from tests.batch.conftest import items_of, ledger_of, prompt_lines, simulator_re
 from tests.conftest import reconfigure
 from tests.reliability.ledger import audit_events
 from workers.builder import build_worker
-from workflows.batch import BatchWorkflow, ControlRequest
+from workflows.batch import BatchResult, BatchWorkflow, ControlRequest
 
 BUDGET = Decimal("0.0001")  # about four gpt-4o-mini items of this size
 CONCURRENCY = 4
@@ -44,6 +40,16 @@ def owner(monkeypatch: pytest.MonkeyPatch, keel_settings: KeelSettings) -> str:
     return "alice"
 
 
+@pytest.fixture
+async def gated_batch(
+    client: Client, keel_settings: KeelSettings, batch_worker: Worker, owner: str
+) -> tuple[str, WorkflowHandle[BatchWorkflow, BatchResult]]:
+    """20 items under BUDGET, running on the batch worker; the owner decides its gates."""
+    return await start_batch(
+        client, keel_settings, prompt_lines(20), concurrency=CONCURRENCY, budget_usd=BUDGET
+    )
+
+
 async def report_of(batch_id: str) -> BatchReport:
     async with session_factory()() as session:
         report = await batch_report(session, batch_id)
@@ -51,15 +57,16 @@ async def report_of(batch_id: str) -> BatchReport:
     return report
 
 
-async def at_the_gate(batch_id: str, timeout: float = 30) -> BatchReport:
+async def at_the_gate(batch_id: str, gate: str | None = None, timeout: float = 30) -> BatchReport:
+    """The batch's report once a gate (``gate``, or any) is pending."""
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
         report = await report_of(batch_id)
-        if report.pending_gate is not None:
+        if report.pending_gate is not None and gate in (None, report.pending_gate):
             return report
         assert not report.terminal, f"batch ended without a gate: {report.status}"
         await asyncio.sleep(0.1)
-    raise AssertionError("the budget gate never opened")
+    raise AssertionError(f"no gate opened (waited for {gate or 'any gate'})")
 
 
 async def approvals_of(workflow_id: str) -> list[Approval]:
@@ -75,15 +82,11 @@ async def max_item_cost(workflow_id: str) -> Decimal:
 
 
 async def test_the_batch_pauses_before_crossing_its_budget_and_a_raise_finishes_it(
-    client: Client,
-    keel_settings: KeelSettings,
-    batch_worker: Worker,
+    gated_batch: tuple[str, WorkflowHandle[BatchWorkflow, BatchResult]],
     simulator: SimServer,
     owner: str,
 ) -> None:
-    batch_id, handle = await start_batch(
-        client, keel_settings, prompt_lines(20), concurrency=CONCURRENCY, budget_usd=BUDGET
-    )
+    batch_id, handle = gated_batch
     report = await at_the_gate(batch_id)
     assert report.status == "paused" and (report.status_reason or "").startswith("budget:")
     spent_at_gate = report.spent_usd
@@ -122,15 +125,11 @@ async def test_the_batch_pauses_before_crossing_its_budget_and_a_raise_finishes_
 
 
 async def test_stopping_at_the_gate_skips_the_rest_and_spends_nothing_more(
-    client: Client,
-    keel_settings: KeelSettings,
-    batch_worker: Worker,
+    gated_batch: tuple[str, WorkflowHandle[BatchWorkflow, BatchResult]],
     simulator: SimServer,
     owner: str,
 ) -> None:
-    batch_id, handle = await start_batch(
-        client, keel_settings, prompt_lines(20), concurrency=CONCURRENCY, budget_usd=BUDGET
-    )
+    batch_id, handle = gated_batch
     report = await at_the_gate(batch_id)
     await handle.execute_update(
         "reject", RejectDecision(reviewer=owner, gate="budget-1", reason="enough for today")
@@ -147,15 +146,9 @@ async def test_stopping_at_the_gate_skips_the_rest_and_spends_nothing_more(
 
 
 async def test_an_edited_amount_becomes_the_budget_and_the_gate_opens_again_before_it(
-    client: Client,
-    keel_settings: KeelSettings,
-    batch_worker: Worker,
-    simulator: SimServer,
-    owner: str,
+    gated_batch: tuple[str, WorkflowHandle[BatchWorkflow, BatchResult]], owner: str
 ) -> None:
-    batch_id, handle = await start_batch(
-        client, keel_settings, prompt_lines(20), concurrency=CONCURRENCY, budget_usd=BUDGET
-    )
+    batch_id, handle = gated_batch
     await at_the_gate(batch_id)
     with pytest.raises(WorkflowUpdateFailedError):  # bob holds no batch-owner role
         await handle.execute_update("approve", ApproveDecision(reviewer="bob", gate="budget-1"))
@@ -164,11 +157,7 @@ async def test_an_edited_amount_becomes_the_budget_and_the_gate_opens_again_befo
         "edit", EditDecision(reviewer=owner, gate="budget-1", text=str(raised))
     )
     # Still short of 20 items: the second gate opens before the raised budget is crossed.
-    deadline = asyncio.get_running_loop().time() + 30
-    while (await report_of(batch_id)).pending_gate != "budget-2":
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.1)
-    report = await report_of(batch_id)
+    report = await at_the_gate(batch_id, "budget-2")
     assert report.spent_usd <= raised < report.spent_usd + await max_item_cost(handle.id)
     await handle.execute_update("reject", RejectDecision(reviewer=owner, reason="stop"))
     result = await handle.result()
@@ -180,21 +169,7 @@ async def test_an_edited_amount_becomes_the_budget_and_the_gate_opens_again_befo
 
 
 @pytest.fixture
-async def skipping_client(time_skipping_env: WorkflowEnvironment) -> Client:
-    """The time-skipping server, knowing keel's search attributes (the gate sets one)."""
-    for key in ALL_SEARCH_ATTRIBUTES:
-        try:
-            await time_skipping_env.client.operator_service.add_search_attributes(
-                AddSearchAttributesRequest(
-                    namespace=time_skipping_env.client.namespace,
-                    search_attributes={
-                        key.name: IndexedValueType.ValueType(key.indexed_value_type.value)
-                    },
-                )
-            )
-        except RPCError as error:
-            if error.status != RPCStatusCode.ALREADY_EXISTS:
-                raise
+def skipping_client(time_skipping_env: WorkflowEnvironment) -> Client:
     return time_skipping_env.client
 
 
