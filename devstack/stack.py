@@ -390,11 +390,14 @@ def _ensure_embedded_postgres(
         _ensure_running([override], layout, report)
         return
     run_as = embedded_postgres.run_as_user()
-    for note in embedded_postgres.prepare_data_dir(layout, run_as):
+    cluster, notes = embedded_postgres.prepare_cluster(layout, run_as)
+    for note in notes:
         report.note(note)
-    if embedded_postgres.initdb(layout, run_as):
-        report.note(f"initialised a new Postgres cluster in {layout.postgres_data}")
-    _ensure_running([embedded_postgres.postgres_spec(settings, layout, run_as)], layout, report)
+    if embedded_postgres.initdb(cluster, layout, run_as):
+        report.note(f"initialised a new Postgres cluster in {cluster.data}")
+    _ensure_running(
+        [embedded_postgres.postgres_spec(settings, layout, cluster, run_as)], layout, report
+    )
     if embedded_postgres.ensure_database(settings.dev_postgres_port):
         report.note(f"created database '{embedded_postgres.DATABASE}'")
 
@@ -639,13 +642,20 @@ def down(
 
 
 def _purge(layout: StackLayout, console: Console) -> None:
-    postmaster = _live_postmaster(layout.postgres_data)
-    if postmaster is not None:
-        raise DevStackError(
-            f"Not purging: a Postgres (pid {postmaster}) still runs on {layout.postgres_data} "
-            "without a keel pid file.",
-            hint=f"stop it first: `kill {postmaster}`, then `keel dev down --purge` again",
-        )
+    service_dir = embedded_postgres.service_dir_of(layout)
+    data_dirs = [layout.postgres_data] + ([service_dir / "data"] if service_dir else [])
+    for data in data_dirs:
+        postmaster = _live_postmaster(data)
+        if postmaster is not None:
+            raise DevStackError(
+                f"Not purging: a Postgres (pid {postmaster}) still runs on {data} "
+                "without a keel pid file.",
+                hint=f"stop it first: `kill {postmaster}`, then `keel dev down --purge` again",
+            )
+    # Before <home>/postgres, which holds the link to it: a failure leaves the link to retry.
+    if service_dir is not None and service_dir.exists():
+        embedded_postgres.remove_service_dir(service_dir)
+        console.print(f"[green]✓[/] removed {escape(str(service_dir))}")
     for directory in layout.data_dirs():
         if directory.exists():
             shutil.rmtree(directory)

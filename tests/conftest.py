@@ -147,7 +147,8 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         )
         url = _plain_url(stack.up_postgres_only(settings))
         yield url.rpartition("/")[0] + "/postgres"
-        stack.down(settings)
+        # purge: as root the cluster may live outside the home, which pytest's clean-up misses
+        stack.down(settings, purge=True)
 
 
 _database_numbers = itertools.count()

@@ -20,7 +20,8 @@ from pathlib import Path
 import psutil
 from rich.console import Console
 
-from devstack import stack
+from devstack import embedded_postgres, stack
+from devstack.layout import StackLayout
 from devstack.processes import ManagedProcess, PortClaim, StopOutcome
 from infra.settings import KeelSettings
 
@@ -124,24 +125,26 @@ def quiet_console() -> Console:
     return Console(file=io.StringIO(), width=200, no_color=True)
 
 
-def processes_under(home: Path) -> list[psutil.Process]:
-    """Live processes whose command line mentions ``home`` or that run with KEEL_HOME=home."""
+def processes_under(home: Path, *elsewhere: Path) -> list[psutil.Process]:
+    """Live processes whose command line mentions ``home`` (or a path in ``elsewhere``) or that
+    run with KEEL_HOME=home."""
     found = []
     marker = str(home)
+    markers = [marker, *map(str, elsewhere)]
     for proc in psutil.process_iter(["cmdline", "status"]):
         try:
             if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
                 continue
             cmdline = " ".join(proc.info["cmdline"] or ())
-            if marker in cmdline or proc.environ().get("KEEL_HOME") == marker:
+            if any(m in cmdline for m in markers) or proc.environ().get("KEEL_HOME") == marker:
                 found.append(proc)
         except psutil.Error:
             continue
     return found
 
 
-def kill_leftovers(home: Path) -> None:
-    procs = processes_under(home)
+def kill_leftovers(home: Path, *elsewhere: Path) -> None:
+    procs = processes_under(home, *elsewhere)
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.kill()
@@ -166,13 +169,25 @@ class Stack:
         return stack.down(self.settings, purge=purge, console=quiet_console(), grace=5.0)
 
 
+def discard_home(home: Path) -> None:
+    """Stop what runs for ``home`` and delete its data, including a Postgres service directory
+    outside it (which deleting the home alone would leave behind)."""
+    service_dir: Path | None = None
+    with contextlib.suppress(Exception):
+        service_dir = embedded_postgres.service_dir_of(StackLayout(home))
+    with contextlib.suppress(Exception):
+        stack.down(make_settings(home), purge=True, console=quiet_console(), grace=3.0)
+    kill_leftovers(home, *([service_dir] if service_dir else []))
+    if service_dir is not None:
+        with contextlib.suppress(Exception):
+            embedded_postgres.remove_service_dir(service_dir)
+    shutil.rmtree(home, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def throwaway_home() -> Iterator[Path]:
     home = Path(tempfile.mkdtemp(prefix="keel-devstack-"))
     try:
         yield home
     finally:
-        with contextlib.suppress(Exception):
-            stack.down(make_settings(home), console=quiet_console(), grace=3.0)
-        kill_leftovers(home)
-        shutil.rmtree(home, ignore_errors=True)
+        discard_home(home)

@@ -117,7 +117,8 @@ def test_up_starts_every_part(dev_stack: Stack) -> None:
     assert embedded_postgres.is_ready(settings.dev_postgres_port)
     assert embedded_postgres.ensure_database(settings.dev_postgres_port) is False
     postmaster = psutil.Process(result.part("postgres").pid)
-    assert str(layout.postgres_data) in postmaster.cmdline()
+    cluster = embedded_postgres.resolve_cluster(layout, embedded_postgres.run_as_user())
+    assert str(cluster.data) in postmaster.cmdline()
     if os.geteuid() == 0:
         assert postmaster.username() == embedded_postgres.SYSTEM_USER
     embedded_postgres.check_database_url(settings.effective_database_url)
@@ -308,9 +309,12 @@ def test_down_purge_removes_data(dev_stack: Stack) -> None:
     dev_stack.up()
     settings = dev_stack.settings
     layout = StackLayout(settings.home)
+    service_dir = embedded_postgres.service_dir_of(layout)
     pids = stack.status(settings).pids
     dev_stack.down(purge=True)
     assert not [pid for pid in pids.values() if _alive(pid)]
+    if service_dir is not None:  # as root, with the home out of reach of keel-postgres
+        assert not service_dir.exists()
     assert not layout.temporal_dir.exists()
     assert not layout.postgres_dir.exists()
     assert not layout.run_dir.exists()
