@@ -46,5 +46,8 @@ format: install
 bench: install
 	$(BIN)/python bench/llm_overhead.py
 
-clean: down
+# --purge: run as root, the embedded Postgres may keep its cluster outside .keel/ (in
+# /var/lib/keel-postgres, when the system user it runs as cannot reach .keel/), which rm misses.
+clean:
+	@if [ -x $(BIN)/keel ]; then $(BIN)/keel dev down --purge; fi
 	rm -rf $(VENV) .keel .mypy_cache .ruff_cache .pytest_cache
