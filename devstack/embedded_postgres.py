@@ -401,7 +401,13 @@ def remove_service_dir(service: Path) -> None:
     """Delete a service directory (``keel dev down --purge``)."""
     if service.parent != SERVICE_ROOT or not _SERVICE_DIR_NAME.fullmatch(service.name):
         raise DevStackError(f"Refusing to delete {service}: not a keel Postgres service directory.")
-    shutil.rmtree(service)
+    try:
+        shutil.rmtree(service)
+    except OSError as exc:
+        raise DevStackError(
+            f"Could not delete the Postgres service directory {service}: {exc}",
+            hint="run `keel dev down --purge` as root (keel made it as root)",
+        ) from exc
     shutil.rmtree(service.with_name(service.name + ".new"), ignore_errors=True)
 
 
