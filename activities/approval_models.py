@@ -216,8 +216,8 @@ class OpenGateInput(BaseModel):
 
 
 class RefreshInput(BaseModel):
-    """A reminder or an escalation: audit it, update the row, and read the roster afresh (so a
-    reviewer added with ``keel reviewers add`` while the gate waits can decide)."""
+    """A reminder or an escalation: audit it, update the row, and read the roster afresh (so the
+    next reminder and the Web UI name who may decide now; decisions read it themselves)."""
 
     event: GateEvent
     roles: list[str]

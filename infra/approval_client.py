@@ -3,11 +3,13 @@
 
 What this adds to the gate's own Update validator (workflows/approval_gate.py):
 
-- **The reviewers table as it is now.** The gate authorizes from the roster it loaded when it
-  opened (and reloads at each reminder and escalation), because a validator cannot read a
-  database. A reviewer removed since would still be accepted until the next reload; so before
-  anything is sent, the reviewer must hold one of the gate's roles in the current table (plus
-  ``KEEL_REVIEWERS``). Which level's role suffices is still the gate's call.
+- **A reviewer the table refuses is refused without sending.** The gate itself judges every
+  decision against the reviewers table as it is when the decision arrives (its Update handler
+  reads it by local activity; a validator cannot). A decision the handler refuses is in the
+  workflow's history, so the sender keeps the plain cases out: before anything is sent, the
+  reviewer must hold one of the gate's roles (first or any escalation's) in the current table
+  (plus ``KEEL_REVIEWERS``), and a refusal names the roles they do hold. Which level's role
+  suffices is still the gate's call.
 - **The gate the reviewer can have seen**: the open one, else the last one (a decision for it is
   then refused as already decided, or answered as a repeat).
 - **Refusals are recorded here**: a refused Update never enters the workflow's history, so the

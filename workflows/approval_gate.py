@@ -28,11 +28,13 @@ Use it from a workflow in two lines::
 What the gate gives the workflow and the people around it:
 
 - **Updates** ``approve`` / ``reject`` / ``edit`` (``ApproveDecision`` / ``RejectDecision`` /
-  ``EditDecision``) answer with a ``DecisionReceipt``. Their validator refuses, with a clear
-  message and an ApplicationError type from ``RefusalType``: no gate open, a gate already decided,
-  a decision meant for an earlier gate, a reviewer without one of the roles asked so far. A
-  refused Update never enters history, so the client that sent it records the refusal
-  (``keel approve`` does).
+  ``EditDecision``) answer with a ``DecisionReceipt``, or refuse with a clear message and an
+  ApplicationError type from ``RefusalType``. Their validator refuses what workflow state alone
+  decides (no gate open, a gate already decided, a decision meant for an earlier gate, an edit
+  that changes nothing); such an Update never enters history. Whether the reviewer holds one of
+  the roles asked so far is the handler's call, against the reviewers table as it is then (see
+  below). Either way the client that sent the Update records the refusal (``keel approve`` and
+  the API do).
 - **Signals** of the same names and payloads, for tools that can only signal
   (``temporal workflow signal``): the same checks apply; a refusal is recorded here.
 - **Query** ``approval_status`` (``GateView``).
@@ -41,10 +43,13 @@ What the gate gives the workflow and the people around it:
   decided / timed_out / cancelled); the ``KeelAwaiting`` search attribute is ``approval``
   while a gate waits, and the Web UI's current details name the exact approve command.
 
-Reviewers are authorized from a roster (the ``reviewers`` table plus ``KEEL_REVIEWERS``) that
-the gate reads when it opens and again at each reminder and escalation, so validators decide on
-data the workflow already holds. Four-eyes counts distinct reviewers; an edit restarts the count
-(earlier approvals were for other text). One gate is open at a time.
+Reviewers are authorized from a roster (the ``reviewers`` table plus ``KEEL_REVIEWERS``, only the
+gate's roles). The gate reads it when it opens, at each reminder and escalation, and for every
+decision: the decision's handler (not its validator, which can do no I/O) reads the roster by
+local activity before judging, so a reviewer added, removed or given another role while the gate
+waits counts at once, and the answer is in history, so replay judges the same way. Four-eyes
+counts distinct reviewers; an edit restarts the count (earlier approvals were for other text).
+One gate is open at a time.
 """
 
 from __future__ import annotations
@@ -97,6 +102,9 @@ AWAITING_APPROVAL = "approval"
 _PAST_TENSE = {APPROVE: "approved", REJECT: "rejected", EDIT: "edited"}
 # When timers fall on the same instant: the deadline decides, an escalation beats a reminder.
 _TIMER_ORDER = {"deadline": 0, "escalate": 1, "remind": 2}
+# Decisions read the current roster before judging the reviewer. Executions whose history holds
+# decisions judged on the roster of the last reload keep that behaviour on replay.
+CURRENT_ROSTER_PATCH = "approval-decision-reads-current-roster"
 
 
 class ApprovalTimedOut(ApplicationError):
@@ -417,14 +425,16 @@ class ApprovalGate:
 
     # --- Decisions -------------------------------------------------------------------------
 
+    # Validators refuse what workflow state alone decides. Whether the reviewer may decide
+    # depends on the reviewers table now, which only the handler can read.
     def _validate_approve(self, decision: ApproveDecision) -> None:
-        self._admit(APPROVE, decision)
+        self._admit(APPROVE, decision, authorize=False)
 
     def _validate_reject(self, decision: RejectDecision) -> None:
-        self._admit(REJECT, decision)
+        self._admit(REJECT, decision, authorize=False)
 
     def _validate_edit(self, decision: EditDecision) -> None:
-        self._admit(EDIT, decision)
+        self._admit(EDIT, decision, authorize=False)
 
     async def _approve(self, decision: ApproveDecision) -> DecisionReceipt:
         return await self._decide(APPROVE, decision)
@@ -455,9 +465,10 @@ class ApprovalGate:
         target = self._target(decision)
         return action == APPROVE and (target, decision.reviewer) in self._counted
 
-    def _admit(self, action: str, decision: Decision) -> None:
+    def _admit(self, action: str, decision: Decision, *, authorize: bool = True) -> None:
         """Raise the refusal for ``decision``, or return when it may be applied. Reads only
-        workflow state: validators must be deterministic and do no I/O."""
+        workflow state: validators must be deterministic and do no I/O. With ``authorize``, the
+        reviewer is judged against the open gate's roster (which the handler has just read)."""
         if self._is_duplicate(action, decision):
             return  # answered idempotently by the handler
         gate = self._open
@@ -500,7 +511,7 @@ class ApprovalGate:
                 RefusalType.ALREADY_DECIDED,
                 f"gate {gate.name!r} was already decided ({describe(gate.outcome)})",
             )
-        if not gate.roster.authorized(decision.reviewer, gate.roles):
+        if authorize and not gate.roster.authorized(decision.reviewer, gate.roles):
             escalation = gate.escalation_at()
             later = (
                 f"; role {escalation[1]} may decide from {escalation[0]:%Y-%m-%d %H:%M} UTC"
@@ -560,8 +571,16 @@ class ApprovalGate:
         try:
             if self._is_duplicate(action, decision):
                 return self._receipt(action, decision, counted=False)
-            # State may have moved since the validator ran (two decisions in one task): check
-            # again; a refusal here fails this Update with the same clear message.
+            if workflow.patched(CURRENT_ROSTER_PATCH):
+                # Refuse what state decides before reading the database (a signal has had no
+                # validator), then judge the reviewer on the roster as it is now.
+                self._admit(action, decision, authorize=False)
+                await self._read_current_roster()
+                if self._is_duplicate(action, decision):  # counted while we read
+                    return self._receipt(action, decision, counted=False)
+            # State may have moved since the validator ran (two decisions in one task, or while
+            # the roster was read): check again; a refusal here fails this Update with the same
+            # clear message. From here to the vote the gate changes synchronously.
             self._admit(action, decision)
             gate = self._open
             assert gate is not None
@@ -576,6 +595,19 @@ class ApprovalGate:
             return self._receipt(action, decision, counted=True)
         finally:
             self._handlers_running -= 1
+
+    async def _read_current_roster(self) -> None:
+        gate = self._open
+        assert gate is not None
+        roster = await workflow.execute_local_activity(
+            load_reviewer_roster,
+            RosterRequest(roles=gate.request.all_roles),
+            start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+            summary="reviewers now",
+        )
+        if self._open is gate:  # not decided (and replaced by the next gate) meanwhile
+            gate.roster = roster
 
     def _apply(self, gate: _OpenGate, action: str, decision: Decision) -> GateEvent:
         """Change the gate for one admitted decision (synchronously) and return its event."""

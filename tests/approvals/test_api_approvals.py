@@ -4,14 +4,16 @@ token's, and every refusal is answered with the gate's reason and recorded."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.approval_models import ApprovalMode, ReviewPolicy
-from activities.approvals import remove_reviewer
+from activities.approvals import add_reviewer, remove_reviewer
 from api.server import running_api
 from infra.api_tokens import TokenRole
 from infra.database import session_factory
@@ -21,6 +23,9 @@ from tests.api.tokens import http_client, issue_token
 from tests.approvals.cli import KeelCli
 from tests.approvals.records import audit_rows, gate_events, pending_gate, seed_reviewers
 from tests.approvals.reviews import published, start_review
+from workflows.document_review import DocumentReviewWorkflow
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
 
 ALWAYS = ReviewPolicy(mode=ApprovalMode.ALWAYS)
 
@@ -165,8 +170,8 @@ async def test_another_tenants_reviewer_cannot_see_or_decide_the_gate(
 async def test_a_reviewer_removed_after_the_gate_opened_is_refused_by_cli_and_api(
     client: Client, keel_settings: KeelSettings, keel_url: str
 ) -> None:
-    """The gate authorizes from the roster it loaded when it opened; the senders check the
-    reviewers table as it is now, so a removal takes effect at once, not at the next reload."""
+    """A removal takes effect at once, not at the gate's next reminder or escalation: the
+    senders check the reviewers table as it is now (and so does the gate, for every decision)."""
     await seed_reviewers(alice="editor", bob="editor", carol="editor")
     bob = await issue_token(role=TokenRole.REVIEWER, reviewer="bob")
     handle = await start_review(client, keel_settings, ALWAYS)
@@ -197,6 +202,52 @@ async def test_a_reviewer_removed_after_the_gate_opened_is_refused_by_cli_and_ap
     assert approved.code == 0, approved.text
     result = await handle.result()
     assert result.approved_by == ["carol"] and gate.draft
+
+
+@pytest.mark.slow  # real `keel` processes
+async def test_a_reviewer_added_after_the_gate_opened_approves_through_the_cli(
+    client: Client, keel_settings: KeelSettings, interactive_worker: Worker, simulator: SimServer
+) -> None:
+    """Start a review, add the reviewer while its gate waits, approve: the gate read its roster
+    when it opened (nobody held the role then); it judges carol as the table is now."""
+    keel = KeelCli(client, keel_settings)
+    workflow_id = f"r1-{uuid.uuid4().hex[:8]}"
+    started = await keel(
+        "review", "start", str(EXAMPLES / "vendor-contract.md"), "--approval", "always",
+        "--id", workflow_id,
+    )  # fmt: skip
+    assert started.code == 0, started.text
+    await pending_gate(workflow_id)
+    added = await keel("reviewers", "add", "carol", "--role", "editor")
+    assert added.code == 0, added.text
+
+    approved = await keel("approve", workflow_id, "--reviewer", "carol")
+    assert approved.code == 0, approved.text
+    assert "gate 'publish' approved by carol" in approved.out
+    handle = client.get_workflow_handle_for(DocumentReviewWorkflow.run, workflow_id)
+    result = await handle.result()
+    assert result.status == "published" and result.approved_by == ["carol"]
+    assert not [e for e in await audit_rows(workflow_id) if e.event_type == "approval.refused"]
+
+
+async def test_a_reviewer_given_the_role_after_the_gate_opened_approves_through_the_api(
+    client: Client, keel_settings: KeelSettings, keel_url: str
+) -> None:
+    await seed_reviewers(dana="finance")
+    dana = await issue_token(role=TokenRole.REVIEWER, reviewer="dana")
+    handle = await start_review(client, keel_settings, ALWAYS)
+    await pending_gate(handle.id)
+    async with http_client(keel_url, dana) as http:
+        before = await http.post(f"/v1/approvals/{handle.id}/approve", json={})
+        assert before.status_code == 403, before.text
+        assert "reviewer 'dana' is not authorized" in before.json()["error"]["message"]
+        async with session_factory().begin() as session:
+            assert await add_reviewer(session, "dana", "editor", added_by="ops")
+        after = await http.post(f"/v1/approvals/{handle.id}/approve", json={})
+    assert after.status_code == 200, after.text
+    assert after.json()["counted"] is True and after.json()["status"] == "approved"
+    result = await handle.result()
+    assert result.status == "published" and result.approved_by == ["dana"]
 
 
 async def test_an_unknown_workflow_and_a_bad_body_are_clear_errors(

@@ -138,11 +138,16 @@ async def test_unknown_and_unauthorized_reviewers_are_refused_and_change_nothing
     same_text = await refusal(handle, "edit", EditDecision(reviewer="alice", text=DRAFT))
     assert same_text.type == "InvalidDecision"
 
-    # A refused Update never reaches history: the gate is as it was.
+    # The roles are judged by the handler, against the reviewers table as it is now: those two
+    # Updates are in history, failed. The identical edit was refused by the validator from
+    # state alone and never reached history. Either way the gate is as it was.
     history = await handle.fetch_history()
-    assert not any(
-        e.HasField("workflow_execution_update_accepted_event_attributes") for e in history.events
-    )
+    completed = [
+        e.workflow_execution_update_completed_event_attributes.outcome
+        for e in history.events
+        if e.HasField("workflow_execution_update_completed_event_attributes")
+    ]
+    assert len(completed) == 2 and all(outcome.HasField("failure") for outcome in completed)
     row = await pending_gate(handle.id)
     assert row.decided_by == []
     await decide(handle, "approve", ApproveDecision(reviewer="alice"))

@@ -15,19 +15,26 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 
-from activities.approval_models import ApprovalMode, ApproveDecision, ReviewPolicy
+from activities.approval_models import ApprovalMode, ApproveDecision, GateView, ReviewPolicy
+from activities.approvals import add_reviewer
 from activities.batch_files import parse_lines
 from activities.batch_items import BatchOptions
 from activities.job_models import JobInput, JobKind
 from activities.session_models import session_workflow_id
 from infra.chat_client import TurnRequest, run_turn
+from infra.database import session_factory
 from infra.settings import KeelSettings, get_settings
 from llmsim import SimServer
 from starters.batch import submit_batch
 from starters.budget import change_budget
-from workflows.approval_gate import APPROVE
+from workflows.approval_gate import APPROVE, STATUS_QUERY
 from workflows.ask import AskInput, AskWorkflow
 from workflows.document_review import DocumentReviewWorkflow, ReviewInput
 from workflows.jobs import JobWorkflow
@@ -231,8 +238,38 @@ async def review_gated_then_approved(
     return handle
 
 
+async def review_gated_reviewer_added_then_approved(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """The gate opens with nobody holding its role; a decision is refused against the reviewers
+    table as it is then; the reviewer is added; their approval counts at once."""
+    handle = await client.start_workflow(
+        DocumentReviewWorkflow.run,
+        ReviewInput(
+            document="The vendor will deliver monitoring for 24 months at EUR 18,000 a month.",
+            source_name="contract.md",
+            policy=ReviewPolicy(mode=ApprovalMode.ALWAYS),
+        ),
+        id=f"replay-review-added-{uuid.uuid4().hex[:8]}",
+        task_queue=settings.interactive_task_queue,
+    )
+    for _ in range(240):  # the gate opens after extract, draft and self-check
+        status = await handle.query(STATUS_QUERY, result_type=GateView)
+        if status.open_gate is not None:
+            break
+        await asyncio.sleep(0.25)
+    with contextlib.suppress(WorkflowUpdateFailedError):  # not a reviewer yet: refused
+        await handle.execute_update(APPROVE, ApproveDecision(reviewer="replay-carol"))
+    async with session_factory().begin() as session:
+        await add_reviewer(session, "replay-carol", "editor", added_by="replay")
+    await handle.execute_update(APPROVE, ApproveDecision(reviewer="replay-carol"))
+    await handle.result()
+    return handle
+
+
 SCENARIOS: dict[str, Scenario] = {
     "review_gated_then_approved": review_gated_then_approved,
+    "review_gated_reviewer_added_then_approved": review_gated_reviewer_added_then_approved,
     "ask_answered": ask_answered,
     "ask_retried_then_fell_back": ask_retried_then_fell_back,
     "ask_fallback_response": ask_fallback_response,
