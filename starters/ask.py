@@ -57,6 +57,24 @@ def print_answer(result: AskOutput) -> None:
         console.print(f"[yellow]fell back from {model}: {cause}[/]")
 
 
+def result_command(settings: KeelSettings, workflow_id: str) -> str:
+    """The Temporal CLI command that prints the workflow's result readably: payloads are
+    encrypted, so without keel's codec server it would print ciphertext."""
+    command = f"temporal workflow result --workflow-id {workflow_id}"
+    if not settings.uses_dev_temporal or settings.dev_temporal_port != 7233:
+        command += f" --address {settings.effective_temporal_address}"
+    if settings.temporal_namespace != "default":
+        command += f" --namespace {settings.temporal_namespace}"
+    if settings.encryption:
+        host = settings.codec_server_host
+        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        command += f" --codec-endpoint http://{shown_host}:{settings.codec_server_port}"
+        if settings.codec_server_token is not None:
+            # The variable, never the token: a command people copy ends up in shell histories.
+            command += ' --codec-auth "Bearer $KEEL_CODEC_SERVER_TOKEN"'
+    return command
+
+
 async def _ask(params: AskInput, workflow_id: str, wait: bool) -> None:
     settings = get_settings()
     client = await connect(settings)
@@ -69,7 +87,14 @@ async def _ask(params: AskInput, workflow_id: str, wait: bool) -> None:
     )
     console.print(f"[bold]workflow[/] {workflow_id}  {workflow_link(settings, workflow_id)}")
     if not wait:
-        console.print(f"result: [cyan]temporal workflow result --workflow-id {workflow_id}[/]")
+        console.print(
+            f"follow: [cyan]keel show {workflow_id}[/]  · trail: keel audit {workflow_id}"
+        )
+        console.print(f"answer: [cyan]{result_command(settings, workflow_id)}[/]", soft_wrap=True)
+        if settings.encryption:
+            console.print(
+                "[dim](decrypted by the codec server: keel codec-server, or keel dev up)[/]"
+            )
         return
     try:
         result = await handle.result()

@@ -6,6 +6,10 @@ real Temporal dev server, Postgres and the simulator."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import shlex
+import sys
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -16,6 +20,7 @@ from temporalio.worker import Worker
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from starters.budget import change_budget
+from tests.conftest import TEMPORAL_CLI
 from tests.cost.support import CHEAP, audit_types, keel_cli, start_ask
 from workflows.ask import AskOutput, AskWorkflow
 
@@ -65,3 +70,58 @@ async def test_the_audit_table_keeps_the_fix_command_whole_on_a_narrow_terminal(
     # Whole, on a line of its own, as a person copies it.
     lines = [line.strip() for line in trail.out.splitlines()]
     assert "keel budget set broke --usd <amount> --period day" in lines, trail.out
+
+
+@pytest.fixture
+async def codec_server_url() -> AsyncIterator[str]:
+    """The real `keel codec-server` process, with the suite's keys, on a free port."""
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "starters.codec_server", "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        first_line = (await asyncio.wait_for(server.stdout.readline(), 60)).decode()
+        assert "keel codec-server on http://127.0.0.1:" in first_line, first_line
+        yield first_line.split(" on ")[1].split()[0]
+    finally:
+        server.terminate()
+        await server.wait()
+
+
+async def test_ask_no_wait_suggests_commands_that_show_the_answer_in_plain_text(
+    client: Client,
+    keel_settings: KeelSettings,
+    interactive_worker: Worker,
+    simulator: SimServer,
+    codec_server_url: str,
+) -> None:
+    port = codec_server_url.rsplit(":", 1)[1]
+    started = await keel_cli(
+        client,
+        keel_settings,
+        "ask", "Name a river.", "-m", CHEAP, "--no-wait",
+        KEEL_CODEC_SERVER_PORT=port,
+    )  # fmt: skip
+    assert started.code == 0, started.err
+    workflow_id = re.search(r"workflow (ask-[0-9a-f]+)", started.out)
+    assert workflow_id is not None, started.out
+    handle = client.get_workflow_handle(workflow_id.group(1), result_type=AskOutput)
+    answer = (await handle.result()).answer
+    hints = dict(line.strip().split(": ", 1) for line in started.out.splitlines() if ": " in line)
+    assert hints["follow"].startswith(f"keel show {handle.id}")
+
+    # The suggested command, run as printed, shows the answer, not ciphertext.
+    command = shlex.split(hints["answer"])
+    assert command[:2] == ["temporal", "workflow"] and "--codec-endpoint" in command
+    printed = await asyncio.create_subprocess_exec(
+        str(TEMPORAL_CLI), *command[1:], "--disable-config-file", "--disable-config-env",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out = (await asyncio.wait_for(printed.communicate(), 60))[0].decode()
+    assert printed.returncode == 0, out
+    assert "binary/encrypted" not in out and answer.model in out, out
+    assert json.dumps(answer.text)[1:30] in out, out
+
+    followed = await keel_cli(client, keel_settings, "show", handle.id)
+    assert followed.code == 0 and "COMPLETED" in followed.out, followed.text
