@@ -124,4 +124,4 @@ async def test_ask_no_wait_suggests_commands_that_show_the_answer_in_plain_text(
     assert json.dumps(answer.text)[1:30] in out, out
 
     followed = await keel_cli(client, keel_settings, "show", handle.id)
-    assert followed.code == 0 and "COMPLETED" in followed.out, followed.text
+    assert followed.code == 0 and "COMPLETED" in followed.out, followed.err
