@@ -21,9 +21,17 @@ from infra.settings import KeelSettings
 from llmsim import SimServer
 from starters.budget import change_budget
 from tests.conftest import TEMPORAL_CLI
-from tests.cost.support import CHEAP, audit_types, keel_cli, start_ask
+from tests.cost.support import (
+    CHEAP,
+    audit_events,
+    audit_types,
+    keel_cli,
+    ledger_rows,
+    start_ask,
+)
 from workflows.ask import AskOutput, AskWorkflow
 
+BACKUP = "claude-3-5-haiku-latest"
 RELEASE = "keel budget set broke --usd AMOUNT --period day"
 
 
@@ -125,3 +133,33 @@ async def test_ask_no_wait_suggests_commands_that_show_the_answer_in_plain_text(
 
     followed = await keel_cli(client, keel_settings, "show", handle.id)
     assert followed.code == 0 and "COMPLETED" in followed.out, followed.err
+
+
+async def test_the_summary_of_a_call_that_fell_back_counts_every_attempt(
+    client: Client, keel_settings: KeelSettings, interactive_worker: Worker, simulator: SimServer
+) -> None:
+    """The first model refuses the prompt once (no retry), the second fails once then answers:
+    three ledger rows, answered by the second model."""
+    simulator.add_faults("context_window", model=CHEAP, count=1)
+    simulator.add_faults("server_error", model=BACKUP, count=1)
+    asked = await keel_cli(client, keel_settings, "ask", "Name a river.", "-m", CHEAP, "-m", BACKUP)
+    assert asked.code == 0, asked.err
+    workflow_id = re.search(r"workflow (ask-[0-9a-f]+)", asked.out)
+    assert workflow_id is not None, asked.out
+    rows = await ledger_rows(workflow_id=workflow_id.group(1))
+    assert [(row.model, row.outcome) for row in rows] == [
+        (CHEAP, "error"),
+        (BACKUP, "error"),
+        (BACKUP, "ok"),
+    ]
+    summary = next(line for line in asked.out.splitlines() if line.startswith(f"model {BACKUP}"))
+    assert "attempts 3 over 2 models" in summary and "fallback used" in summary, summary
+    assert "FALLBACK RESPONSE" not in summary
+    assert f"fell back from {CHEAP}: context_window" in asked.out
+
+    (completed,) = [
+        e for e in await audit_events(workflow_id.group(1)) if e.event_type == "ask.completed"
+    ]
+    assert completed.payload["fallback_used"] is True
+    assert completed.payload["fallback_response"] is False
+    assert completed.payload["model"] == BACKUP
