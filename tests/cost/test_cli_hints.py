@@ -11,6 +11,7 @@ import re
 import shlex
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -18,8 +19,10 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from infra.settings import KeelSettings
+from infra.tables import AuditEvent
 from llmsim import SimServer
 from starters.budget import change_budget
+from starters.show import budget_pause
 from tests.conftest import TEMPORAL_CLI
 from tests.cost.support import (
     CHEAP,
@@ -163,3 +166,25 @@ async def test_the_summary_of_a_call_that_fell_back_counts_every_attempt(
     assert completed.payload["fallback_used"] is True
     assert completed.payload["fallback_response"] is False
     assert completed.payload["model"] == BACKUP
+
+
+def test_a_pause_recorded_before_the_budget_was_in_its_payload_is_read_from_its_reason() -> None:
+    """Asks paused by an older worker recorded only the reason; it names the budget."""
+    reason = (
+        "budget acme/month: $1.0000 spent + $0.0000 reserved by calls in flight, of $1.0000; "
+        "this call on gpt-4o needs up to $0.005155. Raise it with: keel budget set acme "
+        "--usd <amount> --period month"
+    )
+
+    def event(event_type: str, payload: dict[str, object]) -> AuditEvent:
+        return AuditEvent(
+            event_type=event_type, run_id="r1", payload=payload, occurred_at=datetime.now(UTC)
+        )
+
+    paused = event("llm.budget_paused", {"purpose": "ask", "reason": reason})
+    pause = budget_pause([event("ask.started", {}), paused], "r1")
+    assert pause is not None
+    assert pause.release_command == "keel budget set acme --usd AMOUNT --period month"
+    # Resumed, or paused in another run: not paused now.
+    assert budget_pause([paused, event("llm.budget_resumed", {})], "r1") is None
+    assert budget_pause([paused], "r2") is None
