@@ -18,6 +18,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from temporalio.service import RPCError
 
 from activities.approval_models import (
     ApproveDecision,
@@ -30,6 +31,7 @@ from activities.approval_models import (
 from activities.approvals import decided_by_humans, pending_gates
 from infra.approval_client import DecisionProblem, DecisionRefused, DecisionSender
 from infra.database import session_factory
+from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from infra.settings import get_settings
 from infra.tables import Approval
 from infra.temporal_client import connect
@@ -78,6 +80,22 @@ def due(deadline: datetime | None) -> str:
     return "due now" if left <= 0 else f"in {_duration(left)}"
 
 
+_DRAFTING_SHOWN = 5
+
+
+async def running_reviews(tenant: str | None) -> list[str]:
+    """Workflow ids of running document reviews, newest first; empty when Temporal cannot be
+    reached (the queue itself comes from Postgres and stays useful without it)."""
+    query = f"{KEEL_WORKFLOW_KIND.name} = 'document_review' AND ExecutionStatus = 'Running'"
+    if tenant is not None:
+        query += f" AND {KEEL_TENANT.name} = '{tenant.replace(chr(39), chr(39) * 2)}'"
+    try:
+        client = await connect(get_settings())
+        return [execution.id async for execution in client.list_workflows(query, limit=100)]
+    except (ConnectionError, RPCError):
+        return []
+
+
 async def _list(tenant: str | None, as_json: bool) -> None:
     async with session_factory()() as session:
         queue = await pending_gates(session, tenant)
@@ -103,6 +121,18 @@ async def _list(tenant: str | None, as_json: bool) -> None:
         return
     if not queue:
         console.print("no reviews waiting" + (f" for tenant {tenant}" if tenant else ""))
+        drafting = await running_reviews(tenant)
+        if drafting:
+            # Just after `keel review start` the models are still drafting: the gate (if policy
+            # asks for one) appears when they are done.
+            console.print(
+                f"{len(drafting)} document review(s) still running, not at a gate yet "
+                "(drafting or checking); a gate appears here when one needs a person:"
+            )
+            for workflow_id in drafting[:_DRAFTING_SHOWN]:
+                console.print(f"  [cyan]keel show {workflow_id}[/]")
+            if len(drafting) > _DRAFTING_SHOWN:
+                console.print(f"  … and {len(drafting) - _DRAFTING_SHOWN} more")
         return
     table = Table(title=f"pending approvals ({len(queue)}), oldest first", title_justify="left")
     for column in ("age", "gate", "workflow", "why", "role", "approvals", "deadline"):

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
 
 import typer
 from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import WorkflowFailureError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from activities.llm.models import FallbackPolicy
 from activities.llm.traffic_config import BudgetPolicy
+from infra.database import dispose_engines, session_factory
 from infra.input_limits import (
     InputTooLarge,
     PromptLimits,
@@ -21,6 +25,7 @@ from infra.input_limits import (
 )
 from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from infra.settings import KeelSettings, get_settings
+from infra.tables import LlmCall
 from infra.temporal_client import connect
 from starters.output import console, fail, workflow_link
 from workflows.ask import AskInput, AskOutput, AskWorkflow
@@ -42,19 +47,72 @@ def check_question(
     check_prompt_with_system(prompt, system, PromptLimits.from_settings(settings), "the prompt")
 
 
-def print_answer(result: AskOutput) -> None:
+@dataclass(frozen=True)
+class LedgerAttempts:
+    """What the ledger metered for one run: every attempt, of every model asked."""
+
+    attempts: int
+    models: list[str]
+
+
+async def ledger_attempts(workflow_id: str, run_id: str | None) -> LedgerAttempts | None:
+    """The run's ledger rows (None when the database cannot be read: the answer still
+    prints, with the answering model's own attempt count)."""
+    statement = (
+        select(LlmCall.model)
+        .where(LlmCall.workflow_id == workflow_id, LlmCall.outcome != "in_flight")
+        .order_by(LlmCall.id)
+    )
+    if run_id is not None:
+        statement = statement.where(LlmCall.run_id == run_id)
+    try:
+        async with session_factory()() as session:
+            models = list((await session.execute(statement)).scalars())
+    except (OSError, SQLAlchemyError):
+        return None
+    return LedgerAttempts(len(models), list(dict.fromkeys(models)))
+
+
+def print_answer(result: AskOutput, ledger: LedgerAttempts | None = None) -> None:
     answer = result.answer
     console.print(answer.text, markup=False, highlight=False)
     cost = f"${answer.cost_usd:.6f}" if answer.cost_usd is not None else "unknown (unpriced model)"
+    # Every metered attempt of every model, not only the answering model's retries.
+    attempts = (
+        f"attempts {ledger.attempts}"
+        + (f" over {len(ledger.models)} models" if len(ledger.models) > 1 else "")
+        if ledger is not None
+        else f"attempts {answer.attempts} on {answer.model}"
+    )
+    fell_back = bool(answer.failed_models) and not answer.fallback_used
     console.print(
         f"[dim]model {answer.model} · tokens in {answer.usage.input_tokens} / out "
-        f"{answer.usage.output_tokens} · cost {cost} · attempts {answer.attempts}"
+        f"{answer.usage.output_tokens} · cost {cost} · {attempts}"
         + (" · cached" if answer.cached else "")
+        + (" · fallback used" if fell_back else "")
         + (" · FALLBACK RESPONSE" if answer.fallback_used else "")
         + "[/]"
     )
     for model, cause in answer.failed_models:
         console.print(f"[yellow]fell back from {model}: {cause}[/]")
+
+
+def result_command(settings: KeelSettings, workflow_id: str) -> str:
+    """The Temporal CLI command that prints the workflow's result readably: payloads are
+    encrypted, so without keel's codec server it would print ciphertext."""
+    command = f"temporal workflow result --workflow-id {workflow_id}"
+    if not settings.uses_dev_temporal or settings.dev_temporal_port != 7233:
+        command += f" --address {settings.effective_temporal_address}"
+    if settings.temporal_namespace != "default":
+        command += f" --namespace {settings.temporal_namespace}"
+    if settings.encryption:
+        host = settings.codec_server_host
+        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        command += f" --codec-endpoint http://{shown_host}:{settings.codec_server_port}"
+        if settings.codec_server_token is not None:
+            # The variable, never the token: a command people copy ends up in shell histories.
+            command += ' --codec-auth "Bearer $KEEL_CODEC_SERVER_TOKEN"'
+    return command
 
 
 async def _ask(params: AskInput, workflow_id: str, wait: bool) -> None:
@@ -69,7 +127,14 @@ async def _ask(params: AskInput, workflow_id: str, wait: bool) -> None:
     )
     console.print(f"[bold]workflow[/] {workflow_id}  {workflow_link(settings, workflow_id)}")
     if not wait:
-        console.print(f"result: [cyan]temporal workflow result --workflow-id {workflow_id}[/]")
+        console.print(
+            f"follow: [cyan]keel show {workflow_id}[/]  · trail: keel audit {workflow_id}"
+        )
+        console.print(f"answer: [cyan]{result_command(settings, workflow_id)}[/]", soft_wrap=True)
+        if settings.encryption:
+            console.print(
+                "[dim](decrypted by the codec server: keel codec-server, or keel dev up)[/]"
+            )
         return
     try:
         result = await handle.result()
@@ -78,7 +143,11 @@ async def _ask(params: AskInput, workflow_id: str, wait: bool) -> None:
             str(error.cause or error),
             f"see what happened: keel audit {workflow_id}",
         )
-    print_answer(result)
+    try:
+        ledger = await ledger_attempts(workflow_id, handle.result_run_id)
+    finally:
+        await dispose_engines()
+    print_answer(result, ledger)
     console.print(f"[dim]trail: keel audit {workflow_id}[/]")
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from collections.abc import Iterable
 from typing import Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import select
 from typer.core import TyperGroup
 
@@ -52,16 +55,24 @@ async def show_audit(workflow_id: str, as_json: bool = False) -> None:
             )
         return
     trail = Table(title=f"audit trail · {workflow_id}", title_justify="left")
-    for column in ("at", "event", "actor", "details"):
-        trail.add_column(column)
+    for column in ("at", "event", "actor"):
+        trail.add_column(column, no_wrap=True)
+    # Folded, never cut: a reason often ends with the command that fixes it.
+    trail.add_column("details", overflow="fold")
     for event in events:
         trail.add_row(
             event.occurred_at.strftime("%H:%M:%S.%f")[:-3],
             event.event_type,
             event.actor,
-            json.dumps(event.payload, default=str)[:200],
+            Text(json.dumps(event.payload, default=str)),
         )
     console.print(trail)
+    commands = commands_in(event.payload for event in events)
+    if commands:
+        # Whole, one per line: a command folded across table cells cannot be copied.
+        console.print("[bold]commands named in this trail[/]")
+        for command in commands:
+            console.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)
     ledger = Table(title="LLM calls (one row per attempt)", title_justify="left")
     for column in ("attempt", "model", "outcome", "error", "in", "out", "cost $", "ms"):
         ledger.add_column(column)
@@ -79,6 +90,32 @@ async def show_audit(workflow_id: str, as_json: bool = False) -> None:
     console.print(ledger)
     if gates:
         console.print(_gates_table(gates))
+
+
+# A keel command inside a reason: quoted in backticks, or ending a sentence after "with: " or
+# "run: " ("… Raise it with: keel budget set acme --usd <amount> --period day").
+_QUOTED_COMMAND = re.compile(r"`(keel [^`\s]+ [^`]+)`")
+_TRAILING_COMMAND = re.compile(r"(?:with|run|try): (keel [^`;\n]+?)(?=\.\s|;|\n|\.?$)")
+
+
+def commands_in(payloads: Iterable[object]) -> list[str]:
+    """The keel commands the payloads' texts name, in order of first mention, each once."""
+    found: dict[str, None] = {}
+
+    def walk(value: object) -> None:
+        if isinstance(value, str):
+            for pattern in (_QUOTED_COMMAND, _TRAILING_COMMAND):
+                found.update((match.group(1).strip(), None) for match in pattern.finditer(value))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    for payload in payloads:
+        walk(payload)
+    return list(found)
 
 
 def _gates_table(gates: list[Approval]) -> Table:

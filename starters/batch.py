@@ -241,7 +241,30 @@ def _print_next_steps(settings: KeelSettings, batch_id: str) -> None:
     )
 
 
-@batch_app.command("start")
+# The line format, where a person looks for it (`keel batch start --help`); README.md says the
+# same under "Batches". activities/batch_files.py is what enforces it.
+BATCH_LINE_FORMAT = """\
+FILE holds one JSON object per line, in either of two shapes (they may be mixed).
+
+keel's line: custom_id (required, unique in the file), prompt or messages (exactly one),
+and optionally system, model, max_tokens, temperature, metadata:
+
+  {"custom_id": "q1", "prompt": "Name a river.", "model": "gpt-4o-mini", "max_tokens": 64}
+
+  {"custom_id": "q2", "messages": [{"role": "user", "content": "Name a lake."}]}
+
+An OpenAI Batch API line, as is (method POST, url /v1/chat/completions; body: model, messages,
+max_tokens or max_completion_tokens, temperature, response_format, metadata):
+
+  {"custom_id": "q3", "method": "POST", "url": "/v1/chat/completions", "body": {"model": \
+"gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}}
+
+A malformed line is reported with its number and reason and becomes a failed item (--strict
+refuses the whole file instead); duplicate custom_ids always refuse the file.
+"""
+
+
+@batch_app.command("start", epilog=BATCH_LINE_FORMAT)
 def start(
     file: Path = typer.Argument(..., help="JSONL: keel lines or OpenAI Batch API lines."),
     batch_id: str | None = typer.Option(None, "--id", help="Batch id (default: generated)."),

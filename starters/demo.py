@@ -16,7 +16,7 @@ from activities.batch_items import batch_workflow_id
 from infra.database import dispose_engines
 from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect
-from starters.ask import print_answer, tenant_search_attributes
+from starters.ask import ledger_attempts, print_answer, tenant_search_attributes
 from starters.audit import show_audit
 from starters.batch import run_demo_batch
 from starters.output import console, fail, workflow_link
@@ -50,7 +50,7 @@ async def _run_ask(settings: KeelSettings, params: AskInput, label: str) -> str:
         search_attributes=tenant_search_attributes(params.tenant, "ask"),
     )
     console.print(f"[bold]workflow[/] {workflow_id}  {workflow_link(settings, workflow_id)}")
-    print_answer(result)
+    print_answer(result, await ledger_attempts(workflow_id, None))
     return workflow_id
 
 

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import typer
 from rich.console import Console
 
 from infra.settings import KeelSettings
 
-# Piped or captured output gets room for whole model names and ids instead of rich's 80 columns.
+# Piped or captured output gets room for whole model names and ids instead of rich's 80 columns,
+# unless COLUMNS says how wide (rich reads it when the width is left to it).
 _PIPED_WIDTH = 160
-console = Console(width=None if sys.stdout.isatty() else _PIPED_WIDTH)
-error_console = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH)
+
+
+def _width(stream: TextIO) -> int | None:
+    return None if stream.isatty() or os.environ.get("COLUMNS") else _PIPED_WIDTH
+
+
+console = Console(width=_width(sys.stdout))
+error_console = Console(stderr=True, width=_width(sys.stderr))
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:

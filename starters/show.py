@@ -5,6 +5,9 @@ worker is running."""
 from __future__ import annotations
 
 import asyncio
+import re
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 import typer
@@ -16,7 +19,7 @@ from activities.approvals import gates_of
 from activities.audit_trail import read_audit_trail
 from infra.database import dispose_engines, session_factory
 from infra.settings import get_settings
-from infra.tables import LlmCall, PublishedDocument
+from infra.tables import AuditEvent, LlmCall, PublishedDocument
 from infra.temporal_client import connect
 from starters.approvals import EXIT_NO_SUCH_WORKFLOW, age, due
 from starters.output import console, fail, workflow_link
@@ -103,6 +106,10 @@ async def _show(workflow_id: str, show_text: bool) -> None:
         console.print(f"[dim]trail: keel audit {workflow_id}[/]")
         return
     if waiting is None:
+        pause = budget_pause(events, description.run_id)
+        if pause is not None:
+            _print_budget_pause(pause)
+            return
         console.print("[bold]waiting for[/] nothing from you: the workflow is working")
         return
     console.print(
@@ -124,6 +131,66 @@ async def _show(workflow_id: str, show_text: bool) -> None:
         console.print("    " + (text or "").replace("\n", "\n    "), markup=False, highlight=False)
     console.print(f"  approve: [cyan]{approve_command(workflow_id)}[/]")
     console.print(f"  reject:  [cyan]{reject_command(workflow_id)}[/]")
+
+
+@dataclass(frozen=True)
+class BudgetPause:
+    """An LLM call of the workflow paused until a budget has room (budget policy ``pause``)."""
+
+    since: datetime
+    reason: str
+    tenant: str | None
+    period: str | None
+
+    @property
+    def release_command(self) -> str:
+        return (
+            f"keel budget set {self.tenant or 'TENANT'} --usd AMOUNT "
+            f"--period {self.period or 'day|month'}"
+        )
+
+
+# Older pauses recorded only the reason, which names the budget: "budget acme/day: …".
+_BUDGET_IN_REASON = re.compile(r"\bbudget (\S+)/(day|month)\b")
+_PAUSE_EVENTS = ("llm.budget_paused", "llm.budget_resumed", "llm.budget_refused")
+
+
+def budget_pause(events: list[AuditEvent], run_id: str | None) -> BudgetPause | None:
+    """The pause the run's calls are in now: its last budget event is a pause."""
+    last = next(
+        (
+            event
+            for event in reversed(events)
+            if event.event_type in _PAUSE_EVENTS and (run_id is None or event.run_id == run_id)
+        ),
+        None,
+    )
+    if last is None or last.event_type != "llm.budget_paused":
+        return None
+    reason = str(last.payload.get("reason") or "")
+    budget = last.payload.get("budget")
+    if isinstance(budget, dict) and budget.get("tenant") and budget.get("period"):
+        tenant, period = str(budget["tenant"]), str(budget["period"])
+    elif named := _BUDGET_IN_REASON.search(reason):
+        tenant, period = named.group(1), named.group(2)
+    else:
+        return BudgetPause(last.occurred_at, reason, None, None)
+    return BudgetPause(last.occurred_at, reason, tenant, period)
+
+
+def _print_budget_pause(pause: BudgetPause) -> None:
+    budget = f"{pause.tenant}/{pause.period}" if pause.tenant else "its tenant's budget"
+    console.print(
+        f"[bold yellow]paused[/] on budget [bold]{budget}[/] for {age(pause.since)}: "
+        "an LLM call waits until the budget can cover it (budget policy pause)",
+        highlight=False,
+    )
+    console.print(f"  why: {pause.reason}", markup=False, highlight=False)
+    console.print(f"  release: [cyan]{pause.release_command}[/]", highlight=False)
+    console.print(
+        "  [dim]the call re-checks on a backing-off timer and goes on once the budget has room "
+        "(or a new period begins); it gives up after KEEL_BUDGET_PAUSE_MAX_SECONDS[/]"
+    )
 
 
 def show(

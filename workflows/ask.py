@@ -37,6 +37,9 @@ class AskInput(BaseModel):
 class AskOutput(BaseModel):
     answer: LlmAnswer
     cost_usd: Decimal | None = None
+    # The first model did not answer: a later one did, or the fallback policy's response
+    # (``answer.fallback_used`` says which). Every attempt is in the ledger (`keel audit`).
+    fallback_used: bool = False
 
 
 @workflow.defn
@@ -62,14 +65,18 @@ class AskWorkflow:
                 budget_policy=params.budget_policy,
             )
         )
+        # Not a workflow command change: the same local activity, its payload says more, so
+        # running executions replay as before.
+        fell_back = answer.fallback_used or bool(answer.failed_models)
         await audit(
             "ask.completed",
             params.tenant,
             {
                 "model": answer.model,
-                "fallback_used": answer.fallback_used,
+                "fallback_used": fell_back,
+                "fallback_response": answer.fallback_used,
                 "failed_models": answer.failed_models,
                 "output_tokens": answer.usage.output_tokens,
             },
         )
-        return AskOutput(answer=answer, cost_usd=answer.cost_usd)
+        return AskOutput(answer=answer, cost_usd=answer.cost_usd, fallback_used=fell_back)

@@ -256,7 +256,8 @@ async def _after_budget_refusal(
         routes_tried.add(plan.route)
         return request, plan
     if plan.budget_policy == BudgetPolicy.PAUSE:
-        await audit("llm.budget_paused", request.tenant, where)
+        # The blocking budget as data, so `keel show` can say which one holds the call.
+        await audit("llm.budget_paused", request.tenant, {**where, "budget": refusal.budget})
         plan = await _wait_for_budget(request, plan, refusal)
         await audit("llm.budget_resumed", request.tenant, {"purpose": request.purpose})
         return request, plan

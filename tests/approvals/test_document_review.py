@@ -245,3 +245,34 @@ async def test_flags_and_low_confidence_send_the_draft_to_a_person(
     gate = await pending_gate(handle.id)
     assert gate.reason_requested == reason
     await handle.cancel()
+
+
+async def test_the_queue_right_after_review_start_says_the_review_is_still_drafting(
+    client: Client, keel_settings: KeelSettings, tmp_path: Path
+) -> None:
+    """No worker takes the review: it stays before its gate, as it is for the seconds after
+    `keel review start` while the models draft. The empty queue says so, and where to look."""
+    keel = KeelCli(client, keel_settings)
+    document = tmp_path / "q3-report.md"
+    document.write_text(DOCUMENT)
+    workflow_id = f"review-drafting-{uuid.uuid4().hex[:8]}"
+    started = await keel("review", "start", str(document), "--id", workflow_id)
+    assert started.code == 0, started.text
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        # Visibility indexes a new run within moments; the command reads it as it stands.
+        query = f"WorkflowId = '{workflow_id}' AND KeelKind = 'document_review'"
+        for _ in range(100):
+            if (await client.count_workflows(query)).count:
+                break
+            await asyncio.sleep(0.05)
+        queue = await keel("approvals")
+        assert queue.code == 0, queue.text
+        assert "no reviews waiting" in queue.out
+        assert "still running, not at a gate yet" in queue.out
+        assert f"keel show {workflow_id}" in queue.out
+        # Another tenant's queue does not mention it.
+        other = await keel("approvals", "--tenant", "someone-else")
+        assert other.code == 0 and workflow_id not in other.out, other.text
+    finally:
+        await handle.terminate("test over")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.batch_files import parse_line
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.batch.conftest import CHEAP, items_of
@@ -184,3 +187,38 @@ async def test_the_budget_gate_from_the_command_line(
     handle = client.get_workflow_handle("batch-cli2")
     await asyncio.wait_for(handle.result(), timeout=timedelta(seconds=60).total_seconds())
     assert {i.status for i in await items_of("cli2")} == {"ok"}
+
+
+def test_start_help_shows_the_line_format_with_examples_that_parse() -> None:
+    """The line format is where a person looks for it: `keel batch start --help`, with
+    examples of both shapes that keel's own parser accepts."""
+    shown = subprocess.run(
+        [KEEL, "batch", "start", "--help"],
+        env={**os.environ, "COLUMNS": "250", "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    for field in (
+        "custom_id",
+        "prompt",
+        "messages",
+        "system",
+        "max_tokens",
+        "metadata",
+        "--strict",
+    ):
+        assert field in shown.stdout, field
+    examples = [
+        line.strip()
+        for line in shown.stdout.splitlines()
+        if line.strip().startswith('{"custom_id"')
+    ]
+    parsed = [parse_line(number, example) for number, example in enumerate(examples, start=1)]
+    assert [(p.line_format, p.problem) for p in parsed if p] == [
+        ("keel", None),
+        ("keel", None),
+        ("openai", None),
+    ]

@@ -119,10 +119,15 @@ class CliResult:
 
 
 async def keel_cli(
-    client: Client, settings: KeelSettings, *args: str, timeout: float = 120
+    client: Client,
+    settings: KeelSettings,
+    *args: str,
+    timeout: float = 120,
+    columns: int = 200,
+    **extra_env: str,
 ) -> CliResult:
     """The real ``keel`` command in a subprocess, pointed at the test's servers."""
-    env = worker_environment(client, settings, COLUMNS="200", NO_COLOR="1")
+    env = worker_environment(client, settings, COLUMNS=str(columns), NO_COLOR="1", **extra_env)
     process = await asyncio.create_subprocess_exec(
         str(KEEL),
         *args,
