@@ -65,7 +65,7 @@ def codec_server(
         f"use {codec.encrypting_key_id or 'no key: KEEL_ENCRYPTION=off'})"
     )
     console.print(f"Web UI origins allowed: {', '.join(origins) or 'none'}")
-    auth = " --codec-auth 'Bearer $KEEL_CODEC_SERVER_TOKEN'" if token else ""
+    auth = ' --codec-auth "Bearer $KEEL_CODEC_SERVER_TOKEN"' if token else ""
     console.print(
         f"[dim]CLI: temporal workflow show -w WORKFLOW_ID --codec-endpoint {url}{auth}[/]"
     )
