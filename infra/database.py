@@ -13,12 +13,14 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from infra.settings import KeelSettings, get_settings
 
@@ -88,6 +90,24 @@ def _explain_role_errors(context: ExceptionContext) -> None:
         raise DatabaseRoleError(explanation) from context.original_exception
 
 
+def _replace_connection_closed_in_pool(
+    dbapi_connection: Any, connection_record: ConnectionPoolEntry, connection_proxy: Any
+) -> None:
+    """Swap a pooled connection the server closed while it sat idle for a new one, at checkout.
+
+    A Postgres restart (``keel dev down && keel dev up``, a failover, an idle-session timeout)
+    closes every pooled connection; asyncpg notices the socket closing on its event loop, so
+    ``is_closed()`` is a local flag, not a round trip. DisconnectionError makes the pool connect
+    afresh and hand that out instead, before the caller ran anything: the API request, CLI
+    command or activity that would have failed with "connection is closed" never sees it.
+    (asyncpg learns of the close when its loop reads the socket's end, which a restart gives it
+    long before the next request; a connection that dies after checkout fails like any other
+    mid-transaction, since replaying a transaction is not safe in general.)
+    """
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("pooled connection was closed by the server while idle")
+
+
 def get_engine(
     database_url: str | None = None, purpose: DatabaseRole = DatabaseRole.APPLICATION
 ) -> AsyncEngine:
@@ -97,12 +117,16 @@ def get_engine(
     if engine is None:
         connect_args: dict[str, Any] = {"server_settings": {"role": role}} if role else {}
         # No pre-ping: it is a round trip on every checkout of every LLM call (profiled at ~7% of a
-        # batch worker's time). A connection that died anyway fails its activity attempt, which
-        # Temporal retries on a fresh one; recycling bounds how stale a pooled connection gets.
+        # batch worker's time). Connections the server closed while pooled are replaced at
+        # checkout from asyncpg's local state instead (_replace_connection_closed_in_pool, free);
+        # one that dies mid-transaction fails that attempt (Temporal retries an activity on a
+        # fresh one) and SQLAlchemy invalidates the rest of the pool. Recycling bounds how stale
+        # a pooled connection gets.
         engine = create_async_engine(
             url, pool_size=20, max_overflow=20, pool_recycle=1800, connect_args=connect_args
         )
         event.listen(engine.sync_engine, "handle_error", _explain_role_errors)
+        event.listen(engine.sync_engine.pool, "checkout", _replace_connection_closed_in_pool)
         _engines[(url, role)] = engine
     return engine
 
