@@ -45,6 +45,7 @@ from infra.outbound_guard import (
     CheckedDestination,
     DestinationInvalid,
     DestinationRefused,
+    DestinationUnresolved,
     OutboundPolicy,
     Resolver,
     check_url,
@@ -171,11 +172,16 @@ class CallbackDeliverer:
                 type="CallbackDestinationRefused",
                 non_retryable=True,
             ) from None
-        except DestinationInvalid as error:  # e.g. the name does not resolve (yet): retry
-            await _record_attempt(job.id, None, str(error))
+        except DestinationInvalid as error:
+            # A name that does not resolve (yet) is retried like an unreachable receiver; a URL
+            # the guard cannot read never becomes sendable.
+            unresolved = isinstance(error, DestinationUnresolved)
+            await _record_attempt(job.id, None, f"not sent: {error}")
             log.warning("job.callback_failed", job_id=job.id, attempt=attempt, error=str(error))
             raise ApplicationError(
-                f"callback for job {job.id} not sent: {error}", type="CallbackNotAcknowledged"
+                f"callback for job {job.id} not sent: {error}",
+                type="CallbackNotAcknowledged" if unresolved else "CallbackUrlInvalid",
+                non_retryable=not unresolved,
             ) from None
 
         body = callback_body(job)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,14 +309,19 @@ async def test_a_worker_without_the_secret_fails_each_delivery_loudly_and_retrie
                 )
                 assert created.status_code == 202, created.text
                 job_id = created.json()["id"]
+
+                def unsigned() -> list[MutableMapping[str, Any]]:
+                    return [e for e in logged if e["event"] == "job.callback_unsigned"]
+
+                # Two attempts have failed, each fully recorded (row, then error log).
                 failing = await wait_for(
-                    http, job_id, lambda v: (v.get("callback") or {}).get("attempts", 0) >= 2
+                    http, job_id, lambda v: len(unsigned()) >= 2 and v["callback"]["last_error"]
                 )
         assert failing["status"] == "completed" and failing["callback"]["acknowledged_at"] is None
+        assert failing["callback"]["attempts"] >= 2
         assert "KEEL_CALLBACK_SIGNING_SECRET" in failing["callback"]["last_error"]
         assert receiver.deliveries == []
-        unsigned = [e for e in logged if e["event"] == "job.callback_unsigned"]
-        assert len(unsigned) >= 2 and {e["log_level"] for e in unsigned} == {"error"}
+        assert {e["log_level"] for e in unsigned()} == {"error"}
         description = await client.get_workflow_handle(job_id).describe()
         assert description.status is not None and description.status.name == "RUNNING"
 
@@ -463,8 +468,11 @@ async def test_an_allowed_destination_is_reached_at_the_checked_address_no_redir
         assert delivered.status_code == redirected.status_code == 202
         view = await wait_for_job(http, delivered.json()["id"])
         redirect_id = redirected.json()["id"]
+        # Two redirects answered, the second one recorded.
         bounced = await wait_for(
-            http, redirect_id, lambda v: (v.get("callback") or {}).get("attempts", 0) >= 2
+            http,
+            redirect_id,
+            lambda v: len(receiver.redirected) >= 2 and v["callback"]["attempts"] >= 2,
         )
         await client.get_workflow_handle(redirect_id).terminate("test over")
     # Sent to the address the guard checked, under the name the client gave.
