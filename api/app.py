@@ -17,12 +17,17 @@ from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.load_shedding import LoadShedder
 from api.request_limits import RequestBodyLimit
 from api.state import KeelApi
+from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect
 from infra.token_streams import StreamHub
 
 
-def create_app(settings: KeelSettings | None = None, client: Client | None = None) -> FastAPI:
+def create_app(
+    settings: KeelSettings | None = None,
+    client: Client | None = None,
+    resolver: Resolver = system_resolver,
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or get_settings()
@@ -30,7 +35,9 @@ def create_app(settings: KeelSettings | None = None, client: Client | None = Non
         async with StreamHub(resolved.effective_database_url) as hub:
             shedder = LoadShedder(temporal, resolved)
             await shedder.start()
-            app.state.keel = KeelApi(settings=resolved, client=temporal, hub=hub, shedder=shedder)
+            app.state.keel = KeelApi(
+                settings=resolved, client=temporal, hub=hub, shedder=shedder, resolver=resolver
+            )
             try:
                 yield
             finally:

@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
@@ -24,10 +25,12 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.job_models import JobInput, JobKind, JobStatus
+from activities.jobs import callback_destination_policy
 from api.auth import check_tenant_field, client_caller
 from api.errors import ApiError, from_temporal
 from api.state import KeelApi, keel_api, request_priority
 from infra.api_tokens import VerifiedToken
+from infra.callback_signing import SECRET_VARIABLE, SigningSecretError, signing_secret
 from infra.database import session_factory
 from infra.input_limits import (
     InputTooLarge,
@@ -37,10 +40,18 @@ from infra.input_limits import (
     check_prompt,
     first_unstorable,
 )
+from infra.outbound_guard import (
+    DestinationInvalid,
+    DestinationRefused,
+    DestinationUnresolved,
+    check_url,
+)
 from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from infra.settings import KeelSettings
 from infra.tables import Job
 from workflows.jobs import JOB_WORKFLOWS, JobWorkflow
+
+log = structlog.get_logger(__name__)
 
 router = APIRouter(tags=["jobs"])
 
@@ -65,6 +76,9 @@ class CallbackState(BaseModel):
     attempts: int
     acknowledged_at: datetime | None
     last_status: int | None
+    last_error: str | None = Field(
+        default=None, description="Why the last attempt was not acknowledged (or not sent)."
+    )
 
 
 class JobView(BaseModel):
@@ -86,6 +100,7 @@ def _job_view(job: Job) -> JobView:
             attempts=job.callback_attempts,
             acknowledged_at=job.callback_acknowledged_at,
             last_status=job.callback_last_status,
+            last_error=job.callback_last_error,
         )
         if job.callback_url
         else None
@@ -127,6 +142,46 @@ def check_job_text(
         raise ApiError(400, str(error), param="input.prompt", code="prompt_too_large") from None
 
 
+def _check_callback_signing(settings: KeelSettings) -> None:
+    """400 when this API could not vouch for its callbacks: no signing secret configured (the
+    client cannot fix that, but learns why before a job runs whose callback would never come)."""
+    try:
+        configured = signing_secret(settings) is not None
+    except SigningSecretError as error:
+        log.error("jobs.callback_secret_unusable", error=str(error))
+        raise ApiError(
+            500,
+            "keel's callback signing secret is unusable; its operator must fix it (see the "
+            "API's log)",
+            param="callback_url",
+            code="callback_signing_unavailable",
+        ) from None
+    if not configured:
+        raise ApiError(
+            400,
+            f"callback_url needs signed callbacks, and this keel has no signing secret: its "
+            f"operator must set {SECRET_VARIABLE} (`keel dev up` creates one for the dev stack)",
+            param="callback_url",
+            code="callback_signing_unavailable",
+        )
+
+
+async def check_callback_destination(url: str, api: KeelApi) -> None:
+    """400 naming the field, the address class and the setting when ``url`` points at a
+    destination the guard refuses (loopback, private, link-local, metadata, …). A host that does
+    not resolve now is accepted: delivery resolves and checks it again before each attempt."""
+    try:
+        await check_url(
+            url, callback_destination_policy(api.settings), api.resolver, what="callback_url"
+        )
+    except DestinationRefused as error:
+        raise ApiError(400, str(error), param="callback_url", code="callback_url_refused") from None
+    except DestinationUnresolved:
+        return
+    except DestinationInvalid as error:
+        raise ApiError(400, str(error), param="callback_url", code="invalid_callback_url") from None
+
+
 @router.post("/v1/jobs", status_code=202, response_model=JobView)
 async def create_job(
     body: JobRequest,
@@ -139,12 +194,8 @@ async def create_job(
     priority = request_priority(request)
     api.shedder.admit(priority)
     tenant = caller.tenant
-    if body.callback_url and api.settings.callback_signing_secret is None:
-        raise ApiError(
-            400,
-            "callback_url needs signed callbacks: set KEEL_CALLBACK_SIGNING_SECRET on keel",
-            param="callback_url",
-        )
+    if body.callback_url:
+        _check_callback_signing(api.settings)
     _, input_model = JOB_WORKFLOWS[body.kind]
     try:
         validated = input_model.model_validate({**body.input, "tenant": tenant})
@@ -154,6 +205,8 @@ async def create_job(
         raise ApiError(400, f"input.{where}: {problem['msg']}", param=f"input.{where}") from None
     workflow_input = validated.model_dump(mode="json")
     check_job_text(workflow_input, body.callback_url, api.settings)
+    if body.callback_url:
+        await check_callback_destination(body.callback_url, api)
     job_id = body.id or f"job-{uuid.uuid4().hex[:16]}"
     try:
         await api.client.start_workflow(

@@ -14,6 +14,7 @@ from temporalio.client import Client
 
 from api.app import create_app
 from infra.listening_socket import bind_tcp
+from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings
 
 
@@ -24,10 +25,14 @@ def url_of(sock: socket.socket) -> str:
 
 
 def _config(
-    settings: KeelSettings, client: Client | None, log_config: Any, access_log: bool
+    settings: KeelSettings,
+    client: Client | None,
+    log_config: Any,
+    access_log: bool,
+    resolver: Resolver = system_resolver,
 ) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(settings, client),
+        create_app(settings, client, resolver),
         lifespan="on",
         loop="asyncio",
         http="h11",
@@ -52,10 +57,14 @@ def serve(settings: KeelSettings) -> None:
 
 @contextlib.asynccontextmanager
 async def running_api(
-    settings: KeelSettings, client: Client | None = None, port: int = 0
+    settings: KeelSettings,
+    client: Client | None = None,
+    port: int = 0,
+    resolver: Resolver = system_resolver,
 ) -> AsyncIterator[str]:
     """The API served from this event loop on an ephemeral port; yields its base URL."""
-    async with serving(_config(settings, client, log_config=None, access_log=False), port) as url:
+    config = _config(settings, client, log_config=None, access_log=False, resolver=resolver)
+    async with serving(config, port) as url:
         yield url
 
 

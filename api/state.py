@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from temporalio.client import Client
@@ -10,6 +10,7 @@ from temporalio.client import Client
 from activities.llm.models import RequestPriority
 from api.errors import ApiError
 from api.load_shedding import LoadShedder
+from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings
 from infra.token_streams import StreamHub
 
@@ -26,6 +27,8 @@ class KeelApi:
     client: Client
     hub: StreamHub
     shedder: LoadShedder
+    # How client-given URLs' hosts are resolved for the outbound guard (tests: a stub).
+    resolver: Resolver = field(default=system_resolver)
 
 
 def keel_api(request: Request) -> KeelApi:

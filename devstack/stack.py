@@ -3,7 +3,8 @@
 ``up`` starts, in order and only what the settings call for: the Temporal dev server (its Web UI
 pointed at the codec server), the embedded Postgres (or checks DATABASE_URL), the migrations, the
 LLM simulator, the codec server, one worker per task queue. The first ``up`` also creates the
-payload encryption key file when no key is configured. Everything lives under ``settings.home``.
+payload encryption key file when no key is configured, and the job-callback signing secret file
+when no secret is. Everything lives under ``settings.home``.
 ``up`` is idempotent; ``down`` stops only what keel started (proved by its pid files) and keeps the
 data unless ``purge`` (the key file stays even then).
 """
@@ -47,6 +48,7 @@ from devstack.processes import (
     stop_parts,
     wait_ready,
 )
+from infra.callback_signing import SigningSecretError, ensure_secret_file, signing_secret
 from infra.payload_codec import EncryptionKeysError, configured_keys, ensure_key_file
 from infra.settings import KeelSettings, get_settings
 
@@ -153,6 +155,14 @@ def stack_env(settings: KeelSettings) -> dict[str, str]:
     env["KEEL_ENCRYPTION_KEYS_FILE"] = str(settings.effective_encryption_keys_file)
     env["KEEL_ENCRYPTION"] = "on" if settings.encryption else "off"
     env["KEEL_CODEC_SERVER_PORT"] = str(settings.codec_server_port)
+    # Every process signs job callbacks with the same secret and sends them to the same places.
+    env.pop("KEEL_CALLBACK_SIGNING_SECRET", None)
+    if settings.callback_signing_secret is not None:
+        env["KEEL_CALLBACK_SIGNING_SECRET"] = settings.callback_signing_secret.get_secret_value()
+    env["KEEL_CALLBACK_SIGNING_SECRET_FILE"] = str(settings.effective_callback_signing_secret_file)
+    env["KEEL_CALLBACK_ALLOWED_DESTINATIONS"] = (
+        ",".join(settings.effective_callback_allowed_destinations) or "none"
+    )
     return env
 
 
@@ -255,6 +265,31 @@ def _ensure_encryption_key(settings: KeelSettings, report: _Reporter) -> None:
             f"created payload encryption key {created.key_id} in "
             f"{settings.effective_encryption_keys_file} (mode 600): prompts and answers in "
             "Temporal's history are encrypted with it; without it they cannot be read"
+        )
+
+
+def _ensure_callback_secret(settings: KeelSettings, report: _Reporter) -> None:
+    """The dev stack's job-callback signing secret, created once like the encryption key, so
+    `keel api` and every worker sign alike with nothing to set; and where callbacks may go."""
+    try:
+        created = ensure_secret_file(settings)
+        signing_secret(settings)  # an unusable file stops `up` here, not a callback later
+    except (SigningSecretError, OSError) as exc:
+        raise DevStackError(
+            f"The job-callback signing secret is unusable: {exc}",
+            hint="fix KEEL_CALLBACK_SIGNING_SECRET or the secret file, then run `keel dev up` "
+            "again",
+        ) from exc
+    if created is not None:
+        report.note(
+            f"created the job-callback signing secret in {created} (mode 600): `keel api` and "
+            "the workers sign callbacks with it; receivers verify X-Keel-Signature with it"
+        )
+    allowed = settings.effective_callback_allowed_destinations
+    if settings.callback_allowed_destinations is None and allowed:
+        report.note(
+            "job callbacks may go to loopback (127.0.0.0/8, ::1) on this dev stack; private, "
+            "link-local and metadata addresses stay refused (KEEL_CALLBACK_ALLOWED_DESTINATIONS)"
         )
 
 
@@ -483,7 +518,8 @@ def up(
             [overrides.get(CODEC_SERVER) or codec_server_spec(settings)], layout, report
         )
 
-    # 6. Workers, one process per task queue
+    # 6. Workers, one process per task queue (`keel api` reads the same secret file)
+    _ensure_callback_secret(settings, report)
     if workers:
         specs = [
             overrides.get(worker_part(q)) or worker_spec(settings, q)

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from activities.approval_models import ReviewPolicy
 from activities.llm.models import CallPolicy, FallbackPolicy
 from activities.llm.traffic_config import BudgetPolicy, RateLimit, RoutePolicy
+from infra.outbound_guard import OutboundPolicy
 
 INTERACTIVE_TASK_QUEUE = "keel-interactive"
 BATCH_TASK_QUEUE = "keel-batch"
@@ -294,9 +295,23 @@ class KeelSettings(BaseSettings):
     )
     shed_retry_after_seconds: int = Field(default=2, ge=1)
     callback_signing_secret: SecretStr | None = Field(
-        default=None, description="HMAC-SHA256 key that signs job callbacks."
+        default=None,
+        description="HMAC-SHA256 key that signs job callbacks. Unset: the secret file.",
+    )
+    callback_signing_secret_file: Path | None = Field(
+        default=None,
+        description="File holding the callback signing secret (mode 0600), read when "
+        "KEEL_CALLBACK_SIGNING_SECRET is unset; `keel dev up` creates it. Unset: "
+        "<home>/callback-signing-secret.",
     )
     callback_timeout_seconds: float = Field(default=10, gt=0)
+    callback_allowed_destinations: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Non-public destinations job callbacks may go to, comma-separated: host "
+        "names, addresses, CIDR networks or `loopback` (public addresses are always allowed; "
+        "loopback, private, link-local, metadata, CGNAT and reserved ones are refused). `none`: "
+        "nothing. Unset: loopback for the zero-setup stack (no TEMPORAL_ADDRESS), else nothing.",
+    )
 
     # --- Human oversight (approval gates) -------------------------------------------------
     reviewers: dict[str, list[str]] = Field(
@@ -386,6 +401,25 @@ class KeelSettings(BaseSettings):
     def _expand_home(cls, value: Any) -> Any:
         return Path(value).expanduser().resolve() if isinstance(value, (str, Path)) else value
 
+    @field_validator("callback_allowed_destinations", mode="before")
+    @classmethod
+    def _split_destinations(cls, value: Any) -> Any:
+        if isinstance(value, str):  # "hooks.internal,10.1.0.0/16" (a JSON list is accepted too)
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            if text.lower() == "none":
+                return []
+            return [entry.strip() for entry in text.split(",") if entry.strip()]
+        return value
+
+    @field_validator("callback_allowed_destinations")
+    @classmethod
+    def _check_destinations(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            OutboundPolicy.parse("KEEL_CALLBACK_ALLOWED_DESTINATIONS", value)  # names a bad entry
+        return value
+
     @field_validator("codec_server_cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
@@ -448,6 +482,17 @@ class KeelSettings(BaseSettings):
     @property
     def effective_encryption_keys_file(self) -> Path:
         return self.encryption_keys_file or self.home / "encryption-keys"
+
+    @property
+    def effective_callback_signing_secret_file(self) -> Path:
+        return self.callback_signing_secret_file or self.home / "callback-signing-secret"
+
+    @property
+    def effective_callback_allowed_destinations(self) -> list[str]:
+        if self.callback_allowed_destinations is not None:
+            return self.callback_allowed_destinations
+        # The zero-setup stack runs on one machine: its README receiver listens on loopback.
+        return ["loopback"] if self.uses_dev_temporal else []
 
     @property
     def effective_codec_server_cors_origins(self) -> list[str]:

@@ -5,14 +5,20 @@ from __future__ import annotations
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings, get_settings
 from infra.structured_logging import LogContextInterceptor
 from workers.registry import queue_contents
 
 
-def build_worker(client: Client, queue: str, settings: KeelSettings | None = None) -> Worker:
+def build_worker(
+    client: Client,
+    queue: str,
+    settings: KeelSettings | None = None,
+    resolver: Resolver = system_resolver,
+) -> Worker:
     settings = settings or get_settings()
-    contents = queue_contents(queue, settings)
+    contents = queue_contents(queue, settings, resolver)
     return Worker(
         client,
         task_queue=queue,

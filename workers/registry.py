@@ -10,10 +10,11 @@ from typing import Any
 from activities.approvals import APPROVAL_ACTIVITIES
 from activities.audit_trail import record_audit_event
 from activities.batch_items import BATCH_ACTIVITIES
-from activities.jobs import JOB_ACTIVITIES
+from activities.jobs import job_activities
 from activities.llm.activities import complete_chat, plan_llm_route
 from activities.publishing import PUBLISHING_ACTIVITIES
 from activities.sessions import SESSION_ACTIVITIES
+from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings
 from workflows.ask import AskWorkflow
 from workflows.batch import BatchWorkflow
@@ -32,14 +33,18 @@ class QueueContents:
 LLM_ACTIVITIES: list[Callable[..., Any]] = [complete_chat, plan_llm_route, record_audit_event]
 
 
-def queue_contents(queue: str, settings: KeelSettings) -> QueueContents:
+def queue_contents(
+    queue: str, settings: KeelSettings, resolver: Resolver = system_resolver
+) -> QueueContents:
+    """What ``queue``'s worker runs. ``resolver`` is what activities that send to client-given
+    URLs resolve names with (the outbound guard's; tests pass a stub)."""
     if queue == settings.interactive_task_queue:
         return QueueContents(
             workflows=[AskWorkflow, ChatSessionWorkflow, JobWorkflow, DocumentReviewWorkflow],
             activities=[
                 *LLM_ACTIVITIES,
                 *SESSION_ACTIVITIES,
-                *JOB_ACTIVITIES,
+                *job_activities(resolver=resolver),
                 *APPROVAL_ACTIVITIES,
                 *PUBLISHING_ACTIVITIES,
             ],

@@ -42,7 +42,8 @@ CALLBACK_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=5),
     maximum_attempts=0,
-    non_retryable_error_types=["CallbackNotConfigured"],
+    # Nothing here is non-retryable by type: a worker without the signing secret retries until
+    # it has one. A refused destination raises a non-retryable error itself.
 )
 CALLBACK_DEADLINE = timedelta(days=3)
 

@@ -60,6 +60,10 @@ def make_settings(home: Path, **overrides: object) -> KeelSettings:
         # No key configured, as on a fresh machine: the first `up` creates the key file.
         "encryption_keys": None,
         "encryption_keys_file": None,
+        # Likewise no callback signing secret: the first `up` creates its file.
+        "callback_signing_secret": None,
+        "callback_signing_secret_file": None,
+        "callback_allowed_destinations": None,
         "temporal_address": None,
         "database_url": None,
         "openai_api_key": None,

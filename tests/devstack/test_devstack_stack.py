@@ -38,6 +38,7 @@ from devstack import embedded_postgres, stack, temporal_dev_server
 from devstack.errors import DevStackError
 from devstack.layout import StackLayout
 from devstack.processes import probe, read_record
+from infra.callback_signing import signing_secret
 from infra.payload_codec import EncryptionCodec, configured_keys
 from infra.search_attributes import ALL_SEARCH_ATTRIBUTES, KEEL_TENANT
 from infra.settings import KeelSettings
@@ -191,6 +192,27 @@ def test_up_creates_a_key_and_the_web_ui_decodes_through_the_codec_server(
 
     dev_stack.up()
     assert configured_keys(settings).keys == (key,), "a later up must never replace the key"
+
+
+def test_up_creates_the_callback_signing_secret_and_gives_it_to_every_part(
+    dev_stack: Stack,
+) -> None:
+    result = dev_stack.up()
+    settings = dev_stack.settings  # no KEEL_CALLBACK_SIGNING_SECRET, as on a fresh machine
+    secret_file = settings.effective_callback_signing_secret_file
+    assert secret_file.parent == settings.home
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = signing_secret(settings)
+    assert secret is not None and len(secret) == 64
+    # `keel api` reads the same file from the same home; every part the stack started is
+    # pointed at it and allows loopback receivers (the README's local example).
+    for name in ("worker-keel-interactive", "worker-keel-batch", "simulator"):
+        environ = psutil.Process(result.part(name).pid).environ()
+        assert environ["KEEL_CALLBACK_SIGNING_SECRET_FILE"] == str(secret_file), name
+        assert environ["KEEL_CALLBACK_ALLOWED_DESTINATIONS"] == "loopback", name
+
+    dev_stack.up()
+    assert signing_secret(settings) == secret, "a later up must never replace the secret"
 
 
 def test_database_url_check_against_a_live_server(dev_stack: Stack) -> None:
