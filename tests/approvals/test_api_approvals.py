@@ -224,8 +224,7 @@ async def test_a_reviewer_added_after_the_gate_opened_approves_through_the_cli(
     approved = await keel("approve", workflow_id, "--reviewer", "carol")
     assert approved.code == 0, approved.text
     assert "gate 'publish' approved by carol" in approved.out
-    handle = client.get_workflow_handle_for(DocumentReviewWorkflow.run, workflow_id)
-    result = await handle.result()
+    result = await client.get_workflow_handle_for(DocumentReviewWorkflow.run, workflow_id).result()
     assert result.status == "published" and result.approved_by == ["carol"]
     assert not [e for e in await audit_rows(workflow_id) if e.event_type == "approval.refused"]
 
