@@ -186,7 +186,8 @@ class KeelSettings(BaseSettings):
         default=20,
         ge=0,
         description="Longest a call waits for its rate-limit slot inside the activity; a later "
-        "slot is taken by a Temporal retry instead (and a route may fall back meanwhile).",
+        "slot is taken by a Temporal retry instead (or, when that would be past the call's "
+        "deadline, by the next model of the route).",
     )
     interactive_budget_policy: BudgetPolicy = BudgetPolicy.DOWNGRADE
     # Batch calls raise LlmBudgetExceeded: the batch workflow pauses the whole batch at its

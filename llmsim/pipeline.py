@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 import uuid
@@ -121,6 +122,13 @@ class ProviderAdapter(ABC):
     def stream_frames(self, answer: Answer, chunk_tokens: int) -> Iterator[Frame]: ...
 
 
+def conversation_key(body: dict[str, Any]) -> str:
+    """What every attempt of one call has in common (both APIs' ``system`` and ``messages``),
+    hashed: the request log groups a client's retries by it."""
+    material = json.dumps([body.get("system"), body.get("messages")], sort_keys=True, default=str)
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
 def error_response(err: ApiError, adapter: ProviderAdapter, request_id: str) -> JSONResponse:
     return JSONResponse(
         err.body, status_code=err.status, headers={**adapter.headers(request_id), **err.headers}
@@ -159,7 +167,7 @@ async def handle_completion(
         state.record_rejected(model, "not_found", stream, admitted=False)
         return error_response(adapter.model_not_found(model), adapter, request_id)
 
-    fault = state.admit(model, stream)
+    fault = state.admit(model, stream, conversation_key(body))
     if fault is not None and fault.kind is FaultKind.HANG:
         return HangResponse(state, fault.hang_s)
     if fault is not None and fault.kind is FaultKind.STREAM_RESET and not stream:

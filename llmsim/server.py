@@ -18,7 +18,7 @@ from llmsim.admin import ConfigUpdate
 from llmsim.app import create_app
 from llmsim.config import CannedResponse, SimConfig, load_profile_file
 from llmsim.faults import FaultKind, FaultProfile, FaultRule, ScriptedFault
-from llmsim.state import SimState
+from llmsim.state import RequestRecord, SimState
 
 GRACEFUL_SHUTDOWN_S = 2
 """Backstop for in-flight requests at shutdown; sleeps and hangs already wake at once."""
@@ -245,6 +245,11 @@ class SimServer:
 
     def stats(self) -> dict[str, Any]:
         return self.state.stats()
+
+    def requests(self) -> list[RequestRecord]:
+        """Every request to a known model since the last reset, oldest first: arrival time,
+        conversation hash, fault and Retry-After (see llmsim.state.RequestRecord)."""
+        return self.state.requests()
 
     def reset(self) -> None:
         """Counters, stats and prompt cache cleared; faults and canned responses back to

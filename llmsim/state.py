@@ -10,16 +10,33 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmsim.catalog import ModelSpec, build_catalog
 from llmsim.config import CannedResponse, SimConfig
-from llmsim.faults import PROFILES, Fault, FaultPlan, FaultRule, ScriptedFault
+from llmsim.faults import PROFILES, Fault, FaultKind, FaultPlan, FaultRule, ScriptedFault
 
 PROMPT_CACHE_ENTRIES = 20_000
 """Bound on remembered prompt prefixes, so a long benchmark cannot grow memory forever."""
+REQUEST_LOG_ENTRIES = 10_000
+"""Bound on the request log (the most recent requests are kept)."""
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request to a known model as the simulator saw it: what a client's retry timing is
+    judged by (a retry is on time when it arrives after the 429's Retry-After)."""
+
+    at: float
+    """Wall-clock arrival time (``time.time()``)."""
+    model: str
+    conversation: str
+    """Hash of the request's messages: every attempt of one call carries the same one."""
+    fault: str | None
+    retry_after_s: float | None
+    """The Retry-After sent with a rate_limit fault."""
 
 
 @dataclass
@@ -68,6 +85,7 @@ class SimState:
         self._counters: dict[str, int] = {}
         self._stats: dict[str, ModelStats] = {}
         self._prompt_cache: OrderedDict[str, None] = OrderedDict()
+        self._request_log: deque[RequestRecord] = deque(maxlen=REQUEST_LOG_ENTRIES)
         self.started_at = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Event | None = None
@@ -114,8 +132,9 @@ class SimState:
             stats = self._stats[model] = ModelStats()
         return stats
 
-    def admit(self, model: str, stream: bool) -> Fault | None:
-        """Count a request to a known model and decide its fault, if any."""
+    def admit(self, model: str, stream: bool, conversation: str = "") -> Fault | None:
+        """Count a request to a known model, decide its fault, if any, and log it."""
+        arrived = time.time()
         with self._lock:
             index = self._counters.get(model, 0)
             self._counters[model] = index + 1
@@ -128,7 +147,23 @@ class SimState:
             fault = self.faults.next_fault(self.config.seed, model, index)
             if fault is not None:
                 stats.faults[fault.kind.value] += 1
+            self._request_log.append(
+                RequestRecord(
+                    at=arrived,
+                    model=model,
+                    conversation=conversation,
+                    fault=fault.kind.value if fault is not None else None,
+                    retry_after_s=fault.retry_after_s
+                    if fault is not None and fault.kind is FaultKind.RATE_LIMIT
+                    else None,
+                )
+            )
             return fault
+
+    def requests(self) -> list[RequestRecord]:
+        """The logged requests, oldest first (the last ``REQUEST_LOG_ENTRIES``)."""
+        with self._lock:
+            return list(self._request_log)
 
     def record_rejected(self, model: str, reason: str, stream: bool, admitted: bool) -> None:
         """A request answered with an error that is not an injected fault."""
@@ -265,6 +300,7 @@ class SimState:
         with self._lock:
             self._counters.clear()
             self._stats.clear()
+            self._request_log.clear()
             self._prompt_cache.clear()
             self.faults = FaultPlan(self._startup_faults)
             self.canned = [c.model_copy() for c in self._startup_canned]

@@ -79,12 +79,23 @@ async def audit(event_type: str, tenant: str, payload: dict[str, Any], actor: st
     )
 
 
-def retry_policy(policy: CallPolicy) -> RetryPolicy:
+# Calls scheduled since this patch retry rate limits until their deadline (see retry_policy).
+RATE_LIMITS_BOUNDED_BY_DEADLINE = "rate-limits-bounded-by-deadline"
+
+
+def retry_policy(policy: CallPolicy, bounded_by_deadline: bool = True) -> RetryPolicy:
+    """The retry policy of one model's call.
+
+    Temporal counts every attempt alike, but a 429 is "come back after Retry-After", not a
+    failure: the attempt count is unlimited, schedule-to-close bounds the call, and the
+    activity itself stops retrying once ``policy.maximum_attempts`` attempts failed for other
+    reasons, or when a Retry-After ends past the deadline (activities/llm/retries.py).
+    ``bounded_by_deadline=False``: the policy of calls scheduled before that change."""
     return RetryPolicy(
         initial_interval=timedelta(seconds=policy.initial_interval_seconds),
         backoff_coefficient=policy.backoff_coefficient,
         maximum_interval=timedelta(seconds=policy.maximum_interval_seconds),
-        maximum_attempts=policy.maximum_attempts,
+        maximum_attempts=0 if bounded_by_deadline else policy.maximum_attempts,
         non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
     )
 
@@ -206,7 +217,9 @@ async def _try_chain(
                 start_to_close_timeout=plan.policy.start_to_close,
                 heartbeat_timeout=plan.policy.heartbeat,
                 schedule_to_close_timeout=plan.policy.schedule_to_close,
-                retry_policy=retry_policy(plan.policy),
+                retry_policy=retry_policy(
+                    plan.policy, workflow.patched(RATE_LIMITS_BOUNDED_BY_DEADLINE)
+                ),
                 summary=f"{request.purpose}: {candidate.model}",
                 result_type=LlmAnswer,
                 # Unset inherits the workflow's priority; a turn may ask for its own.

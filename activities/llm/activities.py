@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import structlog
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.llm import circuit_breaker, rate_limits, response_cache
+from activities.llm import circuit_breaker, rate_limits, response_cache, retries
 from activities.llm.budgets import (
     BudgetExceededError,
     Estimate,
@@ -32,6 +32,8 @@ from activities.llm.errors import ClassifiedError, classify
 from activities.llm.ledger import (
     IN_FLIGHT,
     AttemptRecord,
+    earlier_attempts,
+    mark_interrupted,
     record_attempt,
     record_attempt_started,
 )
@@ -39,6 +41,7 @@ from activities.llm.models import (
     AttemptInput,
     BudgetState,
     CallClass,
+    CallPolicy,
     ErrorClass,
     LlmAnswer,
     LlmRequest,
@@ -287,19 +290,90 @@ class _Attempt:
         )
 
 
-def _to_application_error(failure: ClassifiedError, model: str) -> ApplicationError:
-    return ApplicationError(
-        f"{model}: {failure.error_class.value}: {failure.message}",
-        {"error_class": failure.error_class.value, "status_code": failure.status_code},
-        type=failure.error_class.error_type,
-        non_retryable=not failure.retryable,
-        next_retry_delay=failure.retry_after,
+@dataclass(frozen=True)
+class _RetryBudget:
+    """What decides whether this attempt's failure is retried (activities/llm/retries.py)."""
+
+    policy: CallPolicy
+    prior: retries.PriorAttempts
+    deadline: datetime | None
+
+
+def call_policy(request: LlmRequest, settings: KeelSettings) -> CallPolicy:
+    if request.call_class == CallClass.BATCH:
+        return settings.batch_policy
+    return settings.interactive_policy
+
+
+async def _retry_budget(call: AttemptInput, settings: KeelSettings) -> _RetryBudget:
+    info = activity.info()
+    prior = retries.PriorAttempts()
+    if info.attempt > 1:  # the first attempt has nothing to read
+        async with session_factory()() as session:
+            rows = await earlier_attempts(
+                session,
+                info.workflow_id or "",
+                info.workflow_run_id,
+                info.activity_id,
+                info.attempt,
+            )
+        prior = retries.PriorAttempts.from_ledger(info.attempt, rows)
+    return _RetryBudget(
+        call_policy(call.request, settings),
+        prior,
+        retries.call_deadline(info.scheduled_time, info.schedule_to_close_timeout),
     )
 
 
-def _refusal_error(failure: ClassifiedError, model: str, budget: BudgetState | None) -> Exception:
+async def _error_budget_spent(retry: _RetryBudget, model: str) -> ApplicationError:
+    """The previous attempt timed out (or its worker died) as the last the error budget allowed,
+    and Temporal, bounded only by the deadline, started this one anyway: close the earlier
+    attempts' rows and end the model's turn without asking it again."""
+    info = activity.info()
+    async with session_factory().begin() as session:
+        await mark_interrupted(
+            session, info.workflow_id or "", info.workflow_run_id, info.activity_id, info.attempt
+        )
+    last = retry.prior.last_error_class or ErrorClass.TIMEOUT
+    return ApplicationError(
+        f"{model}: {last.value}: {retry.prior.errors(retry.deadline is None)} failed attempts, "
+        "the most the policy allows",
+        {"error_class": last.value, "status_code": None},
+        type=last.error_type,
+        non_retryable=True,
+    )
+
+
+def _to_application_error(
+    failure: ClassifiedError, model: str, budget: _RetryBudget
+) -> ApplicationError:
+    """The failure as Temporal sees it: whether it is retried, and after how long, is decided
+    here (Temporal's own attempt count is unlimited; the deadline bounds it)."""
+    decision = retries.decide(
+        failure.error_class,
+        failure.retry_after,
+        budget.prior,
+        budget.policy,
+        datetime.now(UTC),
+        budget.deadline,
+    )
+    message = f"{model}: {failure.error_class.value}: {failure.message}"
+    if failure.retryable and not decision.retry:
+        message += f" (not retried: {decision.reason})"
+    return ApplicationError(
+        message,
+        {"error_class": failure.error_class.value, "status_code": failure.status_code},
+        type=failure.error_class.error_type,
+        non_retryable=not decision.retry,
+        next_retry_delay=decision.delay,
+    )
+
+
+def _refusal_error(
+    failure: ClassifiedError, model: str, budget: BudgetState | None, retry: _RetryBudget
+) -> Exception:
     if budget is None:
-        return _to_application_error(failure, model)
+        return _to_application_error(failure, model, retry)
     # The caller's budget policy decides what happens next (workflows/llm_calls.py); the
     # message names the budget and the command that raises it.
     return ApplicationError(
@@ -333,11 +407,7 @@ def _rate_limit_charges(
 
 def _rate_limit_max_wait(request: LlmRequest, settings: KeelSettings) -> float:
     """Waiting in the activity is cheap, but not past half the attempt's time limit."""
-    policy = (
-        settings.batch_policy
-        if request.call_class == CallClass.BATCH
-        else settings.interactive_policy
-    )
+    policy = call_policy(request, settings)
     return min(settings.rate_limit_max_wait_seconds, policy.start_to_close_seconds / 2)
 
 
@@ -382,6 +452,9 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
     sessions = session_factory()
     config = breaker_config(settings)
     attempt = _Attempt(call, prompt_hash, time.perf_counter(), Completion(), span)
+    retry = await _retry_budget(call, settings)
+    if retries.error_budget_spent(retry.prior, retry.policy, retry.deadline):
+        raise await _error_budget_spent(retry, model)
     too_large = _prompt_too_large(request, settings)
     if too_large is not None:
         # The last line of defence (every entry point checks first): nothing is reserved or
@@ -391,7 +464,7 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
                 session, attempt.ledger_row("prompt_too_large", Usage(), None, too_large)
             )
         attempt.observe("prompt_too_large", Usage(), None, too_large, timed=False)
-        raise _to_application_error(too_large, model)
+        raise _to_application_error(too_large, model, retry)
     wait_seconds = 0.0
     async with sessions.begin() as session:
         if response_cache.cacheable(request):
@@ -450,7 +523,7 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
             raise ApplicationError(
                 refused.message, type=ErrorClass.CIRCUIT_OPEN.error_type, non_retryable=True
             )
-        raise _refusal_error(refused, model, refused_budget)
+        raise _refusal_error(refused, model, refused_budget, retry)
     if wait_seconds > 0:
         await _wait_for_rate_limit(wait_seconds, attempt.charges)
         attempt.started = time.perf_counter()  # latency is the provider's, not the queue's
@@ -463,11 +536,7 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
         activity.heartbeat()
         stream.delta(delta)
 
-    policy = (
-        settings.batch_policy
-        if request.call_class == CallClass.BATCH
-        else (settings.interactive_policy)
-    )
+    policy = retry.policy
     try:
         provider = get_provider(provider_name, settings)
         async with stream, asyncio.timeout(policy.start_to_close_seconds):
@@ -483,11 +552,11 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
     except LookupError as error:
         failure = ClassifiedError(ErrorClass.AUTHENTICATION, str(error))
         await _record_failure(attempt, failure, config)
-        raise _to_application_error(failure, model) from error
+        raise _to_application_error(failure, model, retry) from error
     except Exception as error:  # every provider failure is classified, none escapes raw
         failure = classify(error, stream_started=attempt.completion.first_token_ms is not None)
         await _record_failure(attempt, failure, config)
-        raise _to_application_error(failure, model) from error
+        raise _to_application_error(failure, model, retry) from error
 
     completion = attempt.completion
     usage = completion.usage if completion.usage_reported else _estimated_usage(request, completion)

@@ -87,25 +87,35 @@ async def record_attempt_started(session: AsyncSession, record: AttemptRecord) -
 
     A later attempt of the same activity finding earlier rows still in flight knows their worker
     died mid-call: they are marked ``interrupted`` (their tokens are unknown, so no cost)."""
-    await session.execute(
-        update(LlmCall)
-        .where(
-            LlmCall.workflow_id == record.workflow_id,
-            LlmCall.run_id == record.run_id,
-            LlmCall.activity_id == record.activity_id,
-            LlmCall.attempt < record.attempt,
-            LlmCall.outcome == IN_FLIGHT,
-        )
-        .values(
-            outcome=INTERRUPTED,
-            error_message=f"the worker stopped during this attempt; attempt {record.attempt} "
-            "took over",
-        )
+    await mark_interrupted(
+        session, record.workflow_id, record.run_id, record.activity_id, record.attempt
     )
     await session.execute(
         insert(LlmCall)
         .values(**{**_values(record), "outcome": IN_FLIGHT})
         .on_conflict_do_nothing(index_elements=LEDGER_KEY)
+    )
+
+
+async def mark_interrupted(
+    session: AsyncSession, workflow_id: str, run_id: str | None, activity_id: str, attempt: int
+) -> None:
+    """Earlier attempts of the activity still in flight ended without their worker knowing
+    (Temporal's timeout, a dead worker): mark them ``interrupted``, releasing their budget
+    reservations. ``attempt`` is the attempt that found them."""
+    await session.execute(
+        update(LlmCall)
+        .where(
+            LlmCall.workflow_id == workflow_id,
+            LlmCall.run_id == run_id,
+            LlmCall.activity_id == activity_id,
+            LlmCall.attempt < attempt,
+            LlmCall.outcome == IN_FLIGHT,
+        )
+        .values(
+            outcome=INTERRUPTED,
+            error_message=f"the worker stopped during this attempt; attempt {attempt} took over",
+        )
     )
 
 
@@ -151,3 +161,21 @@ async def record_attempt(session: AsyncSession, record: AttemptRecord) -> None:
         },
     )
     await session.execute(spend)
+
+
+async def earlier_attempts(
+    session: AsyncSession, workflow_id: str, run_id: str | None, activity_id: str, attempt: int
+) -> list[tuple[int, str, str | None]]:
+    """``(attempt, outcome, error_class)`` of the activity's attempts before ``attempt``: how
+    many were rate limits and how many errors (activities/llm/retries.py)."""
+    result = await session.execute(
+        select(LlmCall.attempt, LlmCall.outcome, LlmCall.error_class)
+        .where(
+            LlmCall.workflow_id == workflow_id,
+            LlmCall.run_id == run_id,
+            LlmCall.activity_id == activity_id,
+            LlmCall.attempt < attempt,
+        )
+        .order_by(LlmCall.attempt)
+    )
+    return [(row.attempt, row.outcome, row.error_class) for row in result]

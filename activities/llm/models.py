@@ -122,7 +122,9 @@ class CallPolicy(BaseModel):
 
     start_to_close_seconds: float
     heartbeat_seconds: float
+    # The call's deadline on one model: rate limits are retried until then (Retry-After honoured).
     schedule_to_close_seconds: float
+    # Attempts that fail for reasons other than a rate limit (activities/llm/retries.py).
     maximum_attempts: int
     initial_interval_seconds: float
     backoff_coefficient: float

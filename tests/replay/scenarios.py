@@ -68,6 +68,22 @@ async def ask_retried_then_fell_back(
     return handle
 
 
+async def ask_rate_limited_then_answered(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """Two 429s waited out on one model, then its answer: the retry policy bounded by the
+    deadline (patch ``rate-limits-bounded-by-deadline``)."""
+    sim.add_faults("rate_limit", model="gpt-4o-mini", count=2, retry_after_s=0.5)
+    handle = await client.start_workflow(
+        AskWorkflow.run,
+        AskInput(prompt="Name a river.", models=["gpt-4o-mini", "claude-3-5-haiku-latest"]),
+        id=f"replay-ask-rate-limited-{uuid.uuid4().hex[:8]}",
+        task_queue=settings.interactive_task_queue,
+    )
+    await handle.result()
+    return handle
+
+
 async def ask_fallback_response(
     client: Client, settings: KeelSettings, sim: SimServer
 ) -> WorkflowHandle:
@@ -272,6 +288,7 @@ SCENARIOS: dict[str, Scenario] = {
     "review_gated_reviewer_added_then_approved": review_gated_reviewer_added_then_approved,
     "ask_answered": ask_answered,
     "ask_retried_then_fell_back": ask_retried_then_fell_back,
+    "ask_rate_limited_then_answered": ask_rate_limited_then_answered,
     "ask_fallback_response": ask_fallback_response,
     "chat_two_turns_then_continued_as_new": chat_two_turns_then_continued_as_new,
     "job_ask": job_ask,
