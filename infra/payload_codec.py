@@ -32,7 +32,14 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
-from temporalio.converter import PayloadCodec
+from temporalio.api.failure.v1 import Failure
+from temporalio.converter import (
+    DefaultFailureConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    PayloadCodec,
+    PayloadConverter,
+)
+from temporalio.exceptions import ApplicationError
 
 from infra.settings import KeelSettings
 
@@ -52,8 +59,22 @@ class EncryptionKeysError(ValueError):
     material: messages name the entry by position and key id only."""
 
 
-class PayloadDecryptionError(ValueError):
-    """An encrypted payload could not be decrypted (unknown key id, altered data, wrong key)."""
+class PayloadDecryptionError(ApplicationError, ValueError):
+    """An encrypted payload could not be decrypted (unknown key id, altered data, wrong key).
+
+    A non-retryable :class:`ApplicationError`, because no retry gives a process the key it lacks:
+    a worker that cannot decode a workflow activation fails the workflow with this message (the
+    SDK fails the execution, instead of the workflow task, for a non-retryable ApplicationError;
+    a failed task would be retried forever and the workflow would hang), and an activity whose
+    input cannot be decoded fails for good (:class:`KeelFailureConverter`). The message names
+    key ids and where keys are configured, never key material or payload content.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type=type(self).__name__, non_retryable=True)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -263,6 +284,40 @@ class EncryptionCodec(PayloadCodec):
                 "encrypted it"
             ) from None
         return Payload.FromString(plain)
+
+
+class KeelFailureConverter(DefaultFailureConverterWithEncodedAttributes):
+    """Failure messages and stack traces move into an encoded (so encrypted) payload, since they
+    can quote prompt text; except the failure to *decrypt* a payload.
+
+    That one must stay readable to the holder of the other key: the client whose payload the
+    worker could not read cannot decrypt what the worker would encrypt. Its message names key ids
+    only. Where the SDK wraps it (an activity's "Failed decoding arguments", retryable as
+    raised), the failure is made non-retryable: retrying cannot give the worker the key.
+    """
+
+    _plain = DefaultFailureConverter()
+
+    def to_failure(
+        self, exception: BaseException, payload_converter: PayloadConverter, failure: Failure
+    ) -> None:
+        if not _is_decryption_failure(exception):
+            super().to_failure(exception, payload_converter, failure)
+            return
+        self._plain.to_failure(exception, payload_converter, failure)
+        if failure.HasField("application_failure_info"):
+            failure.application_failure_info.non_retryable = True
+
+
+def _is_decryption_failure(exception: BaseException) -> bool:
+    """A PayloadDecryptionError, or the SDK's own wrapper of one (its message is fixed text)."""
+    if isinstance(exception, PayloadDecryptionError):
+        return True
+    return (
+        isinstance(exception, ApplicationError)
+        and exception.message.startswith("Failed decoding")
+        and isinstance(exception.__cause__, PayloadDecryptionError)
+    )
 
 
 def codec_from_settings(settings: KeelSettings) -> EncryptionCodec:

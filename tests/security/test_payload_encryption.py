@@ -259,6 +259,77 @@ async def test_rotation_new_key_encrypts_old_key_still_decrypts(
         assert base64.b64encode(key.secret).decode() not in message
 
 
+# --- A process without the key: the workflow fails, naming the key, instead of hanging ---------
+
+# Generous for a loaded machine; a workflow that hangs never ends, so any bound tells them apart.
+UNDECODABLE_FAILS_WITHIN_S = 30
+
+
+async def test_a_worker_without_the_clients_key_fails_the_workflow_naming_that_key(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_a, key_b = new_key("key-a"), new_key("key-b")
+    secret, workflow_id, queue = relay_run("wrong-key")
+    client_a = await keel_client(
+        client, reconfigure(monkeypatch, KEEL_ENCRYPTION_KEYS=key_a.entry())
+    )
+    client_b = await keel_client(
+        client, reconfigure(monkeypatch, KEEL_ENCRYPTION_KEYS=key_b.entry())
+    )
+    async with relay_worker(client_b, queue):  # holds only key B
+        handle = await client_a.start_workflow(
+            RelayWorkflow.run, secret, id=workflow_id, task_queue=queue
+        )
+        with pytest.raises(WorkflowFailureError) as failed:
+            await asyncio.wait_for(handle.result(), UNDECODABLE_FAILS_WITHIN_S)
+
+    # The client with key A reads why: the message is not encrypted with the worker's key B.
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "PayloadDecryptionError"
+    assert "key id 'key-a'" in cause.message and "known: 'key-b'" in cause.message
+    assert secret not in cause.message
+    for key in (key_a, key_b):
+        assert base64.b64encode(key.secret).decode() not in cause.message
+    raw_history = await (await raw_client(client)).get_workflow_handle(workflow_id).fetch_history()
+    assert secret.encode() not in raw_bytes(raw_history)
+
+
+async def test_an_activity_without_the_workflows_key_fails_for_good_naming_that_key(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RelayWorkflow's activity retries without limit: only a non-retryable failure ends it."""
+    key_a, key_b = new_key("key-a"), new_key("key-b")
+    secret, workflow_id, queue = relay_run("wrong-key-activity")
+    client_a = await keel_client(
+        client, reconfigure(monkeypatch, KEEL_ENCRYPTION_KEYS=key_a.entry())
+    )
+    client_ba = await keel_client(
+        client, reconfigure(monkeypatch, KEEL_ENCRYPTION_KEYS=f"{key_b.entry()},{key_a.entry()}")
+    )
+    workflows = Worker(client_ba, task_queue=queue, workflows=[RelayWorkflow])
+    activities = Worker(client_a, task_queue=queue, activities=[shout])  # lacks key B
+    async with workflows, activities:
+        handle = await client_ba.start_workflow(
+            RelayWorkflow.run, secret, id=workflow_id, task_queue=queue
+        )
+        with pytest.raises(WorkflowFailureError) as failed:
+            await asyncio.wait_for(handle.result(), UNDECODABLE_FAILS_WITHIN_S)
+
+    activity_error = failed.value.cause
+    assert isinstance(activity_error, ActivityError)
+    decoding = activity_error.cause
+    assert isinstance(decoding, ApplicationError) and decoding.non_retryable
+    assert isinstance(decoding.cause, ApplicationError)
+    assert "key id 'key-b'" in decoding.cause.message
+    attempts = [
+        event.activity_task_started_event_attributes.attempt
+        for event in (await handle.fetch_history()).events
+        if event.HasField("activity_task_started_event_attributes")
+    ]
+    assert attempts == [1]
+
+
 # --- The codec ----------------------------------------------------------------------------------
 
 
