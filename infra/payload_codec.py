@@ -28,14 +28,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.api.failure.v1 import Failure
+from temporalio.contrib.pydantic import PydanticPayloadConverter
 from temporalio.converter import (
     DefaultFailureConverter,
     DefaultFailureConverterWithEncodedAttributes,
+    EncodingPayloadConverter,
     PayloadCodec,
     PayloadConverter,
 )
@@ -52,6 +55,9 @@ _ASSOCIATED_DATA_PREFIX = b"keel/payload/v1:"
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KEYS_VARIABLE = "KEEL_ENCRYPTION_KEYS"
 KEYS_FILE_VARIABLE = "KEEL_ENCRYPTION_KEYS_FILE"
+# A payload this process could not decrypt, between decode and conversion: never stored.
+UNDECRYPTABLE_ENCODING = "binary/undecryptable"
+DECRYPTION_ERROR_METADATA = "keel-decryption-error"
 
 
 class EncryptionKeysError(ValueError):
@@ -62,12 +68,13 @@ class EncryptionKeysError(ValueError):
 class PayloadDecryptionError(ApplicationError, ValueError):
     """An encrypted payload could not be decrypted (unknown key id, altered data, wrong key).
 
-    A non-retryable :class:`ApplicationError`, because no retry gives a process the key it lacks:
-    a worker that cannot decode a workflow activation fails the workflow with this message (the
-    SDK fails the execution, instead of the workflow task, for a non-retryable ApplicationError;
-    a failed task would be retried forever and the workflow would hang), and an activity whose
-    input cannot be decoded fails for good (:class:`KeelFailureConverter`). The message names
-    key ids and where keys are configured, never key material or payload content.
+    A non-retryable :class:`ApplicationError`, because no retry gives a process the key it lacks.
+    Raised where a keel process converts the payload (see ``defer_failures`` of
+    :class:`EncryptionCodec`), the SDK treats it as a failure, not a bug: a workflow whose input
+    or activity result cannot be read fails with this message instead of retrying its workflow
+    task forever, an update is rejected with it, and an activity whose input cannot be read fails
+    for good (:class:`KeelFailureConverter`). The message names key ids and where keys are
+    configured, never key material or payload content.
     """
 
     def __init__(self, message: str) -> None:
@@ -218,15 +225,33 @@ class EncryptionCodec(PayloadCodec):
 
     Payloads not marked ``binary/encrypted`` decode unchanged, so histories written before
     encryption was turned on (and tests' recorded histories) still replay.
+
+    ``defer_failures`` (keel's clients and workers, :func:`infra.temporal_client.
+    keel_data_converter`): ``decode`` turns a payload it cannot decrypt into a marker that
+    :class:`KeelPayloadConverter` refuses to convert, raising :class:`PayloadDecryptionError`
+    there. The SDK decodes a whole workflow activation before the workflow sees any of it, and a
+    failure at that stage fails the workflow task, which Temporal retries forever (the workflow
+    hangs; one undecodable update wedges it). Raised at conversion, the SDK handles it per
+    payload: a workflow's input or an activity result fails the workflow, an update is rejected,
+    a query fails, a signal is dropped (logged), an activity's input fails the activity. Without
+    it (the codec server), ``decode`` raises.
     """
 
-    def __init__(self, keys: Sequence[EncryptionKey], *, source: str, encrypt: bool = True) -> None:
+    def __init__(
+        self,
+        keys: Sequence[EncryptionKey],
+        *,
+        source: str,
+        encrypt: bool = True,
+        defer_failures: bool = False,
+    ) -> None:
         if encrypt and not keys:
             raise EncryptionKeysError(f"no encryption key in {source}")
         self._keys = tuple(keys)
         self._source = source
         self._ciphers = {key.key_id.encode(): AESGCM(key.secret) for key in keys}
         self._encrypting = keys[0] if encrypt else None
+        self._defer_failures = defer_failures
 
     @property
     def encrypting_key_id(self) -> str | None:
@@ -241,7 +266,15 @@ class EncryptionCodec(PayloadCodec):
         return [self.encrypt(payload) for payload in payloads]
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self.decrypt(payload) for payload in payloads]
+        return [self._decode_one(payload) for payload in payloads]
+
+    def _decode_one(self, payload: Payload) -> Payload:
+        if not self._defer_failures:
+            return self.decrypt(payload)
+        try:
+            return self.decrypt(payload)
+        except PayloadDecryptionError as error:
+            return _undecryptable(error)
 
     def encrypt(self, payload: Payload) -> Payload:
         if self._encrypting is None:
@@ -286,6 +319,41 @@ class EncryptionCodec(PayloadCodec):
         return Payload.FromString(plain)
 
 
+def _undecryptable(error: PayloadDecryptionError) -> Payload:
+    """The marker standing for a payload this process cannot decrypt: the reason, no data (the
+    ciphertext is not carried along, so nothing can re-encode it under another key)."""
+    return Payload(
+        metadata={
+            "encoding": UNDECRYPTABLE_ENCODING.encode(),
+            DECRYPTION_ERROR_METADATA: error.message.encode(),
+        }
+    )
+
+
+class _UndecryptablePayloadConverter(EncodingPayloadConverter):
+    """Raises the decryption error a marker stands for, where the SDK converts the payload."""
+
+    @property
+    def encoding(self) -> str:
+        return UNDECRYPTABLE_ENCODING
+
+    def to_payload(self, value: Any) -> Payload | None:
+        return None  # never chosen to encode a value
+
+    def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
+        reason = payload.metadata.get(DECRYPTION_ERROR_METADATA, b"").decode(errors="replace")
+        raise PayloadDecryptionError(reason or "an encrypted payload could not be decrypted")
+
+
+class KeelPayloadConverter(PydanticPayloadConverter):
+    """Pydantic's payload converter, plus the marker of an undecryptable payload
+    (see :class:`EncryptionCodec`'s ``defer_failures``)."""
+
+    def __init__(self) -> None:  # nullary: the SDK re-creates it per serialization context
+        super().__init__()
+        self._set_converters(*self.converters.values(), _UndecryptablePayloadConverter())
+
+
 class KeelFailureConverter(DefaultFailureConverterWithEncodedAttributes):
     """Failure messages and stack traces move into an encoded (so encrypted) payload, since they
     can quote prompt text; except the failure to *decrypt* a payload.
@@ -320,7 +388,7 @@ def _is_decryption_failure(exception: BaseException) -> bool:
     )
 
 
-def codec_from_settings(settings: KeelSettings) -> EncryptionCodec:
+def codec_from_settings(settings: KeelSettings, *, defer_failures: bool = False) -> EncryptionCodec:
     """The codec every keel client, worker and the codec server use.
 
     With encryption on (the default) a missing key is an error, never a silent fallback to
@@ -347,4 +415,6 @@ def codec_from_settings(settings: KeelSettings) -> EncryptionCodec:
             "or set KEEL_ENCRYPTION=off to leave prompts and answers readable in Temporal's "
             "history"
         )
-    return EncryptionCodec(ring.keys, source=ring.source, encrypt=settings.encryption)
+    return EncryptionCodec(
+        ring.keys, source=ring.source, encrypt=settings.encryption, defer_failures=defer_failures
+    )

@@ -10,7 +10,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.runtime import Runtime
 
-from infra.payload_codec import EncryptionKeysError, KeelFailureConverter, codec_from_settings
+from infra.payload_codec import (
+    EncryptionKeysError,
+    KeelFailureConverter,
+    KeelPayloadConverter,
+    codec_from_settings,
+)
 from infra.settings import KeelSettings, get_settings
 from infra.tracing import tracing_interceptors
 
@@ -25,7 +30,8 @@ def keel_data_converter(settings: KeelSettings | None = None) -> DataConverter:
     """
     return dataclasses.replace(
         pydantic_data_converter,
-        payload_codec=codec_from_settings(settings or get_settings()),
+        payload_converter_class=KeelPayloadConverter,
+        payload_codec=codec_from_settings(settings or get_settings(), defer_failures=True),
         failure_converter_class=KeelFailureConverter,
     )
 

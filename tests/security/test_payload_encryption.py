@@ -21,7 +21,7 @@ import pytest
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import Replayer, Worker
@@ -293,6 +293,41 @@ async def test_a_worker_without_the_clients_key_fails_the_workflow_naming_that_k
         assert base64.b64encode(key.secret).decode() not in cause.message
     raw_history = await (await raw_client(client)).get_workflow_handle(workflow_id).fetch_history()
     assert secret.encode() not in raw_bytes(raw_history)
+
+
+async def test_an_update_the_worker_cannot_read_is_rejected_and_the_workflow_goes_on(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misconfigured client (another key) must neither wedge nor fail a running workflow."""
+    key_a, key_b = new_key("key-a"), new_key("key-b")
+    secret, workflow_id, queue = relay_run("wrong-key-update")
+    client_a = await keel_client(
+        client, reconfigure(monkeypatch, KEEL_ENCRYPTION_KEYS=key_a.entry())
+    )
+    client_b = await keel_client(
+        client, reconfigure(monkeypatch, KEEL_ENCRYPTION_KEYS=key_b.entry())
+    )
+    async with relay_worker(client_a, queue):
+        handle = await client_a.start_workflow(
+            RelayWorkflow.run, secret, id=workflow_id, task_queue=queue
+        )
+        with pytest.raises(WorkflowUpdateFailedError) as rejected:
+            await asyncio.wait_for(
+                client_b.get_workflow_handle(workflow_id).execute_update(
+                    RelayWorkflow.echo, "from the wrong key"
+                ),
+                UNDECODABLE_FAILS_WITHIN_S,
+            )
+        cause = rejected.value.cause
+        assert isinstance(cause, ApplicationError) and cause.type == "PayloadDecryptionError"
+        assert "key id 'key-b'" in cause.message
+
+        echoed = await asyncio.wait_for(
+            handle.execute_update(RelayWorkflow.echo, "still here"), UNDECODABLE_FAILS_WITHIN_S
+        )
+        assert echoed == "STILL HERE"
+        await handle.signal(RelayWorkflow.send_reply, "done")
+        assert await handle.result() == f"{secret.upper()} / done"
 
 
 async def test_an_activity_without_the_workflows_key_fails_for_good_naming_that_key(
