@@ -298,10 +298,10 @@ class EncryptionCodec(PayloadCodec):
         if cipher is None:
             known = ", ".join(repr(k) for k in self.key_ids) or "none"
             raise PayloadDecryptionError(
-                f"payload is encrypted with key id {shown_id!r}, which is not among the keys "
-                f"configured in {self._source} (known: {known}); add the key with that id back "
-                f"to {self._source} (old keys go after the newest: the first encrypts, all "
-                "decrypt)"
+                f"payload is encrypted with key id {shown_id!r}, which the process reading it "
+                f"does not hold (its keys: {known}, from {self._source}); add the key with that "
+                f"id to {self._source} (old keys go after the newest: the first encrypts, all "
+                "decrypt), or run the processes that share work with the same keys"
             )
         if len(payload.data) < NONCE_BYTES + TAG_BYTES:
             raise PayloadDecryptionError(

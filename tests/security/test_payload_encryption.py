@@ -45,6 +45,7 @@ from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect, keel_data_converter
 from llmsim import SimServer
 from starters.encryption_keys import encryption_keys_app
+from tests.approvals.cli import KeelCli
 from tests.conftest import TEMPORAL_CLI, reconfigure
 from tests.security.codec_workflows import RefusingWorkflow, RelayWorkflow, refuse, shout
 from tests.security.history_payloads import history_payloads, payloads_in, raw_bytes
@@ -287,12 +288,42 @@ async def test_a_worker_without_the_clients_key_fails_the_workflow_naming_that_k
     cause = failed.value.cause
     assert isinstance(cause, ApplicationError)
     assert cause.type == "PayloadDecryptionError"
-    assert "key id 'key-a'" in cause.message and "known: 'key-b'" in cause.message
+    assert "key id 'key-a'" in cause.message and "its keys: 'key-b'" in cause.message
     assert secret not in cause.message
     for key in (key_a, key_b):
         assert base64.b64encode(key.secret).decode() not in cause.message
     raw_history = await (await raw_client(client)).get_workflow_handle(workflow_id).fetch_history()
     assert secret.encode() not in raw_bytes(raw_history)
+
+
+@pytest.mark.slow  # a real worker process and real `keel` processes
+async def test_keel_ask_against_a_worker_with_another_key_fails_fast_and_keel_show_says_why(
+    client: Client, keel_settings: KeelSettings, simulator: SimServer, tmp_path: Path
+) -> None:
+    """The story of a second key: the stack's worker holds key B, `keel ask` encrypts with A."""
+    key_a, key_b = new_key("key-a"), new_key("key-b")
+    queue = keel_settings.interactive_task_queue
+    worker = WorkerProcess(
+        queue,
+        worker_environment(client, keel_settings, KEEL_ENCRYPTION_KEYS=key_b.entry()),
+        tmp_path / "worker.log",
+    )
+    keel = KeelCli(client, keel_settings, KEEL_ENCRYPTION_KEYS=key_a.entry())
+    workflow_id = f"wrong-key-ask-{uuid.uuid4().hex[:12]}"
+    with worker_processes(worker.start()):
+        await worker.wait_until_polling()
+        asked = await keel(
+            "ask", "What is on the menu?", "--id", workflow_id, timeout=UNDECODABLE_FAILS_WITHIN_S
+        )
+    assert asked.code == 1, asked.text
+    assert "Traceback" not in asked.text
+    assert "key id 'key-a'" in asked.err and "KEEL_HOME" in asked.err
+
+    shown = await keel("show", workflow_id)
+    assert shown.code == 0, shown.text
+    assert "FAILED" in shown.out
+    assert "failed:" in shown.out and "key id 'key-a'" in shown.out
+    assert "the workflow is working" not in shown.out
 
 
 async def test_an_update_the_worker_cannot_read_is_rejected_and_the_workflow_goes_on(
