@@ -30,6 +30,7 @@ HOME_DIR_NAME = ".keel"
 PROJECT_NAME = "keel"
 
 
+@lru_cache(maxsize=1)  # where this code lives does not change while it runs
 def installed_checkout() -> Path | None:
     """The keel project (checkout) the running ``keel`` comes from, if there is one.
 

@@ -73,7 +73,7 @@ def test_an_explicit_keel_home_wins(tmp_path: Path) -> None:
 
 def test_this_checkout_is_recognised_as_the_installed_one() -> None:
     assert installed_checkout() == REPO
-    assert KeelSettings(_env_file=None).home == REPO / ".keel"  # type: ignore[call-arg]
+    assert KeelSettings(_env_file=None).home == REPO / ".keel"
 
 
 def test_the_user_default_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
