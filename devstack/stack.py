@@ -88,7 +88,7 @@ class StackStatus:
     codec_server_url: str | None = None
     notes: list[str] = field(default_factory=list)
     home_origin: str = ""
-    # Stacks of other homes holding ports this home's stopped parts need (keel_dev status says
+    # Stacks of other homes holding ports this home's stopped parts need (`keel dev status` says
     # where the stack that *is* running lives, instead of only "stopped").
     other_stacks: list[RunningStack] = field(default_factory=list)
 
