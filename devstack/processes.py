@@ -242,24 +242,29 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def port_holder(port: int) -> str | None:
-    """'pid 123 (command line)' of the process listening on ``port``, when psutil can tell."""
+def listener_pid(port: int) -> int | None:
+    """The pid of the process listening on TCP ``port``, when psutil can tell."""
     try:
         connections = psutil.net_connections(kind="inet")
     except (psutil.Error, OSError):
         return None
     for conn in connections:
-        if conn.status != psutil.CONN_LISTEN or not conn.laddr or conn.laddr.port != port:
-            continue
-        if conn.pid is None:
-            return None
-        try:
-            process = psutil.Process(conn.pid)
-            shown = shlex.join(process.cmdline())[:160] or process.name()
-        except psutil.Error:
-            return f"pid {conn.pid}"
-        return f"pid {conn.pid} ({shown})"
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            return conn.pid
     return None
+
+
+def port_holder(port: int) -> str | None:
+    """'pid 123 (command line)' of the process listening on ``port``, when psutil can tell."""
+    pid = listener_pid(port)
+    if pid is None:
+        return None
+    try:
+        process = psutil.Process(pid)
+        shown = shlex.join(process.cmdline())[:160] or process.name()
+    except psutil.Error:
+        return f"pid {pid}"
+    return f"pid {pid} ({shown})"
 
 
 def ensure_port_free(claim: PortClaim) -> None:

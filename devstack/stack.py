@@ -36,11 +36,13 @@ from rich.table import Table
 from devstack import embedded_postgres, temporal_dev_server
 from devstack.errors import DevStackError
 from devstack.layout import StackLayout
+from devstack.other_stacks import RunningStack, stack_on_port
 from devstack.processes import (
     ManagedProcess,
     PortClaim,
     StopOutcome,
     ensure_port_free,
+    port_is_free,
     probe,
     recorded_parts,
     remove_record,
@@ -87,6 +89,10 @@ class StackStatus:
     simulator_url: str | None = None
     codec_server_url: str | None = None
     notes: list[str] = field(default_factory=list)
+    home_origin: str = ""
+    # Stacks of other homes holding ports this home's stopped parts need (`keel dev status` says
+    # where the stack that *is* running lives, instead of only "stopped").
+    other_stacks: list[RunningStack] = field(default_factory=list)
 
     def part(self, name: str) -> PartStatus:
         for part in self.parts:
@@ -105,6 +111,8 @@ class StackStatus:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["home"] = str(self.home)
+        for other in data["other_stacks"]:
+            other["home"] = str(other["home"])
         for part in data["parts"]:
             part["log_path"] = str(part["log_path"]) if part["log_path"] else None
         return data
@@ -305,6 +313,59 @@ def worker_spec(settings: KeelSettings, queue: str) -> ManagedProcess:
     )
 
 
+# --- another home's stack ---------------------------------------------------------------------
+
+
+def _ports_needed(settings: KeelSettings, layout: StackLayout) -> list[int]:
+    """The ports of this home's parts that are not running yet (what ``up`` would claim)."""
+    wanted: list[tuple[str, int]] = []
+    if settings.uses_dev_temporal:
+        wanted.append((TEMPORAL, settings.dev_temporal_port))
+        wanted.append((TEMPORAL, settings.dev_temporal_ui_port))
+    if settings.uses_embedded_postgres:
+        wanted.append((POSTGRES, settings.dev_postgres_port))
+    if settings.uses_simulator and settings.simulator_url is None:
+        wanted.append((SIMULATOR, settings.simulator_port))
+    if uses_codec_server(settings):
+        wanted.append((CODEC_SERVER, settings.codec_server_port))
+    running = {name for name in {n for n, _ in wanted} if probe(layout, name).state == "running"}
+    return list(dict.fromkeys(port for name, port in wanted if name not in running))
+
+
+def other_stacks(settings: KeelSettings, layout: StackLayout) -> list[RunningStack]:
+    """Other homes' stacks listening on ports this home's stopped parts need, one per home."""
+    found: dict[Path, RunningStack] = {}
+    for port in _ports_needed(settings, layout):
+        if port_is_free(port):
+            continue
+        other = stack_on_port(port, besides=layout.home)
+        if other is not None:
+            found.setdefault(other.home, other)
+    return list(found.values())
+
+
+def _refuse_beside_another_stack(settings: KeelSettings, layout: StackLayout) -> None:
+    """Refuse to start a second stack (and its second encryption key) on a running one's ports.
+
+    Runs before ``up`` creates anything under this home, so a refused ``up`` leaves no key file,
+    no directory and no process behind.
+    """
+    running = other_stacks(settings, layout)
+    if running:
+        other = running[0]
+        raise DevStackError(
+            f"A keel dev stack is already running from another home: {other.home} (its "
+            f"{other.part}, pid {other.pid}, holds port {other.port}). This command's home is "
+            f"{layout.home} ({settings.home_origin}); starting a stack here would create a "
+            "second encryption key that the running stack's workers cannot read.",
+            hint=f"use the running stack: `export KEEL_HOME={other.home}` (or put it in front "
+            f"of each command: `KEEL_HOME={other.home} keel dev status`); or stop it first "
+            f"with `KEEL_HOME={other.home} keel dev down`; or give this home its own ports "
+            "(KEEL_DEV_TEMPORAL_PORT, KEEL_DEV_TEMPORAL_UI_PORT, KEEL_DEV_POSTGRES_PORT, "
+            "KEEL_SIMULATOR_PORT, KEEL_CODEC_SERVER_PORT)",
+        )
+
+
 # --- up -------------------------------------------------------------------------------------
 
 
@@ -466,6 +527,7 @@ def up(
     overrides = dict(overrides or {})
     console = console or Console()
     layout = StackLayout(settings.home)
+    _refuse_beside_another_stack(settings, layout)
     layout.ensure()
     report = _Reporter(console)
     log.debug("devstack.up", home=str(layout.home))
@@ -473,10 +535,13 @@ def up(
     # 1. Temporal (its Web UI decodes payloads through the codec server)
     codec = uses_codec_server(settings)
     if settings.uses_dev_temporal:
-        _ensure_encryption_key(settings, report)
         spec = overrides.get(TEMPORAL) or temporal_dev_server.temporal_spec(
             settings, layout, local_url(settings.codec_server_port) if codec else None
         )
+        if probe(layout, spec.name, spec.argv).state != "running":
+            for claim in spec.ports:  # a key is made only for a stack that can start
+                ensure_port_free(claim)
+        _ensure_encryption_key(settings, report)
         _ensure_running([spec], layout, report)
     else:
         warning = temporal_dev_server.check_external(
@@ -604,6 +669,8 @@ def status(settings: KeelSettings | None = None) -> StackStatus:
 
     return StackStatus(
         home=layout.home,
+        home_origin=settings.home_origin,
+        other_stacks=other_stacks(settings, layout),
         parts=parts,
         temporal_address=settings.effective_temporal_address,
         temporal_namespace=settings.temporal_namespace,
@@ -725,6 +792,14 @@ def print_status(result: StackStatus, console: Console) -> None:
             escape(str(part.log_path)) if part.log_path and part.state == "running" else "",
         )
     console.print(table)
+    console.print(f"Home:             {escape(str(result.home))} ({escape(result.home_origin)})")
+    for other in result.other_stacks:
+        console.print(
+            f"[bold yellow]Another home's stack is running on this stack's ports:[/] "
+            f"{escape(str(other.home))} ({escape(other.part)}, pid {other.pid}, port "
+            f"{other.port}). Use it: [bold]export KEEL_HOME={escape(str(other.home))}[/]",
+            soft_wrap=True,
+        )
     if result.web_ui_url:
         console.print(f"Temporal Web UI:  [bold link={result.web_ui_url}]{result.web_ui_url}[/]")
     console.print(

@@ -28,11 +28,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
-from temporalio.converter import PayloadCodec
+from temporalio.api.failure.v1 import Failure
+from temporalio.contrib.pydantic import PydanticPayloadConverter
+from temporalio.converter import (
+    DefaultFailureConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    EncodingPayloadConverter,
+    PayloadCodec,
+    PayloadConverter,
+)
+from temporalio.exceptions import ApplicationError
 
 from infra.settings import KeelSettings
 
@@ -45,6 +55,9 @@ _ASSOCIATED_DATA_PREFIX = b"keel/payload/v1:"
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KEYS_VARIABLE = "KEEL_ENCRYPTION_KEYS"
 KEYS_FILE_VARIABLE = "KEEL_ENCRYPTION_KEYS_FILE"
+# A payload this process could not decrypt, between decode and conversion: never stored.
+UNDECRYPTABLE_ENCODING = "binary/undecryptable"
+DECRYPTION_ERROR_METADATA = "keel-decryption-error"
 
 
 class EncryptionKeysError(ValueError):
@@ -52,8 +65,23 @@ class EncryptionKeysError(ValueError):
     material: messages name the entry by position and key id only."""
 
 
-class PayloadDecryptionError(ValueError):
-    """An encrypted payload could not be decrypted (unknown key id, altered data, wrong key)."""
+class PayloadDecryptionError(ApplicationError, ValueError):
+    """An encrypted payload could not be decrypted (unknown key id, altered data, wrong key).
+
+    A non-retryable :class:`ApplicationError`, because no retry gives a process the key it lacks.
+    Raised where a keel process converts the payload (see ``defer_failures`` of
+    :class:`EncryptionCodec`), the SDK treats it as a failure, not a bug: a workflow whose input
+    or activity result cannot be read fails with this message instead of retrying its workflow
+    task forever, an update is rejected with it, and an activity whose input cannot be read fails
+    for good (:class:`KeelFailureConverter`). The message names key ids and where keys are
+    configured, never key material or payload content.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type=type(self).__name__, non_retryable=True)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -197,15 +225,33 @@ class EncryptionCodec(PayloadCodec):
 
     Payloads not marked ``binary/encrypted`` decode unchanged, so histories written before
     encryption was turned on (and tests' recorded histories) still replay.
+
+    ``defer_failures`` (keel's clients and workers, :func:`infra.temporal_client.
+    keel_data_converter`): ``decode`` turns a payload it cannot decrypt into a marker that
+    :class:`KeelPayloadConverter` refuses to convert, raising :class:`PayloadDecryptionError`
+    there. The SDK decodes a whole workflow activation before the workflow sees any of it, and a
+    failure at that stage fails the workflow task, which Temporal retries forever (the workflow
+    hangs; one undecodable update wedges it). Raised at conversion, the SDK handles it per
+    payload: a workflow's input or an activity result fails the workflow, an update is rejected,
+    a query fails, a signal is dropped (logged), an activity's input fails the activity. Without
+    it (the codec server), ``decode`` raises.
     """
 
-    def __init__(self, keys: Sequence[EncryptionKey], *, source: str, encrypt: bool = True) -> None:
+    def __init__(
+        self,
+        keys: Sequence[EncryptionKey],
+        *,
+        source: str,
+        encrypt: bool = True,
+        defer_failures: bool = False,
+    ) -> None:
         if encrypt and not keys:
             raise EncryptionKeysError(f"no encryption key in {source}")
         self._keys = tuple(keys)
         self._source = source
         self._ciphers = {key.key_id.encode(): AESGCM(key.secret) for key in keys}
         self._encrypting = keys[0] if encrypt else None
+        self._defer_failures = defer_failures
 
     @property
     def encrypting_key_id(self) -> str | None:
@@ -220,7 +266,15 @@ class EncryptionCodec(PayloadCodec):
         return [self.encrypt(payload) for payload in payloads]
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self.decrypt(payload) for payload in payloads]
+        return [self._decode_one(payload) for payload in payloads]
+
+    def _decode_one(self, payload: Payload) -> Payload:
+        if not self._defer_failures:
+            return self.decrypt(payload)
+        try:
+            return self.decrypt(payload)
+        except PayloadDecryptionError as error:
+            return _undecryptable(error)
 
     def encrypt(self, payload: Payload) -> Payload:
         if self._encrypting is None:
@@ -244,10 +298,10 @@ class EncryptionCodec(PayloadCodec):
         if cipher is None:
             known = ", ".join(repr(k) for k in self.key_ids) or "none"
             raise PayloadDecryptionError(
-                f"payload is encrypted with key id {shown_id!r}, which is not among the keys "
-                f"configured in {self._source} (known: {known}); add the key with that id back "
-                f"to {self._source} (old keys go after the newest: the first encrypts, all "
-                "decrypt)"
+                f"payload is encrypted with key id {shown_id!r}, which the process reading it "
+                f"does not hold (its keys: {known}, from {self._source}); add the key with that "
+                f"id to {self._source} (old keys go after the newest: the first encrypts, all "
+                "decrypt), or run the processes that share work with the same keys"
             )
         if len(payload.data) < NONCE_BYTES + TAG_BYTES:
             raise PayloadDecryptionError(
@@ -265,7 +319,76 @@ class EncryptionCodec(PayloadCodec):
         return Payload.FromString(plain)
 
 
-def codec_from_settings(settings: KeelSettings) -> EncryptionCodec:
+def _undecryptable(error: PayloadDecryptionError) -> Payload:
+    """The marker standing for a payload this process cannot decrypt: the reason, no data (the
+    ciphertext is not carried along, so nothing can re-encode it under another key)."""
+    return Payload(
+        metadata={
+            "encoding": UNDECRYPTABLE_ENCODING.encode(),
+            DECRYPTION_ERROR_METADATA: error.message.encode(),
+        }
+    )
+
+
+class _UndecryptablePayloadConverter(EncodingPayloadConverter):
+    """Raises the decryption error a marker stands for, where the SDK converts the payload."""
+
+    @property
+    def encoding(self) -> str:
+        return UNDECRYPTABLE_ENCODING
+
+    def to_payload(self, value: Any) -> Payload | None:
+        return None  # never chosen to encode a value
+
+    def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
+        reason = payload.metadata.get(DECRYPTION_ERROR_METADATA, b"").decode(errors="replace")
+        raise PayloadDecryptionError(reason or "an encrypted payload could not be decrypted")
+
+
+class KeelPayloadConverter(PydanticPayloadConverter):
+    """Pydantic's payload converter, plus the marker of an undecryptable payload
+    (see :class:`EncryptionCodec`'s ``defer_failures``)."""
+
+    def __init__(self) -> None:  # nullary: the SDK re-creates it per serialization context
+        super().__init__()
+        self._set_converters(*self.converters.values(), _UndecryptablePayloadConverter())
+
+
+class KeelFailureConverter(DefaultFailureConverterWithEncodedAttributes):
+    """Failure messages and stack traces move into an encoded (so encrypted) payload, since they
+    can quote prompt text; except the failure to *decrypt* a payload.
+
+    That one must stay readable to the holder of the other key: the client whose payload the
+    worker could not read cannot decrypt what the worker would encrypt. Its message names key ids
+    only. Where the SDK wraps it (an activity's "Failed decoding arguments", retryable as
+    raised), the failure is made non-retryable: retrying cannot give the worker the key.
+    """
+
+    _plain = DefaultFailureConverter()
+
+    def to_failure(
+        self, exception: BaseException, payload_converter: PayloadConverter, failure: Failure
+    ) -> None:
+        if not _is_decryption_failure(exception):
+            super().to_failure(exception, payload_converter, failure)
+            return
+        self._plain.to_failure(exception, payload_converter, failure)
+        if failure.HasField("application_failure_info"):
+            failure.application_failure_info.non_retryable = True
+
+
+def _is_decryption_failure(exception: BaseException) -> bool:
+    """A PayloadDecryptionError, or the SDK's own wrapper of one (its message is fixed text)."""
+    if isinstance(exception, PayloadDecryptionError):
+        return True
+    return (
+        isinstance(exception, ApplicationError)
+        and exception.message.startswith("Failed decoding")
+        and isinstance(exception.__cause__, PayloadDecryptionError)
+    )
+
+
+def codec_from_settings(settings: KeelSettings, *, defer_failures: bool = False) -> EncryptionCodec:
     """The codec every keel client, worker and the codec server use.
 
     With encryption on (the default) a missing key is an error, never a silent fallback to
@@ -292,4 +415,6 @@ def codec_from_settings(settings: KeelSettings) -> EncryptionCodec:
             "or set KEEL_ENCRYPTION=off to leave prompts and answers readable in Temporal's "
             "history"
         )
-    return EncryptionCodec(ring.keys, source=ring.source, encrypt=settings.encryption)
+    return EncryptionCodec(
+        ring.keys, source=ring.source, encrypt=settings.encryption, defer_failures=defer_failures
+    )

@@ -8,6 +8,9 @@ plus the variables the wider ecosystem already uses (``TEMPORAL_ADDRESS``, ``DAT
 from __future__ import annotations
 
 import json
+import os
+import sys
+import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,8 +27,46 @@ INTERACTIVE_TASK_QUEUE = "keel-interactive"
 BATCH_TASK_QUEUE = "keel-batch"
 
 
+HOME_DIR_NAME = ".keel"
+PROJECT_NAME = "keel"
+
+
+@lru_cache(maxsize=1)  # where this code lives does not change while it runs
+def installed_checkout() -> Path | None:
+    """The keel project (checkout) the running ``keel`` comes from, if there is one.
+
+    Its source tree when keel is installed editable into it (``make install``, ``uv sync``), or
+    the project whose ``.venv`` runs keel (a non-editable install into a checkout's virtualenv).
+    A plain ``pip install keel`` into some other environment has none.
+    """
+    source_root = Path(__file__).resolve().parents[1]
+    for candidate in (source_root, Path(sys.prefix).resolve().parent):
+        if _is_keel_project(candidate):
+            return candidate
+    return None
+
+
+def _is_keel_project(directory: Path) -> bool:
+    try:
+        project = tomllib.loads((directory / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return bool(project.get("project", {}).get("name") == PROJECT_NAME)
+
+
+def user_data_home() -> Path:
+    """``$XDG_DATA_HOME/keel``, else ``~/.local/share/keel`` (the XDG base directory rule: a
+    relative XDG_DATA_HOME is ignored)."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / PROJECT_NAME
+
+
 def _default_home() -> Path:
-    return Path.cwd() / ".keel"
+    """Where keel's home is when KEEL_HOME is unset: never the working directory, so every
+    ``keel`` command run from anywhere finds the same stack, key file and pid files."""
+    checkout = installed_checkout()
+    return checkout / HOME_DIR_NAME if checkout is not None else user_data_home()
 
 
 class KeelSettings(BaseSettings):
@@ -41,7 +82,9 @@ class KeelSettings(BaseSettings):
 
     home: Path = Field(
         default_factory=_default_home,
-        description="Where the zero-setup stack keeps its data, logs and pid files.",
+        description="Where the zero-setup stack keeps its data, logs, pid files and key file. "
+        "Unset: <checkout>/.keel of the keel checkout the `keel` command is installed from, "
+        "else $XDG_DATA_HOME/keel (~/.local/share/keel); never the working directory.",
     )
 
     # --- Temporal -------------------------------------------------------------------------
@@ -479,6 +522,16 @@ class KeelSettings(BaseSettings):
     @property
     def web_ui_url(self) -> str:
         return f"http://127.0.0.1:{self.dev_temporal_ui_port}"
+
+    @property
+    def home_origin(self) -> str:
+        """Why ``home`` is what it is (for `keel config show` and `keel dev status`)."""
+        if "home" in self.model_fields_set:
+            return "KEEL_HOME"
+        checkout = installed_checkout()
+        if checkout is not None:
+            return f"the keel checkout keel runs from ({checkout})"
+        return "the user default ($XDG_DATA_HOME/keel or ~/.local/share/keel)"
 
     @property
     def effective_encryption_keys_file(self) -> Path:

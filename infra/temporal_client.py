@@ -7,25 +7,32 @@ import dataclasses
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.converter import DataConverter
 from temporalio.runtime import Runtime
 
-from infra.payload_codec import EncryptionKeysError, codec_from_settings
+from infra.payload_codec import (
+    EncryptionKeysError,
+    KeelFailureConverter,
+    KeelPayloadConverter,
+    codec_from_settings,
+)
 from infra.settings import KeelSettings, get_settings
 from infra.tracing import tracing_interceptors
 
 
 def keel_data_converter(settings: KeelSettings | None = None) -> DataConverter:
     """Pydantic payloads, encrypted (infra/payload_codec.py); failure messages and stack traces
-    move into an encoded (so encrypted) payload too, since they can quote prompt text.
+    move into an encoded (so encrypted) payload too, since they can quote prompt text (all but
+    the failure to decrypt, which names key ids only: :class:`KeelFailureConverter`).
 
     Every client, worker, test environment and replayer is built with this. Raises
     :class:`EncryptionKeysError` (saying what to set) when encryption is on and no key is.
     """
     return dataclasses.replace(
         pydantic_data_converter,
-        payload_codec=codec_from_settings(settings or get_settings()),
-        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+        payload_converter_class=KeelPayloadConverter,
+        payload_codec=codec_from_settings(settings or get_settings(), defer_failures=True),
+        failure_converter_class=KeelFailureConverter,
     )
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import WorkflowFailureError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ApplicationError
 
 from activities.llm.models import FallbackPolicy
 from activities.llm.traffic_config import BudgetPolicy
@@ -23,6 +24,7 @@ from infra.input_limits import (
     check_model_name,
     check_prompt_with_system,
 )
+from infra.payload_codec import PayloadDecryptionError
 from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from infra.settings import KeelSettings, get_settings
 from infra.tables import LlmCall
@@ -117,7 +119,10 @@ def result_command(settings: KeelSettings, workflow_id: str) -> str:
 
 async def _ask(params: AskInput, workflow_id: str, wait: bool) -> None:
     settings = get_settings()
-    client = await connect(settings)
+    try:
+        client = await connect(settings)
+    except ConnectionError as error:
+        fail(str(error), "nothing was started")
     handle = await client.start_workflow(
         AskWorkflow.run,
         params,
@@ -139,10 +144,17 @@ async def _ask(params: AskInput, workflow_id: str, wait: bool) -> None:
     try:
         result = await handle.result()
     except WorkflowFailureError as error:
-        fail(
-            str(error.cause or error),
-            f"see what happened: keel audit {workflow_id}",
-        )
+        cause = error.cause or error
+        hint = f"see what happened: keel show {workflow_id} · keel audit {workflow_id}"
+        if isinstance(cause, ApplicationError) and cause.type == PayloadDecryptionError.__name__:
+            hint = (
+                "the worker that picked the question up holds other encryption keys than this "
+                "command: run keel with the worker's home (KEEL_HOME; `keel config show` prints "
+                "the home in use) or give both the same KEEL_ENCRYPTION_KEYS"
+            )
+        fail(str(cause), hint)
+    except PayloadDecryptionError as error:  # the answer is encrypted with a key this lacks
+        fail(str(error), f"see what happened: keel show {workflow_id}")
     try:
         ledger = await ledger_attempts(workflow_id, handle.result_run_id)
     finally:

@@ -21,6 +21,8 @@ def show(as_json: bool = typer.Option(False, "--json")) -> None:
     for name, value in settings:
         if isinstance(value, SecretStr):
             values[name] = "***" if value.get_secret_value() else ""
+    values["home_origin"] = settings.home_origin  # why `home` is this directory
+    values["effective_encryption_keys_file"] = str(settings.effective_encryption_keys_file)
     values["effective_temporal_address"] = settings.effective_temporal_address
     values["effective_database_url"] = _mask_url(settings.effective_database_url)
     values["llm_backend"] = "simulator" if settings.uses_simulator else "providers"

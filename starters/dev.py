@@ -17,7 +17,8 @@ from infra.structured_logging import configure_logging
 dev_app = typer.Typer(
     help="Run keel's local stack with zero setup: Temporal dev server (with Web UI), embedded "
     "Postgres, the LLM simulator (when no provider key is set) and one worker per task queue. "
-    "State lives under .keel/ (or KEEL_HOME).",
+    "State lives under keel's home: KEEL_HOME, else .keel/ of the checkout keel is installed from "
+    "(`keel dev status` prints it).",
     no_args_is_help=True,
 )
 

@@ -9,15 +9,25 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import typer
 from sqlalchemy import func, select
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.api.failure.v1 import Failure
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
+from temporalio.exceptions import FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.approvals import gates_of
 from activities.audit_trail import read_audit_trail
 from infra.database import dispose_engines, session_factory
+from infra.payload_codec import PayloadDecryptionError
 from infra.settings import get_settings
 from infra.tables import AuditEvent, LlmCall, PublishedDocument
 from infra.temporal_client import connect
@@ -71,6 +81,10 @@ async def _show(workflow_id: str, show_text: bool) -> None:
         f"started {age(description.start_time)} ago"
     )
     console.print(f"[dim]{workflow_link(settings, workflow_id)}[/]")
+    handle = client.get_workflow_handle(workflow_id, run_id=description.run_id)
+    if status == WorkflowExecutionStatus.FAILED:
+        console.print(f"[bold red]failed:[/] {await _failure_of(handle)}", highlight=False)
+    stuck = await _stuck_workflow_task(client, handle, description)
 
     steps = [e for e in events if not e.event_type.startswith(_DETAIL_PREFIXES)]
     console.print("[bold]steps done[/]")
@@ -104,6 +118,13 @@ async def _show(workflow_id: str, show_text: bool) -> None:
             if show_text:
                 console.print(published.content, markup=False, highlight=False)
         console.print(f"[dim]trail: keel audit {workflow_id}[/]")
+        return
+    if stuck is not None:
+        console.print(f"[bold red]stuck:[/] {stuck}", highlight=False)
+        console.print(
+            "  Temporal retries the task until a worker can run it: fix the worker (its log "
+            "says more), or end the workflow with `temporal workflow terminate`"
+        )
         return
     if waiting is None:
         pause = budget_pause(events, description.run_id)
@@ -191,6 +212,55 @@ def _print_budget_pause(pause: BudgetPause) -> None:
         "  [dim]the call re-checks on a backing-off timer and goes on once the budget has room "
         "(or a new period begins); it gives up after KEEL_BUDGET_PAUSE_MAX_SECONDS[/]"
     )
+
+
+def _messages(error: BaseException) -> str:
+    """A failure and its causes, outermost first: "Activity task failed ← Failed decoding …"."""
+    parts: list[str] = []
+    current: BaseException | None = error
+    while current is not None and len(parts) < 5:
+        parts.append(current.message if isinstance(current, FailureError) else str(current))
+        current = current.cause if isinstance(current, FailureError) else current.__cause__
+    return " ← ".join(part for part in parts if part)
+
+
+def _unreadable(error: PayloadDecryptionError) -> str:
+    return f"(its failure message cannot be read with this process's keys: {error})"
+
+
+async def _failure_of(handle: WorkflowHandle[Any, Any]) -> str:
+    """Why a failed workflow failed, from its close event."""
+    try:
+        await handle.result(follow_runs=False)
+    except WorkflowFailureError as error:
+        return _messages(error.cause or error)
+    except PayloadDecryptionError as error:
+        return _unreadable(error)
+    return "(no failure recorded)"
+
+
+async def _stuck_workflow_task(
+    client: Client, handle: WorkflowHandle[Any, Any], description: WorkflowExecutionDescription
+) -> str | None:
+    """Why a running workflow makes no progress, when its workflow task keeps failing (a worker
+    that cannot run it: a bug, a non-deterministic change, a payload it cannot read)."""
+    if description.status not in (None, WorkflowExecutionStatus.RUNNING):
+        return None
+    pending = description.raw_description.pending_workflow_task
+    if pending.attempt <= 1:
+        return None
+    last_failure: Failure | None = None
+    async for event in handle.fetch_history_events():
+        if event.HasField("workflow_task_failed_event_attributes"):
+            last_failure = event.workflow_task_failed_event_attributes.failure
+    text = f"its workflow task has failed {pending.attempt - 1} time(s) in a row"
+    if last_failure is None:
+        return text
+    try:
+        reason = _messages(await client.data_converter.decode_failure(last_failure))
+    except PayloadDecryptionError as error:
+        reason = _unreadable(error)
+    return f"{text}: {reason}"
 
 
 def show(

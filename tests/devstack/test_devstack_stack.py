@@ -345,6 +345,47 @@ def test_down_purge_removes_data(dev_stack: Stack) -> None:
 # --- failures with a clear message ----------------------------------------------------------
 
 
+def test_up_under_another_home_refuses_beside_a_running_stack(
+    dev_stack: Stack, scratch_home: Path
+) -> None:
+    """`keel dev up` from a second home on the running stack's ports: refused before it makes
+    a second encryption key; `status` there points at the stack that runs."""
+    dev_stack.up()
+    running = dev_stack.settings
+    second = make_settings(
+        scratch_home,
+        dev_temporal_port=running.dev_temporal_port,
+        dev_temporal_ui_port=running.dev_temporal_ui_port,
+        dev_postgres_port=running.dev_postgres_port,
+        simulator_port=running.simulator_port,
+        codec_server_port=running.codec_server_port,
+    )
+
+    result = _run_cli(second, "up")
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert f"already running from another home: {running.home}" in output
+    assert f"KEEL_HOME={running.home}" in output
+    assert not second.effective_encryption_keys_file.exists(), "a second key was created"
+    assert not StackLayout(scratch_home).run_dir.exists()
+    assert processes_under(scratch_home) == []
+
+    status = _run_cli(second, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert shown["home"] == str(scratch_home)
+    assert {other["home"] for other in shown["other_stacks"]} == {str(running.home)}
+    table = _run_cli(second, "status").stdout
+    assert f"export KEEL_HOME={running.home}" in table
+
+    still = stack.status(running)
+    assert still.part("temporal").state == "running"
+    assert still.other_stacks == []  # its own parts are not "another stack"
+    (key,) = configured_keys(running).keys
+    assert key.key_id in running.effective_encryption_keys_file.read_text()
+
+
 def test_port_held_by_a_foreign_socket_fails_clearly(scratch_home: Path) -> None:
     settings = make_settings(scratch_home)
     with socket.socket() as foreign:

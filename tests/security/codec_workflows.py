@@ -22,7 +22,8 @@ async def refuse(text: str) -> str:
 
 @workflow.defn
 class RelayWorkflow:
-    """Shouts its input back once it has been signalled ``reply``; returns both."""
+    """Shouts its input back once it has been signalled ``reply``; returns both. ``echo`` (an
+    update) shouts its argument back."""
 
     def __init__(self) -> None:
         self.reply: str | None = None
@@ -30,6 +31,10 @@ class RelayWorkflow:
     @workflow.signal
     def send_reply(self, text: str) -> None:
         self.reply = text
+
+    @workflow.update
+    def echo(self, text: str) -> str:
+        return text.upper()
 
     @workflow.run
     async def run(self, text: str) -> str:

@@ -12,6 +12,8 @@ from google.protobuf.message import Message
 from temporalio.api.common.v1 import Header, Payload, SearchAttributes
 from temporalio.client import Client, WorkflowHistory
 
+from infra.payload_codec import EncryptionCodec
+
 
 def payloads_in(message: Message) -> Iterator[Payload]:
     """Every payload in ``message`` (an event, a history) that the payload codec handles: not
@@ -69,7 +71,11 @@ async def readable_history(client: Client, workflow_id: str) -> str:
     codec = client.data_converter.payload_codec
     texts = [history.to_json()]
     for payload in history_payloads(history):
-        if codec is not None:
+        if isinstance(codec, EncryptionCodec):
+            # decrypt() raises on a payload it cannot read (decode() of keel's converter defers
+            # that to conversion): an unreadable payload must not pass as "holds no secret".
+            payload.CopyFrom(codec.decrypt(payload))
+        elif codec is not None:
             (decoded,) = await codec.decode([payload])
             payload.CopyFrom(decoded)
         texts.append(payload.data.decode("utf-8", errors="replace"))

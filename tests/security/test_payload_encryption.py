@@ -21,7 +21,7 @@ import pytest
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import Replayer, Worker
@@ -45,6 +45,7 @@ from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect, keel_data_converter
 from llmsim import SimServer
 from starters.encryption_keys import encryption_keys_app
+from tests.approvals.cli import KeelCli
 from tests.conftest import TEMPORAL_CLI, reconfigure
 from tests.security.codec_workflows import RefusingWorkflow, RelayWorkflow, refuse, shout
 from tests.security.history_payloads import history_payloads, payloads_in, raw_bytes
@@ -257,6 +258,142 @@ async def test_rotation_new_key_encrypts_old_key_still_decrypts(
     assert "'key-b'" in message and "KEEL_ENCRYPTION_KEYS" in message and "'key-a'" in message
     for key in (key_a, key_b):
         assert base64.b64encode(key.secret).decode() not in message
+
+
+# --- A process without the key: the workflow fails, naming the key, instead of hanging ---------
+
+# Generous for a loaded machine; a workflow that hangs never ends, so any bound tells them apart.
+UNDECODABLE_FAILS_WITHIN_S = 30
+
+
+async def test_a_worker_without_the_clients_key_fails_the_workflow_naming_that_key(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_a, key_b = new_key("key-a"), new_key("key-b")
+    secret, workflow_id, queue = relay_run("wrong-key")
+    client_a = await keel_client(
+        client, reconfigure(monkeypatch, KEEL_ENCRYPTION_KEYS=key_a.entry())
+    )
+    client_b = await keel_client(
+        client, reconfigure(monkeypatch, KEEL_ENCRYPTION_KEYS=key_b.entry())
+    )
+    async with relay_worker(client_b, queue):  # holds only key B
+        handle = await client_a.start_workflow(
+            RelayWorkflow.run, secret, id=workflow_id, task_queue=queue
+        )
+        with pytest.raises(WorkflowFailureError) as failed:
+            await asyncio.wait_for(handle.result(), UNDECODABLE_FAILS_WITHIN_S)
+
+    # The client with key A reads why: the message is not encrypted with the worker's key B.
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "PayloadDecryptionError"
+    assert "key id 'key-a'" in cause.message and "its keys: 'key-b'" in cause.message
+    assert secret not in cause.message
+    for key in (key_a, key_b):
+        assert base64.b64encode(key.secret).decode() not in cause.message
+    raw_history = await (await raw_client(client)).get_workflow_handle(workflow_id).fetch_history()
+    assert secret.encode() not in raw_bytes(raw_history)
+
+
+@pytest.mark.slow  # a real worker process and real `keel` processes
+async def test_keel_ask_against_a_worker_with_another_key_fails_fast_and_keel_show_says_why(
+    client: Client, keel_settings: KeelSettings, simulator: SimServer, tmp_path: Path
+) -> None:
+    """The story of a second key: the stack's worker holds key B, `keel ask` encrypts with A."""
+    key_a, key_b = new_key("key-a"), new_key("key-b")
+    queue = keel_settings.interactive_task_queue
+    worker = WorkerProcess(
+        queue,
+        worker_environment(client, keel_settings, KEEL_ENCRYPTION_KEYS=key_b.entry()),
+        tmp_path / "worker.log",
+    )
+    keel = KeelCli(client, keel_settings, KEEL_ENCRYPTION_KEYS=key_a.entry())
+    workflow_id = f"wrong-key-ask-{uuid.uuid4().hex[:12]}"
+    with worker_processes(worker.start()):
+        await worker.wait_until_polling()
+        asked = await keel(
+            "ask", "What is on the menu?", "--id", workflow_id, timeout=UNDECODABLE_FAILS_WITHIN_S
+        )
+    assert asked.code == 1, asked.text
+    assert "Traceback" not in asked.text
+    assert "key id 'key-a'" in asked.err and "KEEL_HOME" in asked.err
+
+    shown = await keel("show", workflow_id)
+    assert shown.code == 0, shown.text
+    assert "FAILED" in shown.out
+    assert "failed:" in shown.out and "key id 'key-a'" in shown.out
+    assert "the workflow is working" not in shown.out
+
+
+async def test_an_update_the_worker_cannot_read_is_rejected_and_the_workflow_goes_on(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misconfigured client (another key) must neither wedge nor fail a running workflow."""
+    key_a, key_b = new_key("key-a"), new_key("key-b")
+    secret, workflow_id, queue = relay_run("wrong-key-update")
+    client_a = await keel_client(
+        client, reconfigure(monkeypatch, KEEL_ENCRYPTION_KEYS=key_a.entry())
+    )
+    client_b = await keel_client(
+        client, reconfigure(monkeypatch, KEEL_ENCRYPTION_KEYS=key_b.entry())
+    )
+    async with relay_worker(client_a, queue):
+        handle = await client_a.start_workflow(
+            RelayWorkflow.run, secret, id=workflow_id, task_queue=queue
+        )
+        with pytest.raises(WorkflowUpdateFailedError) as rejected:
+            await asyncio.wait_for(
+                client_b.get_workflow_handle(workflow_id).execute_update(
+                    RelayWorkflow.echo, "from the wrong key"
+                ),
+                UNDECODABLE_FAILS_WITHIN_S,
+            )
+        cause = rejected.value.cause
+        assert isinstance(cause, ApplicationError) and cause.type == "PayloadDecryptionError"
+        assert "key id 'key-b'" in cause.message
+
+        echoed = await asyncio.wait_for(
+            handle.execute_update(RelayWorkflow.echo, "still here"), UNDECODABLE_FAILS_WITHIN_S
+        )
+        assert echoed == "STILL HERE"
+        await handle.signal(RelayWorkflow.send_reply, "done")
+        assert await handle.result() == f"{secret.upper()} / done"
+
+
+async def test_an_activity_without_the_workflows_key_fails_for_good_naming_that_key(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RelayWorkflow's activity retries without limit: only a non-retryable failure ends it."""
+    key_a, key_b = new_key("key-a"), new_key("key-b")
+    secret, workflow_id, queue = relay_run("wrong-key-activity")
+    client_a = await keel_client(
+        client, reconfigure(monkeypatch, KEEL_ENCRYPTION_KEYS=key_a.entry())
+    )
+    client_ba = await keel_client(
+        client, reconfigure(monkeypatch, KEEL_ENCRYPTION_KEYS=f"{key_b.entry()},{key_a.entry()}")
+    )
+    workflows = Worker(client_ba, task_queue=queue, workflows=[RelayWorkflow])
+    activities = Worker(client_a, task_queue=queue, activities=[shout])  # lacks key B
+    async with workflows, activities:
+        handle = await client_ba.start_workflow(
+            RelayWorkflow.run, secret, id=workflow_id, task_queue=queue
+        )
+        with pytest.raises(WorkflowFailureError) as failed:
+            await asyncio.wait_for(handle.result(), UNDECODABLE_FAILS_WITHIN_S)
+
+    activity_error = failed.value.cause
+    assert isinstance(activity_error, ActivityError)
+    decoding = activity_error.cause
+    assert isinstance(decoding, ApplicationError) and decoding.non_retryable
+    assert isinstance(decoding.cause, ApplicationError)
+    assert "key id 'key-b'" in decoding.cause.message
+    attempts = [
+        event.activity_task_started_event_attributes.attempt
+        for event in (await handle.fetch_history()).events
+        if event.HasField("activity_task_started_event_attributes")
+    ]
+    assert attempts == [1]
 
 
 # --- The codec ----------------------------------------------------------------------------------
