@@ -1,0 +1,621 @@
+"""Stand-ins for keel's activities, for workflow tests that need no Postgres and no simulator.
+
+Each mock is registered under the real activity's name and takes and returns the real pydantic
+models, so the workflow under test schedules exactly what it schedules in production (local
+activities resolve by name against the same registry) and a payload that no longer fits the
+contract fails the test. What the mocks hold instead of Postgres is plain Python state, shared
+through one :class:`KeelMocks` per test; every call is kept in order in ``KeelMocks.calls``.
+
+Behaviour is set on the mock before (or while) the workflow runs: which models fail and how, what
+the route planner says about budgets, which reviewers hold which roles, what a batch holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.approval_models import (
+    GateEvent,
+    OpenGateInput,
+    RefreshInput,
+    Roster,
+    RosterRequest,
+)
+from activities.audit_event import AuditEventInput
+from activities.batch_files import ItemRequest
+from activities.batch_items import (
+    BatchCounts,
+    BeginRunInput,
+    BeginRunResult,
+    ClaimedItem,
+    ClaimInput,
+    LoadFileInput,
+    LoadSummary,
+    MeterInput,
+    RecordOutcomesInput,
+    RecordOutcomesResult,
+    ReleaseInput,
+    ResetFailedInput,
+    StatusInput,
+)
+from activities.job_models import (
+    DELIVER_CALLBACK,
+    RECORD_JOB,
+    CallbackDelivery,
+    CallbackOutcome,
+    JobRecord,
+)
+from activities.llm.models import (
+    AttemptInput,
+    BudgetState,
+    CallPolicy,
+    ChatMessage,
+    ErrorClass,
+    FallbackPolicy,
+    LlmAnswer,
+    LlmRequest,
+    ModelCandidate,
+    RoutePlan,
+    Usage,
+    provider_for_model,
+)
+from activities.llm.traffic_config import BudgetPolicy
+from activities.publishing import PublishInput, WebhookDelivery, WebhookInput
+from activities.session_models import (
+    FAIL_TURN,
+    FINISH_TURN,
+    PREPARE_TURN,
+    STORE_SUMMARY,
+    FailTurnInput,
+    FinishTurnInput,
+    FoldPlan,
+    PrepareTurnInput,
+    StoredAnswer,
+    StoreSummaryInput,
+    TurnContext,
+)
+from workflows.llm_calls import COMPLETE_CHAT, PLAN_LLM_ROUTE, RECORD_AUDIT_EVENT
+
+# Short enough that a retried call costs no noticeable wall time even where time is not skipped
+# (an Update waits in real time); long enough that nothing times out on a loaded machine.
+TEST_CALL_POLICY = CallPolicy(
+    start_to_close_seconds=60,
+    heartbeat_seconds=60,
+    schedule_to_close_seconds=300,
+    maximum_attempts=3,
+    initial_interval_seconds=0.05,
+    backoff_coefficient=1.0,
+    maximum_interval_seconds=0.05,
+)
+ANSWER_COST = Decimal("0.001")
+
+
+@dataclass
+class Call:
+    name: str
+    input: Any
+    attempt: int
+
+
+@dataclass
+class CallLog:
+    """Every mocked activity call, in the order the worker ran them."""
+
+    calls: list[Call] = field(default_factory=list)
+
+    def add(self, name: str, value: Any) -> None:
+        self.calls.append(Call(name, value, activity.info().attempt))
+
+    def inputs(self, name: str) -> list[Any]:
+        return [call.input for call in self.calls if call.name == name]
+
+
+def llm_failure(error_class: ErrorClass, model: str) -> ApplicationError:
+    """What the real ``complete_chat`` raises for a classified failure (same type, same details,
+    non-retryable when the class is)."""
+    return ApplicationError(
+        f"{model}: {error_class.value}: mocked failure",
+        {"error_class": error_class.value, "status_code": None},
+        type=error_class.error_type,
+        non_retryable=not error_class.retryable,
+    )
+
+
+def last_user_message(request: LlmRequest) -> str:
+    return next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+
+
+class LlmMocks:
+    """``plan_llm_route`` (local activity) and ``complete_chat``.
+
+    The planner turns ``routes`` into candidates; ``failures[model]`` lists the error classes the
+    model's next calls raise, in order, before it answers (``fail_when`` decides by the call);
+    ``answer`` decides the text."""
+
+    def __init__(self, calls: CallLog, task_queue: str) -> None:
+        self._calls = calls
+        self.task_queue = task_queue
+        self.routes: dict[str, list[str]] = {
+            "default": ["model-a", "model-b"],
+            "cheap": ["cheap-model"],
+            "quality": ["quality-model", "cheap-model"],
+        }
+        self.downgrade_to: dict[str, str] = {}
+        self.breaker_open: set[str] = set()
+        self.budget_policy = BudgetPolicy.REFUSE
+        # The next N plans say the budget cannot cover the call (the planner's own check).
+        self.plans_refused_for_budget = 0
+        # Models whose calls the budget refuses (complete_chat's check, the one that holds).
+        self.calls_refused_for_budget: set[str] = set()
+        self.blocking_budget = BudgetState(
+            tenant="default", period="day", limit_usd=Decimal("1.00"), spent_usd=Decimal("1.00")
+        )
+        self.pause_poll_seconds = 60.0
+        self.pause_poll_max_seconds = 240.0
+        self.pause_max_seconds = 3600.0
+        self.failures: dict[str, list[ErrorClass]] = {}
+        # Asked after ``failures``: the error class a call fails with, if it fails.
+        self.fail_when: Callable[[AttemptInput], ErrorClass | None] = lambda call: None
+        self.answer: Callable[[AttemptInput], str] = lambda call: (
+            f"{call.model} answers: {last_user_message(call.request)}"
+        )
+        self.cost = ANSWER_COST
+        # What each workflow's answered calls cost (the batch meters its spend from this).
+        self.spent: dict[str, Decimal] = {}
+        # Set: calls wait for it before answering (a test holds items in flight with it).
+        self.hold: asyncio.Event | None = None
+        self.holding = 0
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.plan_llm_route, self.complete_chat]
+
+    def attempts(self) -> list[AttemptInput]:
+        return list(self._calls.inputs(COMPLETE_CHAT))
+
+    def models_called(self) -> list[str]:
+        return [call.model for call in self.attempts()]
+
+    @activity.defn(name=PLAN_LLM_ROUTE)
+    async def plan_llm_route(self, request: LlmRequest) -> RoutePlan:
+        self._calls.add(PLAN_LLM_ROUTE, request)
+        route = None if request.models else (request.route or "default")
+        models = request.models or self.routes[route or "default"]
+        refused = self.plans_refused_for_budget > 0
+        if refused:
+            self.plans_refused_for_budget -= 1
+        refusal = f"{self.blocking_budget.describe()}: mocked refusal"
+        return RoutePlan(
+            route=route,
+            candidates=[
+                ModelCandidate(
+                    model=model,
+                    provider=provider_for_model(model)[0],
+                    breaker_open=model in self.breaker_open,
+                )
+                for model in models
+            ],
+            policy=TEST_CALL_POLICY,
+            task_queue=self.task_queue,
+            fallback_policy=request.fallback_policy or FallbackPolicy.FAIL,
+            fallback_response=request.fallback_response,
+            downgrade_route=self.downgrade_to.get(route) if route else None,
+            budget_policy=request.budget_policy or self.budget_policy,
+            budget_refusal=refusal if refused else None,
+            budget_blocking=self.blocking_budget if refused else None,
+            pause_poll_seconds=self.pause_poll_seconds,
+            pause_poll_max_seconds=self.pause_poll_max_seconds,
+            pause_max_seconds=self.pause_max_seconds,
+        )
+
+    @activity.defn(name=COMPLETE_CHAT)
+    async def complete_chat(self, call: AttemptInput) -> LlmAnswer:
+        self._calls.add(COMPLETE_CHAT, call)
+        if self.hold is not None:
+            self.holding += 1
+            try:
+                await self.hold.wait()
+            finally:
+                self.holding -= 1
+        if call.model in self.calls_refused_for_budget:
+            raise ApplicationError(
+                f"{self.blocking_budget.describe()}: mocked refusal",
+                self.blocking_budget.model_dump(mode="json"),
+                type=ErrorClass.BUDGET_EXCEEDED.error_type,
+                non_retryable=True,
+            )
+        pending = self.failures.get(call.model)
+        if pending:
+            raise llm_failure(pending.pop(0), call.model)
+        failure = self.fail_when(call)
+        if failure is not None:
+            raise llm_failure(failure, call.model)
+        workflow_id = activity.info().workflow_id or ""
+        self.spent[workflow_id] = self.spent.get(workflow_id, Decimal(0)) + self.cost
+        return LlmAnswer(
+            text=self.answer(call),
+            model=call.model,
+            provider=call.provider,
+            usage=Usage(input_tokens=10, output_tokens=5),
+            cost_usd=self.cost,
+            finish_reason="stop",
+            attempts=activity.info().attempt,
+        )
+
+
+class AuditMocks:
+    """``record_audit_event`` (a local activity of every workflow)."""
+
+    def __init__(self, calls: CallLog) -> None:
+        self._calls = calls
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.record_audit_event]
+
+    def events(self, workflow_id: str | None = None) -> list[AuditEventInput]:
+        events: list[AuditEventInput] = self._calls.inputs(RECORD_AUDIT_EVENT)
+        return [e for e in events if workflow_id is None or e.workflow_id == workflow_id]
+
+    def types(self, workflow_id: str | None = None) -> list[str]:
+        return [event.event_type for event in self.events(workflow_id)]
+
+    def of_type(self, event_type: str) -> list[AuditEventInput]:
+        return [event for event in self.events() if event.event_type == event_type]
+
+    @activity.defn(name=RECORD_AUDIT_EVENT)
+    async def record_audit_event(self, event: AuditEventInput) -> None:
+        self._calls.add(RECORD_AUDIT_EVENT, event)
+
+
+class ApprovalMocks:
+    """The approval gate's roster and records; ``reviewers`` is the reviewers table."""
+
+    def __init__(self, calls: CallLog) -> None:
+        self._calls = calls
+        self.reviewers: dict[str, list[str]] = {
+            "alice": ["editor"],
+            "bob": ["editor"],
+            "maria": ["managing-editor"],
+            "owner": ["batch-owner"],
+        }
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [
+            self.load_reviewer_roster,
+            self.open_approval_gate,
+            self.record_gate_event,
+            self.refresh_gate,
+        ]
+
+    def roster(self, roles: list[str]) -> Roster:
+        return Roster(
+            reviewers={
+                name: [role for role in held if role in roles]
+                for name, held in self.reviewers.items()
+                if any(role in roles for role in held)
+            }
+        )
+
+    def gate_events(self) -> list[GateEvent]:
+        """Every event of every gate, opening ones included, in the order they were written."""
+        events: list[GateEvent] = []
+        for call in self._calls.calls:
+            if call.name in ("open_approval_gate", "refresh_gate"):
+                events.append(call.input.event)
+            elif call.name == "record_gate_event":
+                events.append(call.input)
+        return events
+
+    def gate_event_types(self) -> list[str]:
+        return [event.event_type for event in self.gate_events()]
+
+    @activity.defn(name="load_reviewer_roster")
+    async def load_reviewer_roster(self, request: RosterRequest) -> Roster:
+        self._calls.add("load_reviewer_roster", request)
+        return self.roster(request.roles)
+
+    @activity.defn(name="open_approval_gate")
+    async def open_approval_gate(self, request: OpenGateInput) -> None:
+        self._calls.add("open_approval_gate", request)
+
+    @activity.defn(name="record_gate_event")
+    async def record_gate_event(self, event: GateEvent) -> None:
+        self._calls.add("record_gate_event", event)
+
+    @activity.defn(name="refresh_gate")
+    async def refresh_gate(self, request: RefreshInput) -> Roster:
+        self._calls.add("refresh_gate", request)
+        return self.roster(request.roles)
+
+
+@dataclass
+class FakeItem:
+    custom_id: str
+    line_no: int
+    request: ItemRequest
+    status: str = "pending"
+    claim_token: str | None = None
+    outcomes: list[Any] = field(default_factory=list)
+
+
+class BatchMocks:
+    """The batch activities over an in-memory ``batch_items`` table, with the real ones'
+    idempotency rules: a claim token returns the items it took the first time; only a running
+    item takes an outcome; a new run puts claimed-but-unstarted items back."""
+
+    def __init__(self, calls: CallLog, llm: LlmMocks) -> None:
+        self._calls = calls
+        self._llm = llm
+        self.items: dict[str, FakeItem] = {}
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [
+            self.load_batch_file,
+            self.begin_batch_run,
+            self.claim_batch_items,
+            self.release_batch_items,
+            self.record_batch_item_outcomes,
+            self.reset_failed_batch_items,
+            self.meter_batch_spend,
+            self.set_batch_status,
+        ]
+
+    def load(self, *prompts: str) -> None:
+        for prompt in prompts:
+            line_no = len(self.items) + 1
+            custom_id = f"item-{line_no}"
+            self.items[custom_id] = FakeItem(
+                custom_id,
+                line_no,
+                ItemRequest(messages=[ChatMessage(role="user", content=prompt)]),
+            )
+
+    def counts(self) -> BatchCounts:
+        counts = BatchCounts()
+        for item in self.items.values():
+            setattr(counts, item.status, getattr(counts, item.status) + 1)
+            counts.total += 1
+        return counts
+
+    def statuses(self) -> dict[str, str]:
+        return {item.custom_id: item.status for item in self.items.values()}
+
+    @activity.defn(name="load_batch_file")
+    async def load_batch_file(self, params: LoadFileInput) -> LoadSummary:
+        self._calls.add("load_batch_file", params)
+        return LoadSummary(total=len(self.items), invalid=0, created=True)
+
+    @activity.defn(name="begin_batch_run")
+    async def begin_batch_run(self, params: BeginRunInput) -> BeginRunResult:
+        self._calls.add("begin_batch_run", params)
+        released = 0
+        for item in self.items.values():
+            if item.status == "running":
+                item.status, item.claim_token = "pending", None
+                released += 1
+        return BeginRunResult(
+            counts=self.counts(),
+            spent_usd=self._llm.spent.get(params.workflow_id, Decimal(0)),
+            released=released,
+        )
+
+    @activity.defn(name="claim_batch_items")
+    async def claim_batch_items(self, params: ClaimInput) -> list[ClaimedItem]:
+        self._calls.add("claim_batch_items", params)
+        taken = [i for i in self.items.values() if i.claim_token == params.claim_token]
+        if not taken:
+            pending = [i for i in self.items.values() if i.status == "pending"]
+            taken = sorted(pending, key=lambda i: i.line_no)[: params.limit]
+            for item in taken:
+                item.status, item.claim_token = "running", params.claim_token
+        return [
+            ClaimedItem(custom_id=i.custom_id, line_no=i.line_no, request=i.request) for i in taken
+        ]
+
+    @activity.defn(name="release_batch_items")
+    async def release_batch_items(self, params: ReleaseInput) -> int:
+        self._calls.add("release_batch_items", params)
+        released = 0
+        for custom_id in params.custom_ids:
+            item = self.items[custom_id]
+            if item.status == "running":
+                item.status, item.claim_token = "pending", None
+                released += 1
+        return released
+
+    @activity.defn(name="record_batch_item_outcomes")
+    async def record_batch_item_outcomes(self, params: RecordOutcomesInput) -> RecordOutcomesResult:
+        self._calls.add("record_batch_item_outcomes", params)
+        recorded = 0
+        for outcome in params.outcomes:
+            item = self.items[outcome.custom_id]
+            item.outcomes.append(outcome)
+            if item.status == "running":
+                item.status = outcome.status
+                recorded += 1
+        spent = (
+            self._llm.spent.get(params.meter_workflow_id, Decimal(0))
+            if params.meter_workflow_id
+            else None
+        )
+        return RecordOutcomesResult(recorded=recorded, spent_usd=spent)
+
+    @activity.defn(name="reset_failed_batch_items")
+    async def reset_failed_batch_items(self, params: ResetFailedInput) -> int:
+        self._calls.add("reset_failed_batch_items", params)
+        failed = [i for i in self.items.values() if i.status == "failed"]
+        for item in failed:
+            item.status, item.claim_token = "pending", None
+        return len(failed)
+
+    @activity.defn(name="meter_batch_spend")
+    async def meter_batch_spend(self, params: MeterInput) -> Decimal:
+        self._calls.add("meter_batch_spend", params)
+        return self._llm.spent.get(params.workflow_id, Decimal(0))
+
+    @activity.defn(name="set_batch_status")
+    async def set_batch_status(self, params: StatusInput) -> BatchCounts:
+        self._calls.add("set_batch_status", params)
+        if params.skip_pending:
+            for item in self.items.values():
+                if item.status in ("pending", "running"):
+                    item.status = "skipped"
+        return self.counts()
+
+
+class SessionMocks:
+    """The chat-session activities over an in-memory conversation. ``fold_before`` names turns
+    (update ids) whose context must be folded into a summary before the call."""
+
+    def __init__(self, calls: CallLog) -> None:
+        self._calls = calls
+        self.messages: list[ChatMessage] = []
+        self.summary: str | None = None
+        self.answered: dict[str, StoredAnswer] = {}
+        self.fold_before: set[str] = set()
+        self._seq = itertools.count(1)
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.prepare_turn, self.store_summary, self.finish_turn, self.fail_turn]
+
+    @activity.defn(name=PREPARE_TURN)
+    async def prepare_turn(self, params: PrepareTurnInput) -> TurnContext:
+        self._calls.add(PREPARE_TURN, params)
+        if params.turn_id in self.answered:
+            return TurnContext(answered=self.answered[params.turn_id])
+        next(self._seq)
+        self.messages.append(ChatMessage(role="user", content=params.content))
+        fold = None
+        if params.turn_id in self.fold_before:
+            fold = FoldPlan(
+                previous_summary=self.summary,
+                messages=self.messages[:-1],
+                through_seq=len(self.messages) - 1,
+                summary_route="cheap",
+                summary_max_tokens=200,
+            )
+        recent = self.messages[-1:] if fold else list(self.messages)
+        return TurnContext(
+            system_prompt=params.system_prompt,
+            summary=self.summary,
+            recent=recent,
+            fold=fold,
+            budget_tokens=1000,
+            context_tokens=10 * len(recent),
+        )
+
+    @activity.defn(name=STORE_SUMMARY)
+    async def store_summary(self, params: StoreSummaryInput) -> None:
+        self._calls.add(STORE_SUMMARY, params)
+        self.summary = params.summary
+
+    @activity.defn(name=FINISH_TURN)
+    async def finish_turn(self, params: FinishTurnInput) -> StoredAnswer:
+        self._calls.add(FINISH_TURN, params)
+        if params.turn_id not in self.answered:
+            self.messages.append(ChatMessage(role="assistant", content=params.text))
+            self.answered[params.turn_id] = StoredAnswer(
+                text=params.text,
+                model=params.model,
+                message_seq=next(self._seq),
+                input_tokens=params.usage.input_tokens,
+                output_tokens=params.usage.output_tokens,
+                cost_usd=params.cost_usd,
+            )
+        return self.answered[params.turn_id]
+
+    @activity.defn(name=FAIL_TURN)
+    async def fail_turn(self, params: FailTurnInput) -> None:
+        self._calls.add(FAIL_TURN, params)
+
+
+class JobMocks:
+    """``record_job`` and ``deliver_job_callback``: the callback fails ``callback_failures``
+    times (retryable, as an unreachable receiver does), or is refused for good."""
+
+    def __init__(self, calls: CallLog) -> None:
+        self._calls = calls
+        self.callback_failures = 0
+        self.callback_refused = False
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.record_job, self.deliver_job_callback]
+
+    @activity.defn(name=RECORD_JOB)
+    async def record_job(self, record: JobRecord) -> None:
+        self._calls.add(RECORD_JOB, record)
+
+    @activity.defn(name=DELIVER_CALLBACK)
+    async def deliver_job_callback(self, delivery: CallbackDelivery) -> CallbackOutcome:
+        self._calls.add(DELIVER_CALLBACK, delivery)
+        attempt = activity.info().attempt
+        if self.callback_refused:
+            raise ApplicationError(
+                f"callback for job {delivery.job_id} refused: mocked",
+                type="CallbackDestinationRefused",
+                non_retryable=True,
+            )
+        if attempt <= self.callback_failures:
+            raise ApplicationError(
+                f"callback for job {delivery.job_id}: receiver answered 503 (mocked)",
+                type="CallbackNotAcknowledged",
+            )
+        return CallbackOutcome(status_code=200, attempts=attempt)
+
+
+class PublishingMocks:
+    """``publish_document`` and ``deliver_review_webhook``."""
+
+    def __init__(self, calls: CallLog) -> None:
+        self._calls = calls
+        self.published_id = 42
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.publish_document, self.deliver_review_webhook]
+
+    @activity.defn(name="publish_document")
+    async def publish_document(self, request: PublishInput) -> int:
+        self._calls.add("publish_document", request)
+        return self.published_id
+
+    @activity.defn(name="deliver_review_webhook")
+    async def deliver_review_webhook(self, request: WebhookInput) -> WebhookDelivery:
+        self._calls.add("deliver_review_webhook", request)
+        return WebhookDelivery(host="hooks.example.test", status=200)
+
+
+class KeelMocks:
+    """Every keel activity, mocked, sharing one call log; ``activities()`` is what a worker
+    registers in place of the real ones."""
+
+    def __init__(self, task_queue: str) -> None:
+        self.task_queue = task_queue
+        self.log = CallLog()
+        self.llm = LlmMocks(self.log, task_queue)
+        self.audit = AuditMocks(self.log)
+        self.approvals = ApprovalMocks(self.log)
+        self.batch = BatchMocks(self.log, self.llm)
+        self.sessions = SessionMocks(self.log)
+        self.jobs = JobMocks(self.log)
+        self.publishing = PublishingMocks(self.log)
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [
+            *self.llm.activities(),
+            *self.audit.activities(),
+            *self.approvals.activities(),
+            *self.batch.activities(),
+            *self.sessions.activities(),
+            *self.jobs.activities(),
+            *self.publishing.activities(),
+        ]
+
+    def inputs(self, name: str) -> list[Any]:
+        return self.log.inputs(name)
