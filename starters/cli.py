@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+from typing import Any, NoReturn
+
 import typer
 
+from infra.process_exit import exit_code_of, exit_process
 from starters.api import api
 from starters.approvals import approvals_app, approve, edit, reject
 from starters.ask import ask
@@ -26,7 +31,28 @@ from starters.sim import sim
 from starters.tokens import token_app
 from starters.worker import worker
 
-app = typer.Typer(
+
+class KeelCli(typer.Typer):
+    """The ``keel`` entry point (``starters.cli:app``): runs the command, then leaves through
+    :func:`exit_process`, never through interpreter finalization, which aborts the process when a
+    Temporal core thread is still handing back a result (infra/process_exit.py says why).
+    CliRunner tests invoke the click command directly and are not affected."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+        try:
+            super().__call__(*args, **kwargs)
+            code = 0
+        except SystemExit as leaving:  # click ends every standalone run this way
+            code = exit_code_of(leaving.code)
+        except KeyboardInterrupt:
+            code = 128 + signal.SIGINT
+        except BaseException:  # a bug: shown the way it would have been, then a failed exit
+            sys.excepthook(*sys.exc_info())
+            code = 1
+        exit_process(code)
+
+
+app = KeelCli(
     name="keel",
     help="Durable LLM workflows on Temporal.",
     no_args_is_help=True,
