@@ -22,6 +22,7 @@ from starters.cost import cost
 from starters.demo import demo
 from starters.dev import dev_app
 from starters.encryption_keys import encryption_keys_app
+from starters.output import print_error
 from starters.purge import purge
 from starters.review import review_app
 from starters.reviewers import reviewers_app
@@ -29,6 +30,7 @@ from starters.routes import routes
 from starters.show import show
 from starters.sim import sim
 from starters.tokens import token_app
+from starters.top_level_errors import explain
 from starters.worker import worker
 
 
@@ -46,8 +48,12 @@ class KeelCli(typer.Typer):
             code = exit_code_of(leaving.code)
         except KeyboardInterrupt:
             code = 128 + signal.SIGINT
-        except BaseException:  # a bug: shown the way it would have been, then a failed exit
-            sys.excepthook(*sys.exc_info())
+        except Exception as error:
+            explanation = explain(error)
+            if explanation is None:  # a bug: shown the way it would have been
+                sys.excepthook(type(error), error, error.__traceback__)
+            else:
+                print_error(*explanation)
             code = 1
         exit_process(code)
 

@@ -1,0 +1,71 @@
+"""What a command that did not handle an error prints instead of a traceback.
+
+Commands turn what they expect into messages of their own (``fail``); this is the floor under all
+of them, for what any command can meet: Temporal or Postgres unreachable, Postgres or Temporal
+refusing a request. Anything else is a bug and still shows its traceback.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from temporalio.service import RPCError
+
+from infra.settings import get_settings
+from infra.temporal_client import TemporalUnreachable
+
+# (message, hint) as starters.output.fail prints them.
+Explanation = tuple[str, str | None]
+
+
+def _database_where() -> str:
+    url = make_url(get_settings().effective_database_url)
+    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+
+
+def _database_hint() -> str:
+    if get_settings().uses_embedded_postgres:
+        return "start the dev stack with `keel dev up` (keel dev status shows what runs)"
+    return "check DATABASE_URL and that Postgres is up"
+
+
+def _passes_through(traceback: TracebackType | None, package: str) -> bool:
+    while traceback is not None:
+        module = traceback.tb_frame.f_globals.get("__name__", "")
+        if module == package or module.startswith(package + "."):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def explain(error: BaseException) -> Explanation | None:
+    """A message and a hint for ``error``, or None when it is not one keel expects anywhere."""
+    if isinstance(error, TemporalUnreachable):  # its message already says what to do
+        return str(error), None
+    if isinstance(error, RPCError):
+        settings = get_settings()
+        return (
+            f"Temporal at {settings.effective_temporal_address} refused the request: "
+            f"{error.message} ({error.status.name})",
+            "keel dev status shows whether the stack runs; check TEMPORAL_ADDRESS and "
+            "KEEL_TEMPORAL_NAMESPACE",
+        )
+    if isinstance(error, DBAPIError):
+        return (
+            f"Postgres at {_database_where()}: {_first_line(error.orig or error)}",
+            _database_hint(),
+        )
+    # asyncpg raises the socket's own error when it cannot connect (refused, unknown host,
+    # timeout); SQLAlchemy passes it through unwrapped.
+    if isinstance(error, OSError) and (
+        _passes_through(error.__traceback__, "asyncpg")
+        or _passes_through(error.__traceback__, "sqlalchemy")
+    ):
+        return f"cannot reach Postgres at {_database_where()}: {error}", _database_hint()
+    return None
