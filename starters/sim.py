@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,7 @@ import typer
 
 from infra.settings import get_settings
 from llmsim import PROFILES, serve
+from starters.output import fail
 
 
 def sim(
@@ -41,19 +43,34 @@ def sim(
         )
     chosen_port = get_settings().simulator_port if port is None else port
 
+    listening = False
+
     def ready(url: str) -> None:
+        nonlocal listening
+        listening = True
         typer.echo(f"keel LLM simulator listening on {url} (profile: {profile}, seed: {seed})")
         typer.echo("Point the SDKs at it (any API key is accepted):")
         typer.echo(f"  export OPENAI_BASE_URL={url}/v1")
         typer.echo(f"  export ANTHROPIC_BASE_URL={url}")
         typer.echo(f"Admin: {url}/admin/stats, {url}/admin/faults. Ctrl-C to stop.")
 
-    serve(
-        host=host,
-        port=chosen_port,
-        profile=profile,
-        seed=seed,
-        latency_scale=latency_scale,
-        profile_file=profile_file,
-        on_ready=ready,
-    )
+    try:
+        serve(
+            host=host,
+            port=chosen_port,
+            profile=profile,
+            seed=seed,
+            latency_scale=latency_scale,
+            profile_file=profile_file,
+            on_ready=ready,
+        )
+    except OSError as error:
+        if listening:  # not a startup problem: a bug, with its traceback
+            raise
+        fail(
+            f"cannot listen on {host}:{chosen_port}: {error.strerror or error}",
+            "choose another --port (KEEL_SIMULATOR_PORT), or stop what uses this one "
+            "(keel dev status: is the dev stack's simulator running?)"
+            if error.errno == errno.EADDRINUSE
+            else "check --host: it must be an address of this machine",
+        )
