@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from pydantic import AliasChoices, ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from infra.settings import get_settings
+from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import TemporalUnreachable
 
 # (message, hint) as starters.output.fail prints them.
@@ -44,8 +46,38 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def _setting_variables(field: str) -> str:
+    """The environment variable(s) a settings field is read from."""
+    info = KeelSettings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices):
+        return " or ".join(str(choice) for choice in alias.choices)
+    prefix = KeelSettings.model_config.get("env_prefix", "")
+    return f"{prefix}{field}".upper()
+
+
+def _invalid_settings(error: ValidationError) -> Explanation:
+    # The input is never echoed: the invalid value may be a key or a URL with a password.
+    problems = "; ".join(
+        f"{_setting_variables(str(problem['loc'][0])) if problem['loc'] else 'settings'}: "
+        f"{problem['msg']}"
+        for problem in error.errors()
+    )
+    return (
+        f"invalid setting: {problems}",
+        "fix that variable (in the environment or the .env file) and run the command again",
+    )
+
+
 def explain(error: BaseException) -> Explanation | None:
     """A message and a hint for ``error``, or None when it is not one keel expects anywhere."""
+    if isinstance(error, ValidationError) and error.title == KeelSettings.__name__:
+        return _invalid_settings(error)
+    if isinstance(error, WorkflowAlreadyStartedError):
+        return (
+            f"a workflow with id {error.workflow_id!r} already exists",
+            f"see it: keel show {error.workflow_id} · or choose another --id",
+        )
     if isinstance(error, TemporalUnreachable):  # its message already says what to do
         return str(error), None
     if isinstance(error, RPCError):
@@ -68,4 +100,6 @@ def explain(error: BaseException) -> Explanation | None:
         or _passes_through(error.__traceback__, "sqlalchemy")
     ):
         return f"cannot reach Postgres at {_database_where()}: {error}", _database_hint()
+    if isinstance(error, OSError) and error.filename is not None:  # a path given to a command
+        return f"{error.filename}: {error.strerror}", "check the path and its permissions"
     return None

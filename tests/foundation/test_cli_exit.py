@@ -222,3 +222,37 @@ async def test_sim_on_a_taken_port_names_it_and_port(keel_env: dict[str, str]) -
     assert_clean(run, 1)
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in run.err
     assert "--port" in run.err
+
+
+# --- What the sweep of every command found ------------------------------------------------------
+
+
+async def test_an_invalid_setting_names_its_variable_and_never_echoes_the_value(
+    keel_env: dict[str, str],
+) -> None:
+    env = {**keel_env, "KEEL_SIMULATOR_PORT": "not-a-port-s3cret"}
+    for args in (("config", "show"), ("ask", "hello")):
+        run = await keel(env, *args)
+        assert_clean(run, 1)
+        assert "error: invalid setting: KEEL_SIMULATOR_PORT: Input should be a valid" in run.err
+        assert "s3cret" not in run.err + run.out
+
+
+async def test_a_workflow_id_in_use_and_an_unwritable_output_are_messages(
+    keel_env: dict[str, str], client: Client, tmp_path: Path
+) -> None:
+    # No worker polls this test's queue: the first ask stays running, the second finds it.
+    workflow_id = f"ask-taken-{uuid.uuid4().hex[:8]}"
+    try:
+        assert_clean(await keel(keel_env, "ask", "hello", "--id", workflow_id, "--no-wait"), 0)
+        taken = await keel(keel_env, "ask", "hello", "--id", workflow_id)
+    finally:
+        await client.get_workflow_handle(workflow_id).terminate("test over")
+    assert_clean(taken, 1)
+    assert f"a workflow with id '{workflow_id}' already exists" in taken.err
+    assert f"keel show {workflow_id}" in taken.err
+
+    nowhere = tmp_path / "no-such-dir" / "pairs.jsonl"
+    export = await keel(keel_env, "approvals", "export", "-o", str(nowhere))
+    assert_clean(export, 1)
+    assert f"error: {nowhere}: No such file or directory" in export.err
