@@ -256,3 +256,18 @@ async def test_a_workflow_id_in_use_and_an_unwritable_output_are_messages(
     export = await keel(keel_env, "approvals", "export", "-o", str(nowhere))
     assert_clean(export, 1)
     assert f"error: {nowhere}: No such file or directory" in export.err
+
+
+async def test_audit_verify_of_an_empty_tenant_and_edit_with_a_binary_file_are_messages(
+    keel_env: dict[str, str], tmp_path: Path
+) -> None:
+    tenant = f"nobody-{uuid.uuid4().hex[:6]}"
+    verify = await keel(keel_env, "audit", "verify", "--tenant", tenant)
+    assert_clean(verify, 1)
+    assert f"no audit trail for tenant '{tenant}'" in verify.err
+
+    binary = tmp_path / "draft.bin"
+    binary.write_bytes(b"\x9e\xff\x00draft")
+    edit = await keel(keel_env, "edit", "any-id", "--reviewer", "alice", "--file", str(binary))
+    assert_clean(edit, 1)
+    assert f"{binary} is not UTF-8 text" in edit.err and "nothing was sent" in edit.err
