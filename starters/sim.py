@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from infra.settings import get_settings
-from llmsim import PROFILES, serve
+from llmsim import PROFILES, load_profile_file, serve
 from starters.output import fail
 
 
@@ -41,6 +42,23 @@ def sim(
             f"unknown profile {profile!r}; choose from {', '.join(sorted(PROFILES))}",
             param_hint="--profile",
         )
+    if profile_file is not None:
+        try:
+            load_profile_file(profile_file)  # serve() loads it again; this says what is wrong
+        except ValidationError as error:
+            first = error.errors()[0]
+            fail(
+                f"--profile-file {profile_file}: {'.'.join(map(str, first['loc']))}: "
+                f"{first['msg']}",
+                "the fields are FaultProfile's (llmsim/config.py)",
+            )
+        except Exception as error:  # not UTF-8, not JSON or YAML
+            problem = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            fail(
+                f"--profile-file {profile_file} is not a fault profile: {problem}",
+                "a JSON object (or YAML, for a .yaml / .yml file) of FaultProfile's fields "
+                "(llmsim/config.py)",
+            )
     chosen_port = get_settings().simulator_port if port is None else port
 
     listening = False

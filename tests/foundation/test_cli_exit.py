@@ -271,3 +271,17 @@ async def test_audit_verify_of_an_empty_tenant_and_edit_with_a_binary_file_are_m
     edit = await keel(keel_env, "edit", "any-id", "--reviewer", "alice", "--file", str(binary))
     assert_clean(edit, 1)
     assert f"{binary} is not UTF-8 text" in edit.err and "nothing was sent" in edit.err
+
+
+async def test_sim_with_a_broken_profile_file_says_what_is_wrong(
+    keel_env: dict[str, str], tmp_path: Path
+) -> None:
+    wrong_shape, not_text = tmp_path / "faults.json", tmp_path / "faults.bin"
+    wrong_shape.write_text('{"scripted": 5}')
+    not_text.write_bytes(b"\x9e\xff")
+    shape = await keel(keel_env, "sim", "--port", "0", "--profile-file", str(wrong_shape))
+    assert_clean(shape, 1)
+    assert f"--profile-file {wrong_shape}: scripted: Input should be a valid list" in shape.err
+    binary = await keel(keel_env, "sim", "--port", "0", "--profile-file", str(not_text))
+    assert_clean(binary, 1)
+    assert f"--profile-file {not_text} is not a fault profile" in binary.err
