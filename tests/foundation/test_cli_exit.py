@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -285,3 +286,36 @@ async def test_sim_with_a_broken_profile_file_says_what_is_wrong(
     binary = await keel(keel_env, "sim", "--port", "0", "--profile-file", str(not_text))
     assert_clean(binary, 1)
     assert f"--profile-file {not_text} is not a fault profile" in binary.err
+
+
+# --- The exit path itself -----------------------------------------------------------------------
+
+SKIPPING_FINALIZATION = """
+import atexit, sys, threading, time
+from infra.process_exit import exit_process
+
+atexit.register(lambda: print("atexit ran", flush=False))
+results = []
+worker = threading.Thread(target=lambda: (time.sleep(0.3), results.append("thread done")))
+worker.start()
+atexit.register(lambda: print(*results))
+print("buffered, never flushed by hand", end=" ")
+sys.stderr.write("to stderr ")
+exit_process(7)
+print("not reached")
+"""
+
+
+def test_exit_process_does_what_finalization_would_then_exits_with_the_code() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SKIPPING_FINALIZATION],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 7
+    # Non-daemon threads joined first, then atexit handlers (last registered first), then stdio
+    # flushed: nothing a normal exit would have written is lost.
+    assert done.stdout == "buffered, never flushed by hand thread done\natexit ran\n"
+    assert done.stderr == "to stderr "
