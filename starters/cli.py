@@ -7,6 +7,7 @@ import sys
 from typing import Any, NoReturn
 
 import typer
+from rich.markup import escape
 
 from infra.process_exit import exit_code_of, exit_process
 from starters.api import api
@@ -52,8 +53,9 @@ class KeelCli(typer.Typer):
             explanation = explain(error)
             if explanation is None:  # a bug: shown the way it would have been
                 sys.excepthook(type(error), error, error.__traceback__)
-            else:
-                print_error(*explanation)
+            else:  # messages quote exceptions and paths: brackets in them are text, not markup
+                message, hint = explanation
+                print_error(escape(message), escape(hint) if hint else None)
             code = 1
         exit_process(code)
 
