@@ -171,11 +171,29 @@ def refusal(report: ValidationReport, strict: bool) -> str | None:
             f"{len(report.duplicates)} duplicate custom_id(s), e.g. {first.custom_id!r} on lines "
             f"{', '.join(map(str, first.line_numbers))}: each custom_id must be unique"
         )
+    if report.valid == 0:
+        # Empty, or every line malformed: either way nothing could run, so nothing starts.
+        return no_valid_items(report)
     if strict and report.problems:
         return f"{len(report.problems)} malformed line(s) and --strict is set"
-    if report.lines == 0:
-        return "the file has no items"
     return None
+
+
+# How many of a refused file's malformed lines its refusal quotes.
+PROBLEMS_QUOTED = 3
+
+
+def no_valid_items(report: ValidationReport) -> str:
+    if not report.problems:
+        return f"the file has no valid items: {report.lines} line(s)"
+    first = "; ".join(
+        f"line {problem.line_no}: {problem.reason}" for problem in report.problems[:PROBLEMS_QUOTED]
+    )
+    more = len(report.problems) - PROBLEMS_QUOTED
+    return (
+        f"the file has no valid items: {report.lines} line(s), {len(report.problems)} malformed "
+        f"({first}{f'; and {more} more' if more > 0 else ''})"
+    )
 
 
 def _read_lines(path: Path) -> list[ParsedLine] | None:

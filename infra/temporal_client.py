@@ -20,6 +20,11 @@ from infra.settings import KeelSettings, get_settings
 from infra.tracing import tracing_interceptors
 
 
+class TemporalUnreachable(ConnectionError):
+    """No client: the server cannot be reached or the payload keys are missing. The message
+    says what to do; the keel CLI prints it for any command that did not handle it itself."""
+
+
 def keel_data_converter(settings: KeelSettings | None = None) -> DataConverter:
     """Pydantic payloads, encrypted (infra/payload_codec.py); failure messages and stack traces
     move into an encoded (so encrypted) payload too, since they can quote prompt text (all but
@@ -42,9 +47,9 @@ async def connect(settings: KeelSettings | None = None, runtime: Runtime | None 
     try:
         data_converter = keel_data_converter(settings)
     except EncryptionKeysError as error:
-        # A ConnectionError like an unreachable server: every caller already turns it into a
-        # clean "what to do" message, and no client may talk to Temporal without its keys.
-        raise ConnectionError(f"cannot connect to Temporal: {error}") from error
+        # Like an unreachable server: a clean "what to do" message (from the caller or, failing
+        # that, the keel CLI's exit path), and no client may talk to Temporal without its keys.
+        raise TemporalUnreachable(f"cannot connect to Temporal: {error}") from error
     try:
         return await Client.connect(
             settings.effective_temporal_address,
@@ -60,6 +65,6 @@ async def connect(settings: KeelSettings | None = None, runtime: Runtime | None 
             if settings.uses_dev_temporal
             else "check TEMPORAL_ADDRESS"
         )
-        raise ConnectionError(
+        raise TemporalUnreachable(
             f"cannot reach Temporal at {settings.effective_temporal_address}: {hint}"
         ) from error

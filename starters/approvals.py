@@ -297,7 +297,13 @@ def edit(
     timeout: float = _TIMEOUT,
 ) -> None:
     """Approve a changed draft: the text in FILE is what goes ahead (and what export pairs)."""
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        fail(
+            f"{file} is not UTF-8 text",
+            "the changed draft must be a plain-text file; nothing was sent",
+        )
     if not text.strip():
         fail(f"{file} is empty")
     run_then_close_database(

@@ -210,8 +210,9 @@ def verify(
         fail("give workflow ids or --all/--tenant, not both", code=2)
     reports = asyncio.run(_verify(workflow_ids or [], all_trails, tenant))
     if not reports:
+        selection = f"tenant {tenant!r}" if tenant is not None else "any workflow (--all)"
         fail(
-            f"no audit trail for {', '.join(map(repr, workflow_ids)) or 'that selection'}",
+            f"no audit trail for {', '.join(map(repr, workflow_ids or [])) or selection}",
             "check the id (keel prints it when a workflow starts), or that DATABASE_URL points "
             "at keel's database",
         )

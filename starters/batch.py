@@ -35,6 +35,7 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
@@ -191,11 +192,15 @@ def _read_and_validate(file: Path, strict: bool) -> list[ParsedLine]:
     print_validation(report)
     reason = refusal(report, strict)
     if reason:
-        fail(
-            f"refused {file}: {reason}",
-            "fix the lines above and run the command again"
-            + ("" if strict else " (malformed lines alone do not refuse a file without --strict)"),
-        )
+        if not report.problems and not report.duplicates:
+            hint = "the file needs one JSON request per line; add some and run the command again"
+        else:
+            hint = "fix the lines above and run the command again" + (
+                " (malformed lines alone do not refuse a file without --strict)"
+                if report.valid and not strict
+                else ""
+            )
+        fail(f"refused {file}: {reason}", hint)
     if report.problems:
         console.print(
             f"[yellow]{len(report.problems)} malformed line(s) become failed items; the rest "
@@ -762,12 +767,13 @@ def schedule(
 
     try:
         _run(go())
+    except ScheduleAlreadyRunningError:  # the SDK's answer to an id that is taken
+        fail(
+            f"schedule {schedule_id} already exists; nothing was changed",
+            f"see it: keel batch schedule-list · replace it: keel batch schedule-delete "
+            f"{schedule_id}, then run this command again · or keep both: --id ANOTHER_ID",
+        )
     except RPCError as error:
-        if error.status == RPCStatusCode.ALREADY_EXISTS:
-            fail(
-                f"schedule {schedule_id} already exists",
-                f"delete it first: keel batch schedule-delete {schedule_id}",
-            )
         fail(f"could not create the schedule: {error.message}")
     console.print(f"[bold]schedule[/] {schedule_id}: {cron} → batch of {path}")
     console.print(

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import typer
+import signal
+import sys
+from typing import Any, NoReturn
 
+import typer
+from rich.markup import escape
+
+from infra.process_exit import exit_code_of, exit_process
 from starters.api import api
 from starters.approvals import approvals_app, approve, edit, reject
 from starters.ask import ask
@@ -17,6 +23,7 @@ from starters.cost import cost
 from starters.demo import demo
 from starters.dev import dev_app
 from starters.encryption_keys import encryption_keys_app
+from starters.output import print_error
 from starters.purge import purge
 from starters.review import review_app
 from starters.reviewers import reviewers_app
@@ -24,9 +31,36 @@ from starters.routes import routes
 from starters.show import show
 from starters.sim import sim
 from starters.tokens import token_app
+from starters.top_level_errors import explain
 from starters.worker import worker
 
-app = typer.Typer(
+
+class KeelCli(typer.Typer):
+    """The ``keel`` entry point (``starters.cli:app``): runs the command, then leaves through
+    :func:`exit_process`, never through interpreter finalization, which aborts the process when a
+    Temporal core thread is still handing back a result (infra/process_exit.py says why).
+    CliRunner tests invoke the click command directly and are not affected."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+        try:
+            super().__call__(*args, **kwargs)
+            code = 0
+        except SystemExit as leaving:  # click ends every standalone run this way
+            code = exit_code_of(leaving.code)
+        except KeyboardInterrupt:
+            code = 128 + signal.SIGINT
+        except Exception as error:
+            explanation = explain(error)
+            if explanation is None:  # a bug: shown the way it would have been
+                sys.excepthook(type(error), error, error.__traceback__)
+            else:  # messages quote exceptions and paths: brackets in them are text, not markup
+                message, hint = explanation
+                print_error(escape(message), escape(hint) if hint else None)
+            code = 1
+        exit_process(code)
+
+
+app = KeelCli(
     name="keel",
     help="Durable LLM workflows on Temporal.",
     no_args_is_help=True,

@@ -24,11 +24,15 @@ console = Console(width=_width(sys.stdout))
 error_console = Console(stderr=True, width=_width(sys.stderr))
 
 
-def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
+def print_error(message: str, hint: str | None = None) -> None:
     # soft_wrap: an error stays one line however long, so it can be read and grepped whole.
     error_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     if hint:
         error_console.print(f"[dim]→ {hint}[/]", soft_wrap=True)
+
+
+def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
+    print_error(message, hint)
     raise typer.Exit(code)
 
 

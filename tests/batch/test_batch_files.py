@@ -168,7 +168,25 @@ def test_validation_reports_line_numbers_duplicates_and_skips_blank_lines() -> N
     clean = validate(parse_lines([lines[0], lines[2], lines[4]]))
     assert refusal(clean, strict=False) is None
     assert refusal(clean, strict=True) == "1 malformed line(s) and --strict is set"
-    assert refusal(validate(parse_lines(["", " "])), strict=False) == "the file has no items"
+    empty = refusal(validate(parse_lines(["", " "])), strict=False)
+    assert empty == "the file has no valid items: 0 line(s)"
+
+
+def test_a_file_with_no_valid_line_is_refused_like_an_empty_one() -> None:
+    malformed = ["not json", '{"custom_id": "a"}', "[1]", '{"prompt": ', "{}"]
+    reason = refusal(validate(parse_lines(malformed)), strict=False)
+    assert reason is not None
+    assert reason.startswith("the file has no valid items: 5 line(s), 5 malformed (line 1: ")
+    # The first three problems are quoted by line, the rest counted.
+    assert "; line 2: " in reason and "; line 3: " in reason and "line 4:" not in reason
+    assert reason.endswith("; and 2 more)")
+    # One valid line among them and the file runs (its malformed lines become failed items).
+    assert (
+        refusal(
+            validate(parse_lines([*malformed, '{"custom_id": "b", "prompt": "x"}'])), strict=False
+        )
+        is None
+    )
 
 
 def test_a_synthetic_id_never_collides_with_a_real_one() -> None:
