@@ -31,7 +31,7 @@ from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from activities.llm.models import ChatMessage, LlmParameters
+from contracts.llm import ChatMessage, LlmParameters
 from infra.input_limits import (
     InputTooLarge,
     PromptLimits,

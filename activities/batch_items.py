@@ -37,7 +37,7 @@ from activities.batch_files import (
     parse_file,
     validate,
 )
-from activities.llm.models import Usage
+from contracts.llm import Usage
 from infra.database import session_factory
 from infra.tables import Approval, Batch, BatchItem, LlmCall
 

@@ -46,11 +46,6 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.approval_models import (
-    ApproveDecision,
-    EditDecision,
-    RejectDecision,
-)
 from activities.batch_files import (
     BatchFileRefused,
     ParsedLine,
@@ -70,6 +65,11 @@ from activities.batch_items import (
     list_batches,
     openai_output_line,
     refusal,
+)
+from contracts.approvals import (
+    ApproveDecision,
+    EditDecision,
+    RejectDecision,
 )
 from infra.approval_client import DecisionRefused, DecisionSender
 from infra.database import dispose_engines, session_factory

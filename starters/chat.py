@@ -17,8 +17,8 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from activities.llm.models import RequestPriority
-from activities.session_models import session_workflow_id
+from contracts.llm import RequestPriority
+from contracts.sessions import session_workflow_id
 from infra.chat_client import TurnRequest, new_session_id, start_turn
 from infra.database import dispose_engines
 from infra.input_limits import (

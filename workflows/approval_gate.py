@@ -64,7 +64,13 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.approval_models import (
+    from activities.approvals import (
+        load_reviewer_roster,
+        open_approval_gate,
+        record_gate_event,
+        refresh_gate,
+    )
+    from contracts.approvals import (
         ApproveDecision,
         Decision,
         DecisionReceipt,
@@ -82,13 +88,7 @@ with workflow.unsafe.imports_passed_through():
         Roster,
         RosterRequest,
     )
-    from activities.approvals import (
-        load_reviewer_roster,
-        open_approval_gate,
-        record_gate_event,
-        refresh_gate,
-    )
-    from infra.search_attributes import KEEL_AWAITING
+    from contracts.search_attributes import KEEL_AWAITING
     from workflows.llm_calls import LOCAL_ACTIVITY_TIMEOUT
 
 APPROVE, REJECT, EDIT = "approve", "reject", "edit"

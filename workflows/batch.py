@@ -30,7 +30,6 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.approval_models import DefaultAction, GateOutcome, GateRequest
     from activities.batch_items import (
         BatchCounts,
         BatchOptions,
@@ -53,7 +52,8 @@ with workflow.unsafe.imports_passed_through():
         reset_failed_batch_items,
         set_batch_status,
     )
-    from activities.llm.models import (
+    from contracts.approvals import DefaultAction, GateOutcome, GateRequest
+    from contracts.llm import (
         CallClass,
         FallbackPolicy,
         LlmAnswer,

@@ -21,12 +21,12 @@ from temporalio import workflow
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.llm.models import (
+    from contracts.llm import (
         LlmParameters,
         LlmRequest,
         Usage,
     )
-    from activities.session_models import (
+    from contracts.sessions import (
         FAIL_TURN,
         FINISH_TURN,
         MAX_TURN_CHARS,

@@ -22,8 +22,6 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.approval_models import ApprovalMode, GateOutcome, GateRequest, ReviewPolicy
-    from activities.llm.models import ChatMessage, LlmAnswer, LlmParameters, LlmRequest
     from activities.publishing import (
         Publication,
         PublishInput,
@@ -31,7 +29,9 @@ with workflow.unsafe.imports_passed_through():
         deliver_review_webhook,
         publish_document,
     )
-    from infra.search_attributes import KEEL_COST_USD
+    from contracts.approvals import ApprovalMode, GateOutcome, GateRequest, ReviewPolicy
+    from contracts.llm import ChatMessage, LlmAnswer, LlmParameters, LlmRequest
+    from contracts.search_attributes import KEEL_COST_USD
     from workflows.approval_gate import ApprovalGate
     from workflows.llm_calls import ask_llm, audit
 

@@ -17,7 +17,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.job_models import (
+    from contracts.jobs import (
         DELIVER_CALLBACK,
         RECORD_JOB,
         CallbackDelivery,

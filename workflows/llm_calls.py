@@ -18,8 +18,8 @@ from temporalio.common import Priority, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.audit_event import AuditEventInput
-    from activities.llm.models import (
+    from contracts.audit import AuditEventInput
+    from contracts.llm import (
         NON_RETRYABLE_ERROR_TYPES,
         AttemptInput,
         CallPolicy,
@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
         RoutePlan,
         error_class_from_type,
     )
-    from activities.llm.traffic_config import BudgetPolicy
+    from contracts.traffic import BudgetPolicy
 
 # Activities are named, not imported: workflow modules (and the CLI that starts them) stay free of
 # the provider SDKs and database drivers the activities need.

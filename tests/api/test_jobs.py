@@ -30,9 +30,9 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from activities.job_models import DELIVER_CALLBACK, JobOutput
 from activities.jobs import CallbackDeliverer
 from api.server import running_api, serving
+from contracts.jobs import DELIVER_CALLBACK, JobOutput
 from devstack import stack
 from infra.callback_signing import (
     SIGNATURE_HEADER,

@@ -10,7 +10,7 @@ import httpx2
 import openai
 import pytest
 
-from activities.session_models import session_workflow_id
+from contracts.sessions import session_workflow_id
 from infra.api_tokens import IssuedToken
 from llmsim import SimServer
 from tests.api.tokens import http_client, openai_client

@@ -12,9 +12,9 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.approval_models import ApprovalMode, ReviewPolicy
 from activities.approvals import add_reviewer, remove_reviewer
 from api.server import running_api
+from contracts.approvals import ApprovalMode, ReviewPolicy
 from infra.api_tokens import TokenRole
 from infra.database import session_factory
 from infra.settings import KeelSettings

@@ -32,7 +32,7 @@ from activities.batch_files import (
     validate,
 )
 from activities.batch_items import BatchOptions, ClaimedItem, create_batch, insert_items
-from activities.llm.models import ChatMessage, LlmRequest
+from contracts.llm import ChatMessage, LlmRequest
 from infra.database import session_factory
 from infra.input_limits import PromptLimits
 from infra.settings import KeelSettings

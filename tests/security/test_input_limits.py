@@ -27,10 +27,10 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities.batch_items import BatchOptions, LoadFileInput, load_batch_file
-from activities.llm.models import ChatMessage
-from activities.session_models import FoldPlan, session_workflow_id, summarization_prompt
 from activities.sessions import FOLD_INSTRUCTION_TOKENS
 from api.server import running_api
+from contracts.llm import ChatMessage
+from contracts.sessions import FoldPlan, session_workflow_id, summarization_prompt
 from infra.api_tokens import IssuedToken
 from infra.chat_client import TurnRequest, run_turn
 from infra.database import session_factory

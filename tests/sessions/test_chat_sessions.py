@@ -11,7 +11,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from activities.session_models import session_workflow_id
+from contracts.sessions import session_workflow_id
 from infra.chat_client import TurnRequest, run_turn, start_turn
 from infra.settings import KeelSettings
 from infra.token_streams import StreamEventType, StreamHub

@@ -10,7 +10,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.session_models import session_workflow_id
+from contracts.sessions import session_workflow_id
 from infra.chat_client import TurnRequest, run_turn
 from infra.settings import KeelSettings
 from llmsim import SimServer, count_message_tokens

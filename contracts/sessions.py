@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, Field
 
-from activities.llm.models import MAX_OUTPUT_TOKENS, ChatMessage, Usage
+from contracts.llm import MAX_OUTPUT_TOKENS, ChatMessage, Usage
 
 # Activities are named, not imported (see workflows/llm_calls.py).
 PREPARE_TURN = "prepare_turn"
