@@ -31,9 +31,9 @@ from contracts.approvals import (
     RefusalType,
     RejectDecision,
 )
-from infra.api_tokens import VerifiedToken
-from infra.approval_client import DecisionProblem, DecisionRefused, DecisionSender
 from infra.database import session_factory
+from services.api_tokens import VerifiedToken
+from services.approval_client import DecisionProblem, DecisionRefused, DecisionSender
 
 router = APIRouter(tags=["approvals"])
 

@@ -30,7 +30,6 @@ from api.errors import ApiError, from_temporal
 from api.state import KeelApi, keel_api, request_priority
 from contracts.jobs import JobInput, JobKind, JobStatus
 from contracts.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
-from infra.api_tokens import VerifiedToken
 from infra.callback_signing import SECRET_VARIABLE, SigningSecretError, signing_secret
 from infra.database import session_factory
 from infra.input_limits import (
@@ -49,6 +48,7 @@ from infra.outbound_guard import (
 )
 from infra.settings import KeelSettings
 from infra.tables import Job
+from services.api_tokens import VerifiedToken
 from workflows.jobs import JOB_WORKFLOWS, JobWorkflow
 
 log = structlog.get_logger(__name__)

@@ -16,8 +16,8 @@ from api.errors import ApiError
 from api.sse import KEEP_ALIVE, SSE_HEADERS, follow_turn, native_event
 from api.state import KeelApi, keel_api
 from contracts.sessions import turn_stream_key
-from infra.api_tokens import VerifiedToken
-from infra.session_reports import SessionReport, session_report, session_tenant
+from services.api_tokens import VerifiedToken
+from services.session_reports import SessionReport, session_report, session_tenant
 
 router = APIRouter(tags=["sessions"])
 

@@ -30,11 +30,11 @@ from contracts.approvals import (
     RejectDecision,
 )
 from contracts.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
-from infra.approval_client import DecisionProblem, DecisionRefused, DecisionSender
 from infra.database import session_factory
 from infra.settings import get_settings
 from infra.tables import Approval
 from infra.temporal_client import connect
+from services.approval_client import DecisionProblem, DecisionRefused, DecisionSender
 from starters.database_command import run_then_close_database
 from starters.output import console, error_console, fail
 from starters.review import approve_command, wait_for_review

@@ -71,11 +71,11 @@ from contracts.approvals import (
     EditDecision,
     RejectDecision,
 )
-from infra.approval_client import DecisionRefused, DecisionSender
 from infra.database import dispose_engines, session_factory
 from infra.settings import KeelSettings, get_settings
 from infra.tables import Batch
 from infra.temporal_client import connect
+from services.approval_client import DecisionRefused, DecisionSender
 from starters.approvals import EXIT_CODES
 from starters.ask import tenant_search_attributes
 from starters.output import console, error_console, fail, workflow_link

@@ -15,10 +15,10 @@ from temporalio.worker import Worker
 from activities.approvals import add_reviewer, remove_reviewer
 from api.server import running_api
 from contracts.approvals import ApprovalMode, ReviewPolicy
-from infra.api_tokens import TokenRole
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
+from services.api_tokens import TokenRole
 from tests.api.tokens import http_client, issue_token
 from tests.approvals.cli import KeelCli
 from tests.approvals.records import audit_rows, gate_events, pending_gate, seed_reviewers

@@ -28,10 +28,10 @@ from activities.batch_items import BatchOptions
 from contracts.approvals import ApprovalMode, ApproveDecision, GateView, ReviewPolicy
 from contracts.jobs import JobInput, JobKind
 from contracts.sessions import session_workflow_id
-from infra.chat_client import TurnRequest, run_turn
 from infra.database import session_factory
 from infra.settings import KeelSettings, get_settings
 from llmsim import SimServer
+from services.chat_client import TurnRequest, run_turn
 from starters.batch import submit_batch
 from starters.budget import change_budget
 from workflows.approval_gate import APPROVE, STATUS_QUERY

@@ -31,12 +31,12 @@ from activities.sessions import FOLD_INSTRUCTION_TOKENS
 from api.server import running_api
 from contracts.llm import ChatMessage
 from contracts.sessions import FoldPlan, session_workflow_id, summarization_prompt
-from infra.api_tokens import IssuedToken
-from infra.chat_client import TurnRequest, run_turn
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import Batch, BatchItem, ChatSession, Job
 from llmsim import SimServer, count_message_tokens
+from services.api_tokens import IssuedToken
+from services.chat_client import TurnRequest, run_turn
 from tests.api.tokens import bearer, http_client, openai_client
 from tests.conftest import reconfigure
 from tests.reliability.ledger import ledger_rows

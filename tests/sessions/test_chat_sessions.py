@@ -12,10 +12,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from contracts.sessions import session_workflow_id
-from infra.chat_client import TurnRequest, run_turn, start_turn
 from infra.settings import KeelSettings
 from infra.token_streams import StreamEventType, StreamHub
 from llmsim import SimServer
+from services.chat_client import TurnRequest, run_turn, start_turn
 from tests.conftest import reconfigure
 from tests.reliability.ledger import ledger_rows
 from tests.sessions.conftest import stored_messages, stored_session
