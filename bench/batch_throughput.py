@@ -51,7 +51,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.batch_files import parse_lines
-from activities.batch_items import BatchOptions
+from contracts.batch import BatchOptions
 from contracts.search_attributes import ALL_SEARCH_ATTRIBUTES
 from devstack.ephemeral import use_throwaway_key_if_unset
 from infra.database import dispose_engines, session_factory

@@ -55,10 +55,8 @@ from activities.batch_files import (
     validate,
 )
 from activities.batch_items import (
-    BatchOptions,
     BatchReport,
     batch_report,
-    batch_workflow_id,
     create_batch,
     insert_items,
     iter_items,
@@ -71,6 +69,7 @@ from contracts.approvals import (
     EditDecision,
     RejectDecision,
 )
+from contracts.batch import BatchOptions, batch_workflow_id
 from infra.database import dispose_engines, session_factory
 from infra.settings import KeelSettings, get_settings
 from infra.tables import Batch

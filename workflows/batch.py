@@ -31,6 +31,17 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.batch_items import (
+        begin_batch_run,
+        claim_batch_items,
+        load_batch_file,
+        meter_batch_spend,
+        record_batch_item_outcomes,
+        release_batch_items,
+        reset_failed_batch_items,
+        set_batch_status,
+    )
+    from contracts.approvals import DefaultAction, GateOutcome, GateRequest
+    from contracts.batch import (
         BatchCounts,
         BatchOptions,
         BeginRunInput,
@@ -43,16 +54,7 @@ with workflow.unsafe.imports_passed_through():
         ReleaseInput,
         ResetFailedInput,
         StatusInput,
-        begin_batch_run,
-        claim_batch_items,
-        load_batch_file,
-        meter_batch_spend,
-        record_batch_item_outcomes,
-        release_batch_items,
-        reset_failed_batch_items,
-        set_batch_status,
     )
-    from contracts.approvals import DefaultAction, GateOutcome, GateRequest
     from contracts.llm import (
         CallClass,
         FallbackPolicy,

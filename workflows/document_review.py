@@ -22,15 +22,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.publishing import (
-        Publication,
-        PublishInput,
-        WebhookInput,
-        deliver_review_webhook,
-        publish_document,
-    )
+    from activities.publishing import deliver_review_webhook, publish_document
     from contracts.approvals import ApprovalMode, GateOutcome, GateRequest, ReviewPolicy
     from contracts.llm import ChatMessage, LlmAnswer, LlmParameters, LlmRequest
+    from contracts.publishing import Publication, PublishInput, WebhookInput
     from contracts.search_attributes import KEEL_COST_USD
     from workflows.approval_gate import ApprovalGate
     from workflows.llm_calls import ask_llm, audit

@@ -24,8 +24,8 @@ from temporalio.client import (
 
 from activities.approvals import add_reviewer
 from activities.batch_files import parse_lines
-from activities.batch_items import BatchOptions
 from contracts.approvals import ApprovalMode, ApproveDecision, GateView, ReviewPolicy
+from contracts.batch import BatchOptions
 from contracts.jobs import JobInput, JobKind
 from contracts.sessions import session_workflow_id
 from infra.database import session_factory

@@ -25,13 +25,13 @@ from sqlalchemy import select
 from activities.batch_files import (
     BatchFileLimits,
     BatchFileRefused,
-    ItemRequest,
     ParsedLine,
     parse_lines,
     read_bounded_lines,
     validate,
 )
-from activities.batch_items import BatchOptions, ClaimedItem, create_batch, insert_items
+from activities.batch_items import create_batch, insert_items
+from contracts.batch import BatchOptions, ClaimedItem, ItemRequest
 from contracts.llm import ChatMessage, LlmRequest
 from infra.database import session_factory
 from infra.input_limits import PromptLimits

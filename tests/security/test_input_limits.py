@@ -26,9 +26,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
-from activities.batch_items import BatchOptions, LoadFileInput, load_batch_file
+from activities.batch_items import load_batch_file
 from activities.sessions import FOLD_INSTRUCTION_TOKENS
 from api.server import running_api
+from contracts.batch import BatchOptions, LoadFileInput
 from contracts.llm import ChatMessage
 from contracts.sessions import FoldPlan, session_workflow_id, summarization_prompt
 from infra.database import session_factory
