@@ -38,6 +38,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+	@# The layers and their allowed imports (pyproject.toml [tool.importlinter], ARCHITECTURE.md).
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix .
@@ -50,4 +52,4 @@ bench: install
 # /var/lib/keel-postgres, when the system user it runs as cannot reach .keel/), which rm misses.
 clean:
 	@if [ -x $(BIN)/keel ]; then $(BIN)/keel dev down --purge; fi
-	rm -rf $(VENV) .keel .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .keel .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
