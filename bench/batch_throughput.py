@@ -50,7 +50,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from activities.batch_files import parse_lines
+from activities.batch.files import parse_lines
 from contracts.batch import BatchOptions
 from contracts.search_attributes import ALL_SEARCH_ATTRIBUTES
 from devstack.ephemeral import use_throwaway_key_if_unset

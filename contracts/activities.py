@@ -94,7 +94,7 @@ DELIVER_REVIEW_WEBHOOK = ActivityRef[WebhookInput, WebhookDelivery](
     "deliver_review_webhook", WebhookInput, WebhookDelivery
 )
 
-# --- Batches (activities/batch_items.py)
+# --- Batches (activities/batch/items.py)
 LOAD_BATCH_FILE = ActivityRef[LoadFileInput, LoadSummary](
     "load_batch_file", LoadFileInput, LoadSummary
 )

@@ -46,7 +46,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.batch_files import (
+from activities.batch.files import (
     BatchFileRefused,
     ParsedLine,
     ValidationReport,
@@ -54,7 +54,7 @@ from activities.batch_files import (
     parse_lines,
     validate,
 )
-from activities.batch_items import (
+from activities.batch.items import (
     BatchReport,
     batch_report,
     create_batch,
@@ -241,7 +241,7 @@ def _print_next_steps(settings: KeelSettings, batch_id: str) -> None:
 
 
 # The line format, where a person looks for it (`keel batch start --help`); README.md says the
-# same under "Batches". activities/batch_files.py is what enforces it.
+# same under "Batches". activities/batch/files.py is what enforces it.
 BATCH_LINE_FORMAT = """\
 FILE holds one JSON object per line, in either of two shapes (they may be mixed).
 

@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.batch_items import BatchReport, batch_report
+from activities.batch.items import BatchReport, batch_report
 from contracts.approvals import ApproveDecision, EditDecision, RejectDecision
 from infra.database import session_factory
 from infra.settings import KeelSettings

@@ -23,7 +23,7 @@ from temporalio.client import (
 )
 
 from activities.approvals import add_reviewer
-from activities.batch_files import parse_lines
+from activities.batch.files import parse_lines
 from contracts.approvals import ApprovalMode, ApproveDecision, GateView, ReviewPolicy
 from contracts.batch import BatchOptions
 from contracts.jobs import JobInput, JobKind

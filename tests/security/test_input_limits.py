@@ -26,7 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
-from activities.batch_items import load_batch_file
+from activities.batch.items import load_batch_file
 from activities.sessions import FOLD_INSTRUCTION_TOKENS
 from api.server import running_api
 from contracts.batch import BatchOptions, LoadFileInput

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.batch_files import (
+from activities.batch.files import (
     BatchFileRefused,
     ParsedLine,
     ValidationReport,
