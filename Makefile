@@ -1,7 +1,7 @@
 # keel's two commands: `make demo` (see it work) and `make test` (prove it works).
 PYTHON ?= python3
 VENV := .venv
-PACKAGES := workflows activities workers starters infra llmsim devstack api migrations
+PACKAGES := contracts workflows activities workers starters services infra llmsim devstack api migrations
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
@@ -38,6 +38,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+	@# The layers and their allowed imports (pyproject.toml [tool.importlinter], ARCHITECTURE.md).
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix .
@@ -50,4 +52,4 @@ bench: install
 # /var/lib/keel-postgres, when the system user it runs as cannot reach .keel/), which rm misses.
 clean:
 	@if [ -x $(BIN)/keel ]; then $(BIN)/keel dev down --purge; fi
-	rm -rf $(VENV) .keel .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .keel .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -18,7 +18,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
-from activities.approval_models import (
+from activities.audit_trail import AuditEventInput, write_audit_event
+from contracts.approvals import (
     GateEvent,
     GateStatus,
     OpenGateInput,
@@ -26,7 +27,6 @@ from activities.approval_models import (
     Roster,
     RosterRequest,
 )
-from activities.audit_trail import AuditEventInput, write_audit_event
 from infra.database import session_factory
 from infra.settings import get_settings
 from infra.tables import Approval, Reviewer

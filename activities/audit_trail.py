@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
-from activities.audit_event import AuditEventInput
+from contracts.audit import AuditEventInput
 from infra.audit_chain import GENESIS_HASH, ChainedFields, payload_digest, payload_json
 from infra.database import session_factory
 from infra.tables import AuditEvent

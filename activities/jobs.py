@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.job_models import (
+from contracts.jobs import (
     CallbackDelivery,
     CallbackOutcome,
     JobRecord,

@@ -12,12 +12,12 @@ from urllib.parse import urlsplit
 
 import httpx2
 import structlog
-from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from contracts.publishing import PublishInput, WebhookDelivery, WebhookInput
 from infra.database import session_factory
 from infra.settings import get_settings
 from infra.tables import PublishedDocument
@@ -27,30 +27,6 @@ log = structlog.get_logger(__name__)
 WEBHOOK_TIMEOUT_SECONDS = 10.0
 # Answers that mean "try again later"; any other 4xx means the receiver refuses this payload.
 _RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
-
-
-class Publication(BaseModel):
-    """What a published review says about itself: stored with the text, sent to the webhook."""
-
-    workflow_id: str
-    tenant: str
-    source_name: str
-    approval_gate: str | None = None
-    approved_by: list[str] = Field(default_factory=list)
-    flagged: bool = False
-
-
-class PublishInput(Publication):
-    content: str
-
-
-class WebhookInput(Publication):
-    published_id: int
-
-
-class WebhookDelivery(BaseModel):
-    host: str
-    status: int
 
 
 @activity.defn(name="publish_document")

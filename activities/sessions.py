@@ -28,8 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.llm.models import ChatMessage, provider_for_model
-from activities.session_models import (
+from contracts.llm import ChatMessage, provider_for_model
+from contracts.sessions import (
     FailTurnInput,
     FinishTurnInput,
     FoldPlan,

@@ -19,7 +19,11 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from activities.approval_models import (
+from activities.approvals import pending_gates
+from api.auth import reviewer_caller
+from api.errors import ApiError
+from api.state import KeelApi, keel_api
+from contracts.approvals import (
     ApproveDecision,
     Decision,
     EditDecision,
@@ -27,13 +31,9 @@ from activities.approval_models import (
     RefusalType,
     RejectDecision,
 )
-from activities.approvals import pending_gates
-from api.auth import reviewer_caller
-from api.errors import ApiError
-from api.state import KeelApi, keel_api
-from infra.api_tokens import VerifiedToken
-from infra.approval_client import DecisionProblem, DecisionRefused, DecisionSender
 from infra.database import session_factory
+from services.api_tokens import VerifiedToken
+from services.approval_client import DecisionProblem, DecisionRefused, DecisionSender
 
 router = APIRouter(tags=["approvals"])
 

@@ -23,8 +23,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ApiError
 from api.state import TENANT_HEADER
-from infra.api_tokens import TokenRejected, TokenRole, VerifiedToken, verify_token
 from infra.database import session_factory
+from services.api_tokens import TokenRejected, TokenRole, VerifiedToken, verify_token
 
 log = structlog.get_logger("keel.api.auth")
 

@@ -19,8 +19,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
-from activities.llm.models import ChatMessage, RequestPriority
-from activities.session_models import SESSION_ID_PATTERN
 from api.auth import client_caller
 from api.errors import ApiError, from_temporal
 from api.openai_schemas import (
@@ -44,8 +42,8 @@ from api.state import (
     keel_api,
     request_priority,
 )
-from infra.api_tokens import VerifiedToken
-from infra.chat_client import TurnRequest, new_session_id, run_turn, start_turn
+from contracts.llm import ChatMessage, RequestPriority
+from contracts.sessions import SESSION_ID_PATTERN
 from infra.input_limits import (
     InputTooLarge,
     PromptLimits,
@@ -54,9 +52,11 @@ from infra.input_limits import (
     check_prompt,
     check_storable,
 )
-from infra.session_reports import session_tenant
 from infra.settings import KeelSettings
 from infra.token_streams import read_events
+from services.api_tokens import VerifiedToken
+from services.chat_client import TurnRequest, new_session_id, run_turn, start_turn
+from services.session_reports import session_tenant
 
 router = APIRouter(tags=["chat"])
 

@@ -24,12 +24,12 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.job_models import JobInput, JobKind, JobStatus
 from activities.jobs import callback_destination_policy
 from api.auth import check_tenant_field, client_caller
 from api.errors import ApiError, from_temporal
 from api.state import KeelApi, keel_api, request_priority
-from infra.api_tokens import VerifiedToken
+from contracts.jobs import JobInput, JobKind, JobStatus
+from contracts.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from infra.callback_signing import SECRET_VARIABLE, SigningSecretError, signing_secret
 from infra.database import session_factory
 from infra.input_limits import (
@@ -46,9 +46,9 @@ from infra.outbound_guard import (
     DestinationUnresolved,
     check_url,
 )
-from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from infra.settings import KeelSettings
 from infra.tables import Job
+from services.api_tokens import VerifiedToken
 from workflows.jobs import JOB_WORKFLOWS, JobWorkflow
 
 log = structlog.get_logger(__name__)

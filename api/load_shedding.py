@@ -28,8 +28,8 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from activities.llm.models import RequestPriority
 from api.errors import ApiError
+from contracts.llm import RequestPriority
 from infra.settings import KeelSettings
 
 log = structlog.get_logger("keel.api")

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from activities.llm.models import MAX_OUTPUT_TOKENS, ChatMessage
 from api.errors import ApiError
+from contracts.llm import MAX_OUTPUT_TOKENS, ChatMessage
 from infra.input_limits import MAX_MODEL_NAME_LENGTH
 
 

@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from activities.session_models import turn_stream_key
 from api.auth import client_caller
 from api.errors import ApiError
 from api.sse import KEEP_ALIVE, SSE_HEADERS, follow_turn, native_event
 from api.state import KeelApi, keel_api
-from infra.api_tokens import VerifiedToken
-from infra.session_reports import SessionReport, session_report, session_tenant
+from contracts.sessions import turn_stream_key
+from services.api_tokens import VerifiedToken
+from services.session_reports import SessionReport, session_report, session_tenant
 
 router = APIRouter(tags=["sessions"])
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from temporalio.client import Client
 
-from activities.llm.models import RequestPriority
 from api.errors import ApiError
 from api.load_shedding import LoadShedder
+from contracts.llm import RequestPriority
 from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings
 from infra.token_streams import StreamHub

@@ -46,8 +46,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from activities.audit_event import AuditEventInput
 from activities.audit_trail import write_audit_event
+from contracts.audit import AuditEventInput
 from infra.database import dispose_engines, session_factory
 from infra.migrate import upgrade_to_head
 

@@ -50,12 +50,12 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from activities.batch_files import parse_lines
-from activities.batch_items import BatchOptions
+from activities.batch.files import parse_lines
+from contracts.batch import BatchOptions
+from contracts.search_attributes import ALL_SEARCH_ATTRIBUTES
 from devstack.ephemeral import use_throwaway_key_if_unset
 from infra.database import dispose_engines, session_factory
 from infra.migrate import upgrade_to_head
-from infra.search_attributes import ALL_SEARCH_ATTRIBUTES
 from infra.settings import get_settings, to_asyncpg_url
 from infra.tables import LlmCall
 from infra.temporal_client import keel_data_converter

@@ -50,9 +50,9 @@ from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.api.history.v1 import HistoryEvent  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
+from contracts.search_attributes import ALL_SEARCH_ATTRIBUTES  # noqa: E402
 from devstack.ephemeral import use_throwaway_key_if_unset  # noqa: E402
 from infra.migrate import upgrade_to_head  # noqa: E402
-from infra.search_attributes import ALL_SEARCH_ATTRIBUTES  # noqa: E402
 from infra.temporal_client import keel_data_converter  # noqa: E402
 from infra.temporal_tuning import dev_server_args  # noqa: E402
 

@@ -19,10 +19,10 @@ import asyncpg
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from contracts.search_attributes import ALL_SEARCH_ATTRIBUTES
 from infra.database import dispose_engines
 from infra.migrate import upgrade_to_head
 from infra.payload_codec import configured_keys, new_key
-from infra.search_attributes import ALL_SEARCH_ATTRIBUTES
 from infra.settings import KeelSettings, get_settings, to_asyncpg_url
 from infra.temporal_client import keel_data_converter
 from infra.temporal_tuning import dev_server_args

@@ -14,10 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from contracts.search_attributes import cli_search_attribute_flags
 from devstack.errors import DevStackError
 from devstack.layout import StackLayout
 from devstack.processes import ManagedProcess, PortClaim
-from infra.search_attributes import cli_search_attribute_flags
 from infra.settings import KeelSettings
 from infra.temporal_tuning import dev_server_args
 

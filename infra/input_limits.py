@@ -1,7 +1,7 @@
 """Size limits on what enters keel, and text keel can store.
 
 Every door a prompt comes in by checks it here before anything is started or written: ``keel
-ask``, ``keel chat``, ``keel review start``, batch files (activities/batch_files.py) and the HTTP
+ask``, ``keel chat``, ``keel review start``, batch files (activities/batch/files.py) and the HTTP
 API (api/chat.py, api/jobs.py; bodies are capped earlier, in api/request_limits.py). The LLM
 activity checks the token estimate once more, as the last line of defence, before a provider
 sees the prompt. The limits are settings (``KEEL_MAX_*``); every refusal says what is too big,

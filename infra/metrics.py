@@ -20,6 +20,7 @@ import errno
 import socket
 import threading
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,9 +35,10 @@ from prometheus_client import (
     generate_latest,
 )
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from activities.llm.budgets import budget_states
+from contracts.llm import BudgetState
 from infra.database import session_factory
 from infra.settings import KeelSettings
 
@@ -192,12 +194,17 @@ _BREAKERS = text("SELECT provider, model, state FROM circuit_breakers")
 _APPROVALS_PENDING = text("SELECT count(*) FROM approvals WHERE status = 'pending'")
 
 
-async def refresh_state_gauges(settings: KeelSettings) -> None:
+# Every tenant's budgets, read in the session given. The worker passes the budget store's reader:
+# infra is below activities and does not import them.
+BudgetReader = Callable[[AsyncSession], Awaitable[list[BudgetState]]]
+
+
+async def refresh_state_gauges(read_budgets: BudgetReader) -> None:
     """Breakers, budgets and pending approvals as Postgres has them now."""
     async with session_factory()() as session:
         for row in await session.execute(_BREAKERS):
             record_breaker_state(row.provider, row.model, row.state)
-        states = await budget_states(session, None, settings)
+        states = await read_budgets(session)
         APPROVALS_PENDING.set(int((await session.execute(_APPROVALS_PENDING)).scalar_one()))
     for metric in (BUDGET_LIMIT, BUDGET_SPENT, BUDGET_REMAINING):
         metric.clear()  # a removed budget disappears instead of freezing at its last value
@@ -207,10 +214,10 @@ async def refresh_state_gauges(settings: KeelSettings) -> None:
         BUDGET_REMAINING.labels(state.tenant, state.period).set(float(state.left_usd))
 
 
-async def refresh_state_gauges_forever(settings: KeelSettings) -> None:
+async def refresh_state_gauges_forever(settings: KeelSettings, read_budgets: BudgetReader) -> None:
     while True:
         try:
-            await refresh_state_gauges(settings)
+            await refresh_state_gauges(read_budgets)
         except Exception as error:  # a database blip must not stop the worker
             log.warning("metrics.refresh_failed", error=f"{type(error).__name__}: {error}")
         await asyncio.sleep(settings.metrics_refresh_seconds)

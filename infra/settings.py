@@ -18,9 +18,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from activities.approval_models import ReviewPolicy
-from activities.llm.models import CallPolicy, FallbackPolicy
-from activities.llm.traffic_config import BudgetPolicy, RateLimit, RoutePolicy
+from contracts.approvals import ReviewPolicy
+from contracts.llm import CallPolicy, FallbackPolicy
+from contracts.traffic import BudgetPolicy, RateLimit, RoutePolicy
 from infra.outbound_guard import OutboundPolicy
 
 INTERACTIVE_TASK_QUEUE = "keel-interactive"

@@ -20,7 +20,8 @@ import typer
 from rich.table import Table
 from temporalio.service import RPCError
 
-from activities.approval_models import (
+from activities.approvals import decided_by_humans, pending_gates
+from contracts.approvals import (
     ApproveDecision,
     Decision,
     EditDecision,
@@ -28,13 +29,12 @@ from activities.approval_models import (
     RefusalType,
     RejectDecision,
 )
-from activities.approvals import decided_by_humans, pending_gates
-from infra.approval_client import DecisionProblem, DecisionRefused, DecisionSender
+from contracts.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from infra.database import session_factory
-from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from infra.settings import get_settings
 from infra.tables import Approval
 from infra.temporal_client import connect
+from services.approval_client import DecisionProblem, DecisionRefused, DecisionSender
 from starters.database_command import run_then_close_database
 from starters.output import console, error_console, fail
 from starters.review import approve_command, wait_for_review

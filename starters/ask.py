@@ -14,8 +14,9 @@ from temporalio.client import WorkflowFailureError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 
-from activities.llm.models import FallbackPolicy
-from activities.llm.traffic_config import BudgetPolicy
+from contracts.llm import FallbackPolicy
+from contracts.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
+from contracts.traffic import BudgetPolicy
 from infra.database import dispose_engines, session_factory
 from infra.input_limits import (
     InputTooLarge,
@@ -25,7 +26,6 @@ from infra.input_limits import (
     check_prompt_with_system,
 )
 from infra.payload_codec import PayloadDecryptionError
-from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from infra.settings import KeelSettings, get_settings
 from infra.tables import LlmCall
 from infra.temporal_client import connect

@@ -47,12 +47,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.approval_models import (
-    ApproveDecision,
-    EditDecision,
-    RejectDecision,
-)
-from activities.batch_files import (
+from activities.batch.files import (
     BatchFileRefused,
     ParsedLine,
     ValidationReport,
@@ -60,11 +55,9 @@ from activities.batch_files import (
     parse_lines,
     validate,
 )
-from activities.batch_items import (
-    BatchOptions,
+from activities.batch.items import (
     BatchReport,
     batch_report,
-    batch_workflow_id,
     create_batch,
     insert_items,
     iter_items,
@@ -72,11 +65,17 @@ from activities.batch_items import (
     openai_output_line,
     refusal,
 )
-from infra.approval_client import DecisionRefused, DecisionSender
+from contracts.approvals import (
+    ApproveDecision,
+    EditDecision,
+    RejectDecision,
+)
+from contracts.batch import BatchOptions, batch_workflow_id
 from infra.database import dispose_engines, session_factory
 from infra.settings import KeelSettings, get_settings
 from infra.tables import Batch
 from infra.temporal_client import connect
+from services.approval_client import DecisionRefused, DecisionSender
 from starters.approvals import EXIT_CODES
 from starters.ask import tenant_search_attributes
 from starters.output import console, error_console, fail, workflow_link
@@ -247,7 +246,7 @@ def _print_next_steps(settings: KeelSettings, batch_id: str) -> None:
 
 
 # The line format, where a person looks for it (`keel batch start --help`); README.md says the
-# same under "Batches". activities/batch_files.py is what enforces it.
+# same under "Batches". activities/batch/files.py is what enforces it.
 BATCH_LINE_FORMAT = """\
 FILE holds one JSON object per line, in either of two shapes (they may be mixed).
 

@@ -19,10 +19,10 @@ import typer
 from rich.table import Table
 from sqlalchemy import select
 
-from activities.audit_event import AuditEventInput
 from activities.audit_trail import write_audit_event
 from activities.llm.budgets import budget_states, remove_budget, set_budget
-from activities.llm.models import BudgetState
+from contracts.audit import AuditEventInput
+from contracts.llm import BudgetState
 from infra.database import dispose_engines, session_factory
 from infra.settings import get_settings
 from infra.tables import Budget

@@ -17,9 +17,8 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from activities.llm.models import RequestPriority
-from activities.session_models import session_workflow_id
-from infra.chat_client import TurnRequest, new_session_id, start_turn
+from contracts.llm import RequestPriority
+from contracts.sessions import session_workflow_id
 from infra.database import dispose_engines
 from infra.input_limits import (
     InputTooLarge,
@@ -29,10 +28,11 @@ from infra.input_limits import (
     check_prompt_with_system,
     check_storable,
 )
-from infra.session_reports import SessionReport, session_report
 from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect
 from infra.token_streams import StreamEvent, StreamEventType, StreamHub
+from services.chat_client import TurnRequest, new_session_id, start_turn
+from services.session_reports import SessionReport, session_report
 from starters.output import console, error_console, fail, workflow_link
 
 session_app = typer.Typer(help="Inspect chat sessions.", no_args_is_help=True)

@@ -12,7 +12,7 @@ import uuid
 import httpx2
 from rich.rule import Rule
 
-from activities.batch_items import batch_workflow_id
+from contracts.batch import batch_workflow_id
 from infra.database import dispose_engines
 from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from infra.audit_chain import PURGE_AUDIT_ID
 from infra.database import DatabaseRole, DatabaseRoleError, dispose_engines, session_factory
-from infra.retention import PurgeResult, parse_duration, purge_content
+from services.retention import PurgeResult, parse_duration, purge_content
 from starters.output import console, fail
 
 EXIT_USAGE = 2

@@ -17,8 +17,8 @@ from temporalio.client import (
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities.approval_models import ApprovalMode
 from activities.approvals import gates_of
+from contracts.approvals import ApprovalMode
 from infra.database import dispose_engines, session_factory
 from infra.input_limits import InputTooLarge, PromptLimits, UnstorableText, check_prompt
 from infra.settings import KeelSettings, get_settings

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from rich.table import Table
 from sqlalchemy import select
 
-from activities.llm.models import provider_for_model
 from activities.llm.pricing import price_per_million
 from activities.llm.routing import PRIMARY, route_policy
+from contracts.llm import provider_for_model
 from infra.database import dispose_engines, session_factory
 from infra.settings import KeelSettings, get_settings
 from infra.tables import CircuitBreaker

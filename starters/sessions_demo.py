@@ -17,10 +17,10 @@ from datetime import timedelta
 import httpx2
 from temporalio.client import Client
 
-from infra.api_tokens import IssuedToken, TokenRole, create_token, revoke_token
 from infra.database import session_factory
-from infra.session_reports import session_report
 from infra.settings import KeelSettings
+from services.api_tokens import IssuedToken, TokenRole, create_token, revoke_token
+from services.session_reports import session_report
 from starters.chat import print_session
 from starters.output import console
 

@@ -15,7 +15,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from infra.api_tokens import (
+from infra.database import session_factory
+from infra.settings import get_settings
+from services.api_tokens import (
     TOKENS_AUDIT_ID,
     TokenNotFound,
     TokenRole,
@@ -26,8 +28,6 @@ from infra.api_tokens import (
     revoke_token,
     token_state,
 )
-from infra.database import session_factory
-from infra.settings import get_settings
 from starters.approvals import age
 from starters.database_command import BY_OPTION, run_then_close_database
 from starters.output import console, error_console, fail

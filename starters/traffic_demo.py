@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from temporalio.client import WorkflowFailureError
 
-from activities.llm.traffic_config import BudgetPolicy
+from contracts.traffic import BudgetPolicy
 from infra.settings import KeelSettings
 from infra.temporal_client import connect
 from starters.ask import tenant_search_attributes

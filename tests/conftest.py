@@ -30,10 +30,10 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from contracts.search_attributes import ALL_SEARCH_ATTRIBUTES
 from devstack import stack
 from infra.database import dispose_engines
 from infra.migrate import upgrade_to_head
-from infra.search_attributes import ALL_SEARCH_ATTRIBUTES
 from infra.settings import KeelSettings, get_settings, to_asyncpg_url
 from infra.temporal_client import keel_data_converter
 from infra.temporal_tuning import dev_server_args

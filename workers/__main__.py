@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import structlog
 
+from activities.llm.budgets import budget_states
 from infra.metrics import MetricsServer, refresh_state_gauges_forever, temporal_runtime_with_metrics
 from infra.settings import get_settings
 from infra.structured_logging import configure_logging
@@ -55,7 +56,13 @@ async def run_worker(
             "worker.using_simulator",
             hint="no OPENAI_API_KEY or ANTHROPIC_API_KEY is set: LLM calls go to keel's simulator",
         )
-    gauges = asyncio.create_task(refresh_state_gauges_forever(settings)) if metrics_server else None
+    gauges = None
+    if metrics_server is not None:
+        gauges = asyncio.create_task(
+            refresh_state_gauges_forever(
+                settings, lambda session: budget_states(session, None, settings)
+            )
+        )
     try:
         async with worker:
             if on_started is not None:

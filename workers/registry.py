@@ -9,7 +9,7 @@ from typing import Any
 
 from activities.approvals import APPROVAL_ACTIVITIES
 from activities.audit_trail import record_audit_event
-from activities.batch_items import BATCH_ACTIVITIES
+from activities.batch.items import BATCH_ACTIVITIES
 from activities.jobs import job_activities
 from activities.llm.activities import complete_chat, plan_llm_route
 from activities.publishing import PUBLISHING_ACTIVITIES

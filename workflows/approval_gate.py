@@ -60,11 +60,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.approval_models import (
+    from contracts.activities import (
+        LOAD_REVIEWER_ROSTER,
+        OPEN_APPROVAL_GATE,
+        RECORD_GATE_EVENT,
+        REFRESH_GATE,
+    )
+    from contracts.approvals import (
         ApproveDecision,
         Decision,
         DecisionReceipt,
@@ -82,21 +87,10 @@ with workflow.unsafe.imports_passed_through():
         Roster,
         RosterRequest,
     )
-    from activities.approvals import (
-        load_reviewer_roster,
-        open_approval_gate,
-        record_gate_event,
-        refresh_gate,
-    )
-    from infra.search_attributes import KEEL_AWAITING
-    from workflows.llm_calls import LOCAL_ACTIVITY_TIMEOUT
+    from contracts.search_attributes import KEEL_AWAITING
+    from workflows.activity_calls import GATE_RECORD, call_local
 
 APPROVE, REJECT, EDIT = "approve", "reject", "edit"
-# A gate's records are retried until Postgres answers: a database blip must not decide a gate
-# (or fail the workflow). Bugs (ValueError in the activity) are not retried.
-RECORD_RETRY = RetryPolicy(
-    maximum_interval=timedelta(seconds=30), non_retryable_error_types=["ValueError"]
-)
 STATUS_QUERY = "approval_status"
 AWAITING_APPROVAL = "approval"
 _PAST_TENSE = {APPROVE: "approved", REJECT: "rejected", EDIT: "edited"}
@@ -196,11 +190,10 @@ class ApprovalGate:
             raise RuntimeError(f"gate {self._open.name!r} is still open; one gate at a time")
         if request.gate in self._decided:
             raise ValueError(f"gate {request.gate!r} was already used in this run")
-        roster = await workflow.execute_local_activity(
-            load_reviewer_roster,
+        roster = await call_local(
+            LOAD_REVIEWER_ROSTER,
             RosterRequest(roles=request.all_roles),
-            start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
-            retry_policy=RECORD_RETRY,
+            **GATE_RECORD,
         )
         gate = _OpenGate(
             request=request,
@@ -215,8 +208,8 @@ class ApprovalGate:
         self._open = gate
         workflow.upsert_search_attributes([KEEL_AWAITING.value_set(AWAITING_APPROVAL)])
         self._show_waiting(gate)
-        await workflow.execute_local_activity(
-            open_approval_gate,
+        await call_local(
+            OPEN_APPROVAL_GATE,
             OpenGateInput(
                 event=self._event(
                     gate,
@@ -241,8 +234,7 @@ class ApprovalGate:
                 draft=request.draft,
                 deadline_at=gate.deadline_at,
             ),
-            start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
-            retry_policy=RECORD_RETRY,
+            **GATE_RECORD,
         )
         try:
             await self._wait_for_outcome(gate)
@@ -375,14 +367,13 @@ class ApprovalGate:
         payload: dict[str, Any],
         changes: dict[str, Any] | None = None,
     ) -> Roster:
-        return await workflow.execute_local_activity(
-            refresh_gate,
+        return await call_local(
+            REFRESH_GATE,
             RefreshInput(
                 event=self._event(gate, event_type, payload=payload, changes=changes or {}),
                 roles=gate.request.all_roles,
             ),
-            start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
-            retry_policy=RECORD_RETRY,
+            **GATE_RECORD,
         )
 
     async def _finalize(self, gate: _OpenGate) -> GateOutcome:
@@ -599,11 +590,10 @@ class ApprovalGate:
     async def _read_current_roster(self) -> None:
         gate = self._open
         assert gate is not None
-        roster = await workflow.execute_local_activity(
-            load_reviewer_roster,
+        roster = await call_local(
+            LOAD_REVIEWER_ROSTER,
             RosterRequest(roles=gate.request.all_roles),
-            start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
-            retry_policy=RECORD_RETRY,
+            **GATE_RECORD,
             summary="reviewers now",
         )
         if self._open is gate:  # not decided (and replaced by the next gate) meanwhile
@@ -713,11 +703,10 @@ class ApprovalGate:
         )
 
     async def _record(self, event: GateEvent) -> None:
-        await workflow.execute_local_activity(
-            record_gate_event,
+        await call_local(
+            RECORD_GATE_EVENT,
             event,
-            start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
-            retry_policy=RECORD_RETRY,
+            **GATE_RECORD,
         )
 
     def _show_waiting(self, gate: _OpenGate) -> None:

@@ -8,14 +8,14 @@ from pydantic import BaseModel, Field
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.llm.models import (
+    from contracts.llm import (
         ChatMessage,
         FallbackPolicy,
         LlmAnswer,
         LlmParameters,
         LlmRequest,
     )
-    from activities.llm.traffic_config import BudgetPolicy
+    from contracts.traffic import BudgetPolicy
     from workflows.llm_calls import ask_llm, audit
 
 

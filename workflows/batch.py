@@ -21,17 +21,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from datetime import timedelta
 from decimal import ROUND_UP, Decimal
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.approval_models import DefaultAction, GateOutcome, GateRequest
-    from activities.batch_items import (
+    from contracts.activities import (
+        BEGIN_BATCH_RUN,
+        CLAIM_BATCH_ITEMS,
+        LOAD_BATCH_FILE,
+        METER_BATCH_SPEND,
+        RECORD_BATCH_ITEM_OUTCOMES,
+        RELEASE_BATCH_ITEMS,
+        RESET_FAILED_BATCH_ITEMS,
+        SET_BATCH_STATUS,
+    )
+    from contracts.approvals import DefaultAction, GateOutcome, GateRequest
+    from contracts.batch import (
         BatchCounts,
         BatchOptions,
         BeginRunInput,
@@ -44,16 +52,8 @@ with workflow.unsafe.imports_passed_through():
         ReleaseInput,
         ResetFailedInput,
         StatusInput,
-        begin_batch_run,
-        claim_batch_items,
-        load_batch_file,
-        meter_batch_spend,
-        record_batch_item_outcomes,
-        release_batch_items,
-        reset_failed_batch_items,
-        set_batch_status,
     )
-    from activities.llm.models import (
+    from contracts.llm import (
         CallClass,
         FallbackPolicy,
         LlmAnswer,
@@ -61,12 +61,16 @@ with workflow.unsafe.imports_passed_through():
         RoutePlan,
         error_class_from_type,
     )
+    from workflows.activity_calls import (
+        BATCH_DATABASE,
+        BATCH_DATABASE_LOCAL,
+        BATCH_FILE_LOAD,
+        call,
+        call_local,
+    )
     from workflows.approval_gate import ApprovalGate, describe
     from workflows.llm_calls import ask_llm, audit, plan_route
 
-DB_ACTIVITY_TIMEOUT = timedelta(seconds=30)
-DB_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
-LOAD_TIMEOUT = timedelta(minutes=30)
 # Events one item may still add to the history once launched: its activity (scheduled, started,
 # completed), the route-planning marker, and its share of workflow tasks and outcome markers.
 EVENTS_PER_ITEM_IN_FLIGHT = 8
@@ -277,30 +281,27 @@ class BatchWorkflow:
 
     async def _load_file(self, params: BatchInput) -> None:
         assert params.source_path is not None
-        await workflow.execute_activity(
-            load_batch_file,
+        await call(
+            LOAD_BATCH_FILE,
             LoadFileInput(
                 batch_id=self._batch_id,
                 path=params.source_path,
                 options=self._options,
                 schedule_id=params.schedule_id,
             ),
-            start_to_close_timeout=LOAD_TIMEOUT,
-            heartbeat_timeout=timedelta(minutes=2),
-            retry_policy=DB_RETRY,
+            **BATCH_FILE_LOAD,
         )
 
     async def _begin(self, params: BatchInput) -> None:
         info = workflow.info()
-        begun = await workflow.execute_activity(
-            begin_batch_run,
+        begun = await call(
+            BEGIN_BATCH_RUN,
             BeginRunInput(
                 batch_id=self._batch_id,
                 workflow_id=info.workflow_id,
                 retry_failed=params.retry_failed,
             ),
-            start_to_close_timeout=DB_ACTIVITY_TIMEOUT,
-            retry_policy=DB_RETRY,
+            **BATCH_DATABASE,
         )
         self._counts = begun.counts
         self._spent = begun.spent_usd
@@ -345,11 +346,10 @@ class BatchWorkflow:
 
     async def _claim(self, token: str, page: int) -> None:
         try:
-            claimed = await workflow.execute_activity(
-                claim_batch_items,
+            claimed = await call(
+                CLAIM_BATCH_ITEMS,
                 ClaimInput(batch_id=self._batch_id, claim_token=token, limit=page),
-                start_to_close_timeout=DB_ACTIVITY_TIMEOUT,
-                retry_policy=DB_RETRY,
+                **BATCH_DATABASE,
                 summary=f"claim {token}",
             )
         finally:
@@ -462,8 +462,8 @@ class BatchWorkflow:
             ran_before_write = self._ran
             self._writing = True
             try:
-                result = await workflow.execute_activity(
-                    record_batch_item_outcomes,
+                result = await call(
+                    RECORD_BATCH_ITEM_OUTCOMES,
                     RecordOutcomesInput(
                         batch_id=self._batch_id,
                         outcomes=batch,
@@ -471,8 +471,7 @@ class BatchWorkflow:
                         if self._budget is not None
                         else None,
                     ),
-                    start_to_close_timeout=DB_ACTIVITY_TIMEOUT,
-                    retry_policy=DB_RETRY,
+                    **BATCH_DATABASE,
                     summary=f"record {len(batch)} outcomes",
                 )
             finally:
@@ -529,14 +528,13 @@ class BatchWorkflow:
         await workflow.wait_condition(lambda: self._in_flight == 0 and not self._claiming)
         await self._written()
         if self._buffer:
-            await workflow.execute_local_activity(
-                release_batch_items,
+            await call_local(
+                RELEASE_BATCH_ITEMS,
                 ReleaseInput(
                     batch_id=self._batch_id,
                     custom_ids=[item.custom_id for item in self._buffer],
                 ),
-                start_to_close_timeout=DB_ACTIVITY_TIMEOUT,
-                retry_policy=DB_RETRY,
+                **BATCH_DATABASE_LOCAL,
             )
             self._buffer.clear()
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -574,11 +572,10 @@ class BatchWorkflow:
         the budget, pause at a gate: raise the budget, or stop."""
         await workflow.wait_condition(lambda: self._in_flight == 0 or self._stop is not None)
         await self._written()
-        self._spent = await workflow.execute_local_activity(
-            meter_batch_spend,
+        self._spent = await call_local(
+            METER_BATCH_SPEND,
             MeterInput(workflow_id=workflow.info().workflow_id),
-            start_to_close_timeout=DB_ACTIVITY_TIMEOUT,
-            retry_policy=DB_RETRY,
+            **BATCH_DATABASE_LOCAL,
         )
         self._ran_metered = self._ran
         if self._stop is not None or self._budget_allows_one_more():
@@ -741,8 +738,8 @@ class BatchWorkflow:
         await workflow.wait_condition(lambda: self._in_flight == 0 and not self._claiming)
         await self._written()
         status, reason = self._stop or ("completed", None)
-        counts = await workflow.execute_activity(
-            set_batch_status,
+        counts = await call(
+            SET_BATCH_STATUS,
             StatusInput(
                 batch_id=self._batch_id,
                 status=status,
@@ -752,15 +749,13 @@ class BatchWorkflow:
                 final=True,
                 budget_usd=self._budget,
             ),
-            start_to_close_timeout=DB_ACTIVITY_TIMEOUT,
-            retry_policy=DB_RETRY,
+            **BATCH_DATABASE,
         )
         self._counts, self._status, self._reason = counts, status, reason
-        self._spent = await workflow.execute_local_activity(
-            meter_batch_spend,
+        self._spent = await call_local(
+            METER_BATCH_SPEND,
             MeterInput(workflow_id=workflow.info().workflow_id),
-            start_to_close_timeout=DB_ACTIVITY_TIMEOUT,
-            retry_policy=DB_RETRY,
+            **BATCH_DATABASE_LOCAL,
         )
         await audit(
             f"batch.{status}",
@@ -790,11 +785,10 @@ class BatchWorkflow:
 
     async def _set_status(self, status: str, reason: str | None) -> None:
         self._status, self._reason = status, reason
-        await workflow.execute_local_activity(
-            set_batch_status,
+        await call_local(
+            SET_BATCH_STATUS,
             StatusInput(batch_id=self._batch_id, status=status, reason=reason),
-            start_to_close_timeout=DB_ACTIVITY_TIMEOUT,
-            retry_policy=DB_RETRY,
+            **BATCH_DATABASE_LOCAL,
         )
 
     def _finishing(self) -> bool:
@@ -875,11 +869,10 @@ class BatchWorkflow:
         await workflow.wait_condition(lambda: self._begun)
         # Outcomes still being written are not failed in Postgres yet: let them land first.
         await self._written()
-        reset = await workflow.execute_local_activity(
-            reset_failed_batch_items,
+        reset = await call_local(
+            RESET_FAILED_BATCH_ITEMS,
             ResetFailedInput(batch_id=self._batch_id),
-            start_to_close_timeout=DB_ACTIVITY_TIMEOUT,
-            retry_policy=DB_RETRY,
+            **BATCH_DATABASE_LOCAL,
         )
         if reset:
             self._counts.failed -= reset

@@ -21,17 +21,14 @@ from temporalio import workflow
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.llm.models import (
+    from contracts.activities import FAIL_TURN, FINISH_TURN, PREPARE_TURN, STORE_SUMMARY
+    from contracts.llm import (
         LlmParameters,
         LlmRequest,
         Usage,
     )
-    from activities.session_models import (
-        FAIL_TURN,
-        FINISH_TURN,
+    from contracts.sessions import (
         MAX_TURN_CHARS,
-        PREPARE_TURN,
-        STORE_SUMMARY,
         ChatSessionInput,
         ChatSessionOutput,
         FailTurnInput,
@@ -40,14 +37,14 @@ with workflow.unsafe.imports_passed_through():
         PrepareTurnInput,
         StoredAnswer,
         StoreSummaryInput,
-        TurnContext,
         TurnInput,
         TurnOutput,
         build_context,
         summarization_prompt,
         turn_stream_key,
     )
-    from workflows.llm_calls import LOCAL_ACTIVITY_RETRY, LOCAL_ACTIVITY_TIMEOUT, ask_llm
+    from workflows.activity_calls import LOCAL_RECORD, call_local
+    from workflows.llm_calls import ask_llm
 
 __all__ = [
     "ChatSessionInput",
@@ -150,7 +147,7 @@ class ChatSessionWorkflow:
         answer_tokens = params.max_tokens or session.answer_tokens
         route = params.route if params.route or params.models else session.route
         models = params.models if params.route or params.models else session.models
-        context = await workflow.execute_local_activity(
+        context = await call_local(
             PREPARE_TURN,
             PrepareTurnInput(
                 session_id=session.session_id,
@@ -165,9 +162,7 @@ class ChatSessionWorkflow:
                 answer_tokens=answer_tokens,
                 stream_key=stream_key,
             ),
-            result_type=TurnContext,
-            start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
-            retry_policy=LOCAL_ACTIVITY_RETRY,
+            **LOCAL_RECORD,
         )
         if context.answered is not None:
             return _output(session.session_id, turn_id, context.answered, replayed=True)
@@ -191,18 +186,17 @@ class ChatSessionWorkflow:
             )
         except FailureError as error:
             if stream_key is not None:
-                await workflow.execute_local_activity(
+                await call_local(
                     FAIL_TURN,
                     FailTurnInput(
                         stream_key=stream_key,
                         message=str(error),
                         error_type=getattr(error, "type", None) or type(error).__name__,
                     ),
-                    start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
-                    retry_policy=LOCAL_ACTIVITY_RETRY,
+                    **LOCAL_RECORD,
                 )
             raise
-        stored = await workflow.execute_local_activity(
+        stored = await call_local(
             FINISH_TURN,
             FinishTurnInput(
                 session_id=session.session_id,
@@ -213,9 +207,7 @@ class ChatSessionWorkflow:
                 cost_usd=answer.cost_usd,
                 stream_key=stream_key,
             ),
-            result_type=StoredAnswer,
-            start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
-            retry_policy=LOCAL_ACTIVITY_RETRY,
+            **LOCAL_RECORD,
         )
         return _output(
             session.session_id,
@@ -241,14 +233,13 @@ class ChatSessionWorkflow:
                 priority_key=priority_key,
             )
         )
-        await workflow.execute_local_activity(
+        await call_local(
             STORE_SUMMARY,
             StoreSummaryInput(
                 session_id=self._params.session_id,
                 summary=summary.text,
                 through_seq=plan.through_seq,
             ),
-            start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
-            retry_policy=LOCAL_ACTIVITY_RETRY,
+            **LOCAL_RECORD,
         )
         return summary.text

@@ -12,26 +12,20 @@ prompt; each revision is reviewed again. What reviewers approve, edit or reject 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.approval_models import ApprovalMode, GateOutcome, GateRequest, ReviewPolicy
-    from activities.llm.models import ChatMessage, LlmAnswer, LlmParameters, LlmRequest
-    from activities.publishing import (
-        Publication,
-        PublishInput,
-        WebhookInput,
-        deliver_review_webhook,
-        publish_document,
-    )
-    from infra.search_attributes import KEEL_COST_USD
+    from contracts.activities import DELIVER_REVIEW_WEBHOOK, PUBLISH_DOCUMENT
+    from contracts.approvals import ApprovalMode, GateOutcome, GateRequest, ReviewPolicy
+    from contracts.llm import ChatMessage, LlmAnswer, LlmParameters, LlmRequest
+    from contracts.publishing import Publication, PublishInput, WebhookInput
+    from contracts.search_attributes import KEEL_COST_USD
+    from workflows.activity_calls import PUBLISH, REVIEW_WEBHOOK, call
     from workflows.approval_gate import ApprovalGate
     from workflows.llm_calls import ask_llm, audit
 
@@ -57,13 +51,6 @@ SELF_CHECK_SCHEMA = {
 }
 # The marker tests and operators can match on (e.g. the simulator's canned responses).
 SELF_CHECK_MARKER = "Return the self-check JSON"
-PUBLISH_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
-WEBHOOK_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=5,
-    non_retryable_error_types=["WebhookRejected", "WebhookNotConfigured"],
-)
 
 
 class ReviewInput(BaseModel):
@@ -259,11 +246,8 @@ class DocumentReviewWorkflow:
             approved_by=outcome.decided_by if outcome else [],
             flagged=outcome.flagged if outcome else False,
         )
-        published_id = await workflow.execute_activity(
-            publish_document,
-            PublishInput(**publication.model_dump(), content=text),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=PUBLISH_RETRY,
+        published_id = await call(
+            PUBLISH_DOCUMENT, PublishInput(**publication.model_dump(), content=text), **PUBLISH
         )
         await audit(
             "review.published",
@@ -292,12 +276,7 @@ class DocumentReviewWorkflow:
     async def notify(self, request: WebhookInput) -> None:
         self.show_step("5/5 notifying the webhook")
         try:
-            delivery = await workflow.execute_activity(
-                deliver_review_webhook,
-                request,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=WEBHOOK_RETRY,
-            )
+            delivery = await call(DELIVER_REVIEW_WEBHOOK, request, **REVIEW_WEBHOOK)
         except ActivityError as error:
             # The document is published; a receiver that is down does not undo that.
             await audit(

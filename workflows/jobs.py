@@ -8,44 +8,29 @@ signed callback.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.job_models import (
-        DELIVER_CALLBACK,
-        RECORD_JOB,
+    from contracts.activities import DELIVER_JOB_CALLBACK, RECORD_JOB
+    from contracts.jobs import (
         CallbackDelivery,
-        CallbackOutcome,
         JobInput,
         JobKind,
         JobOutput,
         JobRecord,
         JobStatus,
     )
+    from workflows.activity_calls import JOB_CALLBACK, LOCAL_RECORD, call, call_local
     from workflows.ask import AskInput, AskWorkflow
-    from workflows.llm_calls import LOCAL_ACTIVITY_RETRY, LOCAL_ACTIVITY_TIMEOUT
 
 # What a job kind runs: the workflow and its input model (validated by the API before start).
 JOB_WORKFLOWS: dict[JobKind, tuple[Any, type[BaseModel]]] = {
     JobKind.ASK: (AskWorkflow.run, AskInput),
 }
-
-# Retried until acknowledged: quickly at first, then every 5 minutes, for up to three days.
-CALLBACK_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-    maximum_attempts=0,
-    # Nothing here is non-retryable by type: a worker without the signing secret retries until
-    # it has one. A refused destination raises a non-retryable error itself.
-)
-CALLBACK_DEADLINE = timedelta(days=3)
 
 
 @workflow.defn
@@ -89,22 +74,14 @@ class JobWorkflow:
         return outcome
 
     async def _record(self, record: JobRecord) -> None:
-        await workflow.execute_local_activity(
-            RECORD_JOB,
-            record,
-            start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
-            retry_policy=LOCAL_ACTIVITY_RETRY,
-        )
+        await call_local(RECORD_JOB, record, **LOCAL_RECORD)
 
     async def _deliver_callback(self, job_id: str) -> bool:
         try:
-            await workflow.execute_activity(
-                DELIVER_CALLBACK,
+            await call(
+                DELIVER_JOB_CALLBACK,
                 CallbackDelivery(job_id=job_id),
-                result_type=CallbackOutcome,
-                start_to_close_timeout=timedelta(seconds=60),
-                schedule_to_close_timeout=CALLBACK_DEADLINE,
-                retry_policy=CALLBACK_RETRY,
+                **JOB_CALLBACK,
                 summary="callback",
             )
         except ActivityError as error:

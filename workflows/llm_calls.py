@@ -18,8 +18,9 @@ from temporalio.common import Priority, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.audit_event import AuditEventInput
-    from activities.llm.models import (
+    from contracts.activities import COMPLETE_CHAT, PLAN_LLM_ROUTE, RECORD_AUDIT_EVENT
+    from contracts.audit import AuditEventInput
+    from contracts.llm import (
         NON_RETRYABLE_ERROR_TYPES,
         AttemptInput,
         CallPolicy,
@@ -30,16 +31,15 @@ with workflow.unsafe.imports_passed_through():
         RoutePlan,
         error_class_from_type,
     )
-    from activities.llm.traffic_config import BudgetPolicy
+    from contracts.traffic import BudgetPolicy
+    from workflows.activity_calls import (
+        LOCAL_RECORD,
+        ROUTE_PLAN,
+        ActivityOptions,
+        call,
+        call_local,
+    )
 
-# Activities are named, not imported: workflow modules (and the CLI that starts them) stay free of
-# the provider SDKs and database drivers the activities need.
-PLAN_LLM_ROUTE = "plan_llm_route"
-COMPLETE_CHAT = "complete_chat"
-RECORD_AUDIT_EVENT = "record_audit_event"
-
-LOCAL_ACTIVITY_TIMEOUT = timedelta(seconds=10)
-LOCAL_ACTIVITY_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=2))
 # A content-policy refusal or a prompt over keel's limit is about the prompt, not the model:
 # other models are not asked.
 CHAIN_STOPPERS = frozenset({ErrorClass.CONTENT_POLICY, ErrorClass.PROMPT_TOO_LARGE})
@@ -63,7 +63,7 @@ class _BudgetRefusal:
 async def audit(event_type: str, tenant: str, payload: dict[str, Any], actor: str = "keel") -> None:
     """Write an audit row from workflow code; the key is replay-stable, so it is written once."""
     info = workflow.info()
-    await workflow.execute_local_activity(
+    await call_local(
         RECORD_AUDIT_EVENT,
         AuditEventInput(
             event_key=f"{info.workflow_id}/{info.run_id}/{workflow.uuid4()}",
@@ -74,8 +74,7 @@ async def audit(event_type: str, tenant: str, payload: dict[str, Any], actor: st
             actor=actor,
             payload=payload,
         ),
-        start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
-        retry_policy=LOCAL_ACTIVITY_RETRY,
+        **LOCAL_RECORD,
     )
 
 
@@ -100,6 +99,18 @@ def retry_policy(policy: CallPolicy, bounded_by_deadline: bool = True) -> RetryP
     )
 
 
+def llm_call_options(plan: RoutePlan, bounded_by_deadline: bool = True) -> ActivityOptions:
+    """The options of one model's call (``complete_chat``): the route's task queue, and its call
+    policy's timeouts and retries."""
+    return ActivityOptions(
+        task_queue=plan.task_queue,
+        start_to_close_timeout=plan.policy.start_to_close,
+        heartbeat_timeout=plan.policy.heartbeat,
+        schedule_to_close_timeout=plan.policy.schedule_to_close,
+        retry_policy=retry_policy(plan.policy, bounded_by_deadline),
+    )
+
+
 def failure_class(error: ActivityError) -> ErrorClass:
     cause = error.cause
     if isinstance(cause, ApplicationError):
@@ -110,13 +121,7 @@ def failure_class(error: ActivityError) -> ErrorClass:
 
 
 async def _plan(request: LlmRequest, note_downgrade: bool = True) -> RoutePlan:
-    plan = await workflow.execute_local_activity(
-        PLAN_LLM_ROUTE,
-        request,
-        result_type=RoutePlan,
-        start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT,
-        retry_policy=RetryPolicy(maximum_attempts=3, non_retryable_error_types=["UnknownRoute"]),
-    )
+    plan = await call_local(PLAN_LLM_ROUTE, request, **ROUTE_PLAN)
     if plan.downgraded_from is not None and note_downgrade:
         await audit(
             "llm.route_downgraded",
@@ -204,7 +209,7 @@ async def _try_chain(
             failed.append((candidate.model, ErrorClass.CIRCUIT_OPEN.value))
             continue
         try:
-            answer = await workflow.execute_activity(
+            answer = await call(
                 COMPLETE_CHAT,
                 AttemptInput(
                     request=request,
@@ -213,15 +218,8 @@ async def _try_chain(
                     route=plan.route,
                     fallback_from=failed[-1][0] if position > 0 else None,
                 ),
-                task_queue=plan.task_queue,
-                start_to_close_timeout=plan.policy.start_to_close,
-                heartbeat_timeout=plan.policy.heartbeat,
-                schedule_to_close_timeout=plan.policy.schedule_to_close,
-                retry_policy=retry_policy(
-                    plan.policy, workflow.patched(RATE_LIMITS_BOUNDED_BY_DEADLINE)
-                ),
+                **llm_call_options(plan, workflow.patched(RATE_LIMITS_BOUNDED_BY_DEADLINE)),
                 summary=f"{request.purpose}: {candidate.model}",
-                result_type=LlmAnswer,
                 # Unset inherits the workflow's priority; a turn may ask for its own.
                 priority=Priority(priority_key=request.priority_key)
                 if request.priority_key

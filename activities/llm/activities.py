@@ -37,18 +37,6 @@ from activities.llm.ledger import (
     record_attempt,
     record_attempt_started,
 )
-from activities.llm.models import (
-    AttemptInput,
-    BudgetState,
-    CallClass,
-    CallPolicy,
-    ErrorClass,
-    LlmAnswer,
-    LlmRequest,
-    ModelCandidate,
-    RoutePlan,
-    Usage,
-)
 from activities.llm.pricing import price_usd
 from activities.llm.providers import (
     Completion,
@@ -64,7 +52,19 @@ from activities.llm.routing import (
     route_policy,
 )
 from activities.llm.streaming import open_attempt_stream
-from activities.llm.traffic_config import BudgetPolicy
+from contracts.llm import (
+    AttemptInput,
+    BudgetState,
+    CallClass,
+    CallPolicy,
+    ErrorClass,
+    LlmAnswer,
+    LlmRequest,
+    ModelCandidate,
+    RoutePlan,
+    Usage,
+)
+from contracts.traffic import BudgetPolicy
 from infra import metrics
 from infra.database import session_factory
 from infra.input_limits import InputTooLarge, check_prompt_tokens

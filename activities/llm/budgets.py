@@ -23,8 +23,8 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from activities.llm.models import BudgetState, LlmRequest, Usage
 from activities.llm.pricing import price_usd
+from contracts.llm import BudgetState, LlmRequest, Usage
 from infra.settings import KeelSettings
 from infra.tables import Budget
 from llmsim.tokens import count_message_tokens

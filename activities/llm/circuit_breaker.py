@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from activities.llm.models import ErrorClass
+from contracts.llm import ErrorClass
 
 COUNTED_FAILURES = frozenset(
     {

@@ -15,7 +15,7 @@ import anthropic
 import httpx2
 import openai
 
-from activities.llm.models import ErrorClass
+from contracts.llm import ErrorClass
 from infra.structured_logging import redact_text
 
 _RETRYABLE_STATUS = {408, 409, 429}

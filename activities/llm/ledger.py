@@ -16,7 +16,7 @@ from sqlalchemy import Date, cast, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from activities.llm.models import Usage
+from contracts.llm import Usage
 from infra.tables import LlmCall, TenantDailySpend
 
 # Activity ids restart in every workflow run, so the run is part of an attempt's identity.

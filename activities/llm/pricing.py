@@ -12,7 +12,7 @@ import structlog
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
-from activities.llm.models import Usage
+from contracts.llm import Usage
 
 log = structlog.get_logger(__name__)
 _warned: set[tuple[str, str]] = set()

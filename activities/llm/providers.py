@@ -17,8 +17,8 @@ import anthropic
 import httpx2
 import openai
 
-from activities.llm.models import ChatMessage, LlmParameters, Usage
-from activities.llm.models import provider_for_model as provider_for_model
+from contracts.llm import ChatMessage, LlmParameters, Usage
+from contracts.llm import provider_for_model as provider_for_model
 from infra.settings import KeelSettings, get_settings
 
 SIMULATOR_API_KEY = "keel-simulator"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from activities.llm.models import Usage
+from contracts.llm import Usage
 from infra.settings import KeelSettings
 
 REQUESTS = "requests"

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from activities.llm.models import LlmRequest
+from contracts.llm import LlmRequest
 from infra.tables import CachedResponse
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from activities.llm.models import CallPolicy, ErrorClass
+from contracts.llm import CallPolicy, ErrorClass
 
 # "Not now" rather than "not working": the provider's 429 and keel's own shared rate limiter
 # (activities/llm/rate_limits.py, outcome ``throttled``) are both this class, with a wait.

@@ -8,8 +8,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from activities.llm.models import BudgetState
-from activities.llm.traffic_config import RoutePolicy
+from contracts.llm import BudgetState
+from contracts.traffic import RoutePolicy
 from infra.settings import KeelSettings
 
 PRIMARY = "primary"

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Registers the namespace keel runs in (TEMPORAL_NAMESPACE, default "default") and keel's custom
 # search attributes (SEARCH_ATTRIBUTES: space-separated NAME=Type pairs, the ones
-# infra/search_attributes.py defines); run by the one-shot temporal-namespace service once the
+# contracts/search_attributes.py defines); run by the one-shot temporal-namespace service once the
 # temporal server is healthy. The plain temporalio/server image, unlike the deprecated
 # auto-setup image, creates neither. Idempotent: what already exists is left as it is.
 set -eu

@@ -17,9 +17,9 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from api.server import running_api
-from infra.api_tokens import IssuedToken
 from infra.settings import KeelSettings
 from llmsim import SimServer
+from services.api_tokens import IssuedToken
 from tests.api.tokens import http_client, issue_token, openai_client
 
 

@@ -20,12 +20,12 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from api.app import create_app
-from infra.api_tokens import TOKEN_PATTERN, IssuedToken, TokenRole
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.structured_logging import configure_logging
 from infra.tables import ApiToken, AuditEvent, ChatSession
 from llmsim import SimServer
+from services.api_tokens import TOKEN_PATTERN, IssuedToken, TokenRole
 from tests.api.tokens import bearer, http_client, issue_token, openai_client
 from tests.approvals.cli import KeelCli
 

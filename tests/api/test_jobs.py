@@ -30,9 +30,10 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from activities.job_models import DELIVER_CALLBACK, JobOutput
 from activities.jobs import CallbackDeliverer
 from api.server import running_api, serving
+from contracts.activities import DELIVER_JOB_CALLBACK
+from contracts.jobs import JobOutput
 from devstack import stack
 from infra.callback_signing import (
     SIGNATURE_HEADER,
@@ -110,7 +111,7 @@ async def job_worker(
     transport = LoopbackOnlyTransport()
     contents = queue_contents(settings.interactive_task_queue, settings)
     delivery = CallbackDeliverer(worker_settings, resolver, transport).deliver
-    activities = [a for a in contents.activities if activity_name(a) != DELIVER_CALLBACK]
+    activities = [a for a in contents.activities if activity_name(a) != DELIVER_JOB_CALLBACK.name]
     worker = Worker(
         client,
         task_queue=settings.interactive_task_queue,

@@ -12,8 +12,8 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.session_models import session_workflow_id
 from api.server import running_api
+from contracts.sessions import session_workflow_id
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.api.tokens import http_client, issue_token, openai_client

@@ -10,9 +10,9 @@ import httpx2
 import openai
 import pytest
 
-from activities.session_models import session_workflow_id
-from infra.api_tokens import IssuedToken
+from contracts.sessions import session_workflow_id
 from llmsim import SimServer
+from services.api_tokens import IssuedToken
 from tests.api.tokens import http_client, openai_client
 from tests.reliability.ledger import ledger_rows
 from tests.sessions.conftest import stored_messages

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from infra.api_tokens import IssuedToken
 from llmsim import SimServer
+from services.api_tokens import IssuedToken
 from tests.api.sse_reading import SseEvent, content_of, sse_events
 from tests.api.tokens import http_client
 from tests.sessions.conftest import stored_messages

@@ -7,8 +7,8 @@ from datetime import timedelta
 import httpx2
 import openai
 
-from infra.api_tokens import IssuedToken, TokenRole, create_token
 from infra.database import session_factory
+from services.api_tokens import IssuedToken, TokenRole, create_token
 
 
 async def issue_token(

@@ -12,9 +12,9 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.approval_models import GateRequest
 from activities.approvals import APPROVAL_ACTIVITIES
 from activities.audit_trail import record_audit_event
+from contracts.approvals import GateRequest
 from tests.approvals.gate_harness import GateHarnessWorkflow, HarnessInput
 
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.approval_models import GateOutcome, GateRequest
+    from contracts.approvals import GateOutcome, GateRequest
     from workflows.approval_gate import ApprovalGate
 
 

@@ -8,7 +8,7 @@ import uuid
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowHandle
 
-from activities.approval_models import ReviewPolicy
+from contracts.approvals import ReviewPolicy
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import PublishedDocument

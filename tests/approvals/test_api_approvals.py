@@ -12,13 +12,13 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.approval_models import ApprovalMode, ReviewPolicy
 from activities.approvals import add_reviewer, remove_reviewer
 from api.server import running_api
-from infra.api_tokens import TokenRole
+from contracts.approvals import ApprovalMode, ReviewPolicy
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
+from services.api_tokens import TokenRole
 from tests.api.tokens import http_client, issue_token
 from tests.approvals.cli import KeelCli
 from tests.approvals.records import audit_rows, gate_events, pending_gate, seed_reviewers

@@ -12,7 +12,8 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.approval_models import (
+from activities.approvals import decided_by_humans
+from contracts.approvals import (
     ApprovalMode,
     ApproveDecision,
     DecisionReceipt,
@@ -20,7 +21,6 @@ from activities.approval_models import (
     RejectDecision,
     ReviewPolicy,
 )
-from activities.approvals import decided_by_humans
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer

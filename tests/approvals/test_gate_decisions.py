@@ -11,7 +11,7 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
-from activities.approval_models import (
+from contracts.approvals import (
     ApproveDecision,
     Decision,
     DecisionReceipt,
@@ -20,7 +20,7 @@ from activities.approval_models import (
     GateStatus,
     RejectDecision,
 )
-from infra.search_attributes import KEEL_AWAITING
+from contracts.search_attributes import KEEL_AWAITING
 from tests.approvals.conftest import GateRig
 from tests.approvals.records import (
     audit_rows,

@@ -9,7 +9,7 @@ import pytest
 from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
-from activities.approval_models import (
+from contracts.approvals import (
     ApproveDecision,
     DecisionReceipt,
     DefaultAction,

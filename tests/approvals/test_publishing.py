@@ -13,7 +13,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.approval_models import ApprovalMode, ApproveDecision, ReviewPolicy
+from contracts.approvals import ApprovalMode, ApproveDecision, ReviewPolicy
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.approvals.cli import KeelCli

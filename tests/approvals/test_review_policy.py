@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from activities.approval_models import ApprovalMode, ReviewPolicy
+from contracts.approvals import ApprovalMode, ReviewPolicy
 from workflows.document_review import SelfCheck, approval_reason, parse_self_check
 
 

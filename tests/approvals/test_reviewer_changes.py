@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from temporalio.client import WorkflowHandle
 
-from activities.approval_models import ApproveDecision, GateStatus, RejectDecision
 from activities.approvals import add_reviewer, remove_reviewer
+from contracts.approvals import ApproveDecision, GateStatus, RejectDecision
 from infra.database import session_factory
 from tests.approvals.conftest import GateRig
 from tests.approvals.records import (

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from activities.approval_models import ApprovalMode, ReviewPolicy
+from contracts.approvals import ApprovalMode, ReviewPolicy
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.approvals.cli import KeelCli

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from activities.batch_files import parse_lines
-from activities.batch_items import BatchOptions
+from activities.batch.files import parse_lines
+from contracts.batch import BatchOptions
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import BatchItem, LlmCall

@@ -17,8 +17,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.approval_models import ApproveDecision, EditDecision, RejectDecision
-from activities.batch_items import BatchReport, batch_report
+from activities.batch.items import BatchReport, batch_report
+from contracts.approvals import ApproveDecision, EditDecision, RejectDecision
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import Approval, Batch, Budget

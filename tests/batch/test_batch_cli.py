@@ -17,7 +17,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.batch_files import parse_line
+from activities.batch.files import parse_line
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.batch.conftest import CHEAP, items_of

@@ -11,7 +11,8 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from activities.batch_items import BatchCounts, batch_report, count_items
+from activities.batch.items import batch_report, count_items
+from contracts.batch import BatchCounts
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer

@@ -9,13 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from activities.batch_files import (
-    ItemRequest,
-    parse_line,
-    parse_lines,
-    validate,
-)
-from activities.batch_items import refusal
+from activities.batch.files import parse_line, parse_lines, validate
+from activities.batch.items import refusal
+from contracts.batch import ItemRequest
 from infra.settings import KeelSettings
 
 

@@ -13,7 +13,8 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import Worker
 
-from activities.batch_items import BatchOptions, batch_report
+from activities.batch.items import batch_report
+from contracts.batch import BatchOptions
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer

@@ -16,7 +16,7 @@ from temporalio.worker import Worker
 
 from activities.llm.activities import complete_chat
 from activities.llm.budgets import estimate_cost, estimated_usage
-from activities.llm.models import AttemptInput, ChatMessage, LlmAnswer, LlmParameters, LlmRequest
+from contracts.llm import AttemptInput, ChatMessage, LlmAnswer, LlmParameters, LlmRequest
 from infra.settings import KeelSettings
 from llmsim import SimServer, count_message_tokens
 from starters.budget import change_budget, current_budgets

@@ -14,8 +14,8 @@ from sqlalchemy.dialects.postgresql import insert
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.llm.models import Usage
 from activities.llm.pricing import price_usd
+from contracts.llm import Usage
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import AuditEvent, CircuitBreaker, LlmCall

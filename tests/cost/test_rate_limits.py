@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from activities.llm.models import Usage
 from activities.llm.rate_limits import (
     REQUESTS,
     TOKENS,
@@ -18,6 +17,7 @@ from activities.llm.rate_limits import (
     acquire,
     refund_unused,
 )
+from contracts.llm import Usage
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from temporalio.client import Client
 
 from activities.llm.routing import choose_route, split_traffic, traffic_point
-from activities.llm.traffic_config import RoutePolicy
+from contracts.traffic import RoutePolicy
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from starters.cost import CostGrouping, cost_report

@@ -33,7 +33,7 @@ import jsonschema
 import pytest
 import yaml
 
-from infra.search_attributes import cli_search_attribute_flags
+from contracts.search_attributes import cli_search_attribute_flags
 from infra.settings import BATCH_TASK_QUEUE, INTERACTIVE_TASK_QUEUE
 
 REPO = Path(__file__).resolve().parents[2]

@@ -34,13 +34,13 @@ from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
+from contracts.search_attributes import ALL_SEARCH_ATTRIBUTES, KEEL_TENANT
 from devstack import embedded_postgres, stack, temporal_dev_server
 from devstack.errors import DevStackError
 from devstack.layout import StackLayout
 from devstack.processes import probe, read_record
 from infra.callback_signing import signing_secret
 from infra.payload_codec import EncryptionCodec, configured_keys
-from infra.search_attributes import ALL_SEARCH_ATTRIBUTES, KEEL_TENANT
 from infra.settings import KeelSettings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,8 +17,8 @@ import httpx2
 from sqlalchemy import event, select
 from temporalio.testing import ActivityEnvironment
 
-from activities.job_models import JobKind, JobRecord, JobStatus
 from activities.jobs import record_job
+from contracts.jobs import JobKind, JobRecord, JobStatus
 from infra.database import get_engine, session_factory
 from infra.tables import Job
 from starters.budget import change_budget, current_budgets

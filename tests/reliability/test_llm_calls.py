@@ -11,7 +11,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from activities.llm.models import FallbackPolicy
+from contracts.llm import FallbackPolicy
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.conftest import reconfigure

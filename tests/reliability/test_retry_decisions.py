@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from activities.llm.models import CallPolicy, ErrorClass
 from activities.llm.retries import PriorAttempts, backoff, decide, error_budget_spent
+from contracts.llm import CallPolicy, ErrorClass
 
 POLICY = CallPolicy(
     start_to_close_seconds=60,

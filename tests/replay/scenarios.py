@@ -22,16 +22,16 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 
-from activities.approval_models import ApprovalMode, ApproveDecision, GateView, ReviewPolicy
 from activities.approvals import add_reviewer
-from activities.batch_files import parse_lines
-from activities.batch_items import BatchOptions
-from activities.job_models import JobInput, JobKind
-from activities.session_models import session_workflow_id
-from infra.chat_client import TurnRequest, run_turn
+from activities.batch.files import parse_lines
+from contracts.approvals import ApprovalMode, ApproveDecision, GateView, ReviewPolicy
+from contracts.batch import BatchOptions
+from contracts.jobs import JobInput, JobKind
+from contracts.sessions import session_workflow_id
 from infra.database import session_factory
 from infra.settings import KeelSettings, get_settings
 from llmsim import SimServer
+from services.chat_client import TurnRequest, run_turn
 from starters.batch import submit_batch
 from starters.budget import change_budget
 from workflows.approval_gate import APPROVE, STATUS_QUERY

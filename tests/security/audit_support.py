@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 from temporalio.client import Client
 
-from activities.approval_models import ApprovalMode, EditDecision, RejectDecision, ReviewPolicy
+from contracts.approvals import ApprovalMode, EditDecision, RejectDecision, ReviewPolicy
 from infra.audit_chain import ChainReport, verify_trail
 from infra.database import session_factory
 from infra.settings import KeelSettings

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.audit_event import AuditEventInput
 from activities.audit_trail import write_audit_event
+from contracts.audit import AuditEventInput
 from infra.audit_chain import (
     GENESIS_HASH,
     ChainedFields,

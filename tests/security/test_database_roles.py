@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from activities.audit_event import AuditEventInput
 from activities.audit_trail import write_audit_event
+from contracts.audit import AuditEventInput
 from infra.database import DatabaseRole, DatabaseRoleError, dispose_engines, session_factory
 from infra.tables import Base
 from tests.conftest import reconfigure

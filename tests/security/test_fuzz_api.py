@@ -37,8 +37,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from infra.api_tokens import IssuedToken, TokenRole
 from llmsim import SimServer
+from services.api_tokens import IssuedToken, TokenRole
 from tests.api.tokens import bearer, issue_token, openai_client
 
 # Per operation and generation mode (positive: valid by the schema; negative: not).

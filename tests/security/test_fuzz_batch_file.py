@@ -1,4 +1,4 @@
-"""Fuzzing the batch file parser (activities/batch_files.py) with hypothesis.
+"""Fuzzing the batch file parser (activities/batch/files.py) with hypothesis.
 
 Whatever the bytes — arbitrary binary, arbitrary JSON, or valid keel / OpenAI Batch lines
 mutated — the parser never raises; every line with content is exactly one item, accepted or
@@ -22,17 +22,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from activities.batch_files import (
+from activities.batch.files import (
     BatchFileLimits,
     BatchFileRefused,
-    ItemRequest,
     ParsedLine,
     parse_lines,
     read_bounded_lines,
     validate,
 )
-from activities.batch_items import BatchOptions, ClaimedItem, create_batch, insert_items
-from activities.llm.models import ChatMessage, LlmRequest
+from activities.batch.items import create_batch, insert_items
+from contracts.batch import BatchOptions, ClaimedItem, ItemRequest
+from contracts.llm import ChatMessage, LlmRequest
 from infra.database import session_factory
 from infra.input_limits import PromptLimits
 from infra.settings import KeelSettings
@@ -98,7 +98,7 @@ def parse_bytes(data: bytes, limits: BatchFileLimits = LIMITS) -> list[ParsedLin
 
 
 def stored_form(request: ItemRequest) -> dict[str, Any]:
-    """What batch_items.request holds (activities/batch_items.py), through strict JSON."""
+    """What batch_items.request holds (activities/batch/items.py), through strict JSON."""
     document = request.model_dump(mode="json", exclude_none=True)
     text = json.dumps(document, allow_nan=False, ensure_ascii=False)
     text.encode("utf-8")  # no unpaired surrogate survives into what is stored

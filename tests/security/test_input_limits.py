@@ -26,17 +26,18 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
-from activities.batch_items import BatchOptions, LoadFileInput, load_batch_file
-from activities.llm.models import ChatMessage
-from activities.session_models import FoldPlan, session_workflow_id, summarization_prompt
+from activities.batch.items import load_batch_file
 from activities.sessions import FOLD_INSTRUCTION_TOKENS
 from api.server import running_api
-from infra.api_tokens import IssuedToken
-from infra.chat_client import TurnRequest, run_turn
+from contracts.batch import BatchOptions, LoadFileInput
+from contracts.llm import ChatMessage
+from contracts.sessions import FoldPlan, session_workflow_id, summarization_prompt
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import Batch, BatchItem, ChatSession, Job
 from llmsim import SimServer, count_message_tokens
+from services.api_tokens import IssuedToken
+from services.chat_client import TurnRequest, run_turn
 from tests.api.tokens import bearer, http_client, openai_client
 from tests.conftest import reconfigure
 from tests.reliability.ledger import ledger_rows

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.audit_event import AuditEventInput
 from activities.audit_trail import write_audit_event
+from contracts.audit import AuditEventInput
 from infra.audit_chain import (
     GENESIS_HASH,
     PURGE_AUDIT_ID,
@@ -28,9 +28,7 @@ from infra.audit_chain import (
     trail_ids,
     verify_trail,
 )
-from infra.chat_client import TurnRequest, run_turn
 from infra.database import DatabaseRole, session_factory
-from infra.retention import PURGED_TEXT, parse_duration, purge_content
 from infra.settings import KeelSettings
 from infra.tables import (
     Approval,
@@ -42,6 +40,8 @@ from infra.tables import (
     StreamEvent,
 )
 from llmsim import SimServer
+from services.chat_client import TurnRequest, run_turn
+from services.retention import PURGED_TEXT, parse_duration, purge_content
 from tests.approvals.cli import KeelCli
 from tests.batch.conftest import prompt_lines, start_batch
 from tests.security.audit_support import (

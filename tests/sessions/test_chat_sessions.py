@@ -11,11 +11,11 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from activities.session_models import session_workflow_id
-from infra.chat_client import TurnRequest, run_turn, start_turn
+from contracts.sessions import session_workflow_id
 from infra.settings import KeelSettings
 from infra.token_streams import StreamEventType, StreamHub
 from llmsim import SimServer
+from services.chat_client import TurnRequest, run_turn, start_turn
 from tests.conftest import reconfigure
 from tests.reliability.ledger import ledger_rows
 from tests.sessions.conftest import stored_messages, stored_session

@@ -7,7 +7,7 @@ import uuid
 
 from temporalio.testing import WorkflowEnvironment
 
-from activities.session_models import ChatSessionInput, TurnInput, session_workflow_id
+from contracts.sessions import ChatSessionInput, TurnInput, session_workflow_id
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.sessions.conftest import stored_messages

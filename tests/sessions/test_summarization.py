@@ -10,10 +10,10 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.session_models import session_workflow_id
-from infra.chat_client import TurnRequest, run_turn
+from contracts.sessions import session_workflow_id
 from infra.settings import KeelSettings
 from llmsim import SimServer, count_message_tokens
+from services.chat_client import TurnRequest, run_turn
 from tests.conftest import reconfigure
 from tests.reliability.ledger import ledger_rows
 from tests.sessions.conftest import stored_messages, stored_session

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
-from activities.session_models import session_workflow_id
+from contracts.sessions import session_workflow_id
 from infra.database import session_factory
 from infra.tables import ChatSession, LlmCall, Message
 

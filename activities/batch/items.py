@@ -16,28 +16,44 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.batch_files import (
+from activities.batch.files import (
     BatchFileRefused,
-    ItemRequest,
     ParsedLine,
     ValidationReport,
     invalid_line_id,
     parse_file,
     validate,
 )
-from activities.llm.models import Usage
+from contracts.batch import (
+    BatchCounts,
+    BatchOptions,
+    BeginRunInput,
+    BeginRunResult,
+    ClaimedItem,
+    ClaimInput,
+    ItemRequest,
+    LoadFileInput,
+    LoadSummary,
+    MeterInput,
+    RecordOutcomesInput,
+    RecordOutcomesResult,
+    ReleaseInput,
+    ResetFailedInput,
+    StatusInput,
+    batch_workflow_id,
+)
 from infra.database import session_factory
 from infra.tables import Approval, Batch, BatchItem, LlmCall
 
@@ -47,36 +63,7 @@ TERMINAL_STATUSES = frozenset({"completed", "cancelled", "aborted", "refused"})
 ItemStatus = Literal["pending", "running", "ok", "failed", "skipped"]
 
 
-def batch_workflow_id(batch_id: str) -> str:
-    return f"batch-{batch_id}"
-
-
-class BatchOptions(BaseModel):
-    """How a batch runs; set at start, kept in the ``batches`` row and the workflow's input."""
-
-    tenant: str = "default"
-    concurrency: int = Field(default=50, ge=1, le=2000)
-    # --route / --model override the models named in the file; neither: each line's model,
-    # else the default route.
-    route: str | None = None
-    model: str | None = None
-    budget_usd: Decimal | None = Field(default=None, gt=0)
-    max_failure_rate: float | None = Field(default=None, ge=0, le=1)
-    # Refuse a file with any malformed line (default: they become failed items).
-    strict: bool = False
-    # Who may raise the budget (or stop the batch) at its gate, and how long the gate waits
-    # before its default action: stop.
-    budget_role: str = "batch-owner"
-    budget_gate_deadline: timedelta = timedelta(hours=72)
-
-
 # --- Loading ---------------------------------------------------------------------------------
-
-
-class LoadSummary(BaseModel):
-    total: int
-    invalid: int
-    created: bool
 
 
 def _item_row(batch_id: str, line: ParsedLine) -> dict[str, Any]:
@@ -200,13 +187,6 @@ def _read_lines(path: Path) -> list[ParsedLine] | None:
     return list(parse_file(path)) if path.is_file() else None
 
 
-class LoadFileInput(BaseModel):
-    batch_id: str
-    path: str
-    options: BatchOptions
-    schedule_id: str | None = None
-
-
 @activity.defn(name="load_batch_file")
 async def load_batch_file(params: LoadFileInput) -> LoadSummary:
     """For scheduled batches: read the file on the worker, validate it, load its items.
@@ -257,21 +237,6 @@ async def load_batch_file(params: LoadFileInput) -> LoadSummary:
 # --- Running -----------------------------------------------------------------------------------
 
 
-class BatchCounts(BaseModel):
-    total: int = 0
-    pending: int = 0
-    running: int = 0
-    ok: int = 0
-    failed: int = 0
-    skipped: int = 0
-    # Failed because the line was malformed (never sent to a model).
-    invalid: int = 0
-
-    @property
-    def finished(self) -> int:
-        return self.ok + self.failed + self.skipped
-
-
 async def count_items(session: AsyncSession, batch_id: str) -> BatchCounts:
     rows = await session.execute(
         select(
@@ -298,20 +263,6 @@ async def ledger_spend(session: AsyncSession, workflow_id: str) -> Decimal:
         )
     )
     return Decimal(spent or 0)
-
-
-class BeginRunInput(BaseModel):
-    batch_id: str
-    workflow_id: str
-    # A new execution started by `keel batch retry-failed` after the batch had finished.
-    retry_failed: bool = False
-
-
-class BeginRunResult(BaseModel):
-    counts: BatchCounts
-    spent_usd: Decimal
-    retried: int = 0
-    released: int = 0
 
 
 @activity.defn(name="begin_batch_run")
@@ -367,28 +318,10 @@ async def _reset_failed(session: AsyncSession, batch_id: str) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-class ResetFailedInput(BaseModel):
-    batch_id: str
-
-
 @activity.defn(name="reset_failed_batch_items")
 async def reset_failed_batch_items(params: ResetFailedInput) -> int:
     async with session_factory().begin() as session:
         return await _reset_failed(session, params.batch_id)
-
-
-class ClaimInput(BaseModel):
-    batch_id: str
-    claim_token: str
-    limit: int = Field(ge=1)
-    # Keep one claim's requests well under Temporal's 2 MB payload limit.
-    max_bytes: int = 1_000_000
-
-
-class ClaimedItem(BaseModel):
-    custom_id: str
-    line_no: int
-    request: ItemRequest
 
 
 _CLAIM = text(
@@ -444,11 +377,6 @@ async def claim_batch_items(params: ClaimInput) -> list[ClaimedItem]:
     ]
 
 
-class ReleaseInput(BaseModel):
-    batch_id: str
-    custom_ids: list[str]
-
-
 @activity.defn(name="release_batch_items")
 async def release_batch_items(params: ReleaseInput) -> int:
     """Claimed items the run will not start (it is about to continue-as-new) go back."""
@@ -463,48 +391,6 @@ async def release_batch_items(params: ReleaseInput) -> int:
             .values(status="pending", claim_token=None, run_count=BatchItem.run_count - 1)
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-class ItemOutcome(BaseModel):
-    """What happened to one item: its answer, or why it failed."""
-
-    custom_id: str
-    status: Literal["ok", "failed"]
-    text: str | None = None
-    model: str | None = None
-    provider: str | None = None
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    cost_usd: Decimal | None = None
-    attempts: int = 0
-    failed_models: list[tuple[str, str]] = Field(default_factory=list)
-    error_class: str | None = None
-    error_message: str | None = None
-
-    def response(self) -> dict[str, Any] | None:
-        if self.status != "ok":
-            return None
-        return {
-            "text": self.text,
-            "model": self.model,
-            "provider": self.provider,
-            "finish_reason": self.finish_reason,
-            "usage": (self.usage or Usage()).model_dump(),
-            "attempts": self.attempts,
-            "failed_models": [list(pair) for pair in self.failed_models],
-        }
-
-
-class RecordOutcomesInput(BaseModel):
-    batch_id: str
-    outcomes: list[ItemOutcome]
-    # Also read the batch's spend from the ledger (when it has a budget).
-    meter_workflow_id: str | None = None
-
-
-class RecordOutcomesResult(BaseModel):
-    recorded: int
-    spent_usd: Decimal | None = None
 
 
 # One statement for many outcomes (one round trip, and a real row count).
@@ -551,25 +437,10 @@ async def record_batch_item_outcomes(params: RecordOutcomesInput) -> RecordOutco
     return RecordOutcomesResult(recorded=int(result.rowcount), spent_usd=spent)  # type: ignore[attr-defined]
 
 
-class MeterInput(BaseModel):
-    workflow_id: str
-
-
 @activity.defn(name="meter_batch_spend")
 async def meter_batch_spend(params: MeterInput) -> Decimal:
     async with session_factory()() as session:
         return await ledger_spend(session, params.workflow_id)
-
-
-class StatusInput(BaseModel):
-    batch_id: str
-    status: str
-    reason: str | None = None
-    # Finish the batch: pending items become skipped (cancel, abort, budget stop).
-    skip_pending: bool = False
-    skip_reason: str | None = None
-    final: bool = False
-    budget_usd: Decimal | None = None
 
 
 @activity.defn(name="set_batch_status")

@@ -10,13 +10,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, Field
 
-from activities.llm.models import MAX_OUTPUT_TOKENS, ChatMessage, Usage
-
-# Activities are named, not imported (see workflows/llm_calls.py).
-PREPARE_TURN = "prepare_turn"
-STORE_SUMMARY = "store_summary"
-FINISH_TURN = "finish_turn"
-FAIL_TURN = "fail_turn"
+from contracts.llm import MAX_OUTPUT_TOKENS, ChatMessage, Usage
 
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,149}$")
 MAX_TURN_CHARS = 200_000

@@ -39,17 +39,17 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.approval_models import (
+from activities.approvals import gates_of, reviewer_roles
+from activities.audit_trail import AuditEventInput, write_audit_event
+from contracts.approvals import (
     Decision,
     DecisionReceipt,
     EditDecision,
     GateStatus,
     RefusalType,
 )
-from activities.approvals import gates_of, reviewer_roles
-from activities.audit_trail import AuditEventInput, write_audit_event
+from contracts.search_attributes import KEEL_TENANT
 from infra.database import session_factory
-from infra.search_attributes import KEEL_TENANT
 from infra.tables import Approval, AuditEvent
 
 DECISION_TIMEOUT_SECONDS = 30.0

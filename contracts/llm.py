@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from activities.llm.traffic_config import BudgetPolicy
+from contracts.traffic import BudgetPolicy
 
 
 class CallClass(StrEnum):

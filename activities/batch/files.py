@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-from activities.llm.models import ChatMessage, LlmParameters
+from contracts.batch import ItemRequest
+from contracts.llm import ChatMessage
 from infra.input_limits import (
     InputTooLarge,
     PromptLimits,
@@ -72,29 +73,6 @@ OPENAI_IGNORED_BODY_FIELDS = frozenset(
 # …and everything else (tools, n, stream, logprobs, audio, …) changes the answer's shape, which
 # a plain chat completion cannot honour: such a line is malformed, not silently altered.
 ROLE_ALIASES = {"developer": "system"}
-
-
-class ItemRequest(BaseModel):
-    """One item's request in keel's normalized form (``batch_items.request``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    messages: list[ChatMessage] = Field(min_length=1)
-    model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1, le=200_000)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    json_schema: dict[str, Any] | None = None
-    json_schema_name: str = "answer"
-    metadata: dict[str, Any] | None = None
-
-    def parameters(self) -> LlmParameters:
-        defaults = LlmParameters()
-        return LlmParameters(
-            max_tokens=self.max_tokens or defaults.max_tokens,
-            temperature=self.temperature,
-            json_schema=self.json_schema,
-            json_schema_name=self.json_schema_name,
-        )
 
 
 class ParsedLine(BaseModel):

@@ -35,8 +35,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from activities.audit_event import AuditEventInput
 from activities.audit_trail import write_audit_event
+from contracts.audit import AuditEventInput
 from infra.audit_chain import PURGE_AUDIT_ID, PURGED_PAYLOAD, payload_json
 
 PURGED_TEXT = "[purged]"

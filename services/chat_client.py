@@ -23,9 +23,9 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
 )
 
-from activities.llm.models import MAX_OUTPUT_TOKENS, ChatMessage, RequestPriority
-from activities.session_models import SESSION_ID_PATTERN, session_workflow_id, turn_stream_key
-from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
+from contracts.llm import MAX_OUTPUT_TOKENS, ChatMessage, RequestPriority
+from contracts.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
+from contracts.sessions import SESSION_ID_PATTERN, session_workflow_id, turn_stream_key
 from infra.settings import KeelSettings
 from workflows.chat_session import ChatSessionInput, ChatSessionWorkflow, TurnInput, TurnOutput
 

@@ -7,10 +7,6 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-# Activities are named, not imported (see workflows/llm_calls.py).
-RECORD_JOB = "record_job"
-DELIVER_CALLBACK = "deliver_job_callback"
-
 
 class JobKind(StrEnum):
     """Workflows a job may run. Each maps to a workflow and its input model (workflows/jobs.py)."""
