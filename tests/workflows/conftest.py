@@ -21,7 +21,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from infra.search_attributes import ALL_SEARCH_ATTRIBUTES
+from contracts.search_attributes import ALL_SEARCH_ATTRIBUTES
 from infra.settings import KeelSettings
 from infra.temporal_client import keel_data_converter
 from tests.conftest import TEMPORAL_TEST_SERVER

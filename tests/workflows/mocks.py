@@ -22,21 +22,22 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.approval_models import (
+from contracts import activities as activity_refs
+from contracts.approvals import (
     GateEvent,
     OpenGateInput,
     RefreshInput,
     Roster,
     RosterRequest,
 )
-from activities.audit_event import AuditEventInput
-from activities.batch_files import ItemRequest
-from activities.batch_items import (
+from contracts.audit import AuditEventInput
+from contracts.batch import (
     BatchCounts,
     BeginRunInput,
     BeginRunResult,
     ClaimedItem,
     ClaimInput,
+    ItemRequest,
     LoadFileInput,
     LoadSummary,
     MeterInput,
@@ -46,14 +47,12 @@ from activities.batch_items import (
     ResetFailedInput,
     StatusInput,
 )
-from activities.job_models import (
-    DELIVER_CALLBACK,
-    RECORD_JOB,
+from contracts.jobs import (
     CallbackDelivery,
     CallbackOutcome,
     JobRecord,
 )
-from activities.llm.models import (
+from contracts.llm import (
     AttemptInput,
     BudgetState,
     CallPolicy,
@@ -67,13 +66,12 @@ from activities.llm.models import (
     Usage,
     provider_for_model,
 )
-from activities.llm.traffic_config import BudgetPolicy
-from activities.publishing import PublishInput, WebhookDelivery, WebhookInput
-from activities.session_models import (
-    FAIL_TURN,
-    FINISH_TURN,
-    PREPARE_TURN,
-    STORE_SUMMARY,
+from contracts.publishing import (
+    PublishInput,
+    WebhookDelivery,
+    WebhookInput,
+)
+from contracts.sessions import (
     FailTurnInput,
     FinishTurnInput,
     FoldPlan,
@@ -82,7 +80,18 @@ from activities.session_models import (
     StoreSummaryInput,
     TurnContext,
 )
-from workflows.llm_calls import COMPLETE_CHAT, PLAN_LLM_ROUTE, RECORD_AUDIT_EVENT
+from contracts.traffic import BudgetPolicy
+
+# The registered activity names the mocks stand in for.
+COMPLETE_CHAT = activity_refs.COMPLETE_CHAT.name
+DELIVER_CALLBACK = activity_refs.DELIVER_JOB_CALLBACK.name
+FAIL_TURN = activity_refs.FAIL_TURN.name
+FINISH_TURN = activity_refs.FINISH_TURN.name
+PLAN_LLM_ROUTE = activity_refs.PLAN_LLM_ROUTE.name
+PREPARE_TURN = activity_refs.PREPARE_TURN.name
+RECORD_AUDIT_EVENT = activity_refs.RECORD_AUDIT_EVENT.name
+RECORD_JOB = activity_refs.RECORD_JOB.name
+STORE_SUMMARY = activity_refs.STORE_SUMMARY.name
 
 # Short enough that a retried call costs no noticeable wall time even where time is not skipped
 # (an Update waits in real time); long enough that nothing times out on a loaded machine.

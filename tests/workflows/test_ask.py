@@ -6,7 +6,10 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from activities.llm.models import ErrorClass, FallbackPolicy
+from contracts.llm import (
+    ErrorClass,
+    FallbackPolicy,
+)
 from tests.workflows.conftest import Rig
 from workflows.ask import AskInput, AskWorkflow
 

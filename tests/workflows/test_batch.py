@@ -10,9 +10,20 @@ import pytest
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
-from activities.approval_models import ApproveDecision, DecisionReceipt, GateStatus
-from activities.batch_items import BatchOptions, StatusInput
-from activities.llm.models import CallClass, ErrorClass, FallbackPolicy
+from contracts.approvals import (
+    ApproveDecision,
+    DecisionReceipt,
+    GateStatus,
+)
+from contracts.batch import (
+    BatchOptions,
+    StatusInput,
+)
+from contracts.llm import (
+    CallClass,
+    ErrorClass,
+    FallbackPolicy,
+)
 from tests.workflows.conftest import Rig, eventually
 from workflows.batch import BatchInput, BatchProgress, BatchWorkflow, ControlRequest
 

@@ -7,7 +7,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from activities.llm.traffic_config import BudgetPolicy
+from contracts.traffic import BudgetPolicy
 from tests.workflows.conftest import Rig, timers
 from workflows.ask import AskInput, AskWorkflow
 

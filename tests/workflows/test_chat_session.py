@@ -13,12 +13,11 @@ from temporalio.client import (
 )
 from temporalio.exceptions import ApplicationError
 
-from activities.llm.models import ChatMessage, ErrorClass
-from activities.session_models import (
-    FAIL_TURN,
-    FINISH_TURN,
-    PREPARE_TURN,
-    STORE_SUMMARY,
+from contracts.llm import (
+    ChatMessage,
+    ErrorClass,
+)
+from contracts.sessions import (
     ChatSessionInput,
     StoredAnswer,
     TurnInput,
@@ -27,6 +26,7 @@ from activities.session_models import (
     turn_stream_key,
 )
 from tests.workflows.conftest import Rig, eventually, timers
+from tests.workflows.mocks import FAIL_TURN, FINISH_TURN, PREPARE_TURN, STORE_SUMMARY
 from workflows.chat_session import ChatSessionWorkflow
 
 IDLE_SECONDS = 1800

@@ -10,7 +10,7 @@ import pytest
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
-from activities.approval_models import (
+from contracts.approvals import (
     ApproveDecision,
     DecisionReceipt,
     DefaultAction,
@@ -18,7 +18,7 @@ from activities.approval_models import (
     RejectDecision,
     ReviewPolicy,
 )
-from activities.llm.models import AttemptInput
+from contracts.llm import AttemptInput
 from tests.workflows.conftest import Rig, eventually, timers
 from workflows.approval_gate import STATUS_QUERY
 from workflows.document_review import DocumentReviewWorkflow, ReviewInput

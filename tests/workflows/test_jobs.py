@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
-from activities.job_models import DELIVER_CALLBACK, RECORD_JOB, JobInput, JobKind, JobStatus
-from activities.llm.models import ErrorClass
+from contracts.jobs import (
+    JobInput,
+    JobKind,
+    JobStatus,
+)
+from contracts.llm import ErrorClass
 from tests.workflows.conftest import Rig
+from tests.workflows.mocks import DELIVER_CALLBACK, RECORD_JOB
 from workflows.jobs import JobWorkflow
 
 CALLBACK = "https://receiver.example.test/keel"
