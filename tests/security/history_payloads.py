@@ -39,18 +39,23 @@ def payloads_in(message: Message) -> Iterator[Payload]:
 
 
 LOCAL_ACTIVITY_MARKER = "core_local_activity"
+# ``workflow.patched`` records this marker; core writes its details (the patch id and whether it
+# is deprecated) itself, never through the codec, and they hold no user data.
+PATCH_MARKER = "core_patch"
 
 
 def history_payloads(history: WorkflowHistory) -> list[Payload]:
     """Every payload keel's data converter wrote. Left out: a local activity marker's ``data``
     detail, which the SDK core writes itself, never through the codec, and which holds only
-    bookkeeping (sequence number, activity type, attempt, times); its ``result`` is included."""
+    bookkeeping (sequence number, activity type, attempt, times); its ``result`` is included. And
+    a patch marker's details: the patch id, written by core likewise."""
     found: list[Payload] = []
     for event in history.events:
         marker = event.marker_recorded_event_attributes
-        if event.HasField("marker_recorded_event_attributes") and (
-            marker.marker_name == LOCAL_ACTIVITY_MARKER
-        ):
+        is_marker = event.HasField("marker_recorded_event_attributes")
+        if is_marker and marker.marker_name == PATCH_MARKER:
+            continue
+        if is_marker and marker.marker_name == LOCAL_ACTIVITY_MARKER:
             for name, details in marker.details.items():
                 if name != "data":
                     found.extend(payloads_in(details))
