@@ -178,15 +178,6 @@ class ApprovalGate:
 
     # --- The workflow's side -------------------------------------------------------------
 
-    @property
-    def waiting(self) -> bool:
-        return self._open is not None
-
-    @property
-    def idle(self) -> bool:
-        """No gate open and no decision handler still running."""
-        return self._open is None and self._handlers_running == 0
-
     async def request(self, request: GateRequest) -> GateOutcome:
         """Open a gate and wait for its outcome: a decision, or the deadline's default action.
 
