@@ -287,7 +287,8 @@ async def test_token_secrets_never_reach_logs_errors_or_the_audit_trail(
 async def test_keel_token_commands_create_list_and_revoke(
     client: Client, keel_settings: KeelSettings, database_url: str
 ) -> None:
-    from tests.approvals.records import audit_rows, seed_reviewers
+    from tests.approvals.records import seed_reviewers
+    from tests.helpers import audit_events
 
     await seed_reviewers(alice="editor")
     keel = KeelCli(client, keel_settings)
@@ -330,7 +331,9 @@ async def test_keel_token_commands_create_list_and_revoke(
     after = await keel("token", "list")
     assert "revoked" in after.out
 
-    trail = [(e.event_type, e.actor, e.tenant, e.payload) for e in await audit_rows("keel/tokens")]
+    trail = [
+        (e.event_type, e.actor, e.tenant, e.payload) for e in await audit_events("keel/tokens")
+    ]
     created_events = [t for t in trail if t[0] == "token.created" and t[3]["token_id"] == token_id]
     assert created_events == [
         (

@@ -14,7 +14,7 @@ from activities.session_models import session_workflow_id
 from infra.api_tokens import IssuedToken
 from llmsim import SimServer
 from tests.api.tokens import http_client, openai_client
-from tests.reliability.ledger import ledger_rows
+from tests.helpers import ledger_rows
 from tests.sessions.conftest import stored_messages
 
 MODEL = "gpt-4o-mini"

@@ -17,7 +17,7 @@ from activities.batch_files import parse_lines
 from activities.batch_items import BatchOptions
 from infra.database import session_factory
 from infra.settings import KeelSettings
-from infra.tables import BatchItem, LlmCall
+from infra.tables import BatchItem
 from starters.batch import submit_batch
 from workers.builder import build_worker
 from workflows.batch import BatchResult, BatchWorkflow
@@ -73,14 +73,6 @@ async def items_of(batch_id: str) -> list[BatchItem]:
     async with session_factory()() as session:
         result = await session.execute(
             select(BatchItem).where(BatchItem.batch_id == batch_id).order_by(BatchItem.line_no)
-        )
-        return list(result.scalars())
-
-
-async def ledger_of(workflow_id: str) -> list[LlmCall]:
-    async with session_factory()() as session:
-        result = await session.execute(
-            select(LlmCall).where(LlmCall.workflow_id == workflow_id).order_by(LlmCall.id)
         )
         return list(result.scalars())
 

@@ -43,18 +43,6 @@ async def ask(client: Client, settings: KeelSettings, **fields: Any) -> tuple[st
     return handle.id, await handle.result()
 
 
-async def ledger_rows(
-    *, tenant: str | None = None, workflow_id: str | None = None
-) -> list[LlmCall]:
-    statement = select(LlmCall).order_by(LlmCall.id)
-    if tenant is not None:
-        statement = statement.where(LlmCall.tenant == tenant)
-    if workflow_id is not None:
-        statement = statement.where(LlmCall.workflow_id == workflow_id)
-    async with session_factory()() as session:
-        return list((await session.execute(statement)).scalars())
-
-
 async def metered_spend(tenant: str) -> Decimal:
     """What the ledger says the tenant was billed, straight from the rows."""
     async with session_factory()() as session:
@@ -81,14 +69,6 @@ async def audit_types(workflow_id: str) -> list[str]:
             select(AuditEvent.event_type)
             .where(AuditEvent.workflow_id == workflow_id)
             .order_by(AuditEvent.id)
-        )
-        return list(result.scalars())
-
-
-async def audit_events(workflow_id: str) -> list[AuditEvent]:
-    async with session_factory()() as session:
-        result = await session.execute(
-            select(AuditEvent).where(AuditEvent.workflow_id == workflow_id).order_by(AuditEvent.id)
         )
         return list(result.scalars())
 

@@ -27,12 +27,12 @@ from tests.cost.support import (
     ask,
     audit_types,
     counted_spend,
-    ledger_rows,
     metered_spend,
     requests_to,
     simulator_latency,
     start_ask,
 )
+from tests.helpers import ledger_rows
 from workers.builder import build_worker
 
 RACE_PROMPT = "Race for the budget."

@@ -24,14 +24,8 @@ from llmsim import SimServer
 from starters.budget import change_budget
 from starters.show import budget_pause
 from tests.conftest import TEMPORAL_CLI
-from tests.cost.support import (
-    CHEAP,
-    audit_events,
-    audit_types,
-    keel_cli,
-    ledger_rows,
-    start_ask,
-)
+from tests.cost.support import CHEAP, audit_types, keel_cli, start_ask
+from tests.helpers import audit_events, ledger_rows
 from workflows.ask import AskOutput, AskWorkflow
 
 BACKUP = "claude-3-5-haiku-latest"

@@ -23,7 +23,8 @@ from llmsim import SimServer
 from starters.cost import CostGrouping, CostRow, cost_report
 from starters.traffic_demo import DEMO_TENANT, demo_cost_and_traffic
 from tests.conftest import reconfigure
-from tests.cost.support import CHEAP, ask, audit_events, keel_cli, ledger_rows, requests_to
+from tests.cost.support import CHEAP, ask, keel_cli, requests_to
+from tests.helpers import audit_events, ledger_rows
 
 BACKUP = "claude-3-5-haiku-latest"
 TENANT = "reports"

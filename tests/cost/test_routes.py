@@ -17,7 +17,8 @@ from infra.settings import KeelSettings
 from llmsim import SimServer
 from starters.cost import CostGrouping, cost_report
 from tests.conftest import reconfigure
-from tests.cost.support import CHEAP, ask, audit_events, ledger_rows
+from tests.cost.support import CHEAP, ask
+from tests.helpers import audit_events, ledger_rows
 from workers.builder import build_worker
 
 CANARY = "gpt-4.1-nano"

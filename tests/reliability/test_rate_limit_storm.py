@@ -24,7 +24,7 @@ from llmsim.faults import FaultKind, FaultRule
 from llmsim.state import RequestRecord
 from starters.ask import tenant_search_attributes
 from tests.conftest import reconfigure
-from tests.reliability.ledger import ledger_rows
+from tests.helpers import ledger_rows
 from workflows.ask import AskInput, AskOutput, AskWorkflow
 
 CHEAP = "gpt-4o-mini"

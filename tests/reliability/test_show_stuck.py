@@ -11,7 +11,7 @@ from temporalio.worker import Worker
 
 from infra.settings import KeelSettings
 from tests.approvals.cli import KeelCli
-from tests.approvals.records import eventually
+from tests.helpers import eventually
 from tests.reliability.stuck_workflows import BuggyWorkflow
 
 

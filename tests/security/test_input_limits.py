@@ -39,7 +39,7 @@ from infra.tables import Batch, BatchItem, ChatSession, Job
 from llmsim import SimServer, count_message_tokens
 from tests.api.tokens import bearer, http_client, openai_client
 from tests.conftest import reconfigure
-from tests.reliability.ledger import ledger_rows
+from tests.helpers import ledger_rows
 from tests.worker_processes import REPO_ROOT, worker_environment
 from workflows.ask import AskInput, AskWorkflow
 

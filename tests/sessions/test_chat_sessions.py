@@ -17,7 +17,7 @@ from infra.settings import KeelSettings
 from infra.token_streams import StreamEventType, StreamHub
 from llmsim import SimServer
 from tests.conftest import reconfigure
-from tests.reliability.ledger import ledger_rows
+from tests.helpers import ledger_rows
 from tests.sessions.conftest import stored_messages, stored_session
 
 MODEL = "gpt-4o-mini"

@@ -1,0 +1,79 @@
+"""Helpers every test area shares: waiting for a condition without fixed sleeps, and reading
+what keel wrote (the ledger, the audit trail) for assertions."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, overload
+
+from sqlalchemy import select
+
+from infra.database import session_factory
+from infra.tables import AuditEvent, LlmCall
+
+T = TypeVar("T")
+
+
+@overload
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], object] = ...,
+    timeout: float = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    probe: Callable[[], T],
+    accept: Callable[[T], object] = ...,
+    timeout: float = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+async def eventually(
+    probe: Callable[[], Any],
+    accept: Callable[[Any], object] = bool,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+) -> Any:
+    """Poll ``probe`` (sync or async) until ``accept`` holds for its value, and return that value.
+
+    ``timeout`` is a generous bound for a loaded machine, not a timing assertion; when it runs
+    out the AssertionError shows the last value seen."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
+        if accept(value):
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"still not there after {timeout}s: {value!r}")
+        await asyncio.sleep(interval)
+
+
+async def ledger_rows(
+    workflow_id: str | None = None, *, tenant: str | None = None
+) -> list[LlmCall]:
+    """The ledger's rows, oldest first: one workflow's and/or one tenant's."""
+    statement = select(LlmCall).order_by(LlmCall.id)
+    if tenant is not None:
+        statement = statement.where(LlmCall.tenant == tenant)
+    if workflow_id is not None:
+        statement = statement.where(LlmCall.workflow_id == workflow_id)
+    async with session_factory()() as session:
+        return list((await session.execute(statement)).scalars())
+
+
+async def audit_events(workflow_id: str) -> list[AuditEvent]:
+    """One workflow's audit trail, oldest first."""
+    async with session_factory()() as session:
+        result = await session.execute(
+            select(AuditEvent).where(AuditEvent.workflow_id == workflow_id).order_by(AuditEvent.id)
+        )
+        return list(result.scalars())
