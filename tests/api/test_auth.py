@@ -96,6 +96,7 @@ async def test_every_v1_route_refuses_requests_without_a_valid_token(
         assert found.status_code == 404 and found.json()["error"]["code"] == "session_not_found"
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_revoked_and_expired_tokens_stop_working(
     client: Client, keel_settings: KeelSettings, keel_url: str, simulator: SimServer
 ) -> None:
@@ -237,6 +238,7 @@ async def test_tokens_are_stored_as_hashes_only(database_url: str) -> None:
     assert token.secret not in everything and random_part not in everything
 
 
+@pytest.mark.slow  # real `keel` processes
 async def test_token_secrets_never_reach_logs_errors_or_the_audit_trail(
     client: Client,
     keel_settings: KeelSettings,
@@ -284,6 +286,7 @@ async def test_token_secrets_never_reach_logs_errors_or_the_audit_trail(
             assert hidden not in text_, where
 
 
+@pytest.mark.slow  # real `keel` processes
 async def test_keel_token_commands_create_list_and_revoke(
     client: Client, keel_settings: KeelSettings, database_url: str
 ) -> None:

@@ -151,6 +151,7 @@ async def test_the_cli_names_each_refusal_records_it_and_repeats_are_idempotent(
     ]
 
 
+@pytest.mark.slow  # real `keel` processes
 async def test_a_rejection_is_revised_with_the_reason_and_the_edit_is_exported(
     client: Client,
     keel_settings: KeelSettings,
@@ -248,6 +249,7 @@ async def test_flags_and_low_confidence_send_the_draft_to_a_person(
     await handle.cancel()
 
 
+@pytest.mark.slow  # real `keel` processes
 async def test_the_queue_right_after_review_start_says_the_review_is_still_drafting(
     client: Client, keel_settings: KeelSettings, tmp_path: Path
 ) -> None:

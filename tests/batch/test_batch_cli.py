@@ -129,6 +129,7 @@ async def test_start_watch_status_results_and_list(
     assert listed.code == 0 and "cli1" in listed.out and "completed" in listed.out
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_a_file_with_duplicate_ids_is_refused_with_the_lines(
     keel: KeelCli, batch_worker: Worker, simulator: SimServer, tmp_path: Path
 ) -> None:
@@ -189,6 +190,7 @@ async def test_the_budget_gate_from_the_command_line(
     assert {i.status for i in await items_of("cli2")} == {"ok"}
 
 
+@pytest.mark.slow  # a real `keel` process
 def test_start_help_shows_the_line_format_with_examples_that_parse() -> None:
     """The line format is where a person looks for it: `keel batch start --help`, with
     examples of both shapes that keel's own parser accepts."""

@@ -50,6 +50,7 @@ async def paused_ask(
     await handle.terminate("test over")
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_show_says_the_call_is_paused_on_which_budget_and_how_to_release_it(
     client: Client,
     keel_settings: KeelSettings,
@@ -63,6 +64,7 @@ async def test_show_says_the_call_is_paused_on_which_budget_and_how_to_release_i
     assert f"release: {RELEASE}" in shown.out
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_the_audit_table_keeps_the_fix_command_whole_on_a_narrow_terminal(
     client: Client,
     keel_settings: KeelSettings,
@@ -94,6 +96,7 @@ async def codec_server_url() -> AsyncIterator[str]:
         await server.wait()
 
 
+@pytest.mark.slow  # real `keel` processes
 async def test_ask_no_wait_suggests_commands_that_show_the_answer_in_plain_text(
     client: Client,
     keel_settings: KeelSettings,
@@ -132,6 +135,7 @@ async def test_ask_no_wait_suggests_commands_that_show_the_answer_in_plain_text(
     assert followed.code == 0 and "COMPLETED" in followed.out, followed.err
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_the_summary_of_a_call_that_fell_back_counts_every_attempt(
     client: Client, keel_settings: KeelSettings, interactive_worker: Worker, simulator: SimServer
 ) -> None:

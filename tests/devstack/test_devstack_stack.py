@@ -43,6 +43,8 @@ from infra.payload_codec import EncryptionCodec, configured_keys
 from infra.search_attributes import ALL_SEARCH_ATTRIBUTES, KEEL_TENANT
 from infra.settings import KeelSettings
 
+pytestmark = pytest.mark.slow  # real dev stacks (Temporal, Postgres, keel processes)
+
 REPO = Path(__file__).resolve().parents[2]
 ALL_PARTS = {
     "temporal",

@@ -107,6 +107,7 @@ def event_payloads(events: Sequence[HistoryEvent], attribute: str) -> list[Paylo
 # --- End to end: a real worker process, the raw history, the codec server, the CLI ------------
 
 
+@pytest.mark.slow  # a real worker process
 async def test_prompt_and_answer_are_ciphertext_in_history_and_keel_reads_them(
     client: Client, keel_settings: KeelSettings, simulator: SimServer, tmp_path: Path
 ) -> None:
@@ -549,6 +550,7 @@ def test_rotate_refuses_to_edit_keys_that_live_in_the_environment(
     assert code == 0 and fresh.key_id == "fresh" and len(fresh.secret) == 32
 
 
+@pytest.mark.slow  # the temporal CLI and a codec server process
 async def test_temporal_cli_shows_plaintext_only_through_the_codec_server(
     client: Client, tmp_path: Path
 ) -> None:

@@ -371,6 +371,7 @@ def test_durations_parse_and_bad_ones_say_what_to_write() -> None:
         parse_duration("0d")
 
 
+@pytest.mark.slow  # real `keel` processes
 async def test_the_purge_command_refuses_bad_input_and_asks_before_purging(
     client: Client, keel_settings: KeelSettings, database_url: str
 ) -> None:

@@ -8,6 +8,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -32,6 +33,7 @@ async def keel(client: Client, settings: KeelSettings, *args: str) -> tuple[int,
     return process.returncode or 0, out.decode(), err.decode()
 
 
+@pytest.mark.slow  # real `keel` processes
 async def test_keel_chat_streams_a_turn_and_session_show_reports_it(
     client: Client, keel_settings: KeelSettings, interactive_worker: Worker, simulator: SimServer
 ) -> None:
