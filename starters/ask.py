@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import WorkflowFailureError
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 
 from activities.llm.models import FallbackPolicy
@@ -25,18 +24,12 @@ from infra.input_limits import (
     check_prompt_with_system,
 )
 from infra.payload_codec import PayloadDecryptionError
-from infra.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
+from infra.search_attributes import tenant_search_attributes
 from infra.settings import KeelSettings, get_settings
 from infra.tables import LlmCall
 from infra.temporal_client import connect
 from starters.output import console, fail, workflow_link
 from workflows.ask import AskInput, AskOutput, AskWorkflow
-
-
-def tenant_search_attributes(tenant: str, kind: str) -> TypedSearchAttributes:
-    return TypedSearchAttributes(
-        [SearchAttributePair(KEEL_TENANT, tenant), SearchAttributePair(KEEL_WORKFLOW_KIND, kind)]
-    )
 
 
 def check_question(

@@ -73,11 +73,11 @@ from activities.batch_items import (
 )
 from infra.approval_client import DecisionRefused, DecisionSender
 from infra.database import dispose_engines, session_factory
+from infra.search_attributes import tenant_search_attributes
 from infra.settings import KeelSettings, get_settings
 from infra.tables import Batch
 from infra.temporal_client import connect
 from starters.approvals import EXIT_CODES
-from starters.ask import tenant_search_attributes
 from starters.output import console, error_console, fail, workflow_link
 from workflows.batch import (
     BatchInput,

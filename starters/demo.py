@@ -14,9 +14,10 @@ from rich.rule import Rule
 
 from activities.batch_items import batch_workflow_id
 from infra.database import dispose_engines
+from infra.search_attributes import tenant_search_attributes
 from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect
-from starters.ask import ledger_attempts, print_answer, tenant_search_attributes
+from starters.ask import ledger_attempts, print_answer
 from starters.audit import show_audit
 from starters.batch import run_demo_batch
 from starters.output import console, fail, workflow_link

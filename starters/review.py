@@ -21,10 +21,10 @@ from activities.approval_models import ApprovalMode
 from activities.approvals import gates_of
 from infra.database import dispose_engines, session_factory
 from infra.input_limits import InputTooLarge, PromptLimits, UnstorableText, check_prompt
+from infra.search_attributes import tenant_search_attributes
 from infra.settings import KeelSettings, get_settings
 from infra.tables import Approval, PublishedDocument
 from infra.temporal_client import connect
-from starters.ask import tenant_search_attributes
 from starters.output import console, fail, workflow_link
 from workflows.document_review import (
     MAX_DOCUMENT_CHARS,

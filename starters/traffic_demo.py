@@ -13,9 +13,9 @@ from decimal import Decimal
 from temporalio.client import WorkflowFailureError
 
 from activities.llm.traffic_config import BudgetPolicy
+from infra.search_attributes import tenant_search_attributes
 from infra.settings import KeelSettings
 from infra.temporal_client import connect
-from starters.ask import tenant_search_attributes
 from starters.budget import budget_audit_id, change_budget, current_budgets, print_budgets
 from starters.cost import CostGrouping, show_cost
 from starters.output import console, workflow_link

@@ -17,12 +17,12 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from infra.search_attributes import tenant_search_attributes
 from infra.settings import KeelSettings
 from infra.tables import LlmCall
 from llmsim import SimServer
 from llmsim.faults import FaultKind, FaultRule
 from llmsim.state import RequestRecord
-from starters.ask import tenant_search_attributes
 from tests.conftest import reconfigure
 from tests.helpers import ledger_rows
 from workflows.ask import AskInput, AskOutput, AskWorkflow
