@@ -1,7 +1,7 @@
 # keel's two commands: `make demo` (see it work) and `make test` (prove it works).
 PYTHON ?= python3
 VENV := .venv
-PACKAGES := workflows activities workers starters infra llmsim devstack api migrations
+PACKAGES := workflows activities workers starters services infra llmsim devstack api migrations
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 

@@ -18,7 +18,7 @@ from activities.batch_items import BatchOptions
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import BatchItem
-from starters.batch import submit_batch
+from services.batches import submit_batch
 from workers.builder import build_worker
 from workflows.batch import BatchResult, BatchWorkflow
 
@@ -60,6 +60,7 @@ async def start_batch(
     handle = await submit_batch(
         client,
         settings,
+        session_factory(),
         list(parse_lines(lines)),
         batch_id=batch_id,
         options=BatchOptions(**options),

@@ -15,7 +15,7 @@ from activities.batch_items import BatchCounts, batch_report, count_items
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from starters.batch import start_retry_run
+from services.batches import start_retry_run
 from tests.batch.conftest import (
     CHEAP,
     items_of,
@@ -117,7 +117,7 @@ async def test_retry_failed_runs_only_the_failed_items_again(
     async with session_factory()() as session:
         report = await batch_report(session, batch_id)
     assert report is not None
-    again = await start_retry_run(client, keel_settings, report)
+    again = await start_retry_run(client, keel_settings, session_factory(), report)
     second = await again.result()
     assert (second.status, second.ok, second.failed) == ("completed", 10, 0)
     items = await items_of(batch_id)

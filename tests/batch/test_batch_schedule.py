@@ -17,7 +17,7 @@ from activities.batch_items import BatchOptions, batch_report
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from starters.batch import create_batch_schedule
+from services.batches import create_batch_schedule
 from tests.batch.conftest import CHEAP, items_of
 from workflows.batch import BatchInput, BatchResult, BatchWorkflow
 

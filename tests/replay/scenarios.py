@@ -32,7 +32,7 @@ from infra.chat_client import TurnRequest, run_turn
 from infra.database import session_factory
 from infra.settings import KeelSettings, get_settings
 from llmsim import SimServer
-from starters.batch import submit_batch
+from services.batches import submit_batch
 from starters.budget import change_budget
 from workflows.approval_gate import APPROVE, STATUS_QUERY
 from workflows.ask import AskInput, AskWorkflow
@@ -141,6 +141,7 @@ async def batch_continued_as_new(
     handle = await submit_batch(
         client,
         settings,
+        session_factory(),
         list(parse_lines(lines)),
         batch_id=f"replay-{uuid.uuid4().hex[:8]}",
         options=BatchOptions(concurrency=4, model="gpt-4o-mini"),
