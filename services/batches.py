@@ -22,6 +22,7 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
@@ -476,10 +477,8 @@ async def create_batch_schedule(
             # The server keeps cron as calendars: the memo keeps what the person typed.
             memo={SCHEDULE_MEMO_CRON: cron, SCHEDULE_MEMO_FILE: str(path)},
         )
-    except RPCError as error:
-        if error.status == RPCStatusCode.ALREADY_EXISTS:
-            raise ScheduleExists(schedule_id) from error
-        raise
+    except ScheduleAlreadyRunningError as error:  # what the SDK raises for a taken id
+        raise ScheduleExists(schedule_id) from error
 
 
 @dataclass(frozen=True)
