@@ -18,10 +18,11 @@ import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
+from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import AuditEvent
 from llmsim import SimServer
-from starters.budget import change_budget
+from services.budgets import change_budget
 from starters.show import budget_pause
 from tests.conftest import TEMPORAL_CLI
 from tests.cost.support import CHEAP, audit_types, keel_cli, start_ask
@@ -37,7 +38,7 @@ async def paused_ask(
     client: Client, keel_settings: KeelSettings, interactive_worker: Worker, simulator: SimServer
 ) -> AsyncIterator[WorkflowHandle[AskWorkflow, AskOutput]]:
     """An ask whose call waits on tenant broke's empty daily budget (policy pause)."""
-    await change_budget("broke", "day", Decimal("0"), "test")
+    await change_budget(session_factory(), "broke", "day", Decimal("0"), "test")
     handle = await start_ask(
         client, keel_settings, models=[CHEAP], tenant="broke", budget_policy="pause"
     )

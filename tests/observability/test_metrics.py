@@ -21,7 +21,7 @@ from infra.database import session_factory
 from infra.metrics import MetricsServer
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from starters.budget import change_budget
+from services.budgets import change_budget
 from tests.conftest import reconfigure
 from tests.cost.support import CHEAP, ask, metered_spend
 from tests.helpers import eventually, ledger_rows
@@ -117,7 +117,7 @@ async def test_the_worker_endpoint_shows_llm_calls_budgets_breakers_and_sdk_metr
     reconfigure(monkeypatch, KEEL_BREAKER_FAILURE_THRESHOLD="1")
     simulator.add_faults("server_error", model=FRAGILE, count=1)
     await ask(client, settings, models=[FRAGILE, BACKUP], tenant="metrics")
-    await change_budget("metrics", "month", Decimal(1), "test")
+    await change_budget(session_factory(), "metrics", "month", Decimal(1), "test")
     async with session_factory().begin() as session:
         await session.execute(
             text(
