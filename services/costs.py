@@ -18,13 +18,22 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
+from activities.llm.models import LedgerOutcome
 from infra.tables import LlmCall
 
 Sessions = async_sessionmaker[AsyncSession]
 
 # Attempts refused before reaching a provider: nothing billed.
-REFUSED = ("short_circuited", "budget_refused", "throttled", "prompt_too_large")
-FAILED = ("error", "interrupted")
+REFUSED = tuple(
+    outcome.value
+    for outcome in (
+        LedgerOutcome.SHORT_CIRCUITED,
+        LedgerOutcome.BUDGET_REFUSED,
+        LedgerOutcome.THROTTLED,
+        LedgerOutcome.PROMPT_TOO_LARGE,
+    )
+)
+FAILED = (LedgerOutcome.ERROR.value, LedgerOutcome.INTERRUPTED.value)
 
 
 class CostGrouping(StrEnum):
@@ -102,11 +111,11 @@ async def cost_report(
         select(
             key,
             func.count().label("attempts"),
-            func.count().filter(outcome == "ok").label("ok"),
-            func.count().filter(outcome == "cached").label("cached"),
+            func.count().filter(outcome == LedgerOutcome.OK.value).label("ok"),
+            func.count().filter(outcome == LedgerOutcome.CACHED.value).label("cached"),
             func.count().filter(outcome.in_(FAILED)).label("failed"),
             func.count().filter(outcome.in_(REFUSED)).label("refused"),
-            func.count().filter(outcome == "in_flight").label("in_flight"),
+            func.count().filter(outcome == LedgerOutcome.IN_FLIGHT.value).label("in_flight"),
             func.coalesce(func.sum(LlmCall.input_tokens), 0).label("input_tokens"),
             func.coalesce(func.sum(LlmCall.output_tokens), 0).label("output_tokens"),
             func.coalesce(func.sum(LlmCall.cost_usd), 0).label("cost_usd"),

@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from activities.llm.models import FallbackPolicy
+from activities.llm.models import FallbackPolicy, LedgerOutcome
 from activities.llm.traffic_config import BudgetPolicy
 from infra.database import dispose_engines, session_factory
 from infra.input_limits import (
@@ -55,7 +55,7 @@ async def ledger_attempts(workflow_id: str, run_id: str | None) -> LedgerAttempt
     prints, with the answering model's own attempt count)."""
     statement = (
         select(LlmCall.model)
-        .where(LlmCall.workflow_id == workflow_id, LlmCall.outcome != "in_flight")
+        .where(LlmCall.workflow_id == workflow_id, LlmCall.outcome != LedgerOutcome.IN_FLIGHT.value)
         .order_by(LlmCall.id)
     )
     if run_id is not None:

@@ -17,7 +17,7 @@ from temporalio.client import (
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities.approval_models import ApprovalMode
+from activities.approval_models import ApprovalMode, GateStatus
 from activities.approvals import gates_of
 from infra.database import dispose_engines, session_factory
 from infra.input_limits import InputTooLarge, PromptLimits, UnstorableText, check_prompt
@@ -109,7 +109,7 @@ async def wait_for_review(
             waiting = [
                 gate
                 for gate in await gates_of(session, workflow_id)
-                if gate.status == "pending"
+                if gate.status == GateStatus.PENDING
                 and gate.gate != after_gate
                 and gate.run_id == description.run_id
             ]

@@ -24,6 +24,7 @@ from temporalio.client import (
 from temporalio.exceptions import FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.approval_models import GateStatus
 from activities.approvals import gates_of
 from activities.audit_trail import read_audit_trail
 from infra.database import dispose_engines, session_factory
@@ -99,7 +100,7 @@ async def _show(workflow_id: str, show_text: bool) -> None:
         f" / out {tokens_out}"
     )
     for gate in gates:
-        if gate.status == "pending":
+        if gate.status == GateStatus.PENDING:
             continue
         who = ", ".join(gate.decided_by) or "keel"
         console.print(
@@ -108,7 +109,7 @@ async def _show(workflow_id: str, show_text: bool) -> None:
             highlight=False,
         )
 
-    waiting = next((g for g in reversed(gates) if g.status == "pending"), None)
+    waiting = next((g for g in reversed(gates) if g.status == GateStatus.PENDING), None)
     if status != WorkflowExecutionStatus.RUNNING:
         if published is not None:
             console.print(
