@@ -309,3 +309,11 @@ class LedgerOutcome(StrEnum):
     BUDGET_REFUSED = "budget_refused"
     THROTTLED = "throttled"
     PROMPT_TOO_LARGE = "prompt_too_large"
+
+
+class CircuitState(StrEnum):
+    """``circuit_breakers.state`` of one provider model (activities/llm/circuit_breaker.py)."""
+
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
