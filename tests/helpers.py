@@ -1,17 +1,23 @@
-"""Helpers every test area shares: waiting for a condition without fixed sleeps, and reading
-what keel wrote (the ledger, the audit trail) for assertions."""
+"""Helpers every test area shares: waiting for a condition without fixed sleeps, reading what
+keel wrote (the ledger, the audit trail) for assertions, and running the real ``keel`` CLI."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from sqlalchemy import select
+from temporalio.client import Client
 
 from infra.database import session_factory
+from infra.settings import KeelSettings
 from infra.tables import AuditEvent, LlmCall
+from tests.worker_processes import REPO_ROOT, worker_environment
 
 T = TypeVar("T")
 
@@ -77,3 +83,43 @@ async def audit_events(workflow_id: str) -> list[AuditEvent]:
             select(AuditEvent).where(AuditEvent.workflow_id == workflow_id).order_by(AuditEvent.id)
         )
         return list(result.scalars())
+
+
+KEEL = Path(sys.executable).parent / "keel"
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+class KeelCli:
+    """The real ``keel`` command in a subprocess, pointed at the test's servers:
+    ``await KeelCli(client, settings)("batch", "list")``."""
+
+    def __init__(
+        self, client: Client, settings: KeelSettings, *, columns: int = 250, **env: str
+    ) -> None:
+        # Wide and colourless, so commands print on one line each, as a person copies them.
+        self.env = worker_environment(
+            client, settings, **{"COLUMNS": str(columns), "NO_COLOR": "1", **env}
+        )
+
+    async def __call__(self, *args: str, timeout: float = 90) -> CliResult:
+        process = await asyncio.create_subprocess_exec(
+            str(KEEL),
+            *args,
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+        assert process.returncode is not None
+        return CliResult(process.returncode, out.decode(), err.decode())

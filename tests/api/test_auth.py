@@ -27,7 +27,7 @@ from infra.structured_logging import configure_logging
 from infra.tables import ApiToken, AuditEvent, ChatSession
 from llmsim import SimServer
 from tests.api.tokens import bearer, http_client, issue_token, openai_client
-from tests.approvals.cli import KeelCli
+from tests.helpers import KeelCli
 
 MODEL = "gpt-4o-mini"
 OPEN_PATHS = ("/healthz", "/openapi.json", "/docs")

@@ -20,10 +20,9 @@ from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.api.tokens import http_client, issue_token
-from tests.approvals.cli import KeelCli
 from tests.approvals.records import gate_events, pending_gate, seed_reviewers
 from tests.approvals.reviews import published, start_review
-from tests.helpers import audit_events
+from tests.helpers import KeelCli, audit_events
 from workflows.document_review import DocumentReviewWorkflow
 
 EXAMPLES = Path(__file__).parents[2] / "examples"

@@ -24,10 +24,9 @@ from activities.approvals import decided_by_humans
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from tests.approvals.cli import KeelCli
 from tests.approvals.records import gate_events, pending_gate, seed_reviewers
 from tests.approvals.reviews import DOCUMENT, published, self_check, start_review
-from tests.helpers import audit_events
+from tests.helpers import KeelCli, audit_events
 from workflows.document_review import (
     SELF_CHECK_MARKER,
     DocumentReviewWorkflow,

@@ -16,11 +16,10 @@ from temporalio.worker import Worker
 from activities.approval_models import ApprovalMode, ApproveDecision, ReviewPolicy
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from tests.approvals.cli import KeelCli
 from tests.approvals.records import pending_gate, seed_reviewers
 from tests.approvals.reviews import published, self_check, start_review
 from tests.conftest import reconfigure
-from tests.helpers import audit_events, eventually
+from tests.helpers import KeelCli, audit_events, eventually
 from tests.security.history_payloads import readable_history
 from workflows.document_review import SELF_CHECK_MARKER
 

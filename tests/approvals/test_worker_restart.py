@@ -11,10 +11,9 @@ from temporalio.client import Client
 from activities.approval_models import ApprovalMode, ReviewPolicy
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from tests.approvals.cli import KeelCli
 from tests.approvals.records import pending_gate, seed_reviewers
 from tests.approvals.reviews import published, start_review
-from tests.helpers import audit_events
+from tests.helpers import KeelCli, audit_events
 from tests.worker_processes import WorkerProcess, worker_environment, worker_processes
 
 

@@ -7,10 +7,8 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,39 +21,14 @@ from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.batch.conftest import CHEAP, items_of
 from tests.conftest import reconfigure
-from tests.worker_processes import REPO_ROOT, worker_environment
+from tests.helpers import KEEL, CliResult, KeelCli
 
-KEEL = str(Path(sys.executable).with_name("keel"))
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-KeelCli = Callable[..., Awaitable[Run]]
+KeelRun = Callable[..., Awaitable[CliResult]]
 
 
 @pytest.fixture
-def keel(client: Client, keel_settings: KeelSettings) -> KeelCli:
-    env = worker_environment(client, keel_settings, COLUMNS="200", NO_COLOR="1")
-
-    async def run(*args: str, timeout: float = 60) -> Run:
-        process = await asyncio.create_subprocess_exec(
-            KEEL,
-            *args,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-        assert process.returncode is not None
-        return Run(process.returncode, out.decode(), err.decode())
-
-    return run
+def keel(client: Client, keel_settings: KeelSettings) -> KeelRun:
+    return KeelCli(client, keel_settings, columns=200)
 
 
 def write_lines(path: Path, lines: Sequence[object]) -> Path:
@@ -87,7 +60,7 @@ def mixed_file(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 async def test_start_watch_status_results_and_list(
-    keel: KeelCli,
+    keel: KeelRun,
     batch_worker: Worker,
     simulator: SimServer,
     tmp_path: Path,
@@ -132,7 +105,7 @@ async def test_start_watch_status_results_and_list(
 
 @pytest.mark.slow  # a real `keel` process
 async def test_a_file_with_duplicate_ids_is_refused_with_the_lines(
-    keel: KeelCli, batch_worker: Worker, simulator: SimServer, tmp_path: Path
+    keel: KeelRun, batch_worker: Worker, simulator: SimServer, tmp_path: Path
 ) -> None:
     run = keel
     dupes = write_lines(
@@ -148,7 +121,7 @@ async def test_a_file_with_duplicate_ids_is_refused_with_the_lines(
 
 @pytest.mark.slow
 async def test_the_budget_gate_from_the_command_line(
-    keel: KeelCli,
+    keel: KeelRun,
     client: Client,
     keel_settings: KeelSettings,
     batch_worker: Worker,
@@ -193,7 +166,7 @@ async def test_the_budget_gate_from_the_command_line(
 
 @pytest.mark.slow  # real `keel` processes
 async def test_pause_resume_cancel_and_retry_from_the_command_line(
-    keel: KeelCli,
+    keel: KeelRun,
     client: Client,
     batch_worker: Worker,
     simulator: SimServer,
@@ -245,7 +218,7 @@ async def test_pause_resume_cancel_and_retry_from_the_command_line(
 
 @pytest.mark.slow  # real `keel` processes
 async def test_batch_schedules_from_the_command_line(
-    keel: KeelCli, client: Client, tmp_path: Path
+    keel: KeelRun, client: Client, tmp_path: Path
 ) -> None:
     run = keel
     path = write_lines(tmp_path / "nightly.jsonl", [{"custom_id": "n0", "prompt": "Score"}])
@@ -289,7 +262,7 @@ def test_start_help_shows_the_line_format_with_examples_that_parse() -> None:
     """The line format is where a person looks for it: `keel batch start --help`, with
     examples of both shapes that keel's own parser accepts."""
     shown = subprocess.run(
-        [KEEL, "batch", "start", "--help"],
+        [str(KEEL), "batch", "start", "--help"],
         env={**os.environ, "COLUMNS": "250", "NO_COLOR": "1"},
         capture_output=True,
         text=True,

@@ -45,8 +45,8 @@ from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect, keel_data_converter
 from llmsim import SimServer
 from starters.encryption_keys import encryption_keys_app
-from tests.approvals.cli import KeelCli
 from tests.conftest import TEMPORAL_CLI, reconfigure
+from tests.helpers import KeelCli
 from tests.security.codec_workflows import RefusingWorkflow, RelayWorkflow, refuse, shout
 from tests.security.history_payloads import history_payloads, payloads_in, raw_bytes
 from tests.worker_processes import WorkerProcess, worker_environment, worker_processes

@@ -42,8 +42,8 @@ from infra.tables import (
     StreamEvent,
 )
 from llmsim import SimServer
-from tests.approvals.cli import KeelCli
 from tests.batch.conftest import prompt_lines, start_batch
+from tests.helpers import KeelCli
 from tests.security.audit_support import (
     restore,
     run_review,
