@@ -17,15 +17,15 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from infra.search_attributes import tenant_search_attributes
 from infra.settings import KeelSettings
 from infra.tables import LlmCall
 from llmsim import SimServer
 from llmsim.faults import FaultKind, FaultRule
 from llmsim.state import RequestRecord
+from services.asks import start_ask
 from tests.conftest import reconfigure
 from tests.helpers import ledger_rows
-from workflows.ask import AskInput, AskOutput, AskWorkflow
+from workflows.ask import AskInput, AskOutput
 
 CHEAP = "gpt-4o-mini"
 BACKUP = "claude-3-5-haiku-latest"
@@ -37,16 +37,9 @@ STORM_RETRY_AFTER_S = 2.0
 async def keel_ask(
     client: Client, settings: KeelSettings, workflow_id: str, params: AskInput
 ) -> AskOutput:
-    """What ``keel ask`` does (starters/ask.py): start AskWorkflow on the interactive queue
-    with the tenant's search attributes, then wait for its result."""
-    handle = await client.start_workflow(
-        AskWorkflow.run,
-        params,
-        id=workflow_id,
-        task_queue=settings.interactive_task_queue,
-        search_attributes=tenant_search_attributes(params.tenant, "ask"),
-    )
-    return await handle.result()
+    """What ``keel ask`` does: start AskWorkflow as services/asks.py does, then wait for its
+    result."""
+    return await (await start_ask(client, settings, params, workflow_id)).result()
 
 
 def calls_by_conversation(
