@@ -103,6 +103,7 @@ def storm_seed(simulator: SimServer) -> Iterator[int]:
     simulator.configure(seed=before)
 
 
+@pytest.mark.slow  # hundreds of calls through a 429 storm (~15 s)
 async def test_every_call_completes_through_a_429_storm(
     client: Client,
     keel_settings: KeelSettings,
