@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -123,3 +124,20 @@ class KeelCli:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
         assert process.returncode is not None
         return CliResult(process.returncode, out.decode(), err.decode())
+
+
+@asynccontextmanager
+async def codec_server_process() -> AsyncIterator[str]:
+    """The real `keel codec-server` process, with the suite's keys, on a free port: its URL."""
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "starters.codec_server", "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        first_line = (await asyncio.wait_for(server.stdout.readline(), 60)).decode()
+        assert "keel codec-server on http://127.0.0.1:" in first_line, first_line
+        yield first_line.split(" on ")[1].split()[0]
+    finally:
+        server.terminate()
+        await server.wait()

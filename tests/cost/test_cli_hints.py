@@ -9,7 +9,6 @@ import asyncio
 import json
 import re
 import shlex
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,7 +25,7 @@ from services.budgets import change_budget
 from starters.show import budget_pause
 from tests.conftest import TEMPORAL_CLI
 from tests.cost.support import CHEAP, audit_types, keel_cli, start_ask
-from tests.helpers import audit_events, ledger_rows
+from tests.helpers import audit_events, codec_server_process, ledger_rows
 from workflows.ask import AskOutput, AskWorkflow
 
 BACKUP = "claude-3-5-haiku-latest"
@@ -83,18 +82,8 @@ async def test_the_audit_table_keeps_the_fix_command_whole_on_a_narrow_terminal(
 @pytest.fixture
 async def codec_server_url() -> AsyncIterator[str]:
     """The real `keel codec-server` process, with the suite's keys, on a free port."""
-    server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "starters.codec_server", "--port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        assert server.stdout is not None
-        first_line = (await asyncio.wait_for(server.stdout.readline(), 60)).decode()
-        assert "keel codec-server on http://127.0.0.1:" in first_line, first_line
-        yield first_line.split(" on ")[1].split()[0]
-    finally:
-        server.terminate()
-        await server.wait()
+    async with codec_server_process() as url:
+        yield url
 
 
 @pytest.mark.slow  # real `keel` processes
