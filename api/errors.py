@@ -22,6 +22,8 @@ from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeou
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError
 
+from contracts.llm import LlmFailureType
+
 log = structlog.get_logger("keel.api")
 
 _TYPE_BY_STATUS = {
@@ -103,7 +105,7 @@ _TURN_FAILURES = {
     "IdempotencyKeyReused": (409, "idempotency_key_reused"),
     # Another tenant's session (a race the API's own check missed): as if it did not exist.
     "SessionTenantMismatch": (404, "session_not_found"),
-    "UnknownRoute": (400, "unknown_route"),
+    LlmFailureType.UNKNOWN_ROUTE: (400, "unknown_route"),
 }
 
 
@@ -140,7 +142,7 @@ def from_temporal(error: BaseException) -> ApiError:
     if isinstance(error, WorkflowUpdateFailedError):
         cause = error.cause
         if isinstance(cause, ApplicationError):
-            if cause.type == "LlmChainExhausted":
+            if cause.type == LlmFailureType.CHAIN_EXHAUSTED:
                 return _chain_exhausted(cause)
             status, code = _TURN_FAILURES.get(cause.type or "", (400, "turn_rejected"))
             if code == "session_not_found":

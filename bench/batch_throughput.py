@@ -60,7 +60,7 @@ from infra.settings import get_settings, to_asyncpg_url
 from infra.tables import LlmCall
 from infra.temporal_client import keel_data_converter
 from infra.temporal_tuning import dev_server_args
-from starters.batch import submit_batch
+from services.batches import submit_batch
 from workflows.ask import AskInput, AskWorkflow
 from workflows.batch import BatchResult
 
@@ -412,6 +412,7 @@ async def keel_batch(
     handle = await submit_batch(
         client,
         settings,
+        session_factory(),
         list(parse_lines(lines)),
         batch_id=batch_id,
         options=BatchOptions(concurrency=concurrency, model=MODEL, tenant=tenant),

@@ -5,11 +5,34 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.llm import ChatMessage, LlmParameters, Usage
+
+
+class ItemStatus(StrEnum):
+    """``batch_items.status``: where one item is."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class BatchStatus(StrEnum):
+    """``batches.status``, which the batch workflow keeps as its own status too."""
+
+    LOADING = "loading"
+    REFUSED = "refused"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    ABORTED = "aborted"
 
 
 class ItemRequest(BaseModel):

@@ -284,3 +284,36 @@ class LlmAnswer(BaseModel):
     latency_ms: int = 0
     # Models that failed before this answer, with their error classes, in order.
     failed_models: list[tuple[str, str]] = Field(default_factory=list)
+
+
+class LlmFailureType(StrEnum):
+    """``ApplicationError.type`` of the ways an LLM call ends for good, which callers (batches,
+    the API) tell apart: the values are the compatibility surface recorded in histories."""
+
+    CHAIN_EXHAUSTED = "LlmChainExhausted"
+    BUDGET_EXCEEDED = "LlmBudgetExceeded"
+    UNKNOWN_ROUTE = "UnknownRoute"
+
+
+class LedgerOutcome(StrEnum):
+    """``llm_calls.outcome``: how one attempt ended (one ledger row per attempt)."""
+
+    OK = "ok"
+    CACHED = "cached"
+    ERROR = "error"
+    IN_FLIGHT = "in_flight"
+    # The worker died mid-call; the row was closed by the next run's sweep.
+    INTERRUPTED = "interrupted"
+    # Refused before reaching a provider: nothing billed.
+    SHORT_CIRCUITED = "short_circuited"
+    BUDGET_REFUSED = "budget_refused"
+    THROTTLED = "throttled"
+    PROMPT_TOO_LARGE = "prompt_too_large"
+
+
+class CircuitState(StrEnum):
+    """``circuit_breakers.state`` of one provider model (activities/llm/circuit_breaker.py)."""
+
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"

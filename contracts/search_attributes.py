@@ -6,7 +6,7 @@ cluster registers them once with ``temporal operator search-attribute create`` (
 
 from __future__ import annotations
 
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 KEEL_TENANT = SearchAttributeKey.for_keyword("KeelTenant")
 KEEL_WORKFLOW_KIND = SearchAttributeKey.for_keyword("KeelKind")
@@ -14,6 +14,14 @@ KEEL_AWAITING = SearchAttributeKey.for_keyword("KeelAwaiting")
 KEEL_COST_USD = SearchAttributeKey.for_float("KeelCostUsd")
 
 ALL_SEARCH_ATTRIBUTES = (KEEL_TENANT, KEEL_WORKFLOW_KIND, KEEL_AWAITING, KEEL_COST_USD)
+
+
+def tenant_search_attributes(tenant: str, kind: str) -> TypedSearchAttributes:
+    """What a workflow keel starts carries from its first event: its tenant and its kind."""
+    return TypedSearchAttributes(
+        [SearchAttributePair(KEEL_TENANT, tenant), SearchAttributePair(KEEL_WORKFLOW_KIND, kind)]
+    )
+
 
 # The spelling `temporal server start-dev --search-attribute NAME=TYPE` and
 # `temporal operator search-attribute create --type TYPE` expect.

@@ -38,7 +38,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from contracts.llm import BudgetState
+from contracts.llm import BudgetState, LedgerOutcome
 from infra.database import session_factory
 from infra.settings import KeelSettings
 
@@ -167,7 +167,7 @@ def record_llm_attempt(metrics: AttemptMetrics) -> None:
     if metrics.attempt > 1:
         LLM_RETRIES.labels(p, m).inc()
     # A response-cache hit repeats an earlier answer's usage, but nothing was billed for it.
-    billed = metrics.outcome != "cached"
+    billed = metrics.outcome != LedgerOutcome.CACHED
     for kind, count in (
         ("input", metrics.input_tokens),
         ("output", metrics.output_tokens),

@@ -217,10 +217,6 @@ class SimServer:
         """Replace the probabilistic rules with a profile's and/or ``rules``."""
         self.state.add_faults(rules=rules if rules is not None else [], profile=profile)
 
-    def apply_profile(self, profile: FaultProfile) -> None:
-        """Replace the rules with ``profile.rules`` and queue ``profile.scripted``."""
-        self.state.add_faults(scripted=profile.scripted, rules=profile.rules)
-
     def clear_faults(self) -> None:
         self.state.clear_faults()
 

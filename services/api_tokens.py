@@ -54,6 +54,14 @@ class TokenRole(StrEnum):
     ADMIN = "admin"
 
 
+class TokenState(StrEnum):
+    """Whether a token still opens the API (derived from the row, not stored)."""
+
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
 class TokenSpecError(ValueError):
     """A token cannot be created as asked; the message says what to change."""
 
@@ -204,13 +212,12 @@ async def list_tokens(session: AsyncSession, tenant: str | None = None) -> list[
     return list((await session.execute(statement)).scalars())
 
 
-def token_state(token: ApiToken, now: datetime | None = None) -> str:
-    """``active``, ``revoked`` or ``expired``."""
+def token_state(token: ApiToken, now: datetime | None = None) -> TokenState:
     if token.revoked_at is not None:
-        return "revoked"
+        return TokenState.REVOKED
     if token.expires_at is not None and token.expires_at <= (now or datetime.now(UTC)):
-        return "expired"
-    return "active"
+        return TokenState.EXPIRED
+    return TokenState.ACTIVE
 
 
 async def verify_token(session: AsyncSession, presented: str) -> VerifiedToken:
@@ -239,9 +246,9 @@ async def verify_token(session: AsyncSession, presented: str) -> VerifiedToken:
         )
     now = datetime.now(UTC)
     state = token_state(row, now)
-    if state == "revoked":
+    if state == TokenState.REVOKED:
         raise TokenRejected(f"API token {row.id} was revoked; use a current token")
-    if state == "expired":
+    if state == TokenState.EXPIRED:
         assert row.expires_at is not None
         raise TokenRejected(
             f"API token {row.id} expired at {row.expires_at:%Y-%m-%d %H:%M} UTC; "

@@ -29,12 +29,12 @@ from contracts.approvals import (
     RefusalType,
     RejectDecision,
 )
-from contracts.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from infra.database import session_factory
 from infra.settings import get_settings
 from infra.tables import Approval
 from infra.temporal_client import connect
 from services.approval_client import DecisionProblem, DecisionRefused, DecisionSender
+from services.reviews import running_reviews
 from starters.database_command import run_then_close_database
 from starters.output import console, error_console, fail
 from starters.review import approve_command, wait_for_review
@@ -83,15 +83,11 @@ def due(deadline: datetime | None) -> str:
 _DRAFTING_SHOWN = 5
 
 
-async def running_reviews(tenant: str | None) -> list[str]:
-    """Workflow ids of running document reviews, newest first; empty when Temporal cannot be
-    reached (the queue itself comes from Postgres and stays useful without it)."""
-    query = f"{KEEL_WORKFLOW_KIND.name} = 'document_review' AND ExecutionStatus = 'Running'"
-    if tenant is not None:
-        query += f" AND {KEEL_TENANT.name} = '{tenant.replace(chr(39), chr(39) * 2)}'"
+async def _running_reviews(tenant: str | None) -> list[str]:
+    """Running document reviews; empty when Temporal cannot be reached (the queue itself comes
+    from Postgres and stays useful without it)."""
     try:
-        client = await connect(get_settings())
-        return [execution.id async for execution in client.list_workflows(query, limit=100)]
+        return await running_reviews(await connect(get_settings()), tenant)
     except (ConnectionError, RPCError):
         return []
 
@@ -121,7 +117,7 @@ async def _list(tenant: str | None, as_json: bool) -> None:
         return
     if not queue:
         console.print("no reviews waiting" + (f" for tenant {tenant}" if tenant else ""))
-        drafting = await running_reviews(tenant)
+        drafting = await _running_reviews(tenant)
         if drafting:
             # Just after `keel review start` the models are still drafting: the gate (if policy
             # asks for one) appears when they are done.

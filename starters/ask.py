@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
 
 import typer
 from pydantic import ValidationError
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import WorkflowFailureError
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 
 from contracts.llm import FallbackPolicy
-from contracts.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from contracts.traffic import BudgetPolicy
 from infra.database import dispose_engines, session_factory
 from infra.input_limits import (
@@ -27,16 +22,10 @@ from infra.input_limits import (
 )
 from infra.payload_codec import PayloadDecryptionError
 from infra.settings import KeelSettings, get_settings
-from infra.tables import LlmCall
 from infra.temporal_client import connect
+from services.asks import LedgerAttempts, ledger_attempts, start_ask
 from starters.output import console, fail, workflow_link
-from workflows.ask import AskInput, AskOutput, AskWorkflow
-
-
-def tenant_search_attributes(tenant: str, kind: str) -> TypedSearchAttributes:
-    return TypedSearchAttributes(
-        [SearchAttributePair(KEEL_TENANT, tenant), SearchAttributePair(KEEL_WORKFLOW_KIND, kind)]
-    )
+from workflows.ask import AskInput, AskOutput
 
 
 def check_question(
@@ -47,32 +36,6 @@ def check_question(
     for name in models:
         check_model_name(name, f"--model {name[:40]!r}")
     check_prompt_with_system(prompt, system, PromptLimits.from_settings(settings), "the prompt")
-
-
-@dataclass(frozen=True)
-class LedgerAttempts:
-    """What the ledger metered for one run: every attempt, of every model asked."""
-
-    attempts: int
-    models: list[str]
-
-
-async def ledger_attempts(workflow_id: str, run_id: str | None) -> LedgerAttempts | None:
-    """The run's ledger rows (None when the database cannot be read: the answer still
-    prints, with the answering model's own attempt count)."""
-    statement = (
-        select(LlmCall.model)
-        .where(LlmCall.workflow_id == workflow_id, LlmCall.outcome != "in_flight")
-        .order_by(LlmCall.id)
-    )
-    if run_id is not None:
-        statement = statement.where(LlmCall.run_id == run_id)
-    try:
-        async with session_factory()() as session:
-            models = list((await session.execute(statement)).scalars())
-    except (OSError, SQLAlchemyError):
-        return None
-    return LedgerAttempts(len(models), list(dict.fromkeys(models)))
 
 
 def print_answer(result: AskOutput, ledger: LedgerAttempts | None = None) -> None:
@@ -123,13 +86,7 @@ async def _ask(params: AskInput, workflow_id: str, wait: bool) -> None:
         client = await connect(settings)
     except ConnectionError as error:
         fail(str(error), "nothing was started")
-    handle = await client.start_workflow(
-        AskWorkflow.run,
-        params,
-        id=workflow_id,
-        task_queue=settings.interactive_task_queue,
-        search_attributes=tenant_search_attributes(params.tenant, "ask"),
-    )
+    handle = await start_ask(client, settings, params, workflow_id)
     console.print(f"[bold]workflow[/] {workflow_id}  {workflow_link(settings, workflow_id)}")
     if not wait:
         console.print(
@@ -156,7 +113,7 @@ async def _ask(params: AskInput, workflow_id: str, wait: bool) -> None:
     except PayloadDecryptionError as error:  # the answer is encrypted with a key this lacks
         fail(str(error), f"see what happened: keel show {workflow_id}")
     try:
-        ledger = await ledger_attempts(workflow_id, handle.result_run_id)
+        ledger = await ledger_attempts(session_factory(), workflow_id, handle.result_run_id)
     finally:
         await dispose_engines()
     print_answer(result, ledger)

@@ -10,6 +10,7 @@
 
 The file is validated here, before anything is written; its items go to Postgres and the
 workflow gets only the batch id. Reports read Postgres, so they work while workers are down.
+The operations themselves are services/batches.py; this module reads options, prints and exits.
 """
 
 from __future__ import annotations
@@ -22,30 +23,16 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import NoReturn, TypeVar
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    WorkflowExecutionStatus,
-    WorkflowHandle,
-    WorkflowUpdateFailedError,
-)
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from activities.batch.files import (
     BatchFileRefused,
@@ -55,38 +42,37 @@ from activities.batch.files import (
     parse_lines,
     validate,
 )
-from activities.batch.items import (
-    BatchReport,
-    batch_report,
-    create_batch,
-    insert_items,
-    iter_items,
-    list_batches,
-    openai_output_line,
-    refusal,
-)
-from contracts.approvals import (
-    ApproveDecision,
-    EditDecision,
-    RejectDecision,
-)
+from activities.batch.items import BatchReport, refusal
 from contracts.batch import BatchOptions, batch_workflow_id
 from infra.database import dispose_engines, session_factory
 from infra.settings import KeelSettings, get_settings
-from infra.tables import Batch
 from infra.temporal_client import connect
-from services.approval_client import DecisionRefused, DecisionSender
-from starters.approvals import EXIT_CODES
-from starters.ask import tenant_search_attributes
-from starters.output import console, error_console, fail, workflow_link
-from workflows.batch import (
-    BatchInput,
-    BatchResult,
-    BatchWorkflow,
-    ControlAck,
-    ControlRequest,
-    RetryFailedAck,
+from services.approval_client import DecisionRefused
+from services.batches import (
+    BATCH_ID_PATTERN,
+    BatchControl,
+    BatchError,
+    BatchSchedule,
+    BudgetDecision,
+    ScheduleNotFound,
+    batch_options,
+    batch_schedules,
+    check_budget_decision,
+    control_batch,
+    create_batch_schedule,
+    delete_batch_schedule,
+    money,
+    pause_batch_schedule,
+    recent_reports,
+    report_of,
+    retry_failed_items,
+    send_budget_decision,
+    submit_batch,
+    write_results,
 )
+from starters.approvals import EXIT_CODES
+from starters.output import console, error_console, fail, workflow_link
+from workflows.batch import ControlAck, ControlRequest
 
 batch_app = typer.Typer(
     help="Run JSONL files of LLM requests as durable batches: concurrency caps, progress, "
@@ -94,14 +80,8 @@ batch_app = typer.Typer(
     no_args_is_help=True,
 )
 
-BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
 MAX_PROBLEMS_SHOWN = 20
-SCHEDULE_MEMO_CRON, SCHEDULE_MEMO_FILE = "keel_cron", "keel_file"
 T = TypeVar("T")
-
-
-class BatchExistsError(Exception):
-    pass
 
 
 def _run(coroutine: Awaitable[T]) -> T:
@@ -121,40 +101,11 @@ def _whoami() -> str:
         return "unknown"
 
 
-def _money(amount: Decimal | None) -> str:
-    return "—" if amount is None else f"${amount:,.4f}"
+def _fail(error: BatchError) -> NoReturn:
+    fail(error.message, error.hint)
 
 
 # --- Starting -----------------------------------------------------------------------------------
-
-
-async def submit_batch(
-    client: Client,
-    settings: KeelSettings,
-    lines: Sequence[ParsedLine],
-    *,
-    batch_id: str,
-    options: BatchOptions,
-    source_name: str | None,
-    history_event_limit: int | None = None,
-) -> WorkflowHandle[BatchWorkflow, BatchResult]:
-    """Load validated lines into Postgres and start the batch's workflow on the batch queue."""
-    async with session_factory().begin() as session:
-        if not await create_batch(session, batch_id, options, source_name=source_name):
-            raise BatchExistsError(batch_id)
-        await insert_items(session, batch_id, lines)
-    params = BatchInput(
-        batch_id=batch_id,
-        options=options,
-        history_event_limit=history_event_limit or settings.batch_history_event_limit,
-    )
-    return await client.start_workflow(
-        BatchWorkflow.run,
-        params,
-        id=batch_workflow_id(batch_id),
-        task_queue=settings.batch_task_queue,
-        search_attributes=tenant_search_attributes(options.tenant, "batch"),
-    )
 
 
 def print_validation(report: ValidationReport) -> None:
@@ -218,21 +169,19 @@ def _options(
     max_failure_rate: float | None,
     strict: bool,
 ) -> BatchOptions:
-    if route and model:
-        fail("give either --route or --model, not both")
-    if route and route not in settings.routes:
-        fail(f"unknown route {route!r}", f"configured routes: {', '.join(sorted(settings.routes))}")
-    return BatchOptions(
-        tenant=tenant,
-        concurrency=concurrency or settings.batch_concurrency,
-        route=route,
-        model=model,
-        budget_usd=Decimal(str(budget_usd)) if budget_usd is not None else None,
-        max_failure_rate=max_failure_rate,
-        strict=strict,
-        budget_role=settings.batch_budget_role,
-        budget_gate_deadline=timedelta(hours=settings.batch_budget_gate_hours),
-    )
+    try:
+        return batch_options(
+            settings,
+            tenant=tenant,
+            concurrency=concurrency,
+            route=route,
+            model=model,
+            budget_usd=budget_usd,
+            max_failure_rate=max_failure_rate,
+            strict=strict,
+        )
+    except BatchError as refused:
+        _fail(refused)
 
 
 def _print_next_steps(settings: KeelSettings, batch_id: str) -> None:
@@ -303,16 +252,14 @@ def start(
             await submit_batch(
                 client,
                 settings,
+                session_factory(),
                 lines,
                 batch_id=batch_id,
                 options=options,
                 source_name=str(file),
             )
-        except BatchExistsError:
-            fail(
-                f"batch {batch_id} already exists",
-                f"choose another --id, or look at it: keel batch status {batch_id}",
-            )
+        except BatchError as refused:
+            _fail(refused)
         _print_next_steps(settings, batch_id)
         if watch:
             await _watch(settings, batch_id)
@@ -324,11 +271,10 @@ def start(
 
 
 async def _report(batch_id: str) -> BatchReport:
-    async with session_factory()() as session:
-        report = await batch_report(session, batch_id)
-    if report is None:
-        fail(f"no batch {batch_id!r}", "list batches with: keel batch list")
-    return report
+    try:
+        return await report_of(session_factory(), batch_id)
+    except BatchError as missing:
+        _fail(missing)
 
 
 def _eta(remaining: int, rate: float) -> str:
@@ -378,8 +324,8 @@ def print_report(settings: KeelSettings, report: BatchReport) -> None:
     console.print(
         f"  rate   {rate:.1f} items/s · ETA {_eta(remaining, rate) if not report.terminal else '—'}"
     )
-    budget = f" of {_money(report.budget_usd)} budget" if report.budget_usd is not None else ""
-    console.print(f"  cost   {_money(report.spent_usd)}{budget} (ledger, every attempt)")
+    budget = f" of {money(report.budget_usd)} budget" if report.budget_usd is not None else ""
+    console.print(f"  cost   {money(report.spent_usd)}{budget} (ledger, every attempt)")
     console.print(f"  {workflow_link(settings, report.workflow_id)}")
     hint = _gate_hint(report)
     if hint:
@@ -412,7 +358,7 @@ async def _watch(settings: KeelSettings, batch_id: str, interval: float = 1.0) -
             failed=0,
             rate="—",
             eta="—",
-            cost=_money(report.spent_usd),
+            cost=money(report.spent_usd),
         )
         while True:
             counts = report.counts
@@ -428,7 +374,7 @@ async def _watch(settings: KeelSettings, batch_id: str, interval: float = 1.0) -
                 failed=counts.failed,
                 rate=f"{rate:.1f}",
                 eta=_eta(counts.total - counts.finished, rate),
-                cost=_money(report.spent_usd),
+                cost=money(report.spent_usd),
             )
             if report.terminal or report.pending_gate is not None:
                 break
@@ -461,9 +407,7 @@ def list_(limit: int = typer.Option(30, min=1)) -> None:
     """The most recent batches."""
 
     async def go() -> None:
-        async with session_factory()() as session:
-            batches = await list_batches(session, limit)
-            reports = [await batch_report(session, batch.id) for batch in batches]
+        reports = await recent_reports(session_factory(), limit)
         if not reports:
             console.print("no batches yet: [cyan]keel batch start FILE.jsonl[/]")
             return
@@ -471,15 +415,13 @@ def list_(limit: int = typer.Option(30, min=1)) -> None:
         for column in ("id", "status", "done", "failed", "total", "cost", "created", "source"):
             table.add_column(column)
         for report in reports:
-            if report is None:
-                continue
             table.add_row(
                 report.id,
                 report.status,
                 str(report.counts.ok),
                 str(report.counts.failed),
                 str(report.counts.total),
-                _money(report.spent_usd),
+                money(report.spent_usd),
                 report.created_at.strftime("%Y-%m-%d %H:%M"),
                 (report.source_name or "")[-40:],
             )
@@ -491,43 +433,12 @@ def list_(limit: int = typer.Option(30, min=1)) -> None:
 # --- Controls -----------------------------------------------------------------------------------
 
 
-async def _running_handle(
-    client: Client, batch_id: str
-) -> WorkflowHandle[BatchWorkflow, BatchResult] | None:
-    handle: WorkflowHandle[BatchWorkflow, BatchResult] = client.get_workflow_handle(
-        batch_workflow_id(batch_id), result_type=BatchResult
-    )
+async def _control(batch_id: str, control: BatchControl, request: ControlRequest) -> ControlAck:
+    client = await connect(get_settings())
     try:
-        description = await handle.describe()
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
-            return None
-        raise
-    return handle if description.status == WorkflowExecutionStatus.RUNNING else None
-
-
-async def _update(
-    batch_id: str,
-    send: Callable[[WorkflowHandle[BatchWorkflow, BatchResult]], Awaitable[T]],
-) -> T:
-    settings = get_settings()
-    client = await connect(settings)
-    handle = await _running_handle(client, batch_id)
-    if handle is None:
-        report = await _report(batch_id)
-        fail(
-            f"batch {batch_id} is not running (status: {report.status})",
-            f"see it with: keel batch status {batch_id}",
-        )
-    try:
-        return await send(handle)
-    except WorkflowUpdateFailedError as error:
-        fail(_refusal_message(error), f"keel batch status {batch_id}")
-
-
-def _refusal_message(error: WorkflowUpdateFailedError) -> str:
-    cause = error.cause
-    return cause.message if isinstance(cause, ApplicationError) else str(cause or error)
+        return await control_batch(client, session_factory(), batch_id, control, request)
+    except BatchError as refused:
+        _fail(refused)
 
 
 def _print_ack(batch_id: str, ack: ControlAck) -> None:
@@ -543,7 +454,7 @@ reason_option = typer.Option(None, "--reason", help="Why (kept in the audit trai
 def pause(batch_id: str, by: str | None = by_option, reason: str | None = reason_option) -> None:
     """Start no new items; what is in flight finishes."""
     request = ControlRequest(by=by or _whoami(), reason=reason)
-    ack = _run(_update(batch_id, lambda h: h.execute_update(BatchWorkflow.pause, request)))
+    ack = _run(_control(batch_id, BatchControl.PAUSE, request))
     _print_ack(batch_id, ack)
     console.print(f"resume: [cyan]keel batch resume {batch_id}[/]")
 
@@ -552,18 +463,14 @@ def pause(batch_id: str, by: str | None = by_option, reason: str | None = reason
 def resume(batch_id: str, by: str | None = by_option, reason: str | None = reason_option) -> None:
     """Resume a paused batch."""
     request = ControlRequest(by=by or _whoami(), reason=reason)
-    _print_ack(
-        batch_id, _run(_update(batch_id, lambda h: h.execute_update(BatchWorkflow.resume, request)))
-    )
+    _print_ack(batch_id, _run(_control(batch_id, BatchControl.RESUME, request)))
 
 
 @batch_app.command("cancel")
 def cancel(batch_id: str, by: str | None = by_option, reason: str | None = reason_option) -> None:
     """Cancel: pending items are skipped; items in flight finish (they are already paid for)."""
     request = ControlRequest(by=by or _whoami(), reason=reason)
-    _print_ack(
-        batch_id, _run(_update(batch_id, lambda h: h.execute_update(BatchWorkflow.cancel, request)))
-    )
+    _print_ack(batch_id, _run(_control(batch_id, BatchControl.CANCEL, request)))
 
 
 @batch_app.command("budget")
@@ -584,52 +491,22 @@ def budget(
         fail("decide one way: --raise-to AMOUNT or --stop")
     reviewer = by or _whoami()
 
+    decision = BudgetDecision(
+        reviewer=reviewer,
+        stop=stop,
+        raise_to=None if raise_to is None else Decimal(str(raise_to)),
+        reason=reason,
+    )
+
     async def go() -> str:
-        report = await _report(batch_id)
-        gate, proposed = report.pending_gate, report.pending_gate_draft
-        if gate is None:
-            fail(
-                f"batch {batch_id} is not waiting at a budget gate (status: {report.status})",
-                f"keel batch status {batch_id}",
-            )
-        action: str
-        decision: ApproveDecision | EditDecision | RejectDecision
-        if stop:
-            action = "reject"
-            decision = RejectDecision(
-                reviewer=reviewer, gate=gate, reason=reason or "stop the batch at its budget"
-            )
-        else:
-            amount = Decimal(str(raise_to))
-            if amount <= report.spent_usd:
-                fail(
-                    f"${amount} does not cover what is already spent ({_money(report.spent_usd)})",
-                    f"the gate proposes ${proposed}",
-                )
-            if proposed is not None and Decimal(proposed) == amount:
-                action, decision = (
-                    "approve",
-                    ApproveDecision(reviewer=reviewer, gate=gate, comment=reason),
-                )
-            else:
-                action, decision = (
-                    "edit",
-                    EditDecision(reviewer=reviewer, gate=gate, text=f"{amount}", comment=reason),
-                )
-        # The same sender as `keel approve`: the reviewer is checked against the reviewers table
-        # as it is now, refusals are recorded, and a repeated decision counts once.
         settings = get_settings()
-        client = await connect(settings)
-        handle = await _running_handle(client, batch_id)
-        if handle is None:
-            fail(
-                f"batch {batch_id} is not running (status: {report.status})",
-                f"see it with: keel batch status {batch_id}",
-            )
         try:
-            sent = await DecisionSender(client, settings.reviewers, via="cli").send(
-                handle.id, action, decision
-            )
+            # Checked against Postgres before Temporal is needed.
+            checked = await check_budget_decision(session_factory(), batch_id, decision)
+            client = await connect(settings)
+            sent = await send_budget_decision(client, settings, checked)
+        except BatchError as refused:
+            _fail(refused)
         except DecisionRefused as refused:
             fail(refused.message, refused.hint, code=EXIT_CODES.get(refused.kind, 1))
         return sent.message
@@ -649,58 +526,16 @@ def retry_failed(
 
     async def go() -> None:
         client = await connect(settings)
-        handle = await _running_handle(client, batch_id)
-        if handle is not None:
-            try:
-                ack: RetryFailedAck = await handle.execute_update(
-                    BatchWorkflow.retry_failed, request
-                )
-            except WorkflowUpdateFailedError as error:
-                fail(_refusal_message(error), f"keel batch status {batch_id}")
-            console.print(f"batch {batch_id}: {ack.message}")
-        else:
-            report = await _report(batch_id)
-            retryable = report.counts.failed - report.counts.invalid
-            if retryable == 0:
-                fail(f"batch {batch_id} has no failed items that can run again")
-            await start_retry_run(client, settings, report)
-            console.print(f"batch {batch_id}: {retryable} failed item(s) run again")
+        try:
+            message = await retry_failed_items(
+                client, settings, session_factory(), batch_id, request
+            )
+        except BatchError as refused:
+            _fail(refused)
+        console.print(f"batch {batch_id}: {message}")
         console.print(f"follow: [cyan]keel batch status {batch_id} --watch[/]")
 
     _run(go())
-
-
-async def start_retry_run(
-    client: Client, settings: KeelSettings, report: BatchReport
-) -> WorkflowHandle[BatchWorkflow, BatchResult]:
-    """A finished batch's failed items run in a new execution of the same workflow id, so the
-    ledger (keyed by workflow id + run) keeps metering one batch."""
-    async with session_factory()() as session:
-        batch = await session.get(Batch, report.id)
-    assert batch is not None
-    options = BatchOptions(
-        tenant=batch.tenant,
-        concurrency=batch.concurrency,
-        route=batch.route,
-        model=batch.model,
-        budget_usd=batch.budget_usd,
-        max_failure_rate=batch.max_failure_rate,
-        budget_role=settings.batch_budget_role,
-        budget_gate_deadline=timedelta(hours=settings.batch_budget_gate_hours),
-    )
-    return await client.start_workflow(
-        BatchWorkflow.run,
-        BatchInput(
-            batch_id=report.id,
-            options=options,
-            retry_failed=True,
-            history_event_limit=settings.batch_history_event_limit,
-        ),
-        id=report.workflow_id,
-        task_queue=settings.batch_task_queue,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        search_attributes=tenant_search_attributes(batch.tenant, "batch"),
-    )
 
 
 # --- Results --------------------------------------------------------------------------------
@@ -715,17 +550,12 @@ def results(
 
     async def go() -> dict[str, int]:
         await _report(batch_id)
-        tally: dict[str, int] = {}
         sink = output.open("w", encoding="utf-8") if output else sys.stdout
         try:
-            async with session_factory()() as session:
-                async for item in iter_items(session, batch_id):
-                    sink.write(json.dumps(openai_output_line(item), ensure_ascii=False) + "\n")
-                    tally[item.status] = tally.get(item.status, 0) + 1
+            return await write_results(session_factory(), batch_id, sink)
         finally:
             if output:
                 sink.close()
-        return tally
 
     tally = _run(go())
     summary = ", ".join(f"{count} {status}" for status, count in sorted(tally.items()))
@@ -766,12 +596,8 @@ def schedule(
 
     try:
         _run(go())
-    except ScheduleAlreadyRunningError:  # the SDK's answer to an id that is taken
-        fail(
-            f"schedule {schedule_id} already exists; nothing was changed",
-            f"see it: keel batch schedule-list · replace it: keel batch schedule-delete "
-            f"{schedule_id}, then run this command again · or keep both: --id ANOTHER_ID",
-        )
+    except BatchError as refused:
+        _fail(refused)
     except RPCError as error:
         fail(f"could not create the schedule: {error.message}")
     console.print(f"[bold]schedule[/] {schedule_id}: {cron} → batch of {path}")
@@ -785,64 +611,12 @@ def schedule(
     )
 
 
-async def create_batch_schedule(
-    client: Client,
-    settings: KeelSettings,
-    schedule_id: str,
-    path: Path,
-    cron: str,
-    options: BatchOptions,
-) -> None:
-    await client.create_schedule(
-        schedule_id,
-        Schedule(
-            action=ScheduleActionStartWorkflow(
-                BatchWorkflow.run,
-                BatchInput(
-                    options=options,
-                    source_path=str(path),
-                    schedule_id=schedule_id,
-                    history_event_limit=settings.batch_history_event_limit,
-                ),
-                # Temporal appends the scheduled time: batch-<schedule>-<time>.
-                id=batch_workflow_id(schedule_id),
-                task_queue=settings.batch_task_queue,
-                typed_search_attributes=tenant_search_attributes(options.tenant, "batch"),
-            ),
-            spec=ScheduleSpec(cron_expressions=[cron]),
-            # A run still going when the next is due: the next is skipped, never stacked.
-            policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-        ),
-        # The server keeps cron as calendars: the memo keeps what the person typed.
-        memo={SCHEDULE_MEMO_CRON: cron, SCHEDULE_MEMO_FILE: str(path)},
-    )
-
-
 @batch_app.command("schedule-list")
 def schedule_list() -> None:
     """keel's batch schedules."""
 
-    async def go() -> list[dict[str, Any]]:
-        client = await connect(get_settings())
-        found = []
-        async for entry in await client.list_schedules():
-            action = entry.schedule.action if entry.schedule else None
-            workflow_type = getattr(action, "workflow", None)
-            if workflow_type != "BatchWorkflow":
-                continue
-            memo = await entry.memo()
-            found.append(
-                {
-                    "id": entry.id,
-                    "cron": str(memo.get(SCHEDULE_MEMO_CRON, "—")),
-                    "file": str(memo.get(SCHEDULE_MEMO_FILE, "—")),
-                    "paused": bool(entry.schedule and entry.schedule.state.paused),
-                    "next": entry.info.next_action_times[0].isoformat(timespec="seconds")
-                    if entry.info and entry.info.next_action_times
-                    else "—",
-                }
-            )
-        return found
+    async def go() -> list[BatchSchedule]:
+        return await batch_schedules(await connect(get_settings()))
 
     schedules = _run(go())
     if not schedules:
@@ -852,8 +626,8 @@ def schedule_list() -> None:
     for column in ("id", "cron", "file", "paused", "next run"):
         table.add_column(column)
     for entry in schedules:
-        paused = "yes" if entry["paused"] else "no"
-        table.add_row(entry["id"], entry["cron"], entry["file"], paused, entry["next"])
+        paused = "yes" if entry.paused else "no"
+        table.add_row(entry.id, entry.cron, entry.file, paused, entry.next_run)
     console.print(table)
 
 
@@ -866,12 +640,8 @@ def schedule_pause(
 
     async def go() -> None:
         client = await connect(get_settings())
-        handle = client.get_schedule_handle(schedule_id)
         note = f"by keel batch schedule-pause ({_whoami()})"
-        if unpause:
-            await handle.unpause(note=note)
-        else:
-            await handle.pause(note=note)
+        await pause_batch_schedule(client, schedule_id, note=note, unpause=unpause)
 
     _schedule_call(schedule_id, go)
     console.print(f"schedule {schedule_id} {'resumed' if unpause else 'paused'}")
@@ -883,7 +653,7 @@ def schedule_delete(schedule_id: str) -> None:
 
     async def go() -> None:
         client = await connect(get_settings())
-        await client.get_schedule_handle(schedule_id).delete()
+        await delete_batch_schedule(client, schedule_id)
 
     _schedule_call(schedule_id, go)
     console.print(f"schedule {schedule_id} deleted")
@@ -892,9 +662,9 @@ def schedule_delete(schedule_id: str) -> None:
 def _schedule_call(schedule_id: str, call: Callable[[], Awaitable[None]]) -> None:
     try:
         _run(call())
+    except ScheduleNotFound as missing:
+        _fail(missing)
     except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
-            fail(f"no schedule {schedule_id!r}", "list them with: keel batch schedule-list")
         fail(f"schedule {schedule_id}: {error.message}")
 
 
@@ -942,6 +712,7 @@ async def run_demo_batch(settings: KeelSettings, items: int = 40) -> str:
     await submit_batch(
         client,
         settings,
+        session_factory(),
         parsed,
         batch_id=batch_id,
         options=BatchOptions(concurrency=8, model="gpt-4o-mini"),

@@ -2,87 +2,37 @@
 remove``: spend limits per tenant, enforced before every LLM call (activities/llm/budgets.py).
 
 Every change is an audit row under the pseudo workflow id ``budget/TENANT``, so ``keel audit
-budget/acme`` answers who raised acme's budget, when, and from what.
+budget/acme`` answers who raised acme's budget, when, and from what. The operations are
+services/budgets.py; this module prints and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import getpass
-import uuid
 from collections.abc import Coroutine
 from decimal import Decimal
-from enum import StrEnum
 from typing import Any
 
 import typer
 from rich.table import Table
-from sqlalchemy import select
 
-from activities.audit_trail import write_audit_event
-from activities.llm.budgets import budget_states, remove_budget, set_budget
-from contracts.audit import AuditEventInput
 from contracts.llm import BudgetState
 from infra.database import dispose_engines, session_factory
 from infra.settings import get_settings
-from infra.tables import Budget
+from services.budgets import (
+    Period,
+    budget_audit_id,
+    change_budget,
+    current_budgets,
+    remove_tenant_budget,
+)
 from starters.output import console, fail
 
 budget_app = typer.Typer(
     help="Spend limits per tenant and period, enforced before each LLM call.",
     no_args_is_help=True,
 )
-
-
-class Period(StrEnum):
-    DAY = "day"
-    MONTH = "month"
-
-
-def budget_audit_id(tenant: str) -> str:
-    return f"budget/{tenant}"
-
-
-async def _record_change(
-    tenant: str, event_type: str, actor: str, payload: dict[str, object]
-) -> None:
-    async with session_factory().begin() as session:
-        await write_audit_event(
-            session,
-            AuditEventInput(
-                event_key=f"{budget_audit_id(tenant)}/{uuid.uuid4()}",
-                workflow_id=budget_audit_id(tenant),
-                tenant=tenant,
-                event_type=event_type,
-                actor=actor,
-                payload=payload,
-            ),
-        )
-
-
-async def change_budget(tenant: str, period: str, limit_usd: Decimal, actor: str) -> Decimal | None:
-    """Set a budget (audited); returns the limit it replaced, if any."""
-    async with session_factory().begin() as session:
-        previous = await session.scalar(
-            select(Budget.limit_usd).where(Budget.tenant == tenant, Budget.period == period)
-        )
-        await set_budget(session, tenant, period, limit_usd)
-    await _record_change(
-        tenant,
-        "budget.set",
-        actor,
-        {
-            "period": period,
-            "limit_usd": str(limit_usd),
-            "previous_usd": str(previous) if previous is not None else None,
-        },
-    )
-    return previous
-
-
-async def current_budgets(tenant: str | None = None) -> list[BudgetState]:
-    async with session_factory()() as session:
-        return await budget_states(session, tenant, get_settings())
 
 
 def print_budgets(states: list[BudgetState]) -> None:
@@ -136,10 +86,10 @@ def set_command(
     Calls that would cross it are refused, downgraded or paused: each caller's budget policy."""
 
     async def action() -> None:
-        previous = await change_budget(tenant, period.value, usd, actor)
+        previous = await change_budget(session_factory(), tenant, period.value, usd, actor)
         change = f" (was ${previous:,.4f})" if previous is not None else ""
         console.print(f"budget {tenant}/{period.value} set to ${usd:,.4f}{change}")
-        print_budgets(await current_budgets(tenant))
+        print_budgets(await current_budgets(session_factory(), get_settings(), tenant))
         console.print(
             f"[dim]spend by workflow: keel cost --by workflow --tenant {tenant} · "
             f"changes: keel audit {budget_audit_id(tenant)}[/]"
@@ -155,7 +105,7 @@ def show_command(
     """Each budget: its limit, spend this period, reserved by calls in flight, left."""
 
     async def action() -> None:
-        print_budgets(await current_budgets(tenant))
+        print_budgets(await current_budgets(session_factory(), get_settings(), tenant))
 
     asyncio.run(_run(action()))
 
@@ -169,11 +119,9 @@ def remove_command(
     """Remove a budget: the tenant's calls are no longer limited for that period."""
 
     async def action() -> None:
-        async with session_factory().begin() as session:
-            removed = await remove_budget(session, tenant, period.value)
+        removed = await remove_tenant_budget(session_factory(), tenant, period.value, actor)
         if not removed:
             fail(f"no {period.value} budget for tenant {tenant!r}", "see: keel budget show")
-        await _record_change(tenant, "budget.removed", actor, {"period": period.value})
         console.print(f"budget {tenant}/{period.value} removed")
 
     asyncio.run(_run(action()))

@@ -4,133 +4,23 @@ One row per group, totals that are the sum of the rows (the same numbers, added 
 attempt is a ledger row, so a retried call counts each attempt it was billed for (a stream cut
 midway is billed for the tokens that arrived), a cached answer counts as a call that cost $0,
 and a streamed call is metered from the usage its stream reported, like any other.
+The report is services/costs.py; this module prints it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from datetime import UTC, datetime
 from decimal import Decimal
-from enum import StrEnum
 
 import typer
 from rich.table import Table
-from sqlalchemy import Date, cast, func, select
-from sqlalchemy.orm import InstrumentedAttribute
-from sqlalchemy.sql.elements import ColumnElement
 
 from infra.database import dispose_engines, session_factory
-from infra.tables import LlmCall
+from services.costs import CostGrouping, CostReport, cost_report, start_of_month
 from starters.output import console, fail
-
-# Attempts refused before reaching a provider: nothing billed.
-REFUSED = ("short_circuited", "budget_refused", "throttled", "prompt_too_large")
-FAILED = ("error", "interrupted")
-
-
-class CostGrouping(StrEnum):
-    MODEL = "model"
-    TENANT = "tenant"
-    WORKFLOW = "workflow"
-    DAY = "day"
-    ROUTE = "route"
-
-
-@dataclass
-class CostRow:
-    key: str
-    attempts: int = 0
-    ok: int = 0
-    cached: int = 0
-    failed: int = 0
-    refused: int = 0
-    in_flight: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
-    # Attempts that used tokens of a model the price table does not know (cost unknown).
-    unpriced: int = 0
-
-    def add(self, other: CostRow) -> None:
-        for item in fields(self):
-            if item.name != "key":
-                setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
-
-
-@dataclass
-class CostReport:
-    grouping: CostGrouping
-    since: datetime
-    until: datetime | None
-    tenant: str | None
-    rows: list[CostRow]
-
-    @property
-    def total(self) -> CostRow:
-        total = CostRow("total")
-        for row in self.rows:
-            total.add(row)
-        return total
-
-
-def _group_key(grouping: CostGrouping) -> ColumnElement[str] | InstrumentedAttribute[str]:
-    if grouping == CostGrouping.MODEL:
-        return LlmCall.model
-    if grouping == CostGrouping.TENANT:
-        return LlmCall.tenant
-    if grouping == CostGrouping.WORKFLOW:
-        return LlmCall.workflow_id
-    if grouping == CostGrouping.ROUTE:
-        return func.coalesce(LlmCall.route, "(explicit models)")
-    return func.to_char(cast(func.timezone("UTC", LlmCall.created_at), Date), "YYYY-MM-DD")
-
-
-def start_of_month(now: datetime | None = None) -> datetime:
-    now = now or datetime.now(UTC)
-    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-async def cost_report(
-    grouping: CostGrouping,
-    since: datetime,
-    until: datetime | None = None,
-    tenant: str | None = None,
-) -> CostReport:
-    key = _group_key(grouping).label("key")
-    outcome = LlmCall.outcome
-    statement = (
-        select(
-            key,
-            func.count().label("attempts"),
-            func.count().filter(outcome == "ok").label("ok"),
-            func.count().filter(outcome == "cached").label("cached"),
-            func.count().filter(outcome.in_(FAILED)).label("failed"),
-            func.count().filter(outcome.in_(REFUSED)).label("refused"),
-            func.count().filter(outcome == "in_flight").label("in_flight"),
-            func.coalesce(func.sum(LlmCall.input_tokens), 0).label("input_tokens"),
-            func.coalesce(func.sum(LlmCall.output_tokens), 0).label("output_tokens"),
-            func.coalesce(func.sum(LlmCall.cost_usd), 0).label("cost_usd"),
-            func.count()
-            .filter(
-                LlmCall.cost_usd.is_(None),
-                (LlmCall.input_tokens + LlmCall.output_tokens) > 0,
-            )
-            .label("unpriced"),
-        )
-        .where(LlmCall.created_at >= since)
-        .group_by(key)
-        .order_by(func.coalesce(func.sum(LlmCall.cost_usd), 0).desc(), key)
-    )
-    if until is not None:
-        statement = statement.where(LlmCall.created_at < until)
-    if tenant is not None:
-        statement = statement.where(LlmCall.tenant == tenant)
-    async with session_factory()() as session:
-        result = await session.execute(statement)
-        rows = [CostRow(**{**row._mapping, "key": str(row.key)}) for row in result]
-    return CostReport(grouping, since, until, tenant, rows)
 
 
 def _money(value: Decimal) -> str:
@@ -184,7 +74,9 @@ async def show_cost(
     tenant: str | None = None,
 ) -> CostReport:
     """Print the cost table (the demo calls this; engines are left open for the caller)."""
-    report = await cost_report(grouping, since or start_of_month(), tenant=tenant)
+    report = await cost_report(
+        session_factory(), grouping, since or start_of_month(), tenant=tenant
+    )
     print_cost_report(report)
     return report
 
@@ -203,7 +95,7 @@ async def _cost(
     as_json: bool,
 ) -> None:
     try:
-        report = await cost_report(grouping, since, until, tenant)
+        report = await cost_report(session_factory(), grouping, since, until, tenant)
     except OSError as error:
         fail(f"cannot read the ledger: {error}", "is Postgres up? keel dev status")
     finally:

@@ -13,17 +13,18 @@ import httpx2
 from rich.rule import Rule
 
 from contracts.batch import batch_workflow_id
-from infra.database import dispose_engines
+from infra.database import dispose_engines, session_factory
 from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect
-from starters.ask import ledger_attempts, print_answer, tenant_search_attributes
+from services.asks import ledger_attempts, start_ask
+from starters.ask import print_answer
 from starters.audit import show_audit
 from starters.batch import run_demo_batch
 from starters.output import console, fail, workflow_link
 from starters.review_demo import demo_review
 from starters.sessions_demo import demo_streaming_chat_and_job
 from starters.traffic_demo import demo_cost_and_traffic
-from workflows.ask import AskInput, AskWorkflow
+from workflows.ask import AskInput
 
 
 def _section(title: str) -> None:
@@ -42,15 +43,9 @@ async def _script_simulator_faults(
 async def _run_ask(settings: KeelSettings, params: AskInput, label: str) -> str:
     client = await connect(settings)
     workflow_id = f"demo-{label}-{uuid.uuid4().hex[:6]}"
-    result = await client.execute_workflow(
-        AskWorkflow.run,
-        params,
-        id=workflow_id,
-        task_queue=settings.interactive_task_queue,
-        search_attributes=tenant_search_attributes(params.tenant, "ask"),
-    )
+    result = await (await start_ask(client, settings, params, workflow_id)).result()
     console.print(f"[bold]workflow[/] {workflow_id}  {workflow_link(settings, workflow_id)}")
-    print_answer(result, await ledger_attempts(workflow_id, None))
+    print_answer(result, await ledger_attempts(session_factory(), workflow_id, None))
     return workflow_id
 
 

@@ -18,13 +18,13 @@ from temporalio.client import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.approvals import gates_of
-from contracts.approvals import ApprovalMode
+from contracts.approvals import ApprovalMode, GateStatus
 from infra.database import dispose_engines, session_factory
 from infra.input_limits import InputTooLarge, PromptLimits, UnstorableText, check_prompt
 from infra.settings import KeelSettings, get_settings
 from infra.tables import Approval, PublishedDocument
 from infra.temporal_client import connect
-from starters.ask import tenant_search_attributes
+from services.reviews import start_review
 from starters.output import console, fail, workflow_link
 from workflows.document_review import (
     MAX_DOCUMENT_CHARS,
@@ -109,7 +109,7 @@ async def wait_for_review(
             waiting = [
                 gate
                 for gate in await gates_of(session, workflow_id)
-                if gate.status == "pending"
+                if gate.status == GateStatus.PENDING
                 and gate.gate != after_gate
                 and gate.run_id == description.run_id
             ]
@@ -133,13 +133,7 @@ async def _start(
 ) -> None:
     client = await connect(settings)
     try:
-        await client.start_workflow(
-            DocumentReviewWorkflow.run,
-            params,
-            id=workflow_id,
-            task_queue=settings.interactive_task_queue,
-            search_attributes=tenant_search_attributes(params.tenant, "document_review"),
-        )
+        await start_review(client, settings, params, workflow_id)
     except WorkflowAlreadyStartedError:
         fail(
             f"a workflow with id {workflow_id!r} already exists", f"see it: keel show {workflow_id}"

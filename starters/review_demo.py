@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from contracts.approvals import GateStatus
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import Approval
@@ -35,7 +36,8 @@ async def _wait_for_pending_gate(workflow_id: str, timeout: float = 120.0) -> Ap
             gate = (
                 await session.execute(
                     select(Approval).where(
-                        Approval.workflow_id == workflow_id, Approval.status == "pending"
+                        Approval.workflow_id == workflow_id,
+                        Approval.status == GateStatus.PENDING.value,
                     )
                 )
             ).scalar_one_or_none()

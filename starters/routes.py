@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from activities.llm.pricing import price_per_million
 from activities.llm.routing import PRIMARY, route_policy
-from contracts.llm import provider_for_model
+from contracts.llm import CircuitState, provider_for_model
 from infra.database import dispose_engines, session_factory
 from infra.settings import KeelSettings, get_settings
 from infra.tables import CircuitBreaker
@@ -40,9 +40,9 @@ async def _breakers(settings: KeelSettings) -> dict[tuple[str, str], str]:
         states: dict[tuple[str, str], str] = {}
         for row in rows:
             state = row.state
-            if state == "open" and row.opened_at is not None:
+            if state == CircuitState.OPEN and row.opened_at is not None:
                 state = f"open since {row.opened_at:%H:%M:%S} ({row.last_error_class})"
-            elif state == "closed" and row.failures:
+            elif state == CircuitState.CLOSED and row.failures:
                 state = f"closed ({row.failures} recent failures)"
             states[(row.provider, row.model)] = state
         return states
@@ -90,7 +90,7 @@ def print_routes(settings: KeelSettings, rows: list[RouteModelRow]) -> None:
     for row in rows:
         first = row.route != previous_route
         default = " (default)" if row.route == settings.default_route else ""
-        breaker = row.breaker if row.breaker == "closed" else f"[red]{row.breaker}[/]"
+        breaker = row.breaker if row.breaker == CircuitState.CLOSED else f"[red]{row.breaker}[/]"
         table.add_row(
             f"[bold]{row.route}[/]{default}" if first else "",
             row.chain if row.position == 1 else "",

@@ -26,6 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.approvals import gates_of
 from activities.audit_trail import read_audit_trail
+from contracts.approvals import GateStatus
 from infra.database import dispose_engines, session_factory
 from infra.payload_codec import PayloadDecryptionError
 from infra.settings import get_settings
@@ -99,7 +100,7 @@ async def _show(workflow_id: str, show_text: bool) -> None:
         f" / out {tokens_out}"
     )
     for gate in gates:
-        if gate.status == "pending":
+        if gate.status == GateStatus.PENDING:
             continue
         who = ", ".join(gate.decided_by) or "keel"
         console.print(
@@ -108,7 +109,7 @@ async def _show(workflow_id: str, show_text: bool) -> None:
             highlight=False,
         )
 
-    waiting = next((g for g in reversed(gates) if g.status == "pending"), None)
+    waiting = next((g for g in reversed(gates) if g.status == GateStatus.PENDING), None)
     if status != WorkflowExecutionStatus.RUNNING:
         if published is not None:
             console.print(

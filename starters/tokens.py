@@ -22,6 +22,7 @@ from services.api_tokens import (
     TokenNotFound,
     TokenRole,
     TokenSpecError,
+    TokenState,
     create_token,
     list_tokens,
     parse_expiry,
@@ -103,7 +104,11 @@ async def _list(tenant: str | None) -> None:
     table.add_column("description")
     for token in tokens:
         state = token_state(token, now)
-        style = {"active": "green", "revoked": "red", "expired": "yellow"}[state]
+        style = {
+            TokenState.ACTIVE: "green",
+            TokenState.REVOKED: "red",
+            TokenState.EXPIRED: "yellow",
+        }[state]
         table.add_row(
             # The id is the token's public prefix (keel_tok_…_): enough to recognise it.
             token.id,

@@ -12,12 +12,15 @@ from decimal import Decimal
 
 from temporalio.client import WorkflowFailureError
 
+from contracts.search_attributes import tenant_search_attributes
 from contracts.traffic import BudgetPolicy
+from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.temporal_client import connect
-from starters.ask import tenant_search_attributes
-from starters.budget import budget_audit_id, change_budget, current_budgets, print_budgets
-from starters.cost import CostGrouping, show_cost
+from services.budgets import budget_audit_id, change_budget, current_budgets
+from services.costs import CostGrouping
+from starters.budget import print_budgets
+from starters.cost import show_cost
 from starters.output import console, workflow_link
 from starters.routes import show_routes
 from workflows.ask import AskInput, AskWorkflow
@@ -31,7 +34,7 @@ async def demo_cost_and_traffic(settings: KeelSettings) -> list[str]:
 
     # A budget of a hundredth of a cent cannot cover a worst-case gpt-4o call: refused before
     # the provider is called, with the budget named and the command that raises it.
-    await change_budget(DEMO_TENANT, "day", Decimal("0.0001"), "keel-demo")
+    await change_budget(session_factory(), DEMO_TENANT, "day", Decimal("0.0001"), "keel-demo")
     client = await connect(settings)
     workflow_id = f"demo-budget-{uuid.uuid4().hex[:6]}"
     console.print(
@@ -55,7 +58,7 @@ async def demo_cost_and_traffic(settings: KeelSettings) -> list[str]:
         console.print("[yellow]the call went through: is the budget enforced?[/]")
     except WorkflowFailureError as error:
         console.print(f"[red]refused:[/] {error.cause}")
-    print_budgets(await current_budgets(DEMO_TENANT))
+    print_budgets(await current_budgets(session_factory(), settings, DEMO_TENANT))
     console.print(
         f"[dim]raise it: keel budget set {DEMO_TENANT} --usd 1 --period day · "
         f"who changed it: keel audit {budget_audit_id(DEMO_TENANT)} · "

@@ -160,7 +160,6 @@ class ApprovalGate:
         self._decided: dict[str, GateOutcome] = {}
         # (gate, reviewer) pairs whose approval counts: a second approval is answered, not added.
         self._counted: set[tuple[str, str]] = set()
-        self._handlers_running = 0
         self._last_tenant = "default"
         workflow.set_update_handler(APPROVE, self._approve, validator=self._validate_approve)
         workflow.set_update_handler(REJECT, self._reject, validator=self._validate_reject)
@@ -171,15 +170,6 @@ class ApprovalGate:
         workflow.set_query_handler(STATUS_QUERY, self.status)
 
     # --- The workflow's side -------------------------------------------------------------
-
-    @property
-    def waiting(self) -> bool:
-        return self._open is not None
-
-    @property
-    def idle(self) -> bool:
-        """No gate open and no decision handler still running."""
-        return self._open is None and self._handlers_running == 0
 
     async def request(self, request: GateRequest) -> GateOutcome:
         """Open a gate and wait for its outcome: a decision, or the deadline's default action.
@@ -527,11 +517,7 @@ class ApprovalGate:
         try:
             await self._decide(action, decision)
         except ApplicationError as refused:
-            self._handlers_running += 1
-            try:
-                await self._record_refusal(action, decision, refused)
-            finally:
-                self._handlers_running -= 1
+            await self._record_refusal(action, decision, refused)
 
     async def _record_refusal(
         self, action: str, decision: Decision, refused: ApplicationError
@@ -558,34 +544,30 @@ class ApprovalGate:
         )
 
     async def _decide(self, action: str, decision: Decision) -> DecisionReceipt:
-        self._handlers_running += 1
-        try:
-            if self._is_duplicate(action, decision):
+        if self._is_duplicate(action, decision):
+            return self._receipt(action, decision, counted=False)
+        if workflow.patched(CURRENT_ROSTER_PATCH):
+            # Refuse what state decides before reading the database (a signal has had no
+            # validator), then judge the reviewer on the roster as it is now.
+            self._admit(action, decision, authorize=False)
+            await self._read_current_roster()
+            if self._is_duplicate(action, decision):  # counted while we read
                 return self._receipt(action, decision, counted=False)
-            if workflow.patched(CURRENT_ROSTER_PATCH):
-                # Refuse what state decides before reading the database (a signal has had no
-                # validator), then judge the reviewer on the roster as it is now.
-                self._admit(action, decision, authorize=False)
-                await self._read_current_roster()
-                if self._is_duplicate(action, decision):  # counted while we read
-                    return self._receipt(action, decision, counted=False)
-            # State may have moved since the validator ran (two decisions in one task, or while
-            # the roster was read): check again; a refusal here fails this Update with the same
-            # clear message. From here to the vote the gate changes synchronously.
-            self._admit(action, decision)
-            gate = self._open
-            assert gate is not None
-            vote = self._apply(gate, action, decision)
-            gate.votes_recording += 1
-            try:
-                await self._record(vote)
-            finally:
-                gate.votes_recording -= 1
-            if gate.outcome is not None:
-                await workflow.wait_condition(lambda: gate.finalized)
-            return self._receipt(action, decision, counted=True)
+        # State may have moved since the validator ran (two decisions in one task, or while
+        # the roster was read): check again; a refusal here fails this Update with the same
+        # clear message. From here to the vote the gate changes synchronously.
+        self._admit(action, decision)
+        gate = self._open
+        assert gate is not None
+        vote = self._apply(gate, action, decision)
+        gate.votes_recording += 1
+        try:
+            await self._record(vote)
         finally:
-            self._handlers_running -= 1
+            gate.votes_recording -= 1
+        if gate.outcome is not None:
+            await workflow.wait_condition(lambda: gate.finalized)
+        return self._receipt(action, decision, counted=True)
 
     async def _read_current_roster(self) -> None:
         gate = self._open

@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.batch import (
         BatchCounts,
         BatchOptions,
+        BatchStatus,
         BeginRunInput,
         ClaimedItem,
         ClaimInput,
@@ -57,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         CallClass,
         FallbackPolicy,
         LlmAnswer,
+        LlmFailureType,
         LlmRequest,
         RoutePlan,
         error_class_from_type,
@@ -82,7 +84,7 @@ OUTCOMES_PER_WRITE = 500
 FAILURE_RATE_MIN_SAMPLE = 20
 REFUSED = "BatchControlRefused"
 # What ask_llm raises when the tenant's own budget (keel budget set) cannot cover a call.
-TENANT_BUDGET_REFUSED = "LlmBudgetExceeded"
+TENANT_BUDGET_REFUSED = LlmFailureType.BUDGET_EXCEEDED
 
 
 def claim_page_size(concurrency: int) -> int:
@@ -186,11 +188,11 @@ def _failure_of(error: Exception) -> tuple[str, str]:
     if isinstance(error, ActivityError) and error.cause is not None:
         cause = error.cause
     if isinstance(cause, ApplicationError):
-        if cause.type == "LlmChainExhausted":
+        if cause.type == LlmFailureType.CHAIN_EXHAUSTED:
             failures = list(cause.details[0]) if cause.details else []
             error_class = str(failures[-1][1]) if failures else "chain_exhausted"
             return error_class, cause.message
-        if cause.type == "UnknownRoute":
+        if cause.type == LlmFailureType.UNKNOWN_ROUTE:
             return "unknown_route", cause.message
         return error_class_from_type(cause.type).value, cause.message
     return "unknown", str(cause)
@@ -792,7 +794,11 @@ class BatchWorkflow:
         )
 
     def _finishing(self) -> bool:
-        return self._stop is not None or self._status in ("completed", "cancelled", "aborted")
+        return self._stop is not None or self._status in (
+            BatchStatus.COMPLETED,
+            BatchStatus.CANCELLED,
+            BatchStatus.ABORTED,
+        )
 
     # --- Controls: updates answer back; their validators refuse what cannot be done ------------
 

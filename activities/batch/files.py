@@ -558,7 +558,3 @@ def validate(parsed: Iterable[ParsedLine]) -> ValidationReport:
                 )
             )
     return report
-
-
-def validate_file(path: Path) -> ValidationReport:
-    return validate(parse_file(path))

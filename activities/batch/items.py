@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import func, select, text, update
@@ -36,14 +36,17 @@ from activities.batch.files import (
     parse_file,
     validate,
 )
+from contracts.approvals import GateStatus
 from contracts.batch import (
     BatchCounts,
     BatchOptions,
+    BatchStatus,
     BeginRunInput,
     BeginRunResult,
     ClaimedItem,
     ClaimInput,
     ItemRequest,
+    ItemStatus,
     LoadFileInput,
     LoadSummary,
     MeterInput,
@@ -59,8 +62,11 @@ from infra.tables import Approval, Batch, BatchItem, LlmCall
 
 INSERT_CHUNK = 1000
 INVALID_REQUEST = "invalid_request"
-TERMINAL_STATUSES = frozenset({"completed", "cancelled", "aborted", "refused"})
-ItemStatus = Literal["pending", "running", "ok", "failed", "skipped"]
+
+
+TERMINAL_STATUSES = frozenset(
+    {BatchStatus.COMPLETED, BatchStatus.CANCELLED, BatchStatus.ABORTED, BatchStatus.REFUSED}
+)
 
 
 # --- Loading ---------------------------------------------------------------------------------
@@ -279,7 +285,10 @@ async def begin_batch_run(params: BeginRunInput) -> BeginRunResult:
             )
         released = await session.execute(
             update(BatchItem)
-            .where(BatchItem.batch_id == params.batch_id, BatchItem.status == "running")
+            .where(
+                BatchItem.batch_id == params.batch_id,
+                BatchItem.status == ItemStatus.RUNNING.value,
+            )
             .values(status="pending", claim_token=None, run_count=BatchItem.run_count - 1)
         )
         retried = 0
@@ -310,7 +319,7 @@ async def _reset_failed(session: AsyncSession, batch_id: str) -> int:
         update(BatchItem)
         .where(
             BatchItem.batch_id == batch_id,
-            BatchItem.status == "failed",
+            BatchItem.status == ItemStatus.FAILED.value,
             BatchItem.request.is_not(None),
         )
         .values(status="pending", claim_token=None, finished_at=None)
@@ -386,7 +395,7 @@ async def release_batch_items(params: ReleaseInput) -> int:
             .where(
                 BatchItem.batch_id == params.batch_id,
                 BatchItem.custom_id.in_(params.custom_ids),
-                BatchItem.status == "running",
+                BatchItem.status == ItemStatus.RUNNING.value,
             )
             .values(status="pending", claim_token=None, run_count=BatchItem.run_count - 1)
         )
@@ -505,7 +514,10 @@ async def batch_report(session: AsyncSession, batch_id: str) -> BatchReport | No
     gate = (
         await session.execute(
             select(Approval.gate, Approval.reason_requested, Approval.draft)
-            .where(Approval.workflow_id == batch.workflow_id, Approval.status == "pending")
+            .where(
+                Approval.workflow_id == batch.workflow_id,
+                Approval.status == GateStatus.PENDING.value,
+            )
             .order_by(Approval.id.desc())
             .limit(1)
         )
@@ -553,7 +565,7 @@ def openai_output_line(item: BatchItem) -> dict[str, Any]:
     """One line of the OpenAI Batch API's output file for an item."""
     line: dict[str, Any] = {"id": f"batch_req_{item.id}", "custom_id": item.custom_id}
     response = item.response
-    if item.status == "ok" and response is not None:
+    if item.status == ItemStatus.OK and response is not None:
         usage = response.get("usage") or {}
         prompt_tokens = int(usage.get("input_tokens", 0))
         completion_tokens = int(usage.get("output_tokens", 0))
@@ -586,7 +598,11 @@ def openai_output_line(item: BatchItem) -> dict[str, Any]:
         line["error"] = {
             "code": item.error_class or item.status,
             "message": item.error_message
-            or ("not run yet" if item.status in ("pending", "running") else item.status),
+            or (
+                "not run yet"
+                if item.status in (ItemStatus.PENDING, ItemStatus.RUNNING)
+                else item.status
+            ),
         }
     return line
 

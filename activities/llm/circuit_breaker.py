@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.llm import ErrorClass
+from contracts.llm import CircuitState, ErrorClass
 
 COUNTED_FAILURES = frozenset(
     {
@@ -126,7 +126,7 @@ async def read_state(
         )
     ).first()
     if row is None:
-        return BreakerState("closed", 0, None, None)
+        return BreakerState(CircuitState.CLOSED, 0, None, None)
     retry_in = float(row.retry_in) if row.retry_in is not None else None
     return BreakerState(row.state, row.failures, row.opened_at, retry_in)
 
@@ -134,7 +134,7 @@ async def read_state(
 async def admit(session: AsyncSession, provider: str, model: str, config: BreakerConfig) -> None:
     """Let the call through, or raise CircuitOpenError without touching the provider."""
     current = await read_state(session, provider, model, config)
-    if current.state == "closed":
+    if current.state == CircuitState.CLOSED:
         return
     claimed = (
         await session.execute(

@@ -16,13 +16,13 @@ from sqlalchemy import Date, cast, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.llm import Usage
+from contracts.llm import LedgerOutcome, Usage
 from infra.tables import LlmCall, TenantDailySpend
 
 # Activity ids restart in every workflow run, so the run is part of an attempt's identity.
 LEDGER_KEY = ["workflow_id", "run_id", "activity_id", "attempt"]
-IN_FLIGHT = "in_flight"
-INTERRUPTED = "interrupted"
+IN_FLIGHT = LedgerOutcome.IN_FLIGHT.value
+INTERRUPTED = LedgerOutcome.INTERRUPTED.value
 
 
 @dataclass(frozen=True)

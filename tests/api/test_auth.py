@@ -27,7 +27,7 @@ from infra.tables import ApiToken, AuditEvent, ChatSession
 from llmsim import SimServer
 from services.api_tokens import TOKEN_PATTERN, IssuedToken, TokenRole
 from tests.api.tokens import bearer, http_client, issue_token, openai_client
-from tests.approvals.cli import KeelCli
+from tests.helpers import KeelCli
 
 MODEL = "gpt-4o-mini"
 OPEN_PATHS = ("/healthz", "/openapi.json", "/docs")
@@ -96,6 +96,7 @@ async def test_every_v1_route_refuses_requests_without_a_valid_token(
         assert found.status_code == 404 and found.json()["error"]["code"] == "session_not_found"
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_revoked_and_expired_tokens_stop_working(
     client: Client, keel_settings: KeelSettings, keel_url: str, simulator: SimServer
 ) -> None:
@@ -237,6 +238,7 @@ async def test_tokens_are_stored_as_hashes_only(database_url: str) -> None:
     assert token.secret not in everything and random_part not in everything
 
 
+@pytest.mark.slow  # real `keel` processes
 async def test_token_secrets_never_reach_logs_errors_or_the_audit_trail(
     client: Client,
     keel_settings: KeelSettings,
@@ -284,10 +286,12 @@ async def test_token_secrets_never_reach_logs_errors_or_the_audit_trail(
             assert hidden not in text_, where
 
 
+@pytest.mark.slow  # real `keel` processes
 async def test_keel_token_commands_create_list_and_revoke(
     client: Client, keel_settings: KeelSettings, database_url: str
 ) -> None:
-    from tests.approvals.records import audit_rows, seed_reviewers
+    from tests.approvals.records import seed_reviewers
+    from tests.helpers import audit_events
 
     await seed_reviewers(alice="editor")
     keel = KeelCli(client, keel_settings)
@@ -330,7 +334,9 @@ async def test_keel_token_commands_create_list_and_revoke(
     after = await keel("token", "list")
     assert "revoked" in after.out
 
-    trail = [(e.event_type, e.actor, e.tenant, e.payload) for e in await audit_rows("keel/tokens")]
+    trail = [
+        (e.event_type, e.actor, e.tenant, e.payload) for e in await audit_events("keel/tokens")
+    ]
     created_events = [t for t in trail if t[0] == "token.created" and t[3]["token_id"] == token_id]
     assert created_events == [
         (

@@ -14,7 +14,7 @@ from contracts.sessions import session_workflow_id
 from llmsim import SimServer
 from services.api_tokens import IssuedToken
 from tests.api.tokens import http_client, openai_client
-from tests.reliability.ledger import ledger_rows
+from tests.helpers import ledger_rows
 from tests.sessions.conftest import stored_messages
 
 MODEL = "gpt-4o-mini"

@@ -20,9 +20,9 @@ from infra.settings import KeelSettings
 from llmsim import SimServer
 from services.api_tokens import TokenRole
 from tests.api.tokens import http_client, issue_token
-from tests.approvals.cli import KeelCli
-from tests.approvals.records import audit_rows, gate_events, pending_gate, seed_reviewers
+from tests.approvals.records import gate_events, pending_gate, seed_reviewers
 from tests.approvals.reviews import published, start_review
+from tests.helpers import KeelCli, audit_events
 from workflows.document_review import DocumentReviewWorkflow
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -71,7 +71,7 @@ async def test_a_reviewer_token_approves_a_gated_review_and_the_trail_names_the_
         # The same approval again (a client retry) is answered, not applied twice.
         repeat = await http.post(f"/v1/approvals/{handle.id}/approve", json={})
         assert repeat.status_code == 200 and repeat.json()["counted"] is False
-    (decision,) = [e for e in await audit_rows(handle.id) if e.event_type == "approval.approved"]
+    (decision,) = [e for e in await audit_events(handle.id) if e.event_type == "approval.approved"]
     assert decision.actor == "alice" and decision.payload["comment"] == "ship it"
     assert decision.tenant == "acme"
 
@@ -128,18 +128,18 @@ async def test_refusals_are_the_gates_words_and_are_recorded(
 
     result = await handle.result()
     assert result.status == "published"
-    refusals = [e for e in await audit_rows(handle.id) if e.event_type == "approval.refused"]
+    refusals = [e for e in await audit_events(handle.id) if e.event_type == "approval.refused"]
     assert sorted((e.actor, e.payload["refusal"], e.payload["via"]) for e in refusals) == [
         ("alice", "GateAlreadyDecided", "api"),
         ("mallory", "ReviewerNotAuthorized", "api"),
     ]
     by_mallory = next(e for e in refusals if e.actor == "mallory")
     assert by_mallory.payload["token_id"] == mallory.id and by_mallory.tenant == "acme"
-    decided = [e.actor for e in await audit_rows(handle.id) if e.event_type == "approval.edited"]
+    decided = [e.actor for e in await audit_events(handle.id) if e.event_type == "approval.edited"]
     assert decided == ["alice"]
     assert "mallory" not in [
         e.actor
-        for e in await audit_rows(handle.id)
+        for e in await audit_events(handle.id)
         if e.event_type.endswith(("approved", "edited"))
     ]
 
@@ -192,7 +192,7 @@ async def test_a_reviewer_removed_after_the_gate_opened_is_refused_by_cli_and_ap
     assert (await pending_gate(handle.id)).decided_by == []
     refusals = [
         (e.actor, e.payload["via"])
-        for e in await audit_rows(handle.id)
+        for e in await audit_events(handle.id)
         if e.event_type == "approval.refused"
     ]
     assert sorted(refusals) == [("alice", "cli"), ("bob", "api")]
@@ -226,7 +226,7 @@ async def test_a_reviewer_added_after_the_gate_opened_approves_through_the_cli(
     assert "gate 'publish' approved by carol" in approved.out
     result = await client.get_workflow_handle_for(DocumentReviewWorkflow.run, workflow_id).result()
     assert result.status == "published" and result.approved_by == ["carol"]
-    assert not [e for e in await audit_rows(workflow_id) if e.event_type == "approval.refused"]
+    assert not [e for e in await audit_events(workflow_id) if e.event_type == "approval.refused"]
 
 
 async def test_a_reviewer_given_the_role_after_the_gate_opened_approves_through_the_api(

@@ -24,9 +24,9 @@ from contracts.approvals import (
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from tests.approvals.cli import KeelCli
-from tests.approvals.records import audit_rows, gate_events, pending_gate, seed_reviewers
+from tests.approvals.records import gate_events, pending_gate, seed_reviewers
 from tests.approvals.reviews import DOCUMENT, published, self_check, start_review
+from tests.helpers import KeelCli, audit_events
 from workflows.document_review import (
     SELF_CHECK_MARKER,
     DocumentReviewWorkflow,
@@ -86,7 +86,7 @@ async def test_a_review_pauses_for_approval_and_a_reviewer_approves_it_through_t
 
     trail, after = await asyncio.gather(keel("audit", workflow_id), keel("show", workflow_id))
     assert trail.code == 0, trail.text
-    events = [e.event_type for e in await audit_rows(workflow_id)]
+    events = [e.event_type for e in await audit_events(workflow_id)]
     assert events == [
         "review.started",
         "review.extracted",
@@ -101,7 +101,7 @@ async def test_a_review_pauses_for_approval_and_a_reviewer_approves_it_through_t
         assert event in trail.out
     assert "approval gates" in trail.out
     approved_row = next(
-        e for e in await audit_rows(workflow_id) if e.event_type == "approval.approved"
+        e for e in await audit_events(workflow_id) if e.event_type == "approval.approved"
     )
     assert approved_row.actor == "alice" and approved_row.payload["comment"] == "ship it"
     assert "COMPLETED" in after.out and "gate publish approved by alice" in after.out
@@ -127,7 +127,7 @@ async def test_the_cli_names_each_refusal_records_it_and_repeats_are_idempotent(
     assert "mallory holds role finance" in unauthorized.err
     assert stranger.code == 5 and "'eve' is not a known reviewer" in stranger.err
     assert missing.code == 3 and "no such workflow: 'no-such-review'" in missing.err
-    refusals = [e for e in await audit_rows(handle.id) if e.event_type == "approval.refused"]
+    refusals = [e for e in await audit_events(handle.id) if e.event_type == "approval.refused"]
     assert sorted((e.actor, e.payload["channel"], e.payload["refusal"]) for e in refusals) == [
         ("eve", "update", "ReviewerNotAuthorized"),
         ("mallory", "update", "ReviewerNotAuthorized"),
@@ -150,6 +150,7 @@ async def test_the_cli_names_each_refusal_records_it_and_repeats_are_idempotent(
     ]
 
 
+@pytest.mark.slow  # real `keel` processes
 async def test_a_rejection_is_revised_with_the_reason_and_the_edit_is_exported(
     client: Client,
     keel_settings: KeelSettings,
@@ -209,7 +210,7 @@ async def test_a_second_rejection_ends_the_review_unpublished(
     result = await handle.result()
     assert result.status == "rejected" and result.revisions == 1
     assert result.rejection_reason == "no" and await published(handle.id) is None
-    assert (await audit_rows(handle.id))[-1].event_type == "review.rejected"
+    assert (await audit_events(handle.id))[-1].event_type == "review.rejected"
 
 
 async def test_a_confident_clean_draft_is_published_without_a_gate(
@@ -220,7 +221,7 @@ async def test_a_confident_clean_draft_is_published_without_a_gate(
     result = await handle.result()
     assert result.status == "published" and result.gated_because is None
     assert result.confidence == 0.95 and result.approved_by == []
-    events = [e.event_type for e in await audit_rows(handle.id)]
+    events = [e.event_type for e in await audit_events(handle.id)]
     assert "review.auto_approved" in events and not any(e.startswith("approval.") for e in events)
 
 
@@ -247,6 +248,7 @@ async def test_flags_and_low_confidence_send_the_draft_to_a_person(
     await handle.cancel()
 
 
+@pytest.mark.slow  # real `keel` processes
 async def test_the_queue_right_after_review_start_says_the_review_is_still_drafting(
     client: Client, keel_settings: KeelSettings, tmp_path: Path
 ) -> None:

@@ -22,14 +22,8 @@ from contracts.approvals import (
 )
 from contracts.search_attributes import KEEL_AWAITING
 from tests.approvals.conftest import GateRig
-from tests.approvals.records import (
-    audit_rows,
-    eventually,
-    gate_events,
-    gate_row,
-    pending_gate,
-    seed_reviewers,
-)
+from tests.approvals.records import gate_events, gate_row, pending_gate, seed_reviewers
+from tests.helpers import audit_events, eventually
 
 HOUR = timedelta(hours=1)
 DRAFT = "The draft under review."
@@ -210,7 +204,7 @@ async def test_signals_follow_the_same_rules_and_their_refusals_are_recorded(
     await pending_gate(handle.id)
     await handle.signal("approve", ApproveDecision(reviewer="mallory"))
     refused = await eventually(
-        lambda: audit_rows(handle.id),
+        lambda: audit_events(handle.id),
         lambda rows: any(r.event_type == "approval.refused" for r in rows),
     )
     (row,) = [r for r in refused if r.event_type == "approval.refused"]

@@ -19,14 +19,8 @@ from contracts.approvals import (
     GateView,
 )
 from tests.approvals.conftest import GateRig
-from tests.approvals.records import (
-    audit_rows,
-    eventually,
-    gate_events,
-    gate_row,
-    pending_gate,
-    seed_reviewers,
-)
+from tests.approvals.records import gate_events, gate_row, pending_gate, seed_reviewers
+from tests.helpers import audit_events, eventually
 
 HOUR = timedelta(hours=1)
 
@@ -64,8 +58,8 @@ async def test_reminders_then_escalation_then_the_default_reject(gates: GateRig)
         "approval.reminded",  # 5 h
         "approval.timed_out",  # 6 h
     ]
-    rows = {r.event_type: r for r in await audit_rows(handle.id)}
-    reminders = [r for r in await audit_rows(handle.id) if r.event_type == "approval.reminded"]
+    rows = {r.event_type: r for r in await audit_events(handle.id)}
+    reminders = [r for r in await audit_events(handle.id) if r.event_type == "approval.reminded"]
     waited = [r.payload["waiting_seconds"] for r in reminders]
     assert waited == pytest.approx([3600, 3 * 3600, 4 * 3600, 5 * 3600], abs=60)
     assert reminders[0].payload["roles"] == ["editor"]

@@ -16,10 +16,10 @@ from temporalio.worker import Worker
 from contracts.approvals import ApprovalMode, ApproveDecision, ReviewPolicy
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from tests.approvals.cli import KeelCli
-from tests.approvals.records import audit_rows, eventually, pending_gate, seed_reviewers
+from tests.approvals.records import pending_gate, seed_reviewers
 from tests.approvals.reviews import published, self_check, start_review
 from tests.conftest import reconfigure
+from tests.helpers import KeelCli, audit_events, eventually
 from tests.security.history_payloads import readable_history
 from workflows.document_review import SELF_CHECK_MARKER
 
@@ -87,13 +87,13 @@ async def test_the_published_review_is_posted_to_the_webhook_once(
     assert body["event"] == "review.published" and body["published_id"] == row.id
     assert body["content"] == row.content and body["flagged"] is False
     delivered = next(
-        e for e in await audit_rows(handle.id) if e.event_type.startswith("review.webhook")
+        e for e in await audit_events(handle.id) if e.event_type.startswith("review.webhook")
     )
     assert delivered.event_type == "review.webhook_delivered"
     assert delivered.payload == {"host": receiver.url.split("/")[2], "status": 204}
 
     history = await readable_history(client, handle.id)  # payloads decrypted
-    trail = json.dumps([e.payload for e in await audit_rows(handle.id)])
+    trail = json.dumps([e.payload for e in await audit_events(handle.id)])
     assert TOKEN not in history and TOKEN not in trail
 
 
@@ -113,7 +113,7 @@ async def test_a_refusing_webhook_is_recorded_and_does_not_unpublish(
     assert result.status == "published" and await published(handle.id) is not None
     assert len(receiver.requests) == 1  # a 422 is the receiver's final word: not retried
     failed = next(
-        e for e in await audit_rows(handle.id) if e.event_type.startswith("review.webhook")
+        e for e in await audit_events(handle.id) if e.event_type.startswith("review.webhook")
     )
     assert failed.event_type == "review.webhook_failed"
     assert "answered HTTP 422" in failed.payload["error"] and TOKEN not in failed.payload["error"]
@@ -146,7 +146,7 @@ async def test_a_decision_after_the_gate_closed_is_refused_as_already_decided(
     assert repeat.code == 0 and "already counted" in repeat.out
     receiver.release.set()
     assert (await handle.result()).approved_by == ["alice"]
-    refused = [e for e in await audit_rows(handle.id) if e.event_type == "approval.refused"]
+    refused = [e for e in await audit_events(handle.id) if e.event_type == "approval.refused"]
     assert [(e.actor, e.payload["refusal"]) for e in refused] == [("bob", "GateAlreadyDecided")]
 
 

@@ -13,19 +13,14 @@ from activities.approvals import add_reviewer, remove_reviewer
 from contracts.approvals import ApproveDecision, GateStatus, RejectDecision
 from infra.database import session_factory
 from tests.approvals.conftest import GateRig
-from tests.approvals.records import (
-    audit_rows,
-    eventually,
-    gate_events,
-    pending_gate,
-    seed_reviewers,
-)
+from tests.approvals.records import gate_events, pending_gate, seed_reviewers
 from tests.approvals.test_gate_decisions import HOUR, decide, gate, refusal
+from tests.helpers import audit_events, eventually
 
 
 async def signal_refusals(handle: WorkflowHandle, count: int) -> list[tuple[str, str]]:
     rows = await eventually(
-        lambda: audit_rows(handle.id),
+        lambda: audit_events(handle.id),
         lambda rows: len([r for r in rows if r.event_type == "approval.refused"]) >= count,
     )
     return [

@@ -11,9 +11,9 @@ from temporalio.client import Client
 from contracts.approvals import ApprovalMode, ReviewPolicy
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from tests.approvals.cli import KeelCli
-from tests.approvals.records import audit_rows, pending_gate, seed_reviewers
+from tests.approvals.records import pending_gate, seed_reviewers
 from tests.approvals.reviews import published, start_review
+from tests.helpers import KeelCli, audit_events
 from tests.worker_processes import WorkerProcess, worker_environment, worker_processes
 
 
@@ -41,7 +41,7 @@ async def test_a_decision_is_honoured_after_the_worker_is_killed_and_replaced(
     assert result.status == "published" and result.approved_by == ["alice"]
     row = await published(handle.id)
     assert row is not None and row.content == gate.draft
-    events = [e.event_type for e in await audit_rows(handle.id)]
+    events = [e.event_type for e in await audit_events(handle.id)]
     # Replayed on the new worker, nothing was written twice.
     assert events.count("approval.requested") == 1 and events.count("review.drafted") == 1
     assert events[-3:] == ["approval.approved", "approval.decided", "review.published"]

@@ -17,8 +17,8 @@ from activities.batch.files import parse_lines
 from contracts.batch import BatchOptions
 from infra.database import session_factory
 from infra.settings import KeelSettings
-from infra.tables import BatchItem, LlmCall
-from starters.batch import submit_batch
+from infra.tables import BatchItem
+from services.batches import submit_batch
 from workers.builder import build_worker
 from workflows.batch import BatchResult, BatchWorkflow
 
@@ -60,6 +60,7 @@ async def start_batch(
     handle = await submit_batch(
         client,
         settings,
+        session_factory(),
         list(parse_lines(lines)),
         batch_id=batch_id,
         options=BatchOptions(**options),
@@ -73,14 +74,6 @@ async def items_of(batch_id: str) -> list[BatchItem]:
     async with session_factory()() as session:
         result = await session.execute(
             select(BatchItem).where(BatchItem.batch_id == batch_id).order_by(BatchItem.line_no)
-        )
-        return list(result.scalars())
-
-
-async def ledger_of(workflow_id: str) -> list[LlmCall]:
-    async with session_factory()() as session:
-        result = await session.execute(
-            select(LlmCall).where(LlmCall.workflow_id == workflow_id).order_by(LlmCall.id)
         )
         return list(result.scalars())
 

@@ -23,9 +23,9 @@ from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import Approval, Batch, Budget
 from llmsim import SimServer
-from tests.batch.conftest import items_of, ledger_of, prompt_lines, simulator_requests, start_batch
+from tests.batch.conftest import items_of, prompt_lines, simulator_requests, start_batch
 from tests.conftest import reconfigure
-from tests.reliability.ledger import audit_events
+from tests.helpers import audit_events, ledger_rows
 from workers.builder import build_worker
 from workflows.batch import BatchResult, BatchWorkflow, ControlRequest
 
@@ -78,7 +78,7 @@ async def approvals_of(workflow_id: str) -> list[Approval]:
 
 
 async def max_item_cost(workflow_id: str) -> Decimal:
-    return max(row.cost_usd or Decimal(0) for row in await ledger_of(workflow_id))
+    return max(row.cost_usd or Decimal(0) for row in await ledger_rows(workflow_id))
 
 
 async def test_the_batch_pauses_before_crossing_its_budget_and_a_raise_finishes_it(
@@ -121,7 +121,7 @@ async def test_the_batch_pauses_before_crossing_its_budget_and_a_raise_finishes_
     assert ("batch.budget_gate_opened", "keel") in events
     assert ("approval.approved", owner) in events
     assert ("batch.budget_raised", owner) in events
-    assert result.spent_usd == sum(r.cost_usd or 0 for r in await ledger_of(handle.id))
+    assert result.spent_usd == sum(r.cost_usd or 0 for r in await ledger_rows(handle.id))
 
 
 async def test_stopping_at_the_gate_skips_the_rest_and_spends_nothing_more(

@@ -7,9 +7,8 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,39 +21,14 @@ from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.batch.conftest import CHEAP, items_of
 from tests.conftest import reconfigure
-from tests.worker_processes import REPO_ROOT, worker_environment
+from tests.helpers import KEEL, CliResult, KeelCli
 
-KEEL = str(Path(sys.executable).with_name("keel"))
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-KeelCli = Callable[..., Awaitable[Run]]
+KeelRun = Callable[..., Awaitable[CliResult]]
 
 
 @pytest.fixture
-def keel(client: Client, keel_settings: KeelSettings) -> KeelCli:
-    env = worker_environment(client, keel_settings, COLUMNS="200", NO_COLOR="1")
-
-    async def run(*args: str, timeout: float = 60) -> Run:
-        process = await asyncio.create_subprocess_exec(
-            KEEL,
-            *args,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-        assert process.returncode is not None
-        return Run(process.returncode, out.decode(), err.decode())
-
-    return run
+def keel(client: Client, keel_settings: KeelSettings) -> KeelRun:
+    return KeelCli(client, keel_settings, columns=200)
 
 
 def write_lines(path: Path, lines: Sequence[object]) -> Path:
@@ -86,7 +60,7 @@ def mixed_file(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 async def test_start_watch_status_results_and_list(
-    keel: KeelCli,
+    keel: KeelRun,
     batch_worker: Worker,
     simulator: SimServer,
     tmp_path: Path,
@@ -129,8 +103,9 @@ async def test_start_watch_status_results_and_list(
     assert listed.code == 0 and "cli1" in listed.out and "completed" in listed.out
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_a_file_with_duplicate_ids_is_refused_with_the_lines(
-    keel: KeelCli, batch_worker: Worker, simulator: SimServer, tmp_path: Path
+    keel: KeelRun, batch_worker: Worker, simulator: SimServer, tmp_path: Path
 ) -> None:
     run = keel
     dupes = write_lines(
@@ -146,7 +121,7 @@ async def test_a_file_with_duplicate_ids_is_refused_with_the_lines(
 
 @pytest.mark.slow
 async def test_the_budget_gate_from_the_command_line(
-    keel: KeelCli,
+    keel: KeelRun,
     client: Client,
     keel_settings: KeelSettings,
     batch_worker: Worker,
@@ -189,11 +164,105 @@ async def test_the_budget_gate_from_the_command_line(
     assert {i.status for i in await items_of("cli2")} == {"ok"}
 
 
+@pytest.mark.slow  # real `keel` processes
+async def test_pause_resume_cancel_and_retry_from_the_command_line(
+    keel: KeelRun,
+    client: Client,
+    batch_worker: Worker,
+    simulator: SimServer,
+    tmp_path: Path,
+) -> None:
+    run = keel
+    simulator.configure(fixed_latency_s=1.0)  # 20 items one at a time: ~20 s to steer it in
+    lines = [{"custom_id": f"c{n}", "prompt": f"Item {n}", "model": CHEAP, "max_tokens": 8}
+             for n in range(20)]  # fmt: skip
+    batch_id = f"ctl-{uuid.uuid4().hex[:6]}"
+    started = await run(
+        "batch", "start", str(write_lines(tmp_path / "steer.jsonl", lines)),
+        "--id", batch_id, "--concurrency", "1",
+    )  # fmt: skip
+    assert started.code == 0, started.err
+
+    paused = await run("batch", "pause", batch_id, "--by", "alice", "--reason", "look first")
+    assert paused.code == 0, paused.err
+    assert f"batch {batch_id}: paused — no new items start" in paused.out
+    assert f"keel batch resume {batch_id}" in paused.out
+    # The workflow's refusal, in its words, with exit 1.
+    twice = await run("batch", "pause", batch_id, "--by", "bob")
+    assert twice.code == 1
+    assert f"batch {batch_id} is already paused (by alice)" in twice.err
+    assert f"keel batch status {batch_id}" in twice.err
+
+    resumed = await run("batch", "resume", batch_id, "--by", "alice")
+    assert resumed.code == 0, resumed.err
+    assert f"batch {batch_id}: running — items start again" in resumed.out
+    cancelled = await run("batch", "cancel", batch_id, "--by", "alice")
+    assert cancelled.code == 0, cancelled.err
+    assert f"batch {batch_id}: cancelling — pending items will be skipped" in cancelled.out
+
+    handle = client.get_workflow_handle(f"batch-{batch_id}")
+    await asyncio.wait_for(handle.result(), timeout=60)
+    statuses = {i.status for i in await items_of(batch_id)}
+    assert "skipped" in statuses and "failed" not in statuses
+
+    ended = await run("batch", "pause", batch_id)
+    assert ended.code == 1
+    assert f"batch {batch_id} is not running (status: cancelled)" in ended.err
+    nothing = await run("batch", "retry-failed", batch_id)
+    assert nothing.code == 1
+    assert f"batch {batch_id} has no failed items that can run again" in nothing.err
+    missing = await run("batch", "retry-failed", "no-such-batch")
+    assert missing.code == 1
+    assert "no batch 'no-such-batch'" in missing.err and "keel batch list" in missing.err
+
+
+@pytest.mark.slow  # real `keel` processes
+async def test_batch_schedules_from_the_command_line(
+    keel: KeelRun, client: Client, tmp_path: Path
+) -> None:
+    run = keel
+    path = write_lines(tmp_path / "nightly.jsonl", [{"custom_id": "n0", "prompt": "Score"}])
+    schedule_id = f"nightly-{uuid.uuid4().hex[:6]}"
+    created = await run("batch", "schedule", str(path), "--cron", "0 2 * * *", "--id", schedule_id)
+    assert created.code == 0, created.err
+    assert f"schedule {schedule_id}: 0 2 * * * → batch of {path}" in created.out
+    try:
+        again = await run(
+            "batch", "schedule", str(path), "--cron", "0 3 * * *", "--id", schedule_id
+        )
+        assert again.code == 1
+        assert f"schedule {schedule_id} already exists" in again.err
+        assert f"keel batch schedule-delete {schedule_id}" in again.err
+
+        listed = await run("batch", "schedule-list")
+        assert listed.code == 0, listed.err
+        (row,) = [line for line in listed.out.splitlines() if schedule_id in line]
+        assert "0 2 * * *" in row and str(path) in row
+
+        paused = await run("batch", "schedule-pause", schedule_id)
+        assert paused.code == 0 and f"schedule {schedule_id} paused" in paused.out
+        description = await client.get_schedule_handle(schedule_id).describe()
+        assert description.schedule.state.paused
+        unpaused = await run("batch", "schedule-pause", schedule_id, "--unpause")
+        assert unpaused.code == 0 and f"schedule {schedule_id} resumed" in unpaused.out
+        description = await client.get_schedule_handle(schedule_id).describe()
+        assert not description.schedule.state.paused
+    finally:
+        deleted = await run("batch", "schedule-delete", schedule_id)
+    assert deleted.code == 0 and f"schedule {schedule_id} deleted" in deleted.out
+    gone = await run("batch", "schedule-delete", schedule_id)
+    assert gone.code == 1
+    assert f"no schedule '{schedule_id}'" in gone.err and "keel batch schedule-list" in gone.err
+    gone_pause = await run("batch", "schedule-pause", schedule_id)
+    assert gone_pause.code == 1 and f"no schedule '{schedule_id}'" in gone_pause.err
+
+
+@pytest.mark.slow  # a real `keel` process
 def test_start_help_shows_the_line_format_with_examples_that_parse() -> None:
     """The line format is where a person looks for it: `keel batch start --help`, with
     examples of both shapes that keel's own parser accepts."""
     shown = subprocess.run(
-        [KEEL, "batch", "start", "--help"],
+        [str(KEEL), "batch", "start", "--help"],
         env={**os.environ, "COLUMNS": "250", "NO_COLOR": "1"},
         capture_output=True,
         text=True,

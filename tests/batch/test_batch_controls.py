@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 import pytest
 from temporalio.client import Client, WorkflowUpdateFailedError
@@ -16,16 +16,15 @@ from contracts.batch import BatchCounts
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from starters.batch import start_retry_run
+from services.batches import start_retry_run
 from tests.batch.conftest import (
     CHEAP,
     items_of,
-    ledger_of,
     prompt_lines,
     simulator_requests,
     start_batch,
 )
-from tests.reliability.ledger import audit_events
+from tests.helpers import audit_events, eventually, ledger_rows
 from workflows.batch import BatchWorkflow, ControlRequest
 
 ALICE = ControlRequest(by="alice")
@@ -45,14 +44,6 @@ async def counts(batch_id: str) -> BatchCounts:
         return await count_items(session, batch_id)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.1)
-
-
 async def test_pause_starts_nothing_new_and_resume_finishes_the_batch(
     client: Client, keel_settings: KeelSettings, batch_worker: Worker, simulator: SimServer
 ) -> None:
@@ -62,7 +53,7 @@ async def test_pause_starts_nothing_new_and_resume_finishes_the_batch(
     async def some_done() -> bool:
         return (await counts(batch_id)).ok >= 2
 
-    await eventually(some_done)
+    await eventually(some_done, timeout=30, interval=0.1)
     ack = await handle.execute_update(BatchWorkflow.pause, ALICE)
     assert ack.status == "paused" and ack.in_flight <= 2
 
@@ -71,7 +62,7 @@ async def test_pause_starts_nothing_new_and_resume_finishes_the_batch(
         progress = await handle.query(BatchWorkflow.progress)
         return progress.in_flight == 0 and (await counts(batch_id)).ok == progress.ok
 
-    await eventually(drained)
+    await eventually(drained, timeout=30, interval=0.1)
     requests_when_paused = simulator_requests(simulator.stats())
     done_when_paused = (await counts(batch_id)).ok
     await asyncio.sleep(1.2)  # three item latencies: a running batch would have moved on
@@ -100,7 +91,7 @@ async def test_cancel_skips_pending_items_and_lets_in_flight_ones_finish(
     async def started() -> bool:
         return (await counts(batch_id)).ok >= 1
 
-    await eventually(started)
+    await eventually(started, timeout=30, interval=0.1)
     ack = await handle.execute_update(BatchWorkflow.cancel, ALICE)
     assert ack.status == "cancelling"
     message = await refused(handle.execute_update(BatchWorkflow.cancel, ALICE))
@@ -112,7 +103,7 @@ async def test_cancel_skips_pending_items_and_lets_in_flight_ones_finish(
     skipped = [i for i in items if i.status == "skipped"]
     assert all("cancelled by alice" in (i.error_message or "") for i in skipped)
     # Every call that reached the provider is an item with its answer: none was thrown away.
-    assert simulator_requests(simulator.stats()) == result.ok == len(await ledger_of(handle.id))
+    assert simulator_requests(simulator.stats()) == result.ok == len(await ledger_rows(handle.id))
 
 
 async def test_retry_failed_runs_only_the_failed_items_again(
@@ -127,14 +118,14 @@ async def test_retry_failed_runs_only_the_failed_items_again(
     async with session_factory()() as session:
         report = await batch_report(session, batch_id)
     assert report is not None
-    again = await start_retry_run(client, keel_settings, report)
+    again = await start_retry_run(client, keel_settings, session_factory(), report)
     second = await again.result()
     assert (second.status, second.ok, second.failed) == ("completed", 10, 0)
     items = await items_of(batch_id)
     assert {i.custom_id for i in items if i.run_count == 2} == failed_ids
     assert all(i.run_count == 1 for i in items if i.custom_id not in failed_ids)
     # One workflow id, two runs: the ledger keeps every attempt of both.
-    assert len(await ledger_of(handle.id)) == simulator_requests(simulator.stats()) == 13
+    assert len(await ledger_rows(handle.id)) == simulator_requests(simulator.stats()) == 13
 
 
 async def test_retry_failed_while_paused_puts_failed_items_back_in_line(
@@ -147,7 +138,7 @@ async def test_retry_failed_while_paused_puts_failed_items_back_in_line(
     async def two_failed() -> bool:
         return (await counts(batch_id)).failed >= 2
 
-    await eventually(two_failed)
+    await eventually(two_failed, timeout=30, interval=0.1)
     await handle.execute_update(BatchWorkflow.pause, ALICE)
     ack = await handle.execute_update(BatchWorkflow.retry_failed, ALICE)
     assert ack.reset == 2

@@ -16,7 +16,8 @@ from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import LlmCall
 from llmsim import SimServer
-from tests.batch.conftest import items_of, ledger_of, prompt_lines, simulator_requests, start_batch
+from tests.batch.conftest import items_of, prompt_lines, simulator_requests, start_batch
+from tests.helpers import ledger_rows
 from tests.worker_processes import WorkerProcess, worker_environment, worker_processes
 
 ITEMS, CONCURRENCY, LATENCY_S = 24, 8, 1.5
@@ -77,7 +78,7 @@ async def test_a_worker_killed_mid_batch_leaves_one_result_per_item_and_an_exact
     items = await items_of(batch_id)
     assert len(items) == len({i.custom_id for i in items}) == ITEMS
     assert all(i.status == "ok" and i.response and i.response["text"] for i in items)
-    ledger = await ledger_of(handle.id)
+    ledger = await ledger_rows(handle.id)
     outcomes = Counter(row.outcome for row in ledger)
     # Every attempt that reached the provider has its row, and only those.
     assert len(ledger) == simulator_requests(simulator.stats())

@@ -17,12 +17,12 @@ from tests.batch.conftest import (
     BACKUP,
     CHEAP,
     items_of,
-    ledger_of,
     prompt_lines,
     simulator_requests,
     start_batch,
 )
 from tests.conftest import reconfigure
+from tests.helpers import ledger_rows
 
 
 async def run_histories(client: Client, workflow_id: str) -> list[int]:
@@ -47,7 +47,7 @@ async def test_every_item_gets_one_outcome_and_the_ledger_bills_each_call(
     assert {i.status for i in items} == {"ok"}
     assert all(i.response and i.response["text"] for i in items)
     assert all(i.run_count == 1 and i.finished_at is not None for i in items)
-    ledger = await ledger_of(handle.id)
+    ledger = await ledger_rows(handle.id)
     assert len(ledger) == simulator_requests(simulator.stats()) == 12
     assert {row.outcome for row in ledger} == {"ok"}
     # What the items report they cost is what the ledger billed, and the result says so too.
@@ -62,7 +62,7 @@ async def test_the_concurrency_cap_holds(
     _, handle = await start_batch(client, keel_settings, prompt_lines(20), concurrency=3)
     await handle.result()
     # Each item's attempt row spans [created_at - latency, created_at]: count overlaps.
-    rows = await ledger_of(handle.id)
+    rows = await ledger_rows(handle.id)
     spans = [
         (r.created_at.timestamp() - r.latency_ms / 1000, r.created_at.timestamp()) for r in rows
     ]
@@ -109,7 +109,7 @@ async def test_retryable_errors_are_retried_and_the_route_falls_back(
     assert first.response is not None and first.response["model"] == BACKUP
     assert first.response["failed_models"] == [[CHEAP, "context_window"]]
     assert second.response is not None and second.response["model"] == CHEAP
-    rows = await ledger_of(handle.id)
+    rows = await ledger_rows(handle.id)
     assert [(r.model, r.attempt, r.outcome) for r in rows] == [
         (CHEAP, 1, "error"),
         (CHEAP, 2, "error"),
@@ -134,7 +134,7 @@ async def test_continue_as_new_keeps_every_run_under_the_event_limit(
     items = await items_of(batch_id)
     assert all(i.status == "ok" and i.run_count == 1 for i in items)
     # Activity ids restart in every run: the ledger still has one row per call.
-    assert len(await ledger_of(handle.id)) == simulator_requests(simulator.stats()) == 120
+    assert len(await ledger_rows(handle.id)) == simulator_requests(simulator.stats()) == 120
 
 
 async def test_openai_batch_lines_run_as_is(

@@ -18,7 +18,7 @@ from contracts.batch import BatchOptions
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from starters.batch import create_batch_schedule
+from services.batches import create_batch_schedule
 from tests.batch.conftest import CHEAP, items_of
 from workflows.batch import BatchInput, BatchResult, BatchWorkflow
 

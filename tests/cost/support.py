@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -19,7 +15,7 @@ from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import AuditEvent, LlmCall, TenantDailySpend
 from llmsim import SimServer
-from tests.worker_processes import worker_environment
+from tests.helpers import CliResult, KeelCli
 from workflows.ask import AskInput, AskOutput, AskWorkflow
 
 CHEAP = "gpt-4o-mini"
@@ -41,18 +37,6 @@ async def start_ask(
 async def ask(client: Client, settings: KeelSettings, **fields: Any) -> tuple[str, AskOutput]:
     handle = await start_ask(client, settings, **fields)
     return handle.id, await handle.result()
-
-
-async def ledger_rows(
-    *, tenant: str | None = None, workflow_id: str | None = None
-) -> list[LlmCall]:
-    statement = select(LlmCall).order_by(LlmCall.id)
-    if tenant is not None:
-        statement = statement.where(LlmCall.tenant == tenant)
-    if workflow_id is not None:
-        statement = statement.where(LlmCall.workflow_id == workflow_id)
-    async with session_factory()() as session:
-        return list((await session.execute(statement)).scalars())
 
 
 async def metered_spend(tenant: str) -> Decimal:
@@ -85,14 +69,6 @@ async def audit_types(workflow_id: str) -> list[str]:
         return list(result.scalars())
 
 
-async def audit_events(workflow_id: str) -> list[AuditEvent]:
-    async with session_factory()() as session:
-        result = await session.execute(
-            select(AuditEvent).where(AuditEvent.workflow_id == workflow_id).order_by(AuditEvent.id)
-        )
-        return list(result.scalars())
-
-
 def requests_to(simulator: SimServer, model: str) -> int:
     return int(simulator.stats()["models"].get(model, {}).get("requests", 0))
 
@@ -108,16 +84,6 @@ def simulator_latency(simulator: SimServer, seconds: float) -> Iterator[None]:
         simulator.configure(fixed_latency_s=before)
 
 
-KEEL = Path(sys.executable).parent / "keel"
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-
 async def keel_cli(
     client: Client,
     settings: KeelSettings,
@@ -127,13 +93,4 @@ async def keel_cli(
     **extra_env: str,
 ) -> CliResult:
     """The real ``keel`` command in a subprocess, pointed at the test's servers."""
-    env = worker_environment(client, settings, COLUMNS=str(columns), NO_COLOR="1", **extra_env)
-    process = await asyncio.create_subprocess_exec(
-        str(KEEL),
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    return CliResult(process.returncode or 0, out.decode(), err.decode())
+    return await KeelCli(client, settings, columns=columns, **extra_env)(*args, timeout=timeout)

@@ -17,9 +17,10 @@ from temporalio.worker import Worker
 from activities.llm.activities import complete_chat
 from activities.llm.budgets import estimate_cost, estimated_usage
 from contracts.llm import AttemptInput, ChatMessage, LlmAnswer, LlmParameters, LlmRequest
-from infra.settings import KeelSettings
+from infra.database import session_factory
+from infra.settings import KeelSettings, get_settings
 from llmsim import SimServer, count_message_tokens
-from starters.budget import change_budget, current_budgets
+from services.budgets import change_budget, current_budgets
 from tests.conftest import reconfigure
 from tests.cost.support import (
     CHEAP,
@@ -27,12 +28,12 @@ from tests.cost.support import (
     ask,
     audit_types,
     counted_spend,
-    ledger_rows,
     metered_spend,
     requests_to,
     simulator_latency,
     start_ask,
 )
+from tests.helpers import ledger_rows
 from workers.builder import build_worker
 
 RACE_PROMPT = "Race for the budget."
@@ -82,7 +83,7 @@ async def test_fifty_concurrent_calls_cannot_overshoot_one_budget(
 ) -> None:
     estimate = worst_case(CHEAP, RACE_PROMPT, RACE_MAX_TOKENS)
     limit = (estimate * Decimal("8.5")).quantize(Decimal("0.00000001"))
-    await change_budget("race", "day", limit, "test")
+    await change_budget(session_factory(), "race", "day", limit, "test")
 
     # A second per call keeps every admitted call in flight while the others race the check.
     with simulator_latency(simulator, 1.0):
@@ -120,7 +121,7 @@ async def test_fifty_concurrent_calls_cannot_overshoot_one_budget(
     assert not [r for r in rows if r.outcome == "in_flight"]
     # The counters the check reads agree with the ledger, to the last digit.
     assert await counted_spend("race") == spent
-    (state,) = await current_budgets("race")
+    (state,) = await current_budgets(session_factory(), get_settings(), "race")
     assert state.spent_usd == spent and state.reserved_usd == 0
 
 
@@ -130,7 +131,7 @@ async def test_budget_set_mid_period_counts_what_was_already_spent(
     _, first = await ask(client, keel_settings, models=[CHEAP], tenant="acme")
     assert first.answer.cost_usd is not None and first.answer.cost_usd > 0
     # Below what acme already spent this month: the next call is refused before the provider.
-    await change_budget("acme", "month", first.answer.cost_usd / 2, "test")
+    await change_budget(session_factory(), "acme", "month", first.answer.cost_usd / 2, "test")
     with pytest.raises(WorkflowFailureError) as failure:
         await ask(client, keel_settings, models=[CHEAP], tenant="acme", budget_policy="refuse")
     refusal = budget_failure(failure.value)
@@ -149,7 +150,7 @@ async def test_the_locked_check_alone_holds_fifty_racing_attempts(
     written under it are what keep the spend within the budget."""
     estimate = worst_case(CHEAP, RACE_PROMPT, RACE_MAX_TOKENS)
     limit = (estimate * Decimal("8.5")).quantize(Decimal("0.00000001"))
-    await change_budget("locked", "day", limit, "test")
+    await change_budget(session_factory(), "locked", "day", limit, "test")
     request = LlmRequest(
         messages=[ChatMessage(role="user", content=RACE_PROMPT)],
         parameters=LlmParameters(max_tokens=RACE_MAX_TOKENS),
@@ -198,7 +199,7 @@ async def test_interactive_calls_downgrade_to_the_cheaper_route(
     pricey = worst_case(PRICEY, "Summarise the plan.", 300)
     cheap = worst_case(CHEAP, "Summarise the plan.", 300)
     # Room for the cheap model's worst case, not for the quality model's.
-    await change_budget("startup", "day", (pricey + cheap) / 2, "test")
+    await change_budget(session_factory(), "startup", "day", (pricey + cheap) / 2, "test")
     async with build_worker(client, settings.interactive_task_queue, settings):
         workflow_id, result = await ask(
             client,
@@ -241,12 +242,12 @@ async def test_a_low_budget_downgrades_before_it_runs_out(
         KEEL_BUDGET_DOWNGRADE_BELOW="0.5",
     )
     async with build_worker(client, settings.interactive_task_queue, settings):
-        await change_budget("lowco", "month", Decimal("1.00"), "test")
+        await change_budget(session_factory(), "lowco", "month", Decimal("1.00"), "test")
         _, full = await ask(client, settings, route="quality", tenant="lowco")
         assert full.answer.model == PRICEY
         # Less than half left: quality calls go to the cheaper route while there is still room.
-        spent = (await current_budgets("lowco"))[0].spent_usd
-        await change_budget("lowco", "month", spent * Decimal("1.9"), "test")
+        spent = (await current_budgets(session_factory(), get_settings(), "lowco"))[0].spent_usd
+        await change_budget(session_factory(), "lowco", "month", spent * Decimal("1.9"), "test")
         workflow_id, low = await ask(client, settings, route="quality", tenant="lowco")
         assert low.answer.model == CHEAP
         events = [e for e in await audit_types(workflow_id) if e.startswith("llm.")]
@@ -261,7 +262,7 @@ async def test_pause_policy_waits_until_the_budget_is_raised(
     """Time-skipping: the paused call sleeps on durable timers and re-plans until the budget
     has room; raising it (`keel budget set`) is what lets it go."""
     client = time_skipping_env.client
-    await change_budget("paused", "month", Decimal("0"), "test")
+    await change_budget(session_factory(), "paused", "month", Decimal("0"), "test")
     async with build_worker(client, keel_settings.interactive_task_queue, keel_settings):
         handle = await start_ask(
             client, keel_settings, models=[CHEAP], tenant="paused", budget_policy="pause"
@@ -272,7 +273,7 @@ async def test_pause_policy_waits_until_the_budget_is_raised(
             await asyncio.sleep(0.05)
         assert "llm.budget_paused" in await audit_types(handle.id)
         assert requests_to(simulator, CHEAP) == 0
-        await change_budget("paused", "month", Decimal("5"), "test")
+        await change_budget(session_factory(), "paused", "month", Decimal("5"), "test")
         result = await handle.result()  # time skips through the backed-off polls
     assert result.answer.model == CHEAP
     trail = await audit_types(handle.id)
@@ -288,7 +289,7 @@ async def test_a_pause_gives_up_after_its_limit(
 ) -> None:
     settings = reconfigure(monkeypatch, KEEL_BUDGET_PAUSE_MAX_SECONDS="7200")
     client = time_skipping_env.client
-    await change_budget("broke", "day", Decimal("0"), "test")
+    await change_budget(session_factory(), "broke", "day", Decimal("0"), "test")
     async with build_worker(client, settings.interactive_task_queue, settings):
         handle = await start_ask(
             client, settings, models=[CHEAP], tenant="broke", budget_policy="pause"

@@ -9,7 +9,6 @@ import asyncio
 import json
 import re
 import shlex
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,20 +17,15 @@ import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
+from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import AuditEvent
 from llmsim import SimServer
-from starters.budget import change_budget
+from services.budgets import change_budget
 from starters.show import budget_pause
 from tests.conftest import TEMPORAL_CLI
-from tests.cost.support import (
-    CHEAP,
-    audit_events,
-    audit_types,
-    keel_cli,
-    ledger_rows,
-    start_ask,
-)
+from tests.cost.support import CHEAP, audit_types, keel_cli, start_ask
+from tests.helpers import audit_events, codec_server_process, ledger_rows
 from workflows.ask import AskOutput, AskWorkflow
 
 BACKUP = "claude-3-5-haiku-latest"
@@ -43,7 +37,7 @@ async def paused_ask(
     client: Client, keel_settings: KeelSettings, interactive_worker: Worker, simulator: SimServer
 ) -> AsyncIterator[WorkflowHandle[AskWorkflow, AskOutput]]:
     """An ask whose call waits on tenant broke's empty daily budget (policy pause)."""
-    await change_budget("broke", "day", Decimal("0"), "test")
+    await change_budget(session_factory(), "broke", "day", Decimal("0"), "test")
     handle = await start_ask(
         client, keel_settings, models=[CHEAP], tenant="broke", budget_policy="pause"
     )
@@ -56,6 +50,7 @@ async def paused_ask(
     await handle.terminate("test over")
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_show_says_the_call_is_paused_on_which_budget_and_how_to_release_it(
     client: Client,
     keel_settings: KeelSettings,
@@ -69,6 +64,7 @@ async def test_show_says_the_call_is_paused_on_which_budget_and_how_to_release_i
     assert f"release: {RELEASE}" in shown.out
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_the_audit_table_keeps_the_fix_command_whole_on_a_narrow_terminal(
     client: Client,
     keel_settings: KeelSettings,
@@ -86,20 +82,11 @@ async def test_the_audit_table_keeps_the_fix_command_whole_on_a_narrow_terminal(
 @pytest.fixture
 async def codec_server_url() -> AsyncIterator[str]:
     """The real `keel codec-server` process, with the suite's keys, on a free port."""
-    server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "starters.codec_server", "--port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        assert server.stdout is not None
-        first_line = (await asyncio.wait_for(server.stdout.readline(), 60)).decode()
-        assert "keel codec-server on http://127.0.0.1:" in first_line, first_line
-        yield first_line.split(" on ")[1].split()[0]
-    finally:
-        server.terminate()
-        await server.wait()
+    async with codec_server_process() as url:
+        yield url
 
 
+@pytest.mark.slow  # real `keel` processes
 async def test_ask_no_wait_suggests_commands_that_show_the_answer_in_plain_text(
     client: Client,
     keel_settings: KeelSettings,
@@ -138,6 +125,7 @@ async def test_ask_no_wait_suggests_commands_that_show_the_answer_in_plain_text(
     assert followed.code == 0 and "COMPLETED" in followed.out, followed.err
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_the_summary_of_a_call_that_fell_back_counts_every_attempt(
     client: Client, keel_settings: KeelSettings, interactive_worker: Worker, simulator: SimServer
 ) -> None:

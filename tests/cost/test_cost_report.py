@@ -20,10 +20,11 @@ from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import AuditEvent, CircuitBreaker, LlmCall
 from llmsim import SimServer
-from starters.cost import CostGrouping, CostRow, cost_report
+from services.costs import CostGrouping, CostRow, cost_report
 from starters.traffic_demo import DEMO_TENANT, demo_cost_and_traffic
 from tests.conftest import reconfigure
-from tests.cost.support import CHEAP, ask, audit_events, keel_cli, ledger_rows, requests_to
+from tests.cost.support import CHEAP, ask, keel_cli, requests_to
+from tests.helpers import audit_events, ledger_rows
 
 BACKUP = "claude-3-5-haiku-latest"
 TENANT = "reports"
@@ -72,14 +73,14 @@ async def test_every_kind_of_call_is_counted_and_the_totals_add_up(
     assert billed > 0
 
     for grouping in CostGrouping:
-        report = await cost_report(grouping, since)
+        report = await cost_report(session_factory(), grouping, since)
         total = report.total
         assert (total.attempts, total.cost_usd) == (attempts, billed), grouping
         assert sum(row.cost_usd for row in report.rows) == total.cost_usd
         assert sum(row.attempts for row in report.rows) == total.attempts
         assert total.ok + total.cached + total.failed + total.refused == total.attempts
 
-    workflows = by_key((await cost_report(CostGrouping.WORKFLOW, since)).rows)
+    workflows = by_key((await cost_report(session_factory(), CostGrouping.WORKFLOW, since)).rows)
     # A streamed answer is billed from the usage its stream reported, never logged as $0.
     (streamed,) = await ledger_rows(workflow_id=ids["streamed"])
     assert streamed.streamed and streamed.cost_usd and streamed.cost_usd > 0
@@ -100,16 +101,18 @@ async def test_every_kind_of_call_is_counted_and_the_totals_add_up(
     unpriced = workflows[ids["unpriced"]]
     assert unpriced.unpriced == 1 and unpriced.cost_usd == 0 and unpriced.output_tokens > 0
 
-    models = by_key((await cost_report(CostGrouping.MODEL, since)).rows)
+    models = by_key((await cost_report(session_factory(), CostGrouping.MODEL, since)).rows)
     assert set(models) == {CHEAP, BACKUP, "sim-tiny"}
-    tenants = by_key((await cost_report(CostGrouping.TENANT, since)).rows)
+    tenants = by_key((await cost_report(session_factory(), CostGrouping.TENANT, since)).rows)
     assert tenants[TENANT].cost_usd == billed and tenants["lab"].cost_usd == 0
-    only_lab = await cost_report(CostGrouping.MODEL, since, tenant="lab")
+    only_lab = await cost_report(session_factory(), CostGrouping.MODEL, since, tenant="lab")
     assert [row.key for row in only_lab.rows] == ["sim-tiny"]
-    days = by_key((await cost_report(CostGrouping.DAY, since)).rows)
+    days = by_key((await cost_report(session_factory(), CostGrouping.DAY, since)).rows)
     all_rows = await ledger_rows()
     assert set(days) == {f"{row.created_at.astimezone(UTC):%Y-%m-%d}" for row in all_rows}
-    future = await cost_report(CostGrouping.DAY, datetime.now(UTC) + timedelta(days=1))
+    future = await cost_report(
+        session_factory(), CostGrouping.DAY, datetime.now(UTC) + timedelta(days=1)
+    )
     assert future.rows == [] and future.total.attempts == 0
 
 

@@ -22,7 +22,8 @@ from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.conftest import reconfigure
-from tests.cost.support import CHEAP, ask, ledger_rows, requests_to
+from tests.cost.support import CHEAP, ask, requests_to
+from tests.helpers import ledger_rows
 from tests.worker_processes import WorkerProcess, worker_environment, worker_processes
 from workers.builder import build_worker
 

@@ -13,11 +13,13 @@ from temporalio.client import Client
 
 from activities.llm.routing import choose_route, split_traffic, traffic_point
 from contracts.traffic import RoutePolicy
+from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from starters.cost import CostGrouping, cost_report
+from services.costs import CostGrouping, cost_report
 from tests.conftest import reconfigure
-from tests.cost.support import CHEAP, ask, audit_events, ledger_rows
+from tests.cost.support import CHEAP, ask
+from tests.helpers import audit_events, ledger_rows
 from workers.builder import build_worker
 
 CANARY = "gpt-4.1-nano"
@@ -71,7 +73,10 @@ async def test_a_canary_takes_its_share_and_keel_cost_compares_the_models(
     served = [result.answer.model for _, result in results]
     # Each call is placed by a hash of its ids: about half and half, never all on one side.
     assert 2 <= served.count(CANARY) <= 22 and served.count(CANARY) + served.count(CHEAP) == 24
-    models = {row.key: row for row in (await cost_report(CostGrouping.MODEL, since)).rows}
+    models = {
+        row.key: row
+        for row in (await cost_report(session_factory(), CostGrouping.MODEL, since)).rows
+    }
     assert models[CANARY].attempts == served.count(CANARY)
     assert models[CHEAP].attempts == served.count(CHEAP)
     assert models[CANARY].cost_usd > 0 and models[CHEAP].cost_usd > 0

@@ -29,7 +29,8 @@ from infra.database import dispose_engines, session_factory
 from infra.settings import get_settings
 from infra.tables import BatchItem
 from infra.temporal_client import keel_data_converter
-from tests.batch.conftest import items_of, ledger_of, prompt_lines, simulator_requests, start_batch
+from tests.batch.conftest import items_of, prompt_lines, simulator_requests, start_batch
+from tests.helpers import ledger_rows
 
 ITEMS, CONCURRENCY, LATENCY_S = 300, 30, 1.0
 PROVIDER_ENV = (
@@ -141,7 +142,7 @@ async def test_a_batch_survives_temporal_and_postgres_being_killed_mid_run(
                 result = await asyncio.wait_for(handle.result(), timeout=90)
                 stats = (await simulator.get("/admin/stats")).json()
                 items = await items_of(batch_id)
-                ledger = await ledger_of(handle.id)
+                ledger = await ledger_rows(handle.id)
             finally:
                 await dispose_engines()
                 get_settings.cache_clear()

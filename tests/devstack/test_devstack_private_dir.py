@@ -60,6 +60,7 @@ def _everything_outside(home: Path, clone: Path) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow  # starts a real Postgres
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs Postgres as a system user")
 def test_clone_in_private_directory_runs_postgres_without_touching_permissions(
     monkeypatch: pytest.MonkeyPatch,

@@ -11,6 +11,8 @@ from devstack_helpers import HAS_MIGRATIONS, fake_overrides, make_settings, quie
 
 from devstack import stack
 
+pytestmark = pytest.mark.slow  # a real dev stack with the real simulator and workers
+
 HAS_SIMULATOR = importlib.util.find_spec("llmsim.__main__") is not None
 HAS_WORKERS = importlib.util.find_spec("workers.__main__") is not None
 

@@ -43,6 +43,8 @@ from infra.callback_signing import signing_secret
 from infra.payload_codec import EncryptionCodec, configured_keys
 from infra.settings import KeelSettings
 
+pytestmark = pytest.mark.slow  # real dev stacks (Temporal, Postgres, keel processes)
+
 REPO = Path(__file__).resolve().parents[2]
 ALL_PARTS = {
     "temporal",

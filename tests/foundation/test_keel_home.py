@@ -43,6 +43,7 @@ def _shown_config(cwd: Path, **env: str) -> dict[str, object]:
     return shown
 
 
+@pytest.mark.slow  # real `keel` processes
 def test_keel_run_from_another_directory_finds_the_checkouts_home(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -64,6 +65,7 @@ def test_keel_run_from_another_directory_finds_the_checkouts_home(tmp_path: Path
     assert not (elsewhere / ".keel").exists()
 
 
+@pytest.mark.slow  # a real `keel` process
 def test_an_explicit_keel_home_wins(tmp_path: Path) -> None:
     shown = _shown_config(tmp_path, KEEL_HOME=str(tmp_path / "mine"))
     assert shown["home"] == str(tmp_path / "mine")

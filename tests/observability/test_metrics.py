@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -21,9 +21,10 @@ from infra.database import session_factory
 from infra.metrics import MetricsServer
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from starters.budget import change_budget
+from services.budgets import change_budget
 from tests.conftest import reconfigure
-from tests.cost.support import CHEAP, ask, ledger_rows, metered_spend
+from tests.cost.support import CHEAP, ask, metered_spend
+from tests.helpers import eventually, ledger_rows
 from workers.__main__ import run_worker
 
 BACKUP = "claude-3-5-haiku-latest"
@@ -71,14 +72,6 @@ async def worker_metrics(
     await worker
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Until ``check()`` holds (gauges are re-read on a timer)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "the gauge never moved"
-        await asyncio.sleep(0.1)
-
-
 async def test_the_worker_endpoint_shows_llm_calls_budgets_breakers_and_sdk_metrics(
     worker_metrics: str,
     client: Client,
@@ -124,7 +117,7 @@ async def test_the_worker_endpoint_shows_llm_calls_budgets_breakers_and_sdk_metr
     reconfigure(monkeypatch, KEEL_BREAKER_FAILURE_THRESHOLD="1")
     simulator.add_faults("server_error", model=FRAGILE, count=1)
     await ask(client, settings, models=[FRAGILE, BACKUP], tenant="metrics")
-    await change_budget("metrics", "month", Decimal(1), "test")
+    await change_budget(session_factory(), "metrics", "month", Decimal(1), "test")
     async with session_factory().begin() as session:
         await session.execute(
             text(
@@ -140,7 +133,7 @@ async def test_the_worker_endpoint_shows_llm_calls_budgets_breakers_and_sdk_metr
             and value(now, "keel_budget_limit_usd", tenant="metrics", period="month") == 1
         )
 
-    await eventually(approval_and_budget_shown)
+    await eventually(approval_and_budget_shown, timeout=10.0, interval=0.1)
     now = await asyncio.to_thread(scrape, url)
     assert value(now, "keel_circuit_breaker_state", provider="openai", model=FRAGILE) == 2
     assert value(now, "keel_circuit_breaker_state", provider="openai", model=CHEAP) == 0

@@ -29,7 +29,8 @@ from infra.tracing import (
 )
 from llmsim import SimServer
 from tests.conftest import reconfigure
-from tests.cost.support import CHEAP, ledger_rows
+from tests.cost.support import CHEAP
+from tests.helpers import ledger_rows
 from workers.builder import build_worker
 from workflows.ask import AskInput, AskWorkflow
 

@@ -13,7 +13,8 @@ from temporalio.worker import Worker
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.conftest import reconfigure
-from tests.reliability.ledger import breaker, ledger_rows
+from tests.helpers import ledger_rows
+from tests.reliability.ledger import breaker
 from tests.reliability.test_llm_calls import BACKUP, CHEAP, ask, requests_to
 from tests.worker_processes import WorkerProcess, worker_environment, worker_processes
 

@@ -20,8 +20,9 @@ from temporalio.testing import ActivityEnvironment
 from activities.jobs import record_job
 from contracts.jobs import JobKind, JobRecord, JobStatus
 from infra.database import get_engine, session_factory
+from infra.settings import get_settings
 from infra.tables import Job
-from starters.budget import change_budget, current_budgets
+from services.budgets import change_budget, current_budgets
 from tests.api.conftest import api_token, keel_http, keel_url
 
 __all__ = ["api_token", "keel_http", "keel_url"]  # the API fixtures this module uses
@@ -77,11 +78,11 @@ async def test_an_api_request_after_a_restart_succeeds_first_time(
 async def test_a_cli_command_after_a_restart_succeeds_first_time(database_url: str) -> None:
     pooled = await fresh_pool()
     # The CLI's `keel budget` paths, in this process as a long-running command would hold them.
-    await change_budget("acme", "day", Decimal("5"), actor="test")
+    await change_budget(session_factory(), "acme", "day", Decimal("5"), actor="test")
 
     await restart_backends(database_url, pooled)
 
-    budgets = await current_budgets("acme")
+    budgets = await current_budgets(session_factory(), get_settings(), "acme")
     assert [(state.tenant, state.period) for state in budgets] == [("acme", "day")]
 
 

@@ -15,7 +15,7 @@ from contracts.llm import FallbackPolicy
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.conftest import reconfigure
-from tests.reliability.ledger import audit_events, ledger_rows
+from tests.helpers import audit_events, ledger_rows
 from workflows.ask import AskInput, AskOutput, AskWorkflow
 
 CHEAP = "gpt-4o-mini"

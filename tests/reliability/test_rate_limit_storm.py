@@ -22,10 +22,10 @@ from infra.tables import LlmCall
 from llmsim import SimServer
 from llmsim.faults import FaultKind, FaultRule
 from llmsim.state import RequestRecord
-from starters.ask import tenant_search_attributes
+from services.asks import start_ask
 from tests.conftest import reconfigure
-from tests.reliability.ledger import ledger_rows
-from workflows.ask import AskInput, AskOutput, AskWorkflow
+from tests.helpers import ledger_rows
+from workflows.ask import AskInput, AskOutput
 
 CHEAP = "gpt-4o-mini"
 BACKUP = "claude-3-5-haiku-latest"
@@ -37,16 +37,9 @@ STORM_RETRY_AFTER_S = 2.0
 async def keel_ask(
     client: Client, settings: KeelSettings, workflow_id: str, params: AskInput
 ) -> AskOutput:
-    """What ``keel ask`` does (starters/ask.py): start AskWorkflow on the interactive queue
-    with the tenant's search attributes, then wait for its result."""
-    handle = await client.start_workflow(
-        AskWorkflow.run,
-        params,
-        id=workflow_id,
-        task_queue=settings.interactive_task_queue,
-        search_attributes=tenant_search_attributes(params.tenant, "ask"),
-    )
-    return await handle.result()
+    """What ``keel ask`` does: start AskWorkflow as services/asks.py does, then wait for its
+    result."""
+    return await (await start_ask(client, settings, params, workflow_id)).result()
 
 
 def calls_by_conversation(
@@ -110,6 +103,7 @@ def storm_seed(simulator: SimServer) -> Iterator[int]:
     simulator.configure(seed=before)
 
 
+@pytest.mark.slow  # hundreds of calls through a 429 storm (~15 s)
 async def test_every_call_completes_through_a_429_storm(
     client: Client,
     keel_settings: KeelSettings,

@@ -10,7 +10,7 @@ from infra.settings import KeelSettings
 from infra.structured_logging import configure_logging
 from llmsim import SimServer
 from tests.conftest import reconfigure
-from tests.reliability.ledger import audit_events, ledger_rows
+from tests.helpers import audit_events, ledger_rows
 from tests.reliability.test_llm_calls import CHEAP, ask
 from tests.security.history_payloads import readable_history
 from workers.builder import build_worker

@@ -10,8 +10,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from infra.settings import KeelSettings
-from tests.approvals.cli import KeelCli
-from tests.approvals.records import eventually
+from tests.helpers import KeelCli, eventually
 from tests.reliability.stuck_workflows import BuggyWorkflow
 
 

@@ -31,9 +31,9 @@ from contracts.sessions import session_workflow_id
 from infra.database import session_factory
 from infra.settings import KeelSettings, get_settings
 from llmsim import SimServer
+from services.batches import submit_batch
+from services.budgets import change_budget
 from services.chat_client import TurnRequest, run_turn
-from starters.batch import submit_batch
-from starters.budget import change_budget
 from workflows.approval_gate import APPROVE, STATUS_QUERY
 from workflows.ask import AskInput, AskWorkflow
 from workflows.document_review import DocumentReviewWorkflow, ReviewInput
@@ -141,6 +141,7 @@ async def batch_continued_as_new(
     handle = await submit_batch(
         client,
         settings,
+        session_factory(),
         list(parse_lines(lines)),
         batch_id=f"replay-{uuid.uuid4().hex[:8]}",
         options=BatchOptions(concurrency=4, model="gpt-4o-mini"),
@@ -173,7 +174,7 @@ async def ask_refused_by_budget(
     client: Client, settings: KeelSettings, sim: SimServer
 ) -> WorkflowHandle:
     """The tenant's budget cannot cover the call: refused up front, audited, failed clearly."""
-    await change_budget("replay-broke", "day", Decimal(0), "replay")
+    await change_budget(session_factory(), "replay-broke", "day", Decimal(0), "replay")
     handle = await client.start_workflow(
         AskWorkflow.run,
         AskInput(
@@ -196,7 +197,7 @@ async def ask_downgraded_by_budget(
         KEEL_ROUTES=json.dumps(routes),
         KEEL_ROUTE_POLICIES=json.dumps({"quality": {"downgrade_to": "cheap"}}),
     ):
-        await change_budget("replay-lean", "day", Decimal("0.002"), "replay")
+        await change_budget(session_factory(), "replay-lean", "day", Decimal("0.002"), "replay")
         handle = await client.start_workflow(
             AskWorkflow.run,
             AskInput(prompt="Plan it.", route="quality", max_tokens=500, tenant="replay-lean"),
@@ -212,7 +213,7 @@ async def ask_paused_by_budget(
 ) -> WorkflowHandle:
     """Paused on its budget, polled on timers, released by a raise: resumes and answers."""
     with _settings_env(KEEL_BUDGET_PAUSE_POLL_SECONDS="0.5"):
-        await change_budget("replay-paused", "day", Decimal(0), "replay")
+        await change_budget(session_factory(), "replay-paused", "day", Decimal(0), "replay")
         handle = await client.start_workflow(
             AskWorkflow.run,
             AskInput(
@@ -225,7 +226,7 @@ async def ask_paused_by_budget(
             task_queue=settings.interactive_task_queue,
         )
         await asyncio.sleep(2)  # a few polls find no room
-        await change_budget("replay-paused", "day", Decimal(1), "replay")
+        await change_budget(session_factory(), "replay-paused", "day", Decimal(1), "replay")
         await handle.result()
     return handle
 

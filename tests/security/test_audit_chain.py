@@ -32,7 +32,7 @@ from infra.database import dispose_engines, session_factory
 from infra.migrate import alembic_config, upgrade_to_head
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from tests.approvals.cli import KeelCli
+from tests.helpers import KeelCli
 from tests.security.audit_support import (
     restore,
     run_review,

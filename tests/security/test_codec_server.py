@@ -238,6 +238,7 @@ async def test_with_a_token_every_call_needs_it_and_it_is_never_logged(
 # --- The `keel codec-server` command ------------------------------------------------------------
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_the_command_refuses_to_start_without_a_key(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_ENCRYPTION")}
     env.update(KEEL_HOME=str(tmp_path), COLUMNS="250")

@@ -41,6 +41,8 @@ from llmsim import SimServer
 from services.api_tokens import IssuedToken, TokenRole
 from tests.api.tokens import bearer, issue_token, openai_client
 
+pytestmark = pytest.mark.slow  # hundreds of generated requests against the API
+
 # Per operation and generation mode (positive: valid by the schema; negative: not).
 EXAMPLES_PER_MODE = 25
 # A turn's event stream follows the turn until it ends, and a turn that never happens never

@@ -40,6 +40,8 @@ from infra.tables import BatchItem
 from infra.temporal_client import keel_data_converter
 from llmsim.tokens import count_message_tokens
 
+pytestmark = pytest.mark.slow  # thousands of generated batch files
+
 # Small limits, so that generated lines cross them often.
 LIMITS = BatchFileLimits(
     file_bytes=10_000_000,

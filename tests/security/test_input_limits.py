@@ -40,7 +40,7 @@ from services.api_tokens import IssuedToken
 from services.chat_client import TurnRequest, run_turn
 from tests.api.tokens import bearer, http_client, openai_client
 from tests.conftest import reconfigure
-from tests.reliability.ledger import ledger_rows
+from tests.helpers import ledger_rows
 from tests.worker_processes import REPO_ROOT, worker_environment
 from workflows.ask import AskInput, AskWorkflow
 
@@ -308,6 +308,7 @@ async def run_keel(env: dict[str, str], *args: str) -> tuple[int, str]:
     return process.returncode, out.decode()
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_keel_ask_refuses_an_oversized_prompt_and_starts_nothing(
     client: Client, keel_settings: KeelSettings
 ) -> None:
@@ -322,6 +323,7 @@ async def test_keel_ask_refuses_an_oversized_prompt_and_starts_nothing(
     assert missing.value.status == RPCStatusCode.NOT_FOUND
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_keel_chat_refuses_an_oversized_message_and_sends_nothing(
     client: Client, keel_settings: KeelSettings, simulator: SimServer
 ) -> None:
@@ -331,6 +333,7 @@ async def test_keel_chat_refuses_an_oversized_message_and_sends_nothing(
     assert await count(ChatSession) == 0 and simulator_requests(simulator) == 0
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_keel_review_refuses_an_oversized_document(
     client: Client, keel_settings: KeelSettings, tmp_path: Path
 ) -> None:
@@ -356,6 +359,7 @@ async def batch_rows(batch_id: str) -> list[BatchItem]:
         return list(result.scalars())
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_a_batch_file_over_the_byte_limit_is_refused_whole(
     client: Client, keel_settings: KeelSettings, tmp_path: Path
 ) -> None:
@@ -370,6 +374,7 @@ async def test_a_batch_file_over_the_byte_limit_is_refused_whole(
     assert await count(Batch) == 0 and await count(BatchItem) == 0
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_a_batch_file_with_too_many_items_is_refused_whole(
     client: Client, keel_settings: KeelSettings, tmp_path: Path
 ) -> None:
@@ -381,6 +386,7 @@ async def test_a_batch_file_with_too_many_items_is_refused_whole(
     assert "KEEL_MAX_BATCH_ITEMS" in out and await count(Batch) == 0
 
 
+@pytest.mark.slow  # a real `keel` process
 async def test_oversized_batch_lines_are_reported_by_number_and_the_rest_run(
     client: Client, keel_settings: KeelSettings, tmp_path: Path
 ) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import stat
-import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -45,8 +44,8 @@ from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect, keel_data_converter
 from llmsim import SimServer
 from starters.encryption_keys import encryption_keys_app
-from tests.approvals.cli import KeelCli
 from tests.conftest import TEMPORAL_CLI, reconfigure
+from tests.helpers import KeelCli, codec_server_process
 from tests.security.codec_workflows import RefusingWorkflow, RelayWorkflow, refuse, shout
 from tests.security.history_payloads import history_payloads, payloads_in, raw_bytes
 from tests.worker_processes import WorkerProcess, worker_environment, worker_processes
@@ -107,6 +106,7 @@ def event_payloads(events: Sequence[HistoryEvent], attribute: str) -> list[Paylo
 # --- End to end: a real worker process, the raw history, the codec server, the CLI ------------
 
 
+@pytest.mark.slow  # a real worker process
 async def test_prompt_and_answer_are_ciphertext_in_history_and_keel_reads_them(
     client: Client, keel_settings: KeelSettings, simulator: SimServer, tmp_path: Path
 ) -> None:
@@ -549,6 +549,7 @@ def test_rotate_refuses_to_edit_keys_that_live_in_the_environment(
     assert code == 0 and fresh.key_id == "fresh" and len(fresh.secret) == 32
 
 
+@pytest.mark.slow  # the temporal CLI and a codec server process
 async def test_temporal_cli_shows_plaintext_only_through_the_codec_server(
     client: Client, tmp_path: Path
 ) -> None:
@@ -561,15 +562,7 @@ async def test_temporal_cli_shows_plaintext_only_through_the_codec_server(
         await handle.signal(RelayWorkflow.send_reply, "shown")
         await handle.result()
 
-    server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "starters.codec_server", "--port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        assert server.stdout is not None
-        first_line = (await asyncio.wait_for(server.stdout.readline(), 60)).decode()
-        assert "keel codec-server on http://127.0.0.1:" in first_line, first_line
-        url = first_line.split(" on ")[1].split()[0]
+    async with codec_server_process() as url:
 
         async def show(*extra: str) -> str:
             cli = await asyncio.create_subprocess_exec(
@@ -587,6 +580,3 @@ async def test_temporal_cli_shows_plaintext_only_through_the_codec_server(
         assert secret.upper() not in without_codec and "binary/encrypted" in without_codec
         decoded = await show("--codec-endpoint", url)
         assert f'"{secret.upper()} / shown"' in decoded and "json/plain" in decoded
-    finally:
-        server.terminate()
-        await server.wait()

@@ -42,8 +42,8 @@ from infra.tables import (
 from llmsim import SimServer
 from services.chat_client import TurnRequest, run_turn
 from services.retention import PURGED_TEXT, parse_duration, purge_content
-from tests.approvals.cli import KeelCli
 from tests.batch.conftest import prompt_lines, start_batch
+from tests.helpers import KeelCli
 from tests.security.audit_support import (
     restore,
     run_review,
@@ -371,6 +371,7 @@ def test_durations_parse_and_bad_ones_say_what_to_write() -> None:
         parse_duration("0d")
 
 
+@pytest.mark.slow  # real `keel` processes
 async def test_the_purge_command_refuses_bad_input_and_asks_before_purging(
     client: Client, keel_settings: KeelSettings, database_url: str
 ) -> None:

@@ -17,7 +17,7 @@ from infra.token_streams import StreamEventType, StreamHub
 from llmsim import SimServer
 from services.chat_client import TurnRequest, run_turn, start_turn
 from tests.conftest import reconfigure
-from tests.reliability.ledger import ledger_rows
+from tests.helpers import ledger_rows
 from tests.sessions.conftest import stored_messages, stored_session
 
 MODEL = "gpt-4o-mini"

@@ -3,35 +3,24 @@ as a subprocess, against the test's Temporal, Postgres and worker."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import uuid
-from pathlib import Path
 
+import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from infra.settings import KeelSettings
 from llmsim import SimServer
+from tests.helpers import KeelCli
 from tests.sessions.conftest import stored_messages
-from tests.worker_processes import REPO_ROOT, worker_environment
-
-KEEL = str(Path(sys.executable).with_name("keel"))
 
 
 async def keel(client: Client, settings: KeelSettings, *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        KEEL,
-        *args,
-        cwd=REPO_ROOT,
-        env={**worker_environment(client, settings), "COLUMNS": "200", "NO_COLOR": "1"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    return process.returncode or 0, out.decode(), err.decode()
+    result = await KeelCli(client, settings, columns=200)(*args, timeout=60)
+    return result.code, result.out, result.err
 
 
+@pytest.mark.slow  # real `keel` processes
 async def test_keel_chat_streams_a_turn_and_session_show_reports_it(
     client: Client, keel_settings: KeelSettings, interactive_worker: Worker, simulator: SimServer
 ) -> None:

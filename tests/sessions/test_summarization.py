@@ -15,7 +15,7 @@ from infra.settings import KeelSettings
 from llmsim import SimServer, count_message_tokens
 from services.chat_client import TurnRequest, run_turn
 from tests.conftest import reconfigure
-from tests.reliability.ledger import ledger_rows
+from tests.helpers import ledger_rows
 from tests.sessions.conftest import stored_messages, stored_session
 
 MODEL = "gpt-4o-mini"

@@ -19,6 +19,7 @@ import starters.sim
 from infra.settings import get_settings
 
 
+@pytest.mark.slow  # a real simulator process
 def test_module_entry_point_serves_and_stops_promptly(tmp_path: Path) -> None:
     profile = tmp_path / "faults.json"
     profile.write_text(json.dumps({"scripted": [{"model": "gpt-4o", "kind": "hang"}]}))

@@ -1,0 +1,61 @@
+"""One question to an LLM as a durable workflow (``keel ask``, the demos): start it, and read
+what the ledger metered for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.client import Client, WorkflowHandle
+
+from contracts.llm import LedgerOutcome
+from contracts.search_attributes import tenant_search_attributes
+from infra.settings import KeelSettings
+from infra.tables import LlmCall
+from workflows.ask import AskInput, AskOutput, AskWorkflow
+
+
+async def start_ask(
+    client: Client, settings: KeelSettings, params: AskInput, workflow_id: str
+) -> WorkflowHandle[AskWorkflow, AskOutput]:
+    """Start AskWorkflow on the interactive queue with the tenant's search attributes."""
+    return await client.start_workflow(
+        AskWorkflow.run,
+        params,
+        id=workflow_id,
+        task_queue=settings.interactive_task_queue,
+        search_attributes=tenant_search_attributes(params.tenant, "ask"),
+    )
+
+
+@dataclass(frozen=True)
+class LedgerAttempts:
+    """What the ledger metered for one run: every attempt, of every model asked."""
+
+    attempts: int
+    models: list[str]
+
+
+async def ledger_attempts(
+    sessions: async_sessionmaker[AsyncSession], workflow_id: str, run_id: str | None
+) -> LedgerAttempts | None:
+    """The run's ledger rows (None when the database cannot be read: the answer still
+    prints, with the answering model's own attempt count)."""
+    statement = (
+        select(LlmCall.model)
+        .where(
+            LlmCall.workflow_id == workflow_id,
+            LlmCall.outcome != LedgerOutcome.IN_FLIGHT.value,
+        )
+        .order_by(LlmCall.id)
+    )
+    if run_id is not None:
+        statement = statement.where(LlmCall.run_id == run_id)
+    try:
+        async with sessions() as session:
+            models = list((await session.execute(statement)).scalars())
+    except (OSError, SQLAlchemyError):
+        return None
+    return LedgerAttempts(len(models), list(dict.fromkeys(models)))
