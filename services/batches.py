@@ -119,7 +119,11 @@ class BatchUpdateRefused(BatchError):
 
 class NothingToRetry(BatchError):
     def __init__(self, batch_id: str) -> None:
-        super().__init__(f"batch {batch_id} has no failed items that can run again")
+        super().__init__(
+            f"batch {batch_id} has no failed items that can run again",
+            f"malformed lines cannot run: see them with keel batch results {batch_id}, fix the "
+            "file and start it as a new batch",
+        )
         self.batch_id = batch_id
 
 

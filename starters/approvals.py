@@ -301,7 +301,7 @@ def edit(
             "the changed draft must be a plain-text file; nothing was sent",
         )
     if not text.strip():
-        fail(f"{file} is empty")
+        fail(f"{file} is empty", "put the edited draft in the file; nothing was sent")
     run_then_close_database(
         _decide(
             workflow_id,

@@ -45,7 +45,10 @@ def purge(
         console.print("[dim]dry run: nothing changed · purge: drop --dry-run[/]")
         return
     if preview.total == 0:
-        console.print("nothing to purge")
+        console.print(
+            f"nothing to purge (nothing recorded: keel audit {PURGE_AUDIT_ID} lists purges that "
+            "removed content)"
+        )
         return
     if not yes:
         if not sys.stdin.isatty():

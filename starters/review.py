@@ -165,7 +165,9 @@ def start(
     except UnicodeDecodeError:
         fail(f"{file} is not UTF-8 text", "review plain-text or Markdown documents")
     if not document.strip():
-        fail(f"{file} is empty")
+        fail(
+            f"{file} is empty", "give a file that holds the document to review; nothing was started"
+        )
     try:
         check_prompt([document], PromptLimits.from_settings(settings), str(file))
     except (InputTooLarge, UnstorableText) as error:
