@@ -23,7 +23,7 @@ from tests.api.tokens import http_client, issue_token
 from tests.approvals.records import gate_events, pending_gate, seed_reviewers
 from tests.approvals.reviews import published, start_review
 from tests.helpers import KeelCli, audit_events
-from workflows.document_review import DocumentReviewWorkflow
+from workflows.document_review import ReviewOutput
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -224,7 +224,8 @@ async def test_a_reviewer_added_after_the_gate_opened_approves_through_the_cli(
     approved = await keel("approve", workflow_id, "--reviewer", "carol")
     assert approved.code == 0, approved.text
     assert "gate 'publish' approved by carol" in approved.out
-    result = await client.get_workflow_handle_for(DocumentReviewWorkflow.run, workflow_id).result()
+    handle = client.get_workflow_handle(workflow_id, result_type=ReviewOutput)
+    result = await handle.result()
     assert result.status == "published" and result.approved_by == ["carol"]
     assert not [e for e in await audit_events(workflow_id) if e.event_type == "approval.refused"]
 
