@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import signal
 import tempfile
 from collections import Counter
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx2
 import psutil
 import pytest
-from devstack_helpers import Stack, kill_leftovers, make_settings, quiet_console
+from devstack_helpers import Stack, discard_home, make_settings
 from sqlalchemy import func, select
 from temporalio.client import Client
 
@@ -49,10 +48,9 @@ def traversable_home() -> Iterator[Path]:
     try:
         yield home
     finally:
-        with contextlib.suppress(Exception):
-            stack.down(make_settings(home), console=quiet_console(), grace=3.0)
-        kill_leftovers(home)
-        shutil.rmtree(home, ignore_errors=True)
+        # Also removes the Postgres service directory under /var/lib/keel-postgres that a home
+        # gets when keel-postgres cannot reach the installed binaries (a clone in a 0700 dir).
+        discard_home(home)
 
 
 def sigkill(status: stack.StackStatus, part: str) -> None:
