@@ -81,8 +81,12 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of the test's own (≈1 s to start). Not one per session: the test
+    server's clock is global and stops skipping while any workflow task is outstanding, so a
+    workflow an earlier test left running (its timer firing after its worker stopped) made later
+    tests wait in real time for hours of skipped time."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(TEMPORAL_TEST_SERVER),
         data_converter=keel_data_converter(KeelSettings()),
