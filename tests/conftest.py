@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import itertools
 import os
@@ -81,29 +82,38 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
+@contextlib.asynccontextmanager
+async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
+    """A new time-skipping test server with keel's converter and search attributes."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(TEMPORAL_TEST_SERVER),
+        data_converter=keel_data_converter(KeelSettings()),
+    )
+    try:
+        # The test server takes no --search-attribute flag: register keel's attributes (the
+        # approval gate sets KeelAwaiting; an unknown attribute would fail its workflow task).
+        await env.client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=env.client.namespace,
+                search_attributes={
+                    key.name: IndexedValueType.ValueType(key.indexed_value_type.value)
+                    for key in ALL_SEARCH_ATTRIBUTES
+                },
+            )
+        )
+        yield env
+    finally:
+        await env.shutdown()
+
+
 @pytest.fixture
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping server of the test's own (≈1 s to start). Not one per session: the test
     server's clock is global and stops skipping while any workflow task is outstanding, so a
     workflow an earlier test left running (its timer firing after its worker stopped) made later
     tests wait in real time for hours of skipped time."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(TEMPORAL_TEST_SERVER),
-        data_converter=keel_data_converter(KeelSettings()),
-    )
-    # The test server takes no --search-attribute flag: register keel's attributes (the approval
-    # gate sets KeelAwaiting; an unknown attribute would fail its workflow task).
-    await env.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=env.client.namespace,
-            search_attributes={
-                key.name: IndexedValueType.ValueType(key.indexed_value_type.value)
-                for key in ALL_SEARCH_ATTRIBUTES
-            },
-        )
-    )
-    yield env
-    await env.shutdown()
+    async with time_skipping_server() as env:
+        yield env
 
 
 @pytest.fixture

@@ -15,16 +15,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from contracts.search_attributes import ALL_SEARCH_ATTRIBUTES
-from infra.settings import KeelSettings
-from infra.temporal_client import keel_data_converter
-from tests.conftest import TEMPORAL_TEST_SERVER
+from tests.conftest import time_skipping_server
 from tests.workflows.mocks import KeelMocks
 from workflows.ask import AskWorkflow
 from workflows.batch import BatchWorkflow
@@ -86,21 +81,8 @@ async def workflow_test_env() -> AsyncIterator[WorkflowEnvironment]:
     task is outstanding, so a workflow another group left running (its timer firing with no
     worker left to poll) would hang every ``result()`` here. Starting one costs about a second.
     """
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(TEMPORAL_TEST_SERVER),
-        data_converter=keel_data_converter(KeelSettings()),
-    )
-    await env.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=env.client.namespace,
-            search_attributes={
-                key.name: IndexedValueType.ValueType(key.indexed_value_type.value)
-                for key in ALL_SEARCH_ATTRIBUTES
-            },
-        )
-    )
-    yield env
-    await env.shutdown()
+    async with time_skipping_server() as env:
+        yield env
 
 
 @pytest.fixture
