@@ -167,14 +167,21 @@ async def test_the_worker_reports_approvals_batches_and_task_queues(
     worker_metrics: str, client: Client, keel_settings: KeelSettings
 ) -> None:
     url, settings = worker_metrics, keel_settings
-    now = datetime.now(UTC)
+    started = datetime.now(UTC)
     gates = [
         # (workflow, tenant, status, requested, deadline, escalation level)
-        ("wf-late", "acme", "pending", now - timedelta(hours=2), now + timedelta(hours=1), 0),
-        ("wf-fresh", "acme", "pending", now, now + timedelta(hours=2), 0),
-        ("wf-open-ended", "acme", "pending", now - timedelta(days=9), None, 0),
-        ("wf-escalated", "beta", "pending", now - timedelta(hours=1), None, 1),
-        ("wf-decided", "beta", "approved", now - timedelta(hours=9), now, 2),
+        (
+            "wf-late",
+            "acme",
+            "pending",
+            started - timedelta(hours=2),
+            started + timedelta(hours=1),
+            0,
+        ),
+        ("wf-fresh", "acme", "pending", started, started + timedelta(hours=2), 0),
+        ("wf-open-ended", "acme", "pending", started - timedelta(days=9), None, 0),
+        ("wf-escalated", "beta", "pending", started - timedelta(hours=1), None, 1),
+        ("wf-decided", "beta", "approved", started - timedelta(hours=9), started, 2),
     ]
     batches = [("b-running", "running"), ("b-paused", "paused"), ("b-done", "completed")]
     items = {"b-running": ["ok", "ok", "failed", "running", "pending"], "b-done": ["ok"]}
@@ -220,12 +227,12 @@ async def test_the_worker_reports_approvals_batches_and_task_queues(
     )
 
     def reported() -> bool:
-        now = scrape(url)
+        exposition = scrape(url)
         return (
-            value(now, "keel_approvals_escalated", tenant="beta") == 1
-            and value(now, "keel_batch_status", batch_id="b-running") == 1
+            value(exposition, "keel_approvals_escalated", tenant="beta") == 1
+            and value(exposition, "keel_batch_status", batch_id="b-running") == 1
             and value(
-                now,
+                exposition,
                 "keel_task_queue_backlog",
                 task_queue=settings.batch_task_queue,
                 task_type="workflow",
@@ -234,14 +241,16 @@ async def test_the_worker_reports_approvals_batches_and_task_queues(
         )
 
     await eventually(reported, timeout=15.0, interval=0.2)
-    now = await asyncio.to_thread(scrape, url)
-    assert value(now, "keel_approvals_past_half_deadline", tenant="acme") == 1
-    assert value(now, "keel_approvals_past_half_deadline", tenant="beta") == 0
-    assert value(now, "keel_approvals_escalated", tenant="acme") == 0
-    assert value(now, "keel_approvals_pending") == 4
+    exposition = await asyncio.to_thread(scrape, url)
+    assert value(exposition, "keel_approvals_past_half_deadline", tenant="acme") == 1
+    assert value(exposition, "keel_approvals_past_half_deadline", tenant="beta") == 0
+    assert value(exposition, "keel_approvals_escalated", tenant="acme") == 0
+    assert value(exposition, "keel_approvals_pending") == 4
 
     def batch(batch_id: str, status: str) -> float:
-        return value(now, "keel_batch_items", batch_id=batch_id, tenant="acme", status=status)
+        return value(
+            exposition, "keel_batch_items", batch_id=batch_id, tenant="acme", status=status
+        )
 
     assert [batch("b-running", s) for s in ("ok", "failed", "running", "pending", "skipped")] == [
         2,
@@ -250,21 +259,30 @@ async def test_the_worker_reports_approvals_batches_and_task_queues(
         1,
         0,
     ]
-    assert value(now, "keel_batch_status", batch_id="b-running", status="running") == 1
-    assert value(now, "keel_batch_status", batch_id="b-paused", status="paused") == 1
+    assert value(exposition, "keel_batch_status", batch_id="b-running", status="running") == 1
+    assert value(exposition, "keel_batch_status", batch_id="b-paused", status="paused") == 1
     assert batch("b-paused", "pending") == 0  # a batch with no items yet still has its series
-    assert "b-done" not in now  # finished batches leave the gauges
+    assert "b-done" not in exposition  # finished batches leave the gauges
 
     interactive, batch_queue = settings.interactive_task_queue, settings.batch_task_queue
     for task_type in ("workflow", "activity"):
         assert (
-            value(now, "keel_task_queue_pollers", task_queue=interactive, task_type=task_type) >= 1
+            value(
+                exposition, "keel_task_queue_pollers", task_queue=interactive, task_type=task_type
+            )
+            >= 1
         )
         assert (
-            value(now, "keel_task_queue_pollers", task_queue=batch_queue, task_type=task_type) == 0
+            value(
+                exposition, "keel_task_queue_pollers", task_queue=batch_queue, task_type=task_type
+            )
+            == 0
         )
     age = value(
-        now, "keel_task_queue_backlog_age_seconds", task_queue=batch_queue, task_type="workflow"
+        exposition,
+        "keel_task_queue_backlog_age_seconds",
+        task_queue=batch_queue,
+        task_type="workflow",
     )
     assert age > 0
 
@@ -274,13 +292,13 @@ async def test_the_worker_reports_approvals_batches_and_task_queues(
         await session.execute(text("UPDATE batches SET status = 'completed'"))
 
     def cleared() -> bool:
-        now = scrape(url)
-        return "b-running" not in now and value(now, "keel_approvals_pending") == 0
+        exposition = scrape(url)
+        return "b-running" not in exposition and value(exposition, "keel_approvals_pending") == 0
 
     await eventually(cleared, timeout=15.0, interval=0.2)
-    now = await asyncio.to_thread(scrape, url)
-    assert value(now, "keel_approvals_past_half_deadline") == 0
-    assert value(now, "keel_approvals_escalated") == 0
+    exposition = await asyncio.to_thread(scrape, url)
+    assert value(exposition, "keel_approvals_past_half_deadline") == 0
+    assert value(exposition, "keel_approvals_escalated") == 0
 
 
 async def test_the_endpoint_answers_health_checks_and_moves_off_a_taken_port() -> None:
