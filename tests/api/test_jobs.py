@@ -30,7 +30,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from activities.jobs import CallbackDeliverer
+from activities.jobs import JobActivities
 from api.server import running_api, serving
 from contracts.activities import DELIVER_JOB_CALLBACK
 from contracts.jobs import JobOutput
@@ -41,7 +41,7 @@ from infra.callback_signing import (
     signing_secret,
     verify_signature,
 )
-from infra.database import session_factory
+from infra.database import session_factory, sessions_for
 from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings
 from infra.tables import Job
@@ -107,10 +107,11 @@ async def job_worker(
     resolver: Resolver = system_resolver,
 ) -> AsyncIterator[LoopbackOnlyTransport]:
     """The interactive queue's worker, its callback delivery built with the given settings (None:
-    the process's) and resolver, sending through a loopback-only transport (yielded)."""
+    ``settings``) and resolver, sending through a loopback-only transport (yielded)."""
     transport = LoopbackOnlyTransport()
     contents = queue_contents(settings.interactive_task_queue, settings)
-    delivery = CallbackDeliverer(worker_settings, resolver, transport).deliver
+    jobs = JobActivities(worker_settings or settings, sessions_for(settings), resolver, transport)
+    delivery = jobs.deliver_job_callback
     activities = [a for a in contents.activities if activity_name(a) != DELIVER_JOB_CALLBACK.name]
     worker = Worker(
         client,

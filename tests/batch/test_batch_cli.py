@@ -16,7 +16,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.batch.files import parse_line
+from activities.batch.files import BatchFileLimits, parse_line
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.batch.conftest import CHEAP, items_of
@@ -285,7 +285,10 @@ def test_start_help_shows_the_line_format_with_examples_that_parse() -> None:
         for line in shown.stdout.splitlines()
         if line.strip().startswith('{"custom_id"')
     ]
-    parsed = [parse_line(number, example) for number, example in enumerate(examples, start=1)]
+    limits = BatchFileLimits.from_settings(KeelSettings())
+    parsed = [
+        parse_line(number, example, limits) for number, example in enumerate(examples, start=1)
+    ]
     assert [(p.line_format, p.problem) for p in parsed if p] == [
         ("keel", None),
         ("keel", None),

@@ -26,13 +26,14 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
-from activities.batch.items import load_batch_file
+from activities.batch.files import BatchFileLimits
+from activities.batch.items import BatchItemActivities
 from activities.sessions import FOLD_INSTRUCTION_TOKENS
 from api.server import running_api
 from contracts.batch import BatchOptions, LoadFileInput
 from contracts.llm import ChatMessage
 from contracts.sessions import FoldPlan, session_workflow_id, summarization_prompt
-from infra.database import session_factory
+from infra.database import session_factory, sessions_for
 from infra.settings import KeelSettings
 from infra.tables import Batch, BatchItem, ChatSession, Job
 from llmsim import SimServer, count_message_tokens
@@ -516,12 +517,15 @@ async def test_a_scheduled_batch_over_a_limit_is_recorded_as_refused_with_the_re
 ) -> None:
     """A schedule reads its file on the worker, at run time: the refusal is the batch's
     status, and the load fails for good (re-reading cannot shrink the file)."""
-    reconfigure(monkeypatch, KEEL_MAX_BATCH_ITEMS="2")
+    settings = reconfigure(monkeypatch, KEEL_MAX_BATCH_ITEMS="2")
+    batch_items = BatchItemActivities(
+        sessions_for(settings), BatchFileLimits.from_settings(settings)
+    )
     path = tmp_path / "nightly.jsonl"
     path.write_text("\n".join(keel_line(f"q{n}", "Name a lake.") for n in range(3)) + "\n")
     with pytest.raises(ApplicationError) as refused:
         await ActivityEnvironment().run(
-            load_batch_file,
+            batch_items.load_batch_file,
             LoadFileInput(batch_id="nightly-1", path=str(path), options=BatchOptions()),
         )
     assert refused.value.type == "BatchFileRefused" and refused.value.non_retryable
