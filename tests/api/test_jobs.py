@@ -47,7 +47,7 @@ from infra.settings import KeelSettings
 from infra.tables import Job
 from llmsim import SimServer
 from tests.api.tokens import http_client, issue_token
-from tests.conftest import reconfigure
+from tests.conftest import KeelWorkers, reconfigure
 from tests.outbound import LoopbackOnlyTransport, StubResolver
 from workers.registry import queue_contents
 
@@ -152,12 +152,13 @@ async def wait_for_job(http: httpx2.AsyncClient, job_id: str, timeout: float = 3
 async def test_a_job_answers_at_once_and_its_callback_is_signed_and_acknowledged_once(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     receiver: Receiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = reconfigure(monkeypatch, KEEL_CALLBACK_SIGNING_SECRET=SECRET)
+    await keel_workers.start(settings)
     token = await issue_token()
     async with running_api(settings, client) as url, http_client(url, token) as http:
         created = await http.post(
@@ -237,7 +238,7 @@ async def test_job_requests_are_validated_and_idempotent(
 async def test_the_readme_job_callback_is_signed_with_the_secret_the_dev_stack_creates(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     receiver: Receiver,
     monkeypatch: pytest.MonkeyPatch,
@@ -250,6 +251,7 @@ async def test_the_readme_job_callback_is_signed_with_the_secret_the_dev_stack_c
     monkeypatch.delenv("KEEL_CALLBACK_SIGNING_SECRET_FILE", raising=False)
     monkeypatch.delenv("KEEL_CALLBACK_ALLOWED_DESTINATIONS", raising=False)
     settings = reconfigure(monkeypatch, KEEL_HOME=str(tmp_path / "keel-home"))
+    await keel_workers.start(settings)  # the worker reads the same file
     secret_file = ensure_secret_file(settings)  # what `keel dev up` does on its first start
     assert secret_file == tmp_path / "keel-home" / "callback-signing-secret"
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
