@@ -128,9 +128,12 @@ async def test_llm_metrics_name_the_route_the_chain_and_the_call_class(
     worker_metrics: str,
     client: Client,
     keel_settings: KeelSettings,
+    keel_workers: KeelWorkers,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """What the availability, latency and canary alerts group by (deploy/prometheus/rules)."""
+    """What the availability, latency and canary alerts group by (deploy/prometheus/rules).
+    The routes' worker has the settings it was built with, on a queue of its own; its metrics
+    are the process's, which the endpoint serves."""
     url = worker_metrics
     settings = reconfigure(
         monkeypatch,
@@ -138,7 +141,9 @@ async def test_llm_metrics_name_the_route_the_chain_and_the_call_class(
         KEEL_ROUTE_POLICIES=json.dumps(
             {"quality": {"canaries": [{"models": [CANARY], "weight": 50, "label": "nano"}]}}
         ),
+        KEEL_INTERACTIVE_TASK_QUEUE=f"{keel_settings.interactive_task_queue}-canary",
     )
+    await keel_workers.start(settings)
     before = await asyncio.to_thread(scrape, url)
     results = await asyncio.gather(
         *(ask(client, settings, route="quality", tenant="canary", max_tokens=16) for _ in range(12))
