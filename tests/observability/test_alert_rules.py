@@ -148,3 +148,33 @@ def test_alertmanager_routes_every_severity_to_a_receiver() -> None:
             named = re.fullmatch(r'~?"([^"]+)"', pattern)
             assert named, matcher
             assert any(re.fullmatch(named.group(1), alert) for alert in alerts), matcher
+
+
+def test_compose_prometheus_loads_the_rules_and_alerts_alertmanager(tmp_path: Path) -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    mounts = services["prometheus"]["volumes"]
+    assert "./deploy/prometheus/rules:/etc/prometheus/rules:ro" in mounts
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+    # The workers' task_queue labels (backlogs of every queue, SDK metrics) are the truth the
+    # rules group by; the scrape's own task_queue label must not rename them.
+    (workers,) = [job for job in config["scrape_configs"] if job["job_name"] == "keel-workers"]
+    assert workers["honor_labels"] is True
+    assert any(r.get("target_label") == "task_queue" for r in workers["relabel_configs"])
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    (target,) = alertmanagers["static_configs"][0]["targets"]
+    assert target == "alertmanager:9093"  # the service below, on Alertmanager's own port
+    assert services["alertmanager"]["ports"][0].endswith(":9093")
+    assert (
+        "./deploy/alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro"
+        in (services["alertmanager"]["volumes"])
+    )
+    # The config as the container sees it, its rule files where the mount puts them.
+    config["rule_files"] = [str(PROMETHEUS / "rules" / "*.yml")]
+    copy = tmp_path / "prometheus.yml"
+    copy.write_text(yaml.safe_dump(config))
+    output = run_promtool("check", "config", str(copy))
+    for path in RULE_FILES:
+        assert f"Checking {path}" in output
+    assert f"SUCCESS: {len(RULE_FILES)} rule files found" in output
