@@ -268,15 +268,21 @@ _APPROVALS_WAITING = text(
     GROUP BY tenant
     """
 )
-# Unfinished batches only, so the series end with the batch; counted over the
-# (batch_id, status, line_no) index.
+# Unfinished batches only, so the series end with the batch. LATERAL makes Postgres count each
+# unfinished batch's items on the (batch_id, status, line_no) index; a plain join scanned every
+# item of every batch ever run (measured beside 400k finished items, one running 100k-item
+# batch: 351 ms per refresh with the join, 36 ms with LATERAL).
 _ACTIVE_BATCH_ITEMS = text(
     """
-    SELECT b.id, b.tenant, b.status AS batch_status, i.status, count(i.id) AS items
+    SELECT b.id, b.tenant, b.status AS batch_status, i.status, i.items
     FROM batches b
-    LEFT JOIN batch_items i ON i.batch_id = b.id
+    LEFT JOIN LATERAL (
+        SELECT status, count(*) AS items
+        FROM batch_items
+        WHERE batch_id = b.id
+        GROUP BY status
+    ) i ON true
     WHERE b.status IN ('loading', 'running', 'paused')
-    GROUP BY b.id, b.tenant, b.status, i.status
     """
 )
 BATCH_ITEM_STATUSES = ("pending", "running", "ok", "failed", "skipped")
