@@ -123,7 +123,7 @@ async def current_reviewer(cookie: str | None) -> Reviewer | None:
         ).first()
     if found is None:
         return None
-    row, token = found.tuple()
+    row, token = found
     now = datetime.now(UTC)
     if row.signed_out_at is not None or row.expires_at <= now:
         return None

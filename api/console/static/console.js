@@ -8,7 +8,7 @@
   function duration(seconds) {
     seconds = Math.floor(Math.abs(seconds));
     if (seconds < 120) return seconds + "s";
-    if (seconds < 7200) return Math.floor(seconds / 60) + "m";
+    if (seconds < 3600) return Math.floor(seconds / 60) + "m";
     if (seconds < 172800) return Math.floor(seconds / 3600) + "h " + Math.floor((seconds % 3600) / 60) + "m";
     return Math.floor(seconds / 86400) + "d " + Math.floor((seconds % 86400) / 3600) + "h";
   }
