@@ -166,7 +166,13 @@ async def _form(request: Request) -> dict[str, str]:
     if content_type != "application/x-www-form-urlencoded":
         return {}
     parsed = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
-    return {key: values[0][:MAX_FORM_FIELD] for key, values in parsed.items() if values}
+    # Browsers send a textarea's line breaks as CRLF (HTML's form encoding); drafts use LF, and
+    # an edit must differ from its draft only where the reviewer changed it.
+    return {
+        key: values[0][:MAX_FORM_FIELD].replace("\r\n", "\n")
+        for key, values in parsed.items()
+        if values
+    }
 
 
 def _secure(request: Request) -> bool:

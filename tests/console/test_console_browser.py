@@ -109,8 +109,8 @@ async def test_approve_edit_and_reject_decide_the_real_review(
     await page.click(f"li[data-gate-key='{approved.id}/publish'] h2 a")
     await page.wait_for(lambda d: d.find_elements(By.ID, "approve-comment"), what="gate page")
     assert await page.text("#draft") == draft
-    facts = await page.text("dl.facts")
-    assert "Self-check confidence" in facts and "Cost so far" in facts
+    facts = (await page.text("dl.facts")).lower()
+    assert "self-check confidence" in facts and "cost so far\n$0.0" in facts
     assert "Q3 report" in await page.run(
         lambda d: d.find_element(By.ID, "source").get_attribute("textContent")
     )

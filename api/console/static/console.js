@@ -93,7 +93,8 @@
       timer = setTimeout(function () {
         var body = new URLSearchParams(new FormData(form));
         body.set("action", "preview");
-        fetch(form.action, {
+        // form.action would be the button named "action": read the attribute.
+        fetch(form.getAttribute("action"), {
           method: "POST", credentials: "same-origin", body: body,
           headers: { "X-Console-Fragment": "diff" }
         }).then(function (response) { return response.ok ? response.text() : null; })
