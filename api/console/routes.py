@@ -196,8 +196,12 @@ async def _checked_post(
             None,
             form,
             _page(
-                "sign_in.html",
-                {"error": "Your session has ended: sign in again.", "csrf": ""},
+                "error.html",
+                {
+                    "title": "Signed out",
+                    "message": "You are not signed in (or your session has ended): nothing "
+                    "was changed. Sign in again.",
+                },
                 status=401,
             ),
         )
@@ -234,11 +238,14 @@ async def home(request: Request) -> Response:
     return _to("/queue")
 
 
-@router.get("/sign-in", response_class=HTMLResponse)
-async def sign_in_page(request: Request, signed_out: str | None = None) -> Response:
+def _sign_in_form(
+    request: Request, error: str | None = None, notice: str | None = None, status: int = 200
+) -> Response:
+    """The sign-in form with a fresh double-submit CSRF token (cookie and hidden field)."""
     csrf = new_csrf_token()
-    notice = "You are signed out." if signed_out else None
-    response = _page("sign_in.html", {"csrf": csrf, "error": None, "notice": notice})
+    response = _page(
+        "sign_in.html", {"csrf": csrf, "error": error, "notice": notice}, status=status
+    )
     response.set_cookie(
         SIGN_IN_CSRF_COOKIE, csrf, max_age=3600, httponly=True, samesite="strict",
         secure=_secure(request), path="/console",
@@ -246,26 +253,24 @@ async def sign_in_page(request: Request, signed_out: str | None = None) -> Respo
     return response
 
 
+@router.get("/sign-in", response_class=HTMLResponse)
+async def sign_in_page(request: Request, signed_out: str | None = None) -> Response:
+    return _sign_in_form(request, notice="You are signed out." if signed_out else None)
+
+
 @router.post("/sign-in", response_class=HTMLResponse)
 async def sign_in_submit(request: Request) -> Response:
     form = await _form(request)
     if not same_token(request.cookies.get(SIGN_IN_CSRF_COOKIE), form.get("csrf_token")):
         await record_refusal(None, "default", request.url.path, "sign-in without its CSRF token")
-        return _page(
-            "sign_in.html",
-            {"csrf": "", "error": "This sign-in form expired: reload the page.", "notice": None},
-            status=403,
-        )
+        return _sign_in_form(request, error="This sign-in form had expired: try again.", status=403)
     settings = _api(request).settings
     try:
         secret, reviewer = await sign_in(
             form.get("token", ""), timedelta(hours=settings.console_session_hours)
         )
     except SignInRefused as refused:
-        csrf = request.cookies.get(SIGN_IN_CSRF_COOKIE, "")
-        return _page(
-            "sign_in.html", {"csrf": csrf, "error": str(refused), "notice": None}, status=401
-        )
+        return _sign_in_form(request, error=str(refused), status=401)
     log.info("console.signed_in", reviewer=reviewer.reviewer, token_id=reviewer.token_id)
     response = _to("/queue")
     response.set_cookie(

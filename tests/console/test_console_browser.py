@@ -129,7 +129,9 @@ async def test_approve_edit_and_reject_decide_the_real_review(
     await page.click("button[value=reject]")  # no reason: the browser will not send it
     assert "gate=publish" in await page.path()
     assert await page.run(
-        lambda d: d.execute_script("return document.getElementById('reject-reason').validity.valueMissing")
+        lambda d: d.execute_script(
+            "return document.getElementById('reject-reason').validity.valueMissing"
+        )
     )
     await page.fill("#reject-reason", "name the two offices")
     await page.click("button[value=reject]")
@@ -209,9 +211,7 @@ async def test_phone_width_labels_and_sign_out(page: Page, console: ConsoleRig) 
         .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
                      && !e.getAttribute('aria-labelledby'))
         .map(e => e.id || e.name);"""
-    overflow = (
-        "return document.documentElement.scrollWidth - document.documentElement.clientWidth;"
-    )
+    overflow = "return document.documentElement.scrollWidth - document.documentElement.clientWidth;"
     for path in (
         "/console/queue",
         f"/console/gate?workflow={handle.id}&gate=publish",
