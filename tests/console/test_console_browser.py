@@ -17,7 +17,7 @@ from services.approval_client import DecisionSender
 from tests.approvals.records import pending_gate, seed_reviewers
 from tests.approvals.reviews import published, start_review
 from tests.console.conftest import PHONE, ConsoleRig, Page, reviewer_token
-from tests.helpers import audit_events, eventually
+from tests.helpers import audit_events
 
 pytestmark = pytest.mark.slow
 

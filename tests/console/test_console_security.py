@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
+import asyncpg
+
 from contracts.approvals import GateRequest
 from services.api_tokens import IssuedToken, TokenRole
 from tests.api.tokens import issue_token
@@ -199,3 +201,28 @@ async def test_pages_without_a_session_send_to_sign_in_and_are_never_cached(
     assert headers["cache-control"] == "no-store"
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
     assert "script-src 'self'" in headers["content-security-policy"]
+
+
+async def test_the_trail_page_says_whether_the_hash_chain_verifies(
+    console: ConsoleRig, database_url: str
+) -> None:
+    await seed_reviewers(alice="editor")
+    workflow_id = await open_gate(console)
+    alice = await sign_in(console, await reviewer_token("alice"))
+    async with console.http(keel_console=alice.cookie) as http:
+        intact = await http.get("/console/trail", params={"workflow": workflow_id})
+    assert intact.status_code == 200
+    assert "Hash chain verified" in intact.text and "approval.requested" in intact.text
+
+    # Someone with database access rewrites who asked: the page says the chain is broken.
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            "UPDATE audit_events SET actor = 'mallory' WHERE workflow_id = $1 AND seq = 1",
+            workflow_id,
+        )
+    finally:
+        await connection.close()
+    async with console.http(keel_console=alice.cookie) as http:
+        tampered = await http.get("/console/trail", params={"workflow": workflow_id})
+    assert "Hash chain does NOT verify: seq 1 changed" in tampered.text
