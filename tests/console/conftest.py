@@ -96,6 +96,20 @@ class Page:
     async def text(self, css: str) -> str:
         return await self.run(lambda d: d.find_element(By.CSS_SELECTOR, css).text)
 
+    async def texts(self, css: str) -> list[str]:
+        return await self.run(lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, css)])
+
+    async def attributes(self, css: str, name: str) -> list[str]:
+        return await self.run(
+            lambda d: [e.get_attribute(name) or "" for e in d.find_elements(By.CSS_SELECTOR, css)]
+        )
+
+    async def hidden_text(self, css: str) -> str:
+        """An element's textContent, shown or not (a visually hidden live region)."""
+        return await self.run(
+            lambda d: d.find_element(By.CSS_SELECTOR, css).get_attribute("textContent") or ""
+        )
+
     async def fill(self, css: str, value: str) -> None:
         def fill(d: webdriver.Chrome) -> None:
             field = d.find_element(By.CSS_SELECTOR, css)
@@ -145,8 +159,9 @@ class Page:
         await self.click("form[action='/console/sign-in'] button[type=submit]")
         await self.wait_for(lambda d: "/console/queue" in d.current_url, what="the queue")
 
-    async def cookie(self, name: str) -> dict[str, Any] | None:
+    async def cookie(self, name: str) -> dict[str, Any]:
         found: dict[str, Any] | None = await self.run(lambda d: d.get_cookie(name))
+        assert found is not None, f"no {name} cookie"
         return found
 
 

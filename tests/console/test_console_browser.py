@@ -9,8 +9,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from contracts.approvals import ApprovalMode, ApproveDecision, GateRequest, ReviewPolicy
 from services.approval_client import DecisionSender
@@ -22,6 +24,18 @@ from tests.helpers import audit_events
 pytestmark = pytest.mark.slow
 
 ALWAYS = ReviewPolicy(mode=ApprovalMode.ALWAYS, escalation=[], remind_every=None)
+
+
+def tab_through(driver: WebDriver, target_id: str, limit: int = 6) -> list[str]:
+    """Press Tab until the element ``target_id`` has focus; returns what had focus on the way."""
+    seen = []
+    for _ in range(limit):
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        active = driver.switch_to.active_element
+        if active.get_attribute("id") == target_id:
+            return seen
+        seen.append(active.text or active.get_attribute("name") or active.tag_name)
+    raise AssertionError(f"Tab never reached #{target_id}: {seen}")
 
 
 def gate(name: str, deadline: timedelta, **fields: object) -> GateRequest:
@@ -65,19 +79,21 @@ async def test_sign_in_by_keyboard_then_the_queue_is_sorted_by_deadline_with_cou
     await page.run(lambda d: d.find_element(By.ID, "token").send_keys(Keys.ENTER))
     assert "not a keel API token" in await page.text("[role=alert]")
 
-    # Keyboard only: the field has focus after Tab from the skip link? Type and press Enter.
-    await page.fill("#token", alice.secret)
-    await page.run(lambda d: d.find_element(By.ID, "token").send_keys(Keys.ENTER))
+    # Keyboard only: Tab lands on the skip link first, then (past the brand link) on the token
+    # field; typing and Enter sign in.
+    await page.open("/console/sign-in")
+    focused = await page.run(lambda d: tab_through(d, "token"))
+    assert focused[0] == "Skip to content", focused
+    await page.run(lambda d: ActionChains(d).send_keys(alice.secret, Keys.ENTER).perform())
     await page.wait_for(lambda d: "/console/queue" in d.current_url, what="the queue")
     session = await page.cookie("keel_console")
-    assert session is not None and session["httpOnly"] is True
+    assert session["httpOnly"] is True
     assert session["sameSite"] == "Strict" and session["path"] == "/console"
     assert alice.secret not in str(session)
 
-    cards = await page.all("li[data-gate-key]")
-    keys = [await page.run(lambda d, c=c: c.get_attribute("data-gate-key")) for c in cards]
+    keys = await page.attributes("li[data-gate-key]", "data-gate-key")
     assert keys == [f"{soon.id}/soon", f"{budget.id}/budget-1", f"{later.id}/later"]
-    countdowns = [await page.run(lambda d, c=c: c.text) for c in await page.all(".countdown")]
+    countdowns = await page.texts(".countdown")
     assert countdowns[0].startswith("in 1h 5"), countdowns  # ticking down from 2 h
     assert countdowns[1].startswith("in 3h 5") and countdowns[2].startswith("in 5h 5")
     first = await page.text("li[data-gate-key]:first-child")
@@ -87,10 +103,7 @@ async def test_sign_in_by_keyboard_then_the_queue_is_sorted_by_deadline_with_cou
 
     # Filters: kind.
     await page.open("/console/queue?kind=budget")
-    keys = [
-        await page.run(lambda d, c=c: c.get_attribute("data-gate-key"))
-        for c in await page.all("li[data-gate-key]")
-    ]
+    keys = await page.attributes("li[data-gate-key]", "data-gate-key")
     assert keys == [f"{budget.id}/budget-1"]
 
 
@@ -111,9 +124,7 @@ async def test_approve_edit_and_reject_decide_the_real_review(
     assert await page.text("#draft") == draft
     facts = (await page.text("dl.facts")).lower()
     assert "self-check confidence" in facts and "cost so far\n$0.0" in facts
-    assert "Q3 report" in await page.run(
-        lambda d: d.find_element(By.ID, "source").get_attribute("textContent")
-    )
+    assert "Q3 report" in await page.hidden_text("#source")  # inside a closed <details>
     await page.screenshot("console-gate", tmp_path)
     await page.fill("#approve-comment", "ship it")
     await page.click("button[value=approve]")
@@ -184,9 +195,7 @@ async def test_a_gate_decided_elsewhere_leaves_the_queue_and_its_page_says_who(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, "li[data-gate-key]")) == 1,
         what="the decided gate to leave the queue",
     )
-    assert "decided elsewhere" in await page.run(
-        lambda d: d.find_element(By.ID, "live-status").get_attribute("textContent")
-    )
+    assert "decided elsewhere" in await page.hidden_text("#live-status")
 
     await page.open(f"/console/gate?workflow={second.id}&gate=second")
     assert await page.all("#decide")
@@ -225,7 +234,7 @@ async def test_phone_width_labels_and_sign_out(page: Page, console: ConsoleRig) 
         assert await page.all("main h1")
     await page.run(lambda d: d.set_window_size(1280, 900))
 
-    session = (await page.cookie("keel_console") or {})["value"]
+    session = (await page.cookie("keel_console"))["value"]
     await page.open("/console/queue")
     await page.click(".who button")
     await page.wait_for(lambda d: "signed_out=1" in d.current_url, what="the sign-in page")

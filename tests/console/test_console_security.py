@@ -11,7 +11,10 @@ from datetime import timedelta
 import asyncpg
 
 from contracts.approvals import GateRequest
+from infra.settings import KeelSettings
 from services.api_tokens import IssuedToken, TokenRole
+from starters.console_demo import console_url, demo_reviewer_token
+from starters.review_demo import REVIEWER
 from tests.api.tokens import issue_token
 from tests.approvals.records import gate_row, pending_gate, seed_reviewers
 from tests.console.conftest import ConsoleRig, reviewer_token
@@ -226,3 +229,15 @@ async def test_the_trail_page_says_whether_the_hash_chain_verifies(
     async with console.http(keel_console=alice.cookie) as http:
         tampered = await http.get("/console/trail", params={"workflow": workflow_id})
     assert "Hash chain does NOT verify: seq 1 changed" in tampered.text
+
+
+async def test_the_demo_reviewer_token_signs_in_to_the_console(
+    console: ConsoleRig, keel_settings: KeelSettings
+) -> None:
+    await seed_reviewers(**{REVIEWER: "editor"})
+    token = await demo_reviewer_token(keel_settings)
+    assert console_url(keel_settings) == f"http://127.0.0.1:{keel_settings.api_port}/console"
+    session = await sign_in(console, token)
+    async with console.http(keel_console=session.cookie) as http:
+        queue = await http.get("/console/queue")
+    assert f"Signed in as <strong>{REVIEWER}</strong>" in queue.text
