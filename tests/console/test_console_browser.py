@@ -65,6 +65,7 @@ async def test_sign_in_by_keyboard_then_the_queue_is_sorted_by_deadline_with_cou
         gate(
             "budget-1", timedelta(hours=4), role="editor", draft="12.50",
             subject="batch b1: raise the budget to $12.50, or stop",
+            reason="budget: $10.0000 of $10.00 spent and the next item would cross it",
         )
     )  # fmt: skip
     # Not alice's to decide: another role.
