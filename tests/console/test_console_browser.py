@@ -28,7 +28,7 @@ ALWAYS = ReviewPolicy(mode=ApprovalMode.ALWAYS, escalation=[], remind_every=None
 
 def tab_through(driver: WebDriver, target_id: str, limit: int = 6) -> list[str]:
     """Press Tab until the element ``target_id`` has focus; returns what had focus on the way."""
-    seen = []
+    seen: list[str] = []
     for _ in range(limit):
         ActionChains(driver).send_keys(Keys.TAB).perform()
         active = driver.switch_to.active_element
