@@ -191,7 +191,9 @@ async def _checked_post(
     reviewer = await _signed_in(request)
     form = await _form(request)
     if reviewer is None:
-        await record_refusal(None, "default", request.url.path, "no console session")
+        # Logged, not audited: an audit row per anonymous request would let anyone write to
+        # the trail. A forged form that rides on a real session is audited below.
+        log.info("console.no_session", path=request.url.path)
         return (
             None,
             form,
@@ -206,9 +208,7 @@ async def _checked_post(
             ),
         )
     if not same_token(reviewer.csrf_token, form.get("csrf_token")):
-        await record_refusal(
-            reviewer, reviewer.tenant, request.url.path, "missing or wrong CSRF token"
-        )
+        await record_refusal(reviewer, request.url.path, "missing or wrong CSRF token")
         log.info("console.csrf_refused", reviewer=reviewer.reviewer, path=request.url.path)
         return (
             reviewer,
@@ -262,7 +262,7 @@ async def sign_in_page(request: Request, signed_out: str | None = None) -> Respo
 async def sign_in_submit(request: Request) -> Response:
     form = await _form(request)
     if not same_token(request.cookies.get(SIGN_IN_CSRF_COOKIE), form.get("csrf_token")):
-        await record_refusal(None, "default", request.url.path, "sign-in without its CSRF token")
+        log.info("console.sign_in_csrf_refused")  # anonymous: logged, not audited (above)
         return _sign_in_form(request, error="This sign-in form had expired: try again.", status=403)
     settings = _api(request).settings
     try:
@@ -471,7 +471,7 @@ async def decide(request: Request) -> Response:
     if row is None:
         # Another tenant's gate is answered as one that does not exist, and the try recorded.
         await record_refusal(
-            reviewer, reviewer.tenant, request.url.path, f"no gate {gate_name!r} of "
+            reviewer, request.url.path, f"no gate {gate_name!r} of "
             f"{workflow_id!r} in tenant {reviewer.tenant}",
         )  # fmt: skip
         return _not_found(reviewer, "No such gate in your tenant.")

@@ -147,22 +147,19 @@ async def sign_out(reviewer: Reviewer) -> None:
             await _audit(db, reviewer, "console.signed_out", {})
 
 
-async def record_refusal(reviewer: Reviewer | None, tenant: str, path: str, why: str) -> None:
-    """Audit a refused console request (a forged or stale form): who it came as, and where."""
+async def record_refusal(reviewer: Reviewer, path: str, why: str) -> None:
+    """Audit a refused request of a signed-in reviewer (a forged or stale form, a gate of
+    another tenant): who it came as, and where."""
     async with session_factory().begin() as db:
         await write_audit_event(
             db,
             AuditEventInput(
                 event_key=f"{CONSOLE_AUDIT_ID}/{uuid.uuid4()}",
                 workflow_id=CONSOLE_AUDIT_ID,
-                tenant=tenant,
+                tenant=reviewer.tenant,
                 event_type="console.request_refused",
-                actor=reviewer.reviewer if reviewer else "anonymous",
-                payload={
-                    "path": path[:300],
-                    "why": why,
-                    "token_id": reviewer.token_id if reviewer else None,
-                },
+                actor=reviewer.reviewer,
+                payload={"path": path[:300], "why": why, "token_id": reviewer.token_id},
             ),
         )
 
