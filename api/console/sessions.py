@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.audit_trail import AuditEventInput, write_audit_event
@@ -34,6 +34,7 @@ SESSION_COOKIE = "keel_console"
 # double-submitted (this cookie and the form field must agree).
 SIGN_IN_CSRF_COOKIE = "keel_console_sign_in"
 _SECRET_BYTES = 32
+SWEEP_AFTER = timedelta(days=7)
 
 
 class SignInRefused(Exception):
@@ -91,6 +92,13 @@ async def sign_in(presented_token: str, lifetime: timedelta) -> tuple[str, Revie
         expires_at = datetime.now(UTC) + lifetime
         if token.expires_at is not None:
             expires_at = min(expires_at, token.expires_at)
+        # Sessions long over are of no use to anyone: sign-ins sweep them (a week's grace keeps
+        # recent ones for whoever looks into a sign-in question).
+        await db.execute(
+            delete(ConsoleSession).where(
+                ConsoleSession.expires_at < datetime.now(UTC) - SWEEP_AFTER
+            )
+        )
         secret = secrets.token_urlsafe(_SECRET_BYTES)
         row = ConsoleSession(
             secret_sha256=_digest(secret),
