@@ -24,7 +24,7 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from activities.approvals import decided_by_humans, reviewed_pair
+from activities.approvals import decided_by_humans, reviewed_pair, reviewer_roles
 from api.console.queries import (
     AGE_CHOICES,
     GateKind,
@@ -375,9 +375,15 @@ async def _gate_response(
 ) -> Response:
     async with session_factory()() as session:
         page = await gate_page(session, _api(request).client, reviewer.tenant, workflow_id, gate)
+        held = (await reviewer_roles(session, _api(request).settings.reviewers)).get(
+            reviewer.reviewer, []
+        )
     if page is None:
         return _not_found(reviewer, "No such gate in your tenant.")
     shown = page.gate
+    # The forms are offered to whom the gate would listen now; the gate still judges (a role
+    # granted or withdrawn meanwhile), and its refusal is shown as any other.
+    holds_role = bool(set(held).intersection(page.roles_now))
     final_diff = None
     if shown.status == GateStatus.EDITED.value and shown.final is not None:
         final_diff = draft_diff(shown.draft or "", shown.final)
@@ -393,7 +399,10 @@ async def _gate_response(
             "final_diff": final_diff,
             "form": form or {},
             "may_decide": shown.status == GateStatus.PENDING.value
-            and reviewer.reviewer not in shown.decided_by,
+            and reviewer.reviewer not in shown.decided_by
+            and holds_role,
+            "holds_role": holds_role,
+            "held_roles": held,
         },
         status=status,
         reviewer=reviewer,

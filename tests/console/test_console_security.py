@@ -171,8 +171,14 @@ async def test_another_tenants_reviewer_sees_nothing_and_cannot_decide_by_url(
     assert trail.status_code == 404 and gate_live.status_code == 404
     assert export.status_code == 200 and export.text == ""
     assert forged.status_code == 404
-    # Carol is of the tenant but holds no role of the gate's: the gate refuses her.
+    # Carol is of the tenant but holds no role of the gate's: her page offers no decision, and
+    # a forged form is refused by the gate's own check.
     async with console.http(keel_console=carol.cookie) as http:
+        carols_page = await http.get(
+            "/console/gate", params={"workflow": workflow_id, "gate": "publish"}
+        )
+        assert carols_page.status_code == 200 and 'id="decide"' not in carols_page.text
+        assert "This gate needs role editor; you hold legal" in carols_page.text
         refused = await http.post(
             "/console/gate/decide", data=decide_form(workflow_id, "publish", carol.csrf)
         )
