@@ -29,10 +29,11 @@ from selenium.webdriver.support.ui import WebDriverWait
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from activities.approvals import APPROVAL_ACTIVITIES
-from activities.audit_trail import record_audit_event
+from activities.approvals import ApprovalActivities
+from activities.audit_trail import AuditActivities
 from api.server import running_api
 from contracts.approvals import GateRequest
+from infra.database import sessions_for
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from services.api_tokens import IssuedToken, TokenRole
@@ -192,12 +193,16 @@ async def console(
     client: Client, keel_settings: KeelSettings, interactive_worker: Worker, simulator: SimServer
 ) -> AsyncIterator[ConsoleRig]:
     queue = f"console-gates-{uuid.uuid4().hex[:8]}"
+    sessions = sessions_for(keel_settings)
     async with (
         Worker(
             client,
             task_queue=queue,
             workflows=[GateHarnessWorkflow],
-            activities=[*APPROVAL_ACTIVITIES, record_audit_event],
+            activities=[
+                *ApprovalActivities(keel_settings, sessions).all(),
+                AuditActivities(sessions).record_audit_event,
+            ],
         ),
         running_api(keel_settings, client) as url,
     ):
