@@ -246,3 +246,30 @@ async def test_the_demo_reviewer_token_signs_in_to_the_console(
     async with console.http(keel_console=session.cookie) as http:
         queue = await http.get("/console/queue")
     assert f"Signed in as <strong>{REVIEWER}</strong>" in queue.text
+
+
+async def test_the_session_cookie_is_secure_when_served_over_tls(console: ConsoleRig) -> None:
+    """Behind a TLS-terminating proxy on this host (uvicorn trusts its X-Forwarded-Proto)."""
+    await seed_reviewers(alice="editor")
+    alice = await reviewer_token("alice")
+    tls = {"X-Forwarded-Proto": "https"}
+    async with console.http() as http:
+        form = await http.get("/console/sign-in", headers=tls)
+        match = _CSRF_FIELD.search(form.text)
+        assert match is not None and "secure" in form.headers["set-cookie"].lower()
+        csrf_cookie = form.cookies["keel_console_sign_in"]
+        signed_in = await http.post(
+            "/console/sign-in",
+            data={"token": alice.secret, "csrf_token": match.group(1)},
+            headers={**tls, "Cookie": f"keel_console_sign_in={csrf_cookie}"},
+        )
+    assert signed_in.status_code == 303
+    session_cookie = next(
+        value
+        for name, value in signed_in.headers.multi_items()
+        if name == "set-cookie" and value.startswith("keel_console=")
+    )
+    assert "; secure" in session_cookie.lower() and "httponly" in session_cookie.lower()
+    async with console.http() as http:
+        plain = await http.get("/console/sign-in")
+    assert "secure" not in plain.headers["set-cookie"].lower()
