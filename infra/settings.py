@@ -101,6 +101,28 @@ class KeelSettings(BaseSettings):
     dev_temporal_ui_port: int = 8233
     interactive_task_queue: str = INTERACTIVE_TASK_QUEUE
     batch_task_queue: str = BATCH_TASK_QUEUE
+    # How long a worker told to stop (SIGTERM) lets its in-flight activities finish before it
+    # cancels them (Temporal retries those elsewhere). Ten seconds under the grace its platform
+    # gives it (deploy/kubernetes terminationGracePeriodSeconds, compose stop_grace_period: 60 s
+    # interactive, 120 s batch) so the process exits 0 before it is killed.
+    interactive_shutdown_grace_seconds: float = Field(
+        default=50,
+        gt=0,
+        description="Seconds an interactive worker lets in-flight activities finish after "
+        "SIGTERM; keep it under the platform's kill grace (60 s in deploy/).",
+    )
+    batch_shutdown_grace_seconds: float = Field(
+        default=110,
+        gt=0,
+        description="Seconds a batch worker lets in-flight activities finish after SIGTERM; "
+        "keep it under the platform's kill grace (120 s in deploy/).",
+    )
+
+    def shutdown_grace_seconds(self, queue: str) -> float:
+        """The drain time of the worker polling ``queue``."""
+        if queue == self.batch_task_queue:
+            return self.batch_shutdown_grace_seconds
+        return self.interactive_shutdown_grace_seconds
 
     # --- Payload encryption (infra/payload_codec.py, `keel codec-server`) ------------------
     encryption: bool = Field(

@@ -66,6 +66,12 @@ class WorkerProcess:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
 
+    def terminate(self, timeout: float) -> int:
+        """SIGTERM, as Kubernetes or compose scale a worker down, and the exit code it ends with."""
+        assert self.process is not None, "the worker was never started"
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

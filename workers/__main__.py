@@ -11,6 +11,7 @@ import structlog
 
 from activities.llm.budgets import budget_states
 from infra.metrics import MetricsServer, refresh_state_gauges_forever, temporal_runtime_with_metrics
+from infra.process_exit import exit_process
 from infra.settings import get_settings
 from infra.structured_logging import configure_logging
 from infra.temporal_client import connect
@@ -68,6 +69,13 @@ async def run_worker(
             if on_started is not None:
                 on_started(metrics_server.url if metrics_server else None)
             await stop.wait()
+            # Leaving the block shuts the worker down: polling stops, in-flight activities get
+            # the queue's grace to finish, and only then are they cancelled.
+            log.info(
+                "worker.draining",
+                task_queue=queue,
+                grace_seconds=settings.shutdown_grace_seconds(queue),
+            )
     finally:
         if gauges is not None:
             gauges.cancel()
@@ -83,6 +91,9 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging()
     asyncio.run(run_worker(args.queue))
+    # Never through interpreter finalization: it can abort a Temporal process (exit 134) after a
+    # clean drain (infra/process_exit.py), and a scaled-down worker must report success.
+    exit_process(0)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -19,4 +21,11 @@ def build_worker(
     """``client``: keel's (``infra.temporal_client.connect`` or any client with ``KeelPlugin``),
     whose plugin gives the worker its converter, interceptors and sandbox passthroughs."""
     settings = settings or get_settings()
-    return Worker(client, task_queue=queue, plugins=[KeelWorkerPlugin(queue, settings, resolver)])
+    return Worker(
+        client,
+        task_queue=queue,
+        plugins=[KeelWorkerPlugin(queue, settings, resolver)],
+        # On shutdown (SIGTERM) polling stops at once; activities in flight get this long to
+        # finish before they are cancelled, so a scaled-down worker loses no work it can finish.
+        graceful_shutdown_timeout=timedelta(seconds=settings.shutdown_grace_seconds(queue)),
+    )
