@@ -227,7 +227,9 @@ async def create_job(
                     SearchAttributePair(KEEL_WORKFLOW_KIND, "job"),
                 ]
             ),
-            static_summary=f"job {body.kind.value}",
+            static_summary=f"job {body.kind.value} · tenant {tenant}",
+            static_details=f"Runs a {body.kind.value} as a child workflow"
+            + (", then calls back its callback URL." if body.callback_url else "."),
         )
         created = True
     except WorkflowAlreadyStartedError:

@@ -27,7 +27,32 @@ async def start_ask(
         id=workflow_id,
         task_queue=settings.interactive_task_queue,
         search_attributes=tenant_search_attributes(params.tenant, "ask"),
+        static_summary=ask_summary(params),
+        static_details=ask_details(params),
     )
+
+
+def ask_summary(params: AskInput) -> str:
+    """What the Web UI lists the run as: what was asked of which models, for whom (never the
+    prompt: it may hold what only the tenant should read)."""
+    return f"ask · {_asked_of(params)} · tenant {params.tenant}"
+
+
+def _asked_of(params: AskInput) -> str:
+    if params.route:
+        return f"route {params.route}"
+    return ", ".join(params.models) if params.models else "the default route"
+
+
+def ask_details(params: AskInput) -> str:
+    lines = [f"Up to {params.max_tokens} tokens, from {_asked_of(params)}."]
+    if params.fallback_policy is not None:
+        lines.append(f"Fallback policy: {params.fallback_policy.value}.")
+    if params.budget_policy is not None:
+        lines.append(f"Over budget: {params.budget_policy.value}.")
+    if params.use_cache:
+        lines.append("Answers may come from the response cache.")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

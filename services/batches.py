@@ -228,7 +228,27 @@ async def submit_batch(
         id=batch_workflow_id(batch_id),
         task_queue=settings.batch_task_queue,
         search_attributes=tenant_search_attributes(options.tenant, "batch"),
+        static_summary=f"batch {batch_id} · {len(lines)} items · tenant {options.tenant}",
+        static_details=batch_details(options, source_name),
     )
+
+
+def batch_details(options: BatchOptions, source_name: str | None, *, retry: bool = False) -> str:
+    """A batch's options as the Web UI shows them under its summary."""
+    models = (
+        (options.route and f"route {options.route}")
+        or (options.model and f"model {options.model}")
+        or "each line's model"
+    )
+    parts = [
+        "Retry of the failed items." if retry else f"From {source_name or 'an uploaded file'}.",
+        f"{options.concurrency} calls at a time, {models}.",
+    ]
+    if options.budget_usd is not None:
+        parts.append(f"Budget ${options.budget_usd}.")
+    if options.max_failure_rate is not None:
+        parts.append(f"Stops above a {options.max_failure_rate:.0%} failure rate.")
+    return " ".join(parts)
 
 
 # --- Progress -----------------------------------------------------------------------------------
@@ -355,6 +375,8 @@ async def start_retry_run(
         task_queue=settings.batch_task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         search_attributes=tenant_search_attributes(batch.tenant, "batch"),
+        static_summary=f"batch {report.id} · retry failed items · tenant {batch.tenant}",
+        static_details=batch_details(options, batch.source_name, retry=True),
     )
 
 

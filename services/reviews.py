@@ -21,6 +21,18 @@ async def start_review(
         id=workflow_id,
         task_queue=settings.interactive_task_queue,
         search_attributes=tenant_search_attributes(params.tenant, "document_review"),
+        static_summary=f"review of {params.source_name} · tenant {params.tenant}",
+        static_details=review_details(params),
+    )
+
+
+def review_details(params: ReviewInput) -> str:
+    """The review's steps as the Web UI shows them under its summary."""
+    webhook = "a webhook is called when it is published" if params.notify_webhook else "no webhook"
+    return (
+        f"{len(params.document)} characters: extract facts (route {params.extract_route}), "
+        f"draft (route {params.draft_route}), self-check "
+        f"(route {params.check_route}); a person approves when the check asks for it; {webhook}."
     )
 
 

@@ -54,6 +54,7 @@ async def demo_cost_and_traffic(settings: KeelSettings) -> list[str]:
             id=workflow_id,
             task_queue=settings.interactive_task_queue,
             search_attributes=tenant_search_attributes(DEMO_TENANT, "ask"),
+            static_summary="budget demo · ask gpt-4o · tenant " + DEMO_TENANT,
         )
         console.print("[yellow]the call went through: is the budget enforced?[/]")
     except WorkflowFailureError as error:

@@ -57,9 +57,15 @@ async def call(
     **options: Unpack[ActivityOptions],
 ) -> OutputT:
     """Run ``ref`` as a regular activity and decode its result into ``ref.output``.
-    ``summary`` is shown in the Web UI; ``priority`` unset inherits the workflow's."""
+    ``summary`` is what the Web UI shows for the call (what and for what: "gpt-4o · draft");
+    unset, the activity's name in words. ``priority`` unset inherits the workflow's."""
     result = await workflow.execute_activity(
-        ref.name, arg, result_type=ref.output, summary=summary, priority=priority, **options
+        ref.name,
+        arg,
+        result_type=ref.output,
+        summary=summary or _in_words(ref),
+        priority=priority,
+        **options,
     )
     return cast(OutputT, result)
 
@@ -72,11 +78,17 @@ async def call_local(
     **options: Unpack[LocalActivityOptions],
 ) -> OutputT:
     """Run ``ref`` as a local activity (in the workflow's worker, recorded as a marker) and
-    decode its result into ``ref.output``."""
+    decode its result into ``ref.output``. ``summary`` as for :func:`call`."""
     result = await workflow.execute_local_activity(
-        ref.name, arg, result_type=ref.output, summary=summary, **options
+        ref.name, arg, result_type=ref.output, summary=summary or _in_words(ref), **options
     )
     return cast(OutputT, result)
+
+
+def _in_words(ref: ActivityRef[InputT, OutputT]) -> str:
+    # Never empty in the Web UI ("No summary available"). The summary is user metadata, not a
+    # command attribute: replay does not compare it, so changing it keeps histories replaying.
+    return ref.name.replace("_", " ")
 
 
 # --- Database --------------------------------------------------------------------------------

@@ -184,6 +184,7 @@ class ApprovalGate:
             LOAD_REVIEWER_ROSTER,
             RosterRequest(roles=request.all_roles),
             **GATE_RECORD,
+            summary=f"reviewers · {', '.join(request.all_roles)}",
         )
         gate = _OpenGate(
             request=request,
@@ -225,6 +226,7 @@ class ApprovalGate:
                 deadline_at=gate.deadline_at,
             ),
             **GATE_RECORD,
+            summary=f"open gate {request.gate} · {request.role} · {request.tenant}",
         )
         try:
             await self._wait_for_outcome(gate)
@@ -364,6 +366,7 @@ class ApprovalGate:
                 roles=gate.request.all_roles,
             ),
             **GATE_RECORD,
+            summary=f"gate {gate.request.gate} · {event_type}",
         )
 
     async def _finalize(self, gate: _OpenGate) -> GateOutcome:
@@ -689,6 +692,7 @@ class ApprovalGate:
             RECORD_GATE_EVENT,
             event,
             **GATE_RECORD,
+            summary=f"gate {event.gate} · {event.event_type}",
         )
 
     def _show_waiting(self, gate: _OpenGate) -> None:

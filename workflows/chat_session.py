@@ -163,6 +163,7 @@ class ChatSessionWorkflow:
                 stream_key=stream_key,
             ),
             **LOCAL_RECORD,
+            summary=f"turn {turn_id} · prepare",
         )
         if context.answered is not None:
             return _output(session.session_id, turn_id, context.answered, replayed=True)
@@ -194,6 +195,7 @@ class ChatSessionWorkflow:
                         error_type=getattr(error, "type", None) or type(error).__name__,
                     ),
                     **LOCAL_RECORD,
+                    summary=f"turn {turn_id} · failed",
                 )
             raise
         stored = await call_local(
@@ -208,6 +210,7 @@ class ChatSessionWorkflow:
                 stream_key=stream_key,
             ),
             **LOCAL_RECORD,
+            summary=f"turn {turn_id} · store {answer.model} answer",
         )
         return _output(
             session.session_id,
@@ -241,5 +244,6 @@ class ChatSessionWorkflow:
                 through_seq=plan.through_seq,
             ),
             **LOCAL_RECORD,
+            summary=f"store summary through message {plan.through_seq}",
         )
         return summary.text

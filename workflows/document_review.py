@@ -247,7 +247,10 @@ class DocumentReviewWorkflow:
             flagged=outcome.flagged if outcome else False,
         )
         published_id = await call(
-            PUBLISH_DOCUMENT, PublishInput(**publication.model_dump(), content=text), **PUBLISH
+            PUBLISH_DOCUMENT,
+            PublishInput(**publication.model_dump(), content=text),
+            **PUBLISH,
+            summary=f"publish {self.params.source_name}",
         )
         await audit(
             "review.published",
@@ -276,7 +279,9 @@ class DocumentReviewWorkflow:
     async def notify(self, request: WebhookInput) -> None:
         self.show_step("5/5 notifying the webhook")
         try:
-            delivery = await call(DELIVER_REVIEW_WEBHOOK, request, **REVIEW_WEBHOOK)
+            delivery = await call(
+                DELIVER_REVIEW_WEBHOOK, request, **REVIEW_WEBHOOK, summary="webhook · review done"
+            )
         except ActivityError as error:
             # The document is published; a receiver that is down does not undo that.
             await audit(

@@ -54,6 +54,8 @@ class JobWorkflow:
                 input_model.model_validate(job.input),
                 id=f"{job_id}-{job.kind.value}",
                 task_queue=workflow.info().task_queue,
+                # User metadata: not compared on replay, so running jobs replay unchanged.
+                static_summary=f"{job.kind.value} of job {job_id} · tenant {job.tenant}",
             )
             outcome = JobOutput(status=JobStatus.COMPLETED, result=result.model_dump(mode="json"))
         except ChildWorkflowError as error:
@@ -74,7 +76,12 @@ class JobWorkflow:
         return outcome
 
     async def _record(self, record: JobRecord) -> None:
-        await call_local(RECORD_JOB, record, **LOCAL_RECORD)
+        await call_local(
+            RECORD_JOB,
+            record,
+            **LOCAL_RECORD,
+            summary=f"job {record.kind.value} · {record.status.value}",
+        )
 
     async def _deliver_callback(self, job_id: str) -> bool:
         try:

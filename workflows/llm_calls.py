@@ -75,6 +75,7 @@ async def audit(event_type: str, tenant: str, payload: dict[str, Any], actor: st
             payload=payload,
         ),
         **LOCAL_RECORD,
+        summary=f"audit · {event_type}",
     )
 
 
@@ -121,7 +122,12 @@ def failure_class(error: ActivityError) -> ErrorClass:
 
 
 async def _plan(request: LlmRequest, note_downgrade: bool = True) -> RoutePlan:
-    plan = await call_local(PLAN_LLM_ROUTE, request, **ROUTE_PLAN)
+    plan = await call_local(
+        PLAN_LLM_ROUTE,
+        request,
+        **ROUTE_PLAN,
+        summary=f"route {request.route or 'explicit'} · {request.purpose}",
+    )
     if plan.downgraded_from is not None and note_downgrade:
         await audit(
             "llm.route_downgraded",
@@ -220,7 +226,7 @@ async def _try_chain(
                     fallback_from=failed[-1][0] if position > 0 else None,
                 ),
                 **llm_call_options(plan, workflow.patched(RATE_LIMITS_BOUNDED_BY_DEADLINE)),
-                summary=f"{request.purpose}: {candidate.model}",
+                summary=f"{candidate.model} · {request.purpose}",
                 # Unset inherits the workflow's priority; a turn may ask for its own.
                 priority=Priority(priority_key=request.priority_key)
                 if request.priority_key
