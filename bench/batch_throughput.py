@@ -296,23 +296,30 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def run_queue_wait_seconds(pid: int) -> float:
-    """Time the threads of ``pid`` and its live descendants spent runnable but not running
-    (``/proc/<pid>/task/*/schedstat``, field 2): the direct measure of CPU contention."""
-    try:
-        pids = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
-    except psutil.Error:
-        return 0.0
+def _schedstat_wait_ns(task: Path) -> int:
+    """Field 2 of ``schedstat``: nanoseconds the thread was runnable but not running."""
+    with suppress(OSError, IndexError, ValueError):
+        return int((task / "schedstat").read_text().split()[1])
+    return 0
+
+
+def run_queue_wait_seconds(pid: int, *, descendants: bool = True) -> float:
+    """Time the threads of ``pid`` (and of its live descendants) spent waiting for a CPU, summed
+    over threads: the direct measure of CPU contention."""
+    pids = [pid]
+    if descendants:
+        with suppress(psutil.Error):
+            pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
     total_ns = 0
     for one in pids:
-        try:
-            tasks = list(Path(f"/proc/{one}/task").iterdir())
-        except OSError:
-            continue
-        for task in tasks:
-            with suppress(OSError, IndexError, ValueError):
-                total_ns += int((task / "schedstat").read_text().split()[1])
+        with suppress(OSError):
+            total_ns += sum(map(_schedstat_wait_ns, Path(f"/proc/{one}/task").iterdir()))
     return total_ns / 1e9
+
+
+def main_thread_wait_seconds(pid: int) -> float:
+    """The same for the main thread alone: a Python worker's event loop runs there."""
+    return _schedstat_wait_ns(Path(f"/proc/{pid}/task/{pid}")) / 1e9
 
 
 def own_cpu_seconds() -> float:
@@ -331,7 +338,9 @@ class Measured:
         return own_cpu_seconds() if self.pid is None else tree_cpu_seconds(self.pid)
 
     def waited_seconds(self) -> float:
-        return run_queue_wait_seconds(self.pid or os.getpid())
+        if self.pid is None:
+            return run_queue_wait_seconds(os.getpid(), descendants=False)
+        return run_queue_wait_seconds(self.pid)
 
 
 @dataclass
@@ -339,7 +348,8 @@ class CpuShare:
     label: str
     seconds: float
     keel: bool
-    waited: float  # run-queue wait over the same span
+    waited: float  # run-queue wait over the same span (all threads)
+    loop_waited: float  # the main thread's (the event loop's)
 
 
 class CpuMeter:
@@ -347,21 +357,25 @@ class CpuMeter:
 
     def __init__(self, processes: Sequence[Measured]) -> None:
         self.processes = list(processes)
-        self.before: dict[Measured, tuple[float, float]] = {}
+        self.before: dict[Measured, tuple[float, float, float]] = {}
 
     def start(self) -> None:
-        self.before = {p: (p.cpu_seconds(), p.waited_seconds()) for p in self.processes}
+        self.before = {p: self.read(p) for p in self.processes}
+
+    @staticmethod
+    def read(process: Measured) -> tuple[float, float, float]:
+        loop = main_thread_wait_seconds(process.pid or os.getpid())
+        return process.cpu_seconds(), process.waited_seconds(), loop
 
     def stop(self) -> list[CpuShare]:
-        return [
-            CpuShare(
-                p.label,
-                p.cpu_seconds() - self.before[p][0],
-                p.keel,
-                p.waited_seconds() - self.before[p][1],
+        shares = []
+        for process in self.processes:
+            now = self.read(process)
+            cpu, waited, loop = (
+                after - before for after, before in zip(now, self.before[process], strict=True)
             )
-            for p in self.processes
-        ]
+            shares.append(CpuShare(process.label, cpu, process.keel, waited, loop))
+        return shares
 
 
 def temporal_server_pids() -> list[int]:
@@ -713,12 +727,13 @@ async def keel_batch(stack: Stack, items: int, concurrency: int, probe: bool) ->
 
 def cpu_lines(cpu: list[CpuShare], items: int) -> list[str]:
     lines = [
-        f"CPU ms per item by process ({items} items; and the time its threads waited for a CPU)"
+        f"CPU ms per item by process ({items} items) · ms/item its threads waited for a CPU "
+        "(all threads; the main thread)"
     ]
     for share in cpu:
         lines.append(
             f"  {share.label:52}{share.seconds / items * 1000:>8.1f}"
-            f"   waited {share.waited / items * 1000:.1f}"
+            f"   waited {share.waited / items * 1000:.1f}; {share.loop_waited / items * 1000:.1f}"
         )
     keel_total = sum(share.seconds for share in cpu if share.keel)
     lines.append(
@@ -757,9 +772,9 @@ async def default_run(stack: Stack, scratch: Path) -> None:
             print(f"    {plain[-1]:.1f} items/s", flush=True)
     print("interactive calls, batch idle …", flush=True)
     interactive_pid = stack.interactive_worker.process.pid
-    waited_before = run_queue_wait_seconds(interactive_pid)
+    waited_before = main_thread_wait_seconds(interactive_pid)
     idle = await ask_latencies(stack.client, stack.interactive_queue, None, args.asks, 0.1)
-    idle_waited = run_queue_wait_seconds(interactive_pid) - waited_before
+    idle_waited = main_thread_wait_seconds(interactive_pid) - waited_before
     runs = []
     for _ in range(args.repeats):
         print("(a) keel batch (interactive calls running alongside) …", flush=True)
@@ -803,10 +818,13 @@ async def default_run(stack: Stack, scratch: Path) -> None:
         for line in await phase_report(stack.client, idle, busy):
             print(line)
         busy_waited = sum(
-            share.waited for run in runs for share in run.cpu if share.label == "interactive worker"
+            share.loop_waited
+            for run in runs
+            for share in run.cpu
+            if share.label == "interactive worker"
         )
         print(
-            "  interactive worker's wait for a CPU per call (schedstat): "
+            "  interactive worker's event loop thread, wait for a CPU per call (schedstat): "
             f"idle {idle_waited / len(idle) * 1000:.0f} ms · "
             f"under batch {busy_waited / len(busy) * 1000:.0f} ms"
         )
