@@ -920,7 +920,8 @@ async def main(args: argparse.Namespace) -> None:
     suffix = uuid.uuid4().hex[:6]
     batch_queue, interactive_queue = f"keel-batch-{suffix}", f"keel-interactive-{suffix}"
     print(
-        f"batch throughput · items {args.items} · concurrency {args.concurrency} · "
+        f"batch throughput · items {args.large_items if args.large else args.items} · "
+        f"concurrency {args.concurrency} · "
         f"latency {args.latency}s · batch worker nice {args.batch_nice} · "
         f"load average {load_average()} ({os.cpu_count()} CPUs) · scratch {scratch}",
         flush=True,
