@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -85,7 +85,7 @@ def batch_line(custom_id: str, question: str, **body: Any) -> dict[str, Any]:
     }
 
 
-def jsonl(lines: list[dict[str, Any]] | list[str]) -> bytes:
+def jsonl(lines: Sequence[dict[str, Any] | str]) -> bytes:
     return "".join(
         (line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines
     ).encode()
@@ -199,7 +199,7 @@ async def test_a_file_with_bad_lines_is_a_400_naming_them_and_nothing_is_stored(
     sdk: openai.AsyncOpenAI, simulator: SimServer
 ) -> None:
     good = batch_line("a", "Name a lake.")
-    cases = {
+    cases: dict[str, list[dict[str, Any] | str]] = {
         "line 2: url '/v1/embeddings' is not supported": [
             good,
             {**batch_line("b", "x"), "url": "/v1/embeddings"},
