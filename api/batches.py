@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import client_caller
 from api.errors import ApiError
-from api.files import idempotency_key, unix
+from api.files import idempotency_key, only_query_parameters, unix
 from api.state import IDEMPOTENCY_HEADER, KeelApi, keel_api
 from infra.database import session_factory
 from services.api_tokens import VerifiedToken
@@ -184,7 +184,11 @@ async def create_batch(
     return batch_object(view)
 
 
-@router.get("/v1/batches", response_model=BatchList)
+@router.get(
+    "/v1/batches",
+    response_model=BatchList,
+    dependencies=[Depends(only_query_parameters("after", "limit"))],
+)
 async def list_batches(
     after: str | None = Query(default=None, pattern=BATCH_ID_PATTERN),
     limit: int = Query(default=20, ge=1, le=100),

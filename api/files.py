@@ -10,6 +10,7 @@ declared by hand below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -22,11 +23,12 @@ from starlette.formparsers import MultiPartException
 
 from activities.batch.files import BatchFileLimits
 from api.auth import client_caller
-from api.errors import ApiError
+from api.errors import ERROR_RESPONSES, ApiError
 from api.state import IDEMPOTENCY_HEADER, KeelApi, keel_api
 from infra.database import session_factory
 from services.api_tokens import VerifiedToken
 from services.openai_files import (
+    FileContentPurged,
     FileNotFound,
     FilePurpose,
     FileRefused,
@@ -90,6 +92,24 @@ def file_object(stored: StoredFile) -> FileObject:
 
 def not_found(error: FileNotFound) -> ApiError:
     return ApiError(404, f"no file {error.file_id!r}", param="file_id", code="file_not_found")
+
+
+def only_query_parameters(*names: str) -> Callable[[Request], None]:
+    """A dependency refusing a query parameter the route does not take: 400 naming it (a
+    misspelt ``limit`` silently ignored would page wrongly)."""
+
+    def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - set(names))
+        if unknown:
+            raise ApiError(
+                400,
+                f"unknown query parameter(s) {', '.join(map(repr, unknown))}; this route takes "
+                f"{', '.join(names)}",
+                param=unknown[0],
+                code="unknown_parameter",
+            )
+
+    return check
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -191,7 +211,11 @@ async def upload_file(
     return file_object(stored)
 
 
-@router.get("/v1/files", response_model=FileList)
+@router.get(
+    "/v1/files",
+    response_model=FileList,
+    dependencies=[Depends(only_query_parameters("purpose", "after", "limit", "order"))],
+)
 async def list_uploaded_files(
     purpose: Literal["batch", "batch_output", "batch_error"] | None = Query(default=None),
     after: str | None = Query(default=None, pattern=FILE_ID_PATTERN),
@@ -232,6 +256,9 @@ async def retrieve_file(
         raise not_found(error) from None
 
 
+ERROR_SCHEMA = "#/components/schemas/ErrorResponse"
+
+
 class BinaryContent(StreamingResponse):
     media_type = "application/octet-stream"
 
@@ -244,7 +271,15 @@ class BinaryContent(StreamingResponse):
             "description": "The file's bytes: an upload as stored; a batch's output or error "
             "file as OpenAI's output lines (JSONL).",
             "content": {"application/octet-stream": {"schema": {"type": "string"}}},
-        }
+        },
+        # Errors stay JSON in OpenAI's shape, whatever the route's own media type.
+        **{
+            status: {
+                "description": description["description"],
+                "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA}}},
+            }
+            for status, description in ERROR_RESPONSES.items()
+        },
     },
 )
 async def file_content_route(
@@ -256,6 +291,8 @@ async def file_content_route(
         chunks = await file_content(session_factory(), caller.tenant, file_id)
     except FileNotFound as error:
         raise not_found(error) from None
+    except FileContentPurged as purged:
+        raise ApiError(404, str(purged), param="file_id", code="file_content_purged") from None
     return BinaryContent(chunks)
 
 

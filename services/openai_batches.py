@@ -56,6 +56,7 @@ from services.batches import (
     submit_batch,
 )
 from services.openai_files import (
+    FileContentPurged,
     FileNotFound,
     FilePurpose,
     FileRefused,
@@ -265,9 +266,9 @@ async def create_openai_batch(
             select(OpenAiFile.content).where(OpenAiFile.id == input_file_id)
         )
         filename = file.filename
-    lines = await asyncio.to_thread(
-        _parsed, content or b"", BatchFileLimits.from_settings(settings)
-    )
+    if content is None:
+        raise BatchRequestInvalid(str(FileContentPurged(input_file_id)), param="input_file_id")
+    lines = await asyncio.to_thread(_parsed, content, BatchFileLimits.from_settings(settings))
     options = batch_options(
         settings,
         tenant=tenant,

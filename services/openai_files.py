@@ -75,6 +75,17 @@ class FileNotFound(LookupError):
         self.file_id = file_id
 
 
+class FileContentPurged(LookupError):
+    """The file is known, but ``keel purge`` removed its bytes (retention)."""
+
+    def __init__(self, file_id: str) -> None:
+        super().__init__(
+            f"file {file_id}'s content was removed by keel's retention (keel purge); upload it "
+            "again"
+        )
+        self.file_id = file_id
+
+
 class IdempotencyKeyReused(Exception):
     """The same Idempotency-Key came with different content."""
 
@@ -289,7 +300,8 @@ async def delete_file(sessions: Sessions, tenant: str, file_id: str) -> None:
 
 async def file_content(sessions: Sessions, tenant: str, file_id: str) -> AsyncIterator[bytes]:
     """The file's bytes, in slices: an upload as stored, a batch's output or error file as
-    OpenAI's output lines. ``FileNotFound`` is raised before the first slice."""
+    OpenAI's output lines. ``FileNotFound`` (or ``FileContentPurged``) is raised before the
+    first slice."""
     stored = await get_file(sessions, tenant, file_id)
     async with sessions() as session:
         if stored.batch_id is not None:
@@ -303,7 +315,9 @@ async def file_content(sessions: Sessions, tenant: str, file_id: str) -> AsyncIt
                 expired=expired_at is not None,
             )
         content = await session.scalar(select(OpenAiFile.content).where(OpenAiFile.id == file_id))
-    return _slices(content or b"")
+    if content is None:
+        raise FileContentPurged(file_id)
+    return _slices(content)
 
 
 async def _slices(content: bytes) -> AsyncIterator[bytes]:

@@ -4,7 +4,8 @@
 output and error files of its batches (rows without bytes: their lines come from
 ``batch_items``). ``openai_batches``: per keel batch created through ``POST /v1/batches``, its
 input file, endpoint, completion window, metadata, idempotency key and output/error file ids.
-New tables get ``keel_app``'s privileges from the default privileges revision 0008 set.
+New tables get ``keel_app``'s privileges from the default privileges revision 0008 set;
+``keel_retention`` may blank an upload's ``content`` (``keel purge``).
 
 Revision ID: 0009_openai_files_batches
 Revises: 0008_tamper_evident_audit
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
+
+RETENTION_ROLE = "keel_retention"
 
 revision: str = "0009_openai_files_batches"
 down_revision: str | None = "0008_tamper_evident_audit"
@@ -98,6 +101,8 @@ def upgrade() -> None:
         ["tenant", "created_at"],
         unique=False,
     )
+    # Revision 0008 made the role; keel purge blanks uploaded files' bytes, nothing else.
+    op.execute(f"GRANT UPDATE (content) ON openai_files TO {RETENTION_ROLE}")
 
 
 def downgrade() -> None:

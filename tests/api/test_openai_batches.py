@@ -21,12 +21,13 @@ from temporalio.worker import Worker
 
 from activities.batch.files import BatchFileLimits
 from contracts.batch import batch_workflow_id
-from infra.database import session_factory
+from infra.database import DatabaseRole, session_factory
 from infra.settings import KeelSettings
-from infra.tables import OpenAiBatch
+from infra.tables import OpenAiBatch, OpenAiFile
 from llmsim import SimServer
 from services.api_tokens import IssuedToken
 from services.openai_files import FileRefused, check_batch_file
+from services.retention import parse_duration, purge_content
 from tests.api.tokens import openai_client
 from tests.batch.conftest import items_of
 from tests.conftest import reconfigure
@@ -471,3 +472,29 @@ async def test_models_lists_routes_and_their_reachable_models(
     only_openai = reconfigure(monkeypatch, OPENAI_API_KEY="sk-test-not-used")
     names = {entry.id for entry in available_models(only_openai)}
     assert MODEL in names and "claude-3-5-haiku-latest" not in names
+
+
+async def test_keel_purge_removes_an_old_uploads_bytes_and_keeps_the_file(
+    sdk: openai.AsyncOpenAI, simulator: SimServer
+) -> None:
+    old = await sdk.files.create(file=("old.jsonl", requests_file(2)), purpose="batch")
+    new = await sdk.files.create(file=("new.jsonl", requests_file(3)), purpose="batch")
+    async with session_factory().begin() as session:
+        await session.execute(
+            update(OpenAiFile)
+            .where(OpenAiFile.id == old.id)
+            .values(created_at=func.now() - timedelta(days=100))
+        )
+    async with session_factory(purpose=DatabaseRole.RETENTION).begin() as session:
+        purged = await purge_content(session, parse_duration("90d"))
+    assert purged.counts["openai_files.content"] == 1
+    assert (await sdk.files.retrieve(old.id)).bytes == len(requests_file(2))
+    with pytest.raises(openai.NotFoundError) as gone:
+        await sdk.files.content(old.id)
+    assert gone.value.code == "file_content_purged"
+    with pytest.raises(openai.BadRequestError) as refused:
+        await sdk.batches.create(
+            input_file_id=old.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    assert refused.value.param == "input_file_id" and "keel purge" in refused.value.message
+    assert (await sdk.files.content(new.id)).content == requests_file(3)
