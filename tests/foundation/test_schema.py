@@ -30,6 +30,8 @@ EXPECTED_TABLES = {
     "jobs",
     "api_tokens",
     "audit_chain_heads",
+    "openai_files",
+    "openai_batches",
 }
 
 
