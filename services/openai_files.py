@@ -336,6 +336,7 @@ def _error_codes(line: dict[str, Any], expired: bool) -> dict[str, Any]:
     return line
 
 
+ROWS_PER_PAGE = 1000
 # What openai_output_line reads of an item.
 OUTPUT_LINE_COLUMNS = (
     BatchItem.id,
@@ -369,14 +370,17 @@ async def result_lines(
                 ok if purpose == FilePurpose.BATCH_OUTPUT else ~ok,
             )
             .order_by(BatchItem.line_no)
-            .execution_options(yield_per=1000)
+            .execution_options(yield_per=ROWS_PER_PAGE)
         )
-        async for row in rows:
-            # openai_output_line reads these attributes only (the tests read every kind of line).
-            line = _error_codes(openai_output_line(cast(BatchItem, row)), expired)
-            encoded = (json.dumps(line, ensure_ascii=False) + "\n").encode()
-            buffer.append(encoded)
-            size += len(encoded)
+        # A page of rows per await: row by row, the async iteration alone cost half the time.
+        async for page in rows.partitions(ROWS_PER_PAGE):
+            for row in page:
+                # openai_output_line reads these attributes only (the tests read every kind of
+                # line).
+                line = _error_codes(openai_output_line(cast(BatchItem, row)), expired)
+                encoded = (json.dumps(line, ensure_ascii=False) + "\n").encode()
+                buffer.append(encoded)
+                size += len(encoded)
             if size >= CONTENT_CHUNK_BYTES:
                 yield b"".join(buffer)
                 buffer, size = [], 0
