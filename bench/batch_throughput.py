@@ -50,7 +50,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from activities.batch.files import parse_lines
+from activities.batch.files import BatchFileLimits, parse_lines
 from contracts.batch import BatchOptions
 from contracts.search_attributes import ALL_SEARCH_ATTRIBUTES
 from devstack.ephemeral import use_throwaway_key_if_unset
@@ -413,7 +413,7 @@ async def keel_batch(
         client,
         settings,
         session_factory(),
-        list(parse_lines(lines)),
+        list(parse_lines(lines, BatchFileLimits.from_settings(settings))),
         batch_id=batch_id,
         options=BatchOptions(concurrency=concurrency, model=MODEL, tenant=tenant),
         source_name="bench",
@@ -494,7 +494,10 @@ async def main(args: argparse.Namespace) -> None:
         with children(scratch) as kids:
             batch_sim = await simulator(kids, "sim-batch", "--fixed-latency", str(args.latency))
             ask_sim = await simulator(kids, "sim-interactive", "--latency-scale", "0")
-            # Payloads encrypted as in production; the worker processes inherit the key.
+            # Payloads encrypted as in production; the worker processes inherit the key. The
+            # converter alone, not KeelPlugin: the bare fan-out's worker below is built from this
+            # client and must not inherit keel's worker interceptors (keel's own workers are
+            # processes that connect through the plugin).
             env = await WorkflowEnvironment.start_local(
                 dev_server_existing_path=str(TEMPORAL_CLI),
                 dev_server_database_filename=str(scratch / "temporal.sqlite"),

@@ -36,7 +36,7 @@ from devstack import stack
 from infra.database import dispose_engines
 from infra.migrate import upgrade_to_head
 from infra.settings import KeelSettings, get_settings, to_asyncpg_url
-from infra.temporal_client import keel_data_converter
+from infra.temporal_client import KeelPlugin
 from infra.temporal_tuning import dev_server_args
 from llmsim import SimConfig, SimServer
 from workers.builder import build_worker
@@ -67,12 +67,12 @@ PROVIDER_ENV = (
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     address = os.environ.get("KEEL_TEST_TEMPORAL_ADDRESS")
     if address:
-        client = await Client.connect(address, data_converter=keel_data_converter(KeelSettings()))
+        client = await Client.connect(address, plugins=[KeelPlugin(KeelSettings())])
         yield WorkflowEnvironment.from_client(client)
         return
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(TEMPORAL_CLI),
-        data_converter=keel_data_converter(KeelSettings()),
+        plugins=[KeelPlugin(KeelSettings())],
         search_attributes=ALL_SEARCH_ATTRIBUTES,
         ui=False,
         dev_server_log_level="error",
@@ -84,10 +84,11 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 
 @contextlib.asynccontextmanager
 async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
-    """A new time-skipping test server with keel's converter and search attributes."""
+    """A new time-skipping test server with keel's plugin (converter, codec, interceptors,
+    sandbox passthroughs: workers built from its client inherit them) and search attributes."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(TEMPORAL_TEST_SERVER),
-        data_converter=keel_data_converter(KeelSettings()),
+        plugins=[KeelPlugin(KeelSettings())],
     )
     try:
         # The test server takes no --search-attribute flag: register keel's attributes (the
@@ -245,6 +246,46 @@ def reconfigure(monkeypatch: pytest.MonkeyPatch, **variables: str) -> KeelSettin
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     return get_settings()
+
+
+class KeelWorkers:
+    """In-process workers a test starts with the settings it changed (``reconfigure``): a worker's
+    activities read the settings it was built with, as a deployed worker's do, so a test that
+    changes what activities read starts its worker after the change, or replaces the running one
+    (one worker per queue, so no task goes to a worker with the old settings)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._running: dict[str, Worker] = {}
+
+    async def start(self, settings: KeelSettings, queue: str | None = None) -> Worker:
+        """A worker on ``queue`` (default: the interactive one) built with ``settings``, in place
+        of the one this test started there before, if any."""
+        queue = queue or settings.interactive_task_queue
+        await self.stop(queue)
+        worker = build_worker(self._client, queue, settings)
+        await worker.__aenter__()
+        self._running[queue] = worker
+        return worker
+
+    async def stop(self, queue: str) -> None:
+        worker = self._running.pop(queue, None)
+        if worker is not None:
+            await worker.__aexit__(None, None, None)
+
+    async def stop_all(self) -> None:
+        for queue in list(self._running):
+            await self.stop(queue)
+
+
+@pytest.fixture
+async def keel_workers(client: Client, keel_settings: KeelSettings) -> AsyncIterator[KeelWorkers]:
+    """Start workers with changed settings: ``await keel_workers.start(reconfigure(...))``."""
+    workers = KeelWorkers(client)
+    try:
+        yield workers
+    finally:
+        await workers.stop_all()
 
 
 @pytest.fixture
