@@ -50,7 +50,7 @@ _IGNORED_FIELDS_WARNING = "ignored body field(s): "
 PROBLEMS_QUOTED = 3
 # Content is sent in slices of this size (the response streams; it is never one huge write).
 CONTENT_CHUNK_BYTES = 256 * 1024
-MAX_FILENAME_CHARS = 500
+MAX_FILENAME_CHARS = 300
 
 
 class FilePurpose(StrEnum):
@@ -109,6 +109,13 @@ class StoredFile:
             created_at=row.created_at,
             batch_id=row.batch_id,
         )
+
+
+def storable_filename(name: str) -> str:
+    """The client's file name as keel keeps it: printable characters only (a NUL or a lone
+    surrogate cannot be stored), at most ``MAX_FILENAME_CHARS``."""
+    kept = "".join(character for character in name if character.isprintable()).strip()
+    return kept[:MAX_FILENAME_CHARS] or "batch.jsonl"
 
 
 def new_file_id() -> str:
@@ -211,7 +218,7 @@ async def store_batch_file(
                 id=new_file_id(),
                 tenant=tenant,
                 purpose=FilePurpose.BATCH.value,
-                filename=filename[:MAX_FILENAME_CHARS],
+                filename=storable_filename(filename),
                 size_bytes=len(content),
                 content=content,
                 sha256=digest,

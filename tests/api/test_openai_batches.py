@@ -28,7 +28,7 @@ from llmsim import SimServer
 from services.api_tokens import IssuedToken
 from services.openai_files import FileRefused, check_batch_file
 from services.retention import parse_duration, purge_content
-from tests.api.tokens import openai_client
+from tests.api.tokens import http_client, openai_client
 from tests.batch.conftest import items_of
 from tests.conftest import reconfigure
 from tests.helpers import eventually, ledger_rows
@@ -497,3 +497,30 @@ async def test_keel_purge_removes_an_old_uploads_bytes_and_keeps_the_file(
         )
     assert refused.value.param == "input_file_id" and "keel purge" in refused.value.message
     assert (await sdk.files.content(new.id)).content == requests_file(3)
+
+
+async def test_a_file_name_keel_cannot_store_is_cleaned_not_refused(
+    sdk: openai.AsyncOpenAI, keel_url: str, api_token: IssuedToken, simulator: SimServer
+) -> None:
+    # Raw multipart: the SDK's HTTP client would escape what this test needs to send as is.
+    content = requests_file(1)
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="night\x00ly'
+        + "\u2028".encode()
+        + "é".encode() * 600
+        + b'.jsonl"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        + content
+        + b"\r\n--b--\r\n"
+    )
+    async with http_client(keel_url, api_token) as http:
+        response = await http.post(
+            "/v1/files", content=body, headers={"Content-Type": "multipart/form-data; boundary=b"}
+        )
+    assert response.status_code == 200, response.text
+    uploaded = response.json()
+    assert uploaded["filename"] == "nightly" + "é" * 293
+    batch = await sdk.batches.create(
+        input_file_id=uploaded["id"], endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert (await finished(sdk, batch.id)).status == "completed"
