@@ -7,8 +7,8 @@ input file, endpoint, completion window, metadata, idempotency key and output/er
 New tables get ``keel_app``'s privileges from the default privileges revision 0008 set;
 ``keel_retention`` may blank an upload's ``content`` (``keel purge``).
 
-Revision ID: 0009_openai_files_batches
-Revises: 0008_tamper_evident_audit
+Revision ID: 0010_openai_files_batches
+Revises: 0009_console_sessions
 Create Date: 2026-12-06 10:10:59.677338
 """
 
@@ -20,8 +20,8 @@ from sqlalchemy.dialects import postgresql
 
 RETENTION_ROLE = "keel_retention"
 
-revision: str = "0009_openai_files_batches"
-down_revision: str | None = "0008_tamper_evident_audit"
+revision: str = "0010_openai_files_batches"
+down_revision: str | None = "0009_console_sessions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
