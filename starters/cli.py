@@ -31,6 +31,7 @@ from starters.routes import routes
 from starters.show import show
 from starters.sim import sim
 from starters.tokens import token_app
+from starters.top import top
 from starters.top_level_errors import explain
 from starters.worker import worker
 
@@ -82,6 +83,7 @@ app.command()(approve)
 app.command()(reject)
 app.command()(edit)
 app.command()(show)
+app.command()(top)
 app.add_typer(dev_app, name="dev")
 app.command()(sim)
 app.command()(chat)
