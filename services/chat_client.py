@@ -81,7 +81,7 @@ def _start_operation(
             ]
         ),
         priority=Priority(priority_key=request.priority.priority_key),
-        static_summary=f"chat session {request.session_id}",
+        static_summary=f"chat session {request.session_id} · tenant {request.tenant}",
     )
 
 
