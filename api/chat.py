@@ -242,7 +242,13 @@ async def chat_completions(
                     writer.absorb(seen)
             else:
                 yield writer.opening()
-            async for event in follow_turn(api.hub, turn.stream_key, after_seq, handle):
+            async for event in follow_turn(
+                api.hub,
+                turn.stream_key,
+                after_seq,
+                handle,
+                keep_alive_seconds=api.settings.stream_keep_alive_seconds,
+            ):
                 if event is None:
                     yield KEEP_ALIVE
                     continue
