@@ -9,11 +9,20 @@ activity tasks, the worker's event loop, Postgres) and it is what grows when the
 saturated, whatever the model or the length of its answer. Every ``ADJUST_SECONDS`` the limit
 is adjusted, AIMD like TCP's congestion window:
 
-- the slow end of the window's samples (``SAMPLE_QUANTILE``) over the budget
-  (``KEEL_INTERACTIVE_LATENCY_BUDGET_MS``): cut the limit to ``DECREASE`` times what is in flight;
-  samples of requests admitted before a cut are then ignored (they queued under the old limit,
-  so they cannot tell whether the new one is enough);
-- under half the budget while requests are waiting at the limit: raise it by ``INCREASE``.
+- the slow end of the window's samples (``SAMPLE_QUANTILE``) over the threshold: cut the
+  limit to ``DECREASE`` times what is in flight; samples of requests admitted before a cut are
+  then ignored (they queued under the old limit, so they cannot tell whether the new one is
+  enough);
+- under ``GROW_BELOW`` times the threshold while requests are waiting at the limit: raise it
+  by ``INCREASE``.
+
+The threshold is the budget (``KEEL_INTERACTIVE_LATENCY_BUDGET_MS``), or ``TOLERANCE`` times
+the uncongested latency if that is more: the median of the last ``BASELINE_SAMPLES`` requests
+admitted with no more than the floor (``KEEL_ADMISSION_MIN_IN_FLIGHT``) in flight. On a
+machine slow for reasons of its own (other processes, a far database), keel's latency exceeds
+a tight budget even with a few requests in flight; shedding there would cut throughput without
+buying latency, so the limit then keeps accepted requests within ``TOLERANCE`` times what a
+request gets on the uncongested path.
 
 **Who is refused first.** Low priority is refused once half the limit is in use (so normal
 work always finds room), normal once the limit is, high only when high-priority requests
@@ -38,7 +47,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from types import TracebackType
 
@@ -62,6 +71,11 @@ INITIAL_LIMIT = 32
 ADJUST_SECONDS = 0.5
 MIN_SAMPLES = 3
 SAMPLE_QUANTILE = 0.9
+TOLERANCE = 2.0
+BASELINE_SAMPLES = 50
+MIN_BASELINE_SAMPLES = MIN_SAMPLES
+# Grow only while the slow end of the samples is this far under the threshold.
+GROW_BELOW = 0.75
 DECREASE = 0.8
 INCREASE = 1.2
 # Low priority may use this share of the limit; the rest is kept for normal and high.
@@ -81,6 +95,14 @@ class AdmissionLimit:
         self._samples: list[float] = []
         self._refused_in_window = False
         self._last_cut = 0.0
+        self._uncongested: deque[float] = deque(maxlen=BASELINE_SAMPLES)
+
+    @property
+    def threshold_seconds(self) -> float:
+        if len(self._uncongested) < MIN_BASELINE_SAMPLES:
+            return self.budget_seconds
+        baseline = sorted(self._uncongested)[len(self._uncongested) // 2]
+        return max(self.budget_seconds, TOLERANCE * baseline)
 
     @property
     def allowed(self) -> int:
@@ -89,8 +111,13 @@ class AdmissionLimit:
     def refused(self) -> None:
         self._refused_in_window = True
 
-    def observe(self, admitted_at: float, seconds: float, in_flight: int) -> None:
-        """One request's keel latency (admission to its first stream event)."""
+    def observe(
+        self, admitted_at: float, seconds: float, in_flight: int, in_flight_at_admission: int
+    ) -> None:
+        """One request's keel latency (admission to its first stream event), what is in flight
+        now and what was when it was admitted (itself included)."""
+        if in_flight_at_admission <= self.floor:
+            self._uncongested.append(seconds)
         if admitted_at < self._last_cut:
             return
         self._samples.append(seconds)
@@ -99,10 +126,11 @@ class AdmissionLimit:
             return
         ordered = sorted(self._samples)
         slow = ordered[min(len(ordered) - 1, math.ceil(SAMPLE_QUANTILE * len(ordered)) - 1)]
-        if slow > self.budget_seconds:
+        threshold = self.threshold_seconds
+        if slow > threshold:
             self.value = max(float(self.floor), min(self.value, float(in_flight)) * DECREASE)
             self._last_cut = now
-        elif slow < self.budget_seconds / 2 and (
+        elif slow < threshold * GROW_BELOW and (
             self._refused_in_window or in_flight >= self.allowed
         ):
             self.value = min(float(self.ceiling), max(self.value * INCREASE, self.value + 1))
@@ -259,6 +287,7 @@ class InFlight:
         self._admitted_at = shedder.limit.clock()
         self._observed = False
         shedder._count(priority, +1)
+        self._in_flight_at_admission = shedder.in_flight
 
     def first_event(self) -> None:
         """The turn's first stream event arrived: keel's part of the latency is over."""
@@ -267,7 +296,12 @@ class InFlight:
         self._observed = True
         shedder = self._shedder
         now = shedder.limit.clock()
-        shedder.limit.observe(self._admitted_at, now - self._admitted_at, shedder.in_flight)
+        shedder.limit.observe(
+            self._admitted_at,
+            now - self._admitted_at,
+            shedder.in_flight,
+            self._in_flight_at_admission,
+        )
 
     def release(self) -> None:
         if self._shedder is not None:

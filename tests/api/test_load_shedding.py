@@ -135,8 +135,8 @@ def test_the_limit_follows_keels_latency_against_the_budget() -> None:
     def window(seconds: float, in_flight: int, admitted_at: float | None = None) -> None:
         now[0] += 0.6 + seconds  # requests admitted after the last adjustment
         for _ in range(5):
-            limit.observe(now[0] - seconds if admitted_at is None else admitted_at, seconds,
-                          in_flight)  # fmt: skip
+            when = now[0] - seconds if admitted_at is None else admitted_at
+            limit.observe(when, seconds, in_flight, in_flight_at_admission=in_flight)
 
     window(0.5, in_flight=30)  # over budget: cut to 0.8 x 30
     assert limit.allowed == 24
@@ -151,5 +151,28 @@ def test_the_limit_follows_keels_latency_against_the_budget() -> None:
         window(0.05, in_flight=limit.allowed)
     assert limit.allowed == 64  # the ceiling
     for _ in range(20):
-        window(1.0, in_flight=limit.allowed)
+        window(1.0, in_flight=30)
     assert limit.allowed == 4  # the floor
+
+
+def test_on_a_slow_machine_the_limit_keeps_twice_the_uncongested_latency() -> None:
+    """When even a few requests in flight take longer than the budget (a machine busy with
+    other work), the limit holds accepted requests within twice that latency instead of
+    shedding down to the floor."""
+    now = [0.0]
+    settings = KeelSettings(
+        interactive_latency_budget_ms=200, admission_min_in_flight=4, admission_max_in_flight=64
+    )
+    limit = AdmissionLimit(settings, clock=lambda: now[0])
+
+    def window(seconds: float, in_flight: int) -> None:
+        now[0] += 0.6 + seconds
+        for _ in range(5):
+            limit.observe(now[0] - seconds, seconds, in_flight, in_flight_at_admission=in_flight)
+
+    window(0.5, in_flight=3)  # uncongested, yet over the budget: the machine is slow
+    assert limit.threshold_seconds == 1.0
+    window(0.8, in_flight=30)  # within twice the uncongested latency: kept
+    assert limit.allowed == 32
+    window(1.2, in_flight=30)  # beyond it: cut
+    assert limit.allowed == 24
