@@ -236,6 +236,14 @@ def summary(name: str, records: list[ClientRecord], elapsed: float) -> dict[str,
     return {"p50": p50, "p99": p99, "rate": answered / elapsed, "answered": answered}
 
 
+def start_keel_process(
+    args: list[str], repo: Path, env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        args, cwd=repo, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+
+
 async def bench(args: argparse.Namespace, scratch: Path) -> int:
     keel_bin = Path(args.keel_repo) / ".venv" / "bin" if args.keel_repo else BIN
     keel_repo = Path(args.keel_repo) if args.keel_repo else REPO
@@ -283,17 +291,15 @@ async def bench(args: argparse.Namespace, scratch: Path) -> int:
             "KEEL_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
         }
-        worker = subprocess.Popen(
+        worker = start_keel_process(
             [str(keel_bin / "python"), "-m", "workers", "--queue", QUEUE],
-            cwd=keel_repo, env=keel_env,
-            stdout=(scratch / "worker.log").open("wb"), stderr=subprocess.STDOUT,
+            keel_repo, keel_env, scratch / "worker.log",
         )  # fmt: skip
         processes.append(worker)
         port = free_port()
-        api = subprocess.Popen(
+        api = start_keel_process(
             [str(keel_bin / "keel"), "api", "--port", str(port)],
-            cwd=keel_repo, env=keel_env,
-            stdout=(scratch / "api.log").open("wb"), stderr=subprocess.STDOUT,
+            keel_repo, keel_env, scratch / "api.log",
         )  # fmt: skip
         processes.append(api)
         url = f"http://127.0.0.1:{port}"
