@@ -134,7 +134,7 @@ def test_the_limit_follows_keels_latency_against_the_budget() -> None:
 
     def window(seconds: float, in_flight: int, admitted_at: float | None = None) -> None:
         now[0] += 0.6 + seconds  # requests admitted after the last adjustment
-        for _ in range(5):
+        for _ in range(3):  # one window: it closes at its third sample
             when = now[0] - seconds if admitted_at is None else admitted_at
             limit.observe(when, seconds, in_flight, in_flight_at_admission=in_flight)
 
@@ -167,7 +167,7 @@ def test_on_a_slow_machine_the_limit_keeps_twice_the_uncongested_latency() -> No
 
     def window(seconds: float, in_flight: int) -> None:
         now[0] += 0.6 + seconds
-        for _ in range(5):
+        for _ in range(3):  # one window: it closes at its third sample
             limit.observe(now[0] - seconds, seconds, in_flight, in_flight_at_admission=in_flight)
 
     window(0.5, in_flight=3)  # uncongested, yet over the budget: the machine is slow
