@@ -29,6 +29,8 @@ import argparse
 import asyncio
 import os
 import random
+import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -49,13 +51,6 @@ sys.path.insert(0, str(REPO))
 
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
-from bench.interactive import (  # noqa: E402
-    free_port,
-    percentile,
-    start_process,
-    wait_for_http,
-    wait_for_log,
-)
 from contracts.search_attributes import ALL_SEARCH_ATTRIBUTES  # noqa: E402
 from devstack.ephemeral import use_throwaway_key_if_unset  # noqa: E402
 from infra.migrate import upgrade_to_head  # noqa: E402
@@ -67,6 +62,54 @@ MODEL = "gpt-4o-mini"
 QUEUE = "bench-interactive-load"
 CLIENT_TIMEOUT_SECONDS = 300.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# --- Processes (as bench/interactive.py starts them; bench scripts stand alone) ---------------
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_process(
+    args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, cwd=cwd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _tail(log: Path) -> str:
+    return log.read_text()[-2000:] if log.exists() else ""
+
+
+async def wait_for_log(log: Path, pattern: str, process: subprocess.Popen[bytes]) -> re.Match[str]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited:\n{await asyncio.to_thread(_tail, log)}")
+        found = re.search(pattern, await asyncio.to_thread(_tail, log))
+        if found:
+            return found
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{process.args!r} not ready:\n{await asyncio.to_thread(_tail, log)}")
+
+
+async def wait_for_http(url: str) -> None:
+    async with httpx2.AsyncClient(timeout=2) as http:
+        for _ in range(300):
+            try:
+                if (await http.get(url)).status_code == 200:
+                    return
+            except httpx2.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(url)
 
 
 @dataclass
@@ -180,11 +223,11 @@ async def cpu_snapshot(
 
 
 def cpu_by_process(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    used: Counter[str] = Counter()
+    used: dict[str, float] = {}
     for key, seconds in after.items():
         name = "postgres" if key.startswith("postgres:") else key
-        used[name] += seconds - before.get(key, 0.0)
-    return dict(used)
+        used[name] = used.get(name, 0.0) + seconds - before.get(key, 0.0)
+    return used
 
 
 # --- Checks ------------------------------------------------------------------------------------
@@ -236,14 +279,6 @@ def summary(name: str, records: list[ClientRecord], elapsed: float) -> dict[str,
     return {"p50": p50, "p99": p99, "rate": answered / elapsed, "answered": answered}
 
 
-def start_keel_process(
-    args: list[str], repo: Path, env: dict[str, str], log: Path
-) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        args, cwd=repo, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
-    )
-
-
 async def bench(args: argparse.Namespace, scratch: Path) -> int:
     keel_bin = Path(args.keel_repo) / ".venv" / "bin" if args.keel_repo else BIN
     keel_repo = Path(args.keel_repo) if args.keel_repo else REPO
@@ -291,15 +326,15 @@ async def bench(args: argparse.Namespace, scratch: Path) -> int:
             "KEEL_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
         }
-        worker = start_keel_process(
+        worker = start_process(
             [str(keel_bin / "python"), "-m", "workers", "--queue", QUEUE],
-            keel_repo, keel_env, scratch / "worker.log",
+            keel_env, scratch / "worker.log", cwd=keel_repo,
         )  # fmt: skip
         processes.append(worker)
         port = free_port()
-        api = start_keel_process(
+        api = start_process(
             [str(keel_bin / "keel"), "api", "--port", str(port)],
-            keel_repo, keel_env, scratch / "api.log",
+            keel_env, scratch / "api.log", cwd=keel_repo,
         )  # fmt: skip
         processes.append(api)
         url = f"http://127.0.0.1:{port}"
