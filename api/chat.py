@@ -181,7 +181,7 @@ async def chat_completions(
     """Create a chat completion (OpenAI-compatible), as a durable turn of a chat session."""
     priority = request_priority(request)
     # Counted in flight from here (or refused with 503); released on every path.
-    in_flight = api.shedder.admit(priority)
+    in_flight = api.shedder.admit(priority, streamed=bool(body.stream))
     try:
         return await _answer(body, request, api, caller, priority, in_flight)
     except BaseException:
@@ -267,8 +267,7 @@ async def _answer(
                 if event is None:
                     yield KEEP_ALIVE
                     continue
-                if not after_seq:  # a resumed stream's first event says nothing of keel's latency
-                    in_flight.first_event()
+                in_flight.first_event(sample=not after_seq)
                 for line in writer.write(event):
                     yield line
             yield "data: [DONE]\n\n"

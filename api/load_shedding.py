@@ -14,7 +14,10 @@ is adjusted, AIMD like TCP's congestion window:
   then ignored (they queued under the old limit, so they cannot tell whether the new one is
   enough);
 - the median under ``GROW_BELOW`` times the threshold while requests are waiting at the
-  limit: raise it by ``INCREASE``.
+  limit: raise it by ``INCREASE``;
+- a streamed request still without its first event past the threshold cuts at once (checked
+  at every admission): a stalled path reports no samples, so waiting for them would react
+  only after the stall.
 
 The threshold is the budget (``KEEL_INTERACTIVE_LATENCY_BUDGET_MS``), or ``TOLERANCE`` times
 the uncongested latency if that is more: the median of the last ``BASELINE_SAMPLES`` requests
@@ -66,8 +69,9 @@ from infra.settings import KeelSettings
 log = structlog.get_logger("keel.api")
 
 BACKLOG_SAMPLE_SECONDS = 1.0
-# A limit that can admit a first burst at once; it grows while the budget holds.
-INITIAL_LIMIT = 32
+# A first burst gets this many places at once; the limit grows while the budget holds. Not
+# more: requests admitted into a congested machine keep their latency, whatever comes after.
+INITIAL_LIMIT = 16
 ADJUST_SECONDS = 0.5
 MIN_SAMPLES = 3
 # The window's median: on a busy machine its slow end is mostly noise (a descheduled process),
@@ -130,8 +134,7 @@ class AdmissionLimit:
         median = ordered[min(len(ordered) - 1, math.ceil(SAMPLE_QUANTILE * len(ordered)) - 1)]
         threshold = self.threshold_seconds
         if median > threshold:
-            self.value = max(float(self.floor), min(self.value, float(in_flight)) * DECREASE)
-            self._last_cut = now
+            self._cut(in_flight, now)
         elif median < threshold * GROW_BELOW and (
             self._refused_in_window or in_flight >= self.allowed
         ):
@@ -139,6 +142,26 @@ class AdmissionLimit:
         self._samples.clear()
         self._refused_in_window = False
         self._window_started = now
+        API_ADMISSION_LIMIT.set(self.allowed)
+
+    def waiting_since(self, oldest_admitted_at: float | None, in_flight: int) -> None:
+        """The oldest request still waiting for its first event: one that has waited past the
+        threshold is a sample already, before it arrives (a stalled path reports no samples,
+        so waiting for them would react only after the stall). Requests admitted before the
+        last cut do not count, as in ``observe``."""
+        if oldest_admitted_at is None or oldest_admitted_at < self._last_cut:
+            return
+        now = self.clock()
+        if now - oldest_admitted_at > self.threshold_seconds:
+            self._cut(in_flight, now)
+
+    @property
+    def last_cut(self) -> float:
+        return self._last_cut
+
+    def _cut(self, in_flight: int, now: float) -> None:
+        self.value = max(float(self.floor), min(self.value, float(in_flight)) * DECREASE)
+        self._last_cut = now
         API_ADMISSION_LIMIT.set(self.allowed)
 
 
@@ -154,6 +177,7 @@ class LoadShedder:
         self.backlog = 0
         self.admitted: Counter[RequestPriority] = Counter()
         self.refused: Counter[RequestPriority] = Counter()
+        self._waiting: dict[InFlight, float] = {}  # streamed, admitted, no first event yet
         self._sampler: asyncio.Task[None] | None = None
         API_ADMISSION_LIMIT.set(self.limit.allowed)
 
@@ -194,6 +218,7 @@ class LoadShedder:
     def check(self, priority: RequestPriority) -> None:
         """Raise a 503 if a request of ``priority`` would be refused now (counts nothing in
         flight: for requests that start work and return at once, such as jobs)."""
+        self.limit.waiting_since(self._oldest_waiting(), self.in_flight)
         reason = self.saturated(priority)
         if reason is None:
             return
@@ -215,14 +240,23 @@ class LoadShedder:
             headers={"Retry-After": str(retry_after)},
         )
 
-    def admit(self, priority: RequestPriority) -> InFlight:
+    def admit(self, priority: RequestPriority, streamed: bool = True) -> InFlight:
         """Admit a request of ``priority`` (or raise a 503) and count it in flight until its
         ticket is released. Checked and counted in one step, so a burst cannot slip past the
-        limit while earlier requests are still on their way in."""
+        limit while earlier requests are still on their way in. A ``streamed`` request's
+        first event (``InFlight.first_event``) is a sample of keel's latency."""
         self.check(priority)
         self.admitted[priority] += 1
         API_ADMITTED.labels(priority=priority.value).inc()
-        return InFlight(self, priority)
+        return InFlight(self, priority, streamed)
+
+    def _oldest_waiting(self) -> float | None:
+        """When the oldest streamed request admitted since the last cut was admitted, if it
+        still waits for its first event (the dict keeps admission order)."""
+        for admitted_at in self._waiting.values():
+            if admitted_at >= self.limit.last_cut:
+                return admitted_at
+        return None
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
@@ -283,20 +317,26 @@ class InFlight:
     background task (a client that disconnects before the stream starts never runs the
     stream's ``finally``)."""
 
-    def __init__(self, shedder: LoadShedder, priority: RequestPriority) -> None:
+    def __init__(self, shedder: LoadShedder, priority: RequestPriority, streamed: bool) -> None:
         self._shedder: LoadShedder | None = shedder
         self._priority = priority
         self._admitted_at = shedder.limit.clock()
-        self._observed = False
+        self._observed = not streamed
         shedder._count(priority, +1)
         self._in_flight_at_admission = shedder.in_flight
+        if streamed:
+            shedder._waiting[self] = self._admitted_at
 
-    def first_event(self) -> None:
-        """The turn's first stream event arrived: keel's part of the latency is over."""
+    def first_event(self, sample: bool = True) -> None:
+        """The turn's first stream event arrived: keel's part of the latency is over (a
+        resumed stream's first event says nothing of it: ``sample=False``)."""
         if self._observed or self._shedder is None:
             return
         self._observed = True
         shedder = self._shedder
+        shedder._waiting.pop(self, None)
+        if not sample:
+            return
         now = shedder.limit.clock()
         shedder.limit.observe(
             self._admitted_at,
@@ -307,6 +347,7 @@ class InFlight:
 
     def release(self) -> None:
         if self._shedder is not None:
+            self._shedder._waiting.pop(self, None)
             self._shedder._count(self._priority, -1)
             self._shedder = None
 

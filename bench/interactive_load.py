@@ -62,6 +62,10 @@ MODEL = "gpt-4o-mini"
 QUEUE = "bench-interactive-load"
 CLIENT_TIMEOUT_SECONDS = 300.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# A client sends a turn again, same Idempotency-Key, after a broken connection or these statuses
+# (the openai SDK's own retry rule for 5xx; 502 is keel's "every model failed", final).
+RESENT_STATUSES = frozenset({500, 504})
+RESENDS = 3
 
 
 # --- Processes (as bench/interactive.py starts them; bench scripts stand alone) ---------------
@@ -82,6 +86,10 @@ def start_process(
     args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, cwd=cwd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _tail_all(log: Path) -> str:
+    return log.read_text() if log.exists() else ""
 
 
 def _tail(log: Path) -> str:
@@ -119,6 +127,7 @@ class ClientRecord:
     failed: dict[str, str] = field(default_factory=dict)  # turn id -> error
     latencies_ms: list[float] = field(default_factory=list)
     shed: int = 0
+    resent: int = 0
     requests: int = 0
     parse_errors: int = 0
 
@@ -126,6 +135,7 @@ class ClientRecord:
 async def one_turn(sdk: openai.AsyncOpenAI, record: ClientRecord, question: str) -> None:
     turn_id = f"t-{uuid.uuid4().hex[:16]}"
     headers = {"Idempotency-Key": turn_id, "X-Keel-Session-Id": record.session_id}
+    resent = 0
     while True:
         record.requests += 1
         started = time.perf_counter()
@@ -149,11 +159,22 @@ async def one_turn(sdk: openai.AsyncOpenAI, record: ClientRecord, question: str)
                 retry_after = float(error.response.headers.get("retry-after") or 1)
                 await asyncio.sleep(retry_after * random.uniform(1.0, 1.5))
                 continue
+            if error.status_code in RESENT_STATUSES and resent < RESENDS:
+                resent += 1  # as the SDK's own retries would, with the same Idempotency-Key
+                record.resent += 1
+                continue
             record.failed[turn_id] = f"{error.status_code}: {error.message}"
             return
         except ValueError as error:  # JSONDecodeError: the SDK could not parse a chunk
             record.parse_errors += 1
             record.failed[turn_id] = f"unparsable stream: {error}"
+            return
+        except openai.APIConnectionError as error:
+            if resent < RESENDS:
+                resent += 1  # the same key again: the turn's first answer, not a second turn
+                record.resent += 1
+                continue
+            record.failed[turn_id] = f"{type(error).__name__}: {error}"
             return
         except openai.APIError as error:
             record.failed[turn_id] = f"{type(error).__name__}: {error}"
@@ -274,7 +295,8 @@ def summary(name: str, records: list[ClientRecord], elapsed: float) -> dict[str,
         f"{name:5} {len(records):4d} clients: {answered} turns answered in {elapsed:6.1f} s "
         f"= {answered / elapsed:6.1f} turns/s; accepted turn p50 {p50:7.0f} ms, p99 {p99:7.0f} ms; "
         f"shed {shed}/{requests} requests ({100 * shed / max(requests, 1):.1f}%); "
-        f"failed {failed}"
+        f"failed {failed}; sent again after a broken connection or 5xx "
+        f"{sum(r.resent for r in records)}"
     )
     return {"p50": p50, "p99": p99, "rate": answered / elapsed, "answered": answered}
 
@@ -306,6 +328,7 @@ async def bench(args: argparse.Namespace, scratch: Path) -> int:
     )
     processes: list[subprocess.Popen[bytes]] = []
     problems: list[str] = []
+    api_errors: Counter[str] = Counter()
     try:
         sim_log = scratch / "sim.log"
         simulator = start_process(
@@ -366,6 +389,11 @@ async def bench(args: argparse.Namespace, scratch: Path) -> int:
             problems = await check_sessions(connection, idle + loaded)
         finally:
             await connection.close()
+        api_errors = Counter(
+            re.findall(
+                r'"error": ?"([^"]+)"', await asyncio.to_thread(_tail_all, scratch / "api.log")
+            )
+        )
     finally:
         for process in reversed(processes):
             process.terminate()
@@ -406,6 +434,8 @@ async def bench(args: argparse.Namespace, scratch: Path) -> int:
     ).most_common(5)
     if failures:
         print(f"failed turns by error: {failures}")
+    if api_errors:
+        print(f"errors in the API's log: {api_errors.most_common(5)}")
     if problems:
         print(f"SESSION CHECK FAILED ({len(problems)}):")
         for line in problems[:20]:

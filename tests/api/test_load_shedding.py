@@ -130,7 +130,7 @@ def test_the_limit_follows_keels_latency_against_the_budget() -> None:
         interactive_latency_budget_ms=200, admission_min_in_flight=4, admission_max_in_flight=64
     )
     limit = AdmissionLimit(settings, clock=lambda: now[0])
-    assert limit.allowed == 32
+    assert limit.allowed == 16
 
     def window(seconds: float, in_flight: int, admitted_at: float | None = None) -> None:
         now[0] += 0.6 + seconds  # requests admitted after the last adjustment
@@ -138,15 +138,25 @@ def test_the_limit_follows_keels_latency_against_the_budget() -> None:
             when = now[0] - seconds if admitted_at is None else admitted_at
             limit.observe(when, seconds, in_flight, in_flight_at_admission=in_flight)
 
-    window(0.5, in_flight=30)  # over budget: cut to 0.8 x 30
-    assert limit.allowed == 24
-    window(0.5, in_flight=24, admitted_at=now[0] - 0.1)  # admitted before the cut: ignored
-    assert limit.allowed == 24
+    window(0.5, in_flight=30)  # over budget: cut to 0.8 x the limit (16 < 30 in flight)
+    assert limit.allowed == 12
+    window(0.5, in_flight=12, admitted_at=now[0] - 0.1)  # admitted before the cut: ignored
+    assert limit.allowed == 12
     window(0.05, in_flight=10)  # fast, but nobody waits at the limit: unchanged
-    assert limit.allowed == 24
+    assert limit.allowed == 12
     limit.refused()
-    window(0.05, in_flight=24)  # fast and requests were refused: grow
-    assert limit.allowed == 28
+    window(0.05, in_flight=12)  # fast and requests were refused: grow 20 % (of 12.8)
+    assert limit.allowed == 15
+    window(0.05, in_flight=3)
+    # A request admitted after the last adjustment has waited past the budget for its first
+    # event: the limit is cut before that request reports anything.
+    limit.waiting_since(now[0], in_flight=14)
+    assert limit.allowed == 15  # not yet waiting long
+    now[0] += 0.3
+    limit.waiting_since(now[0] - 0.3, in_flight=14)
+    assert limit.allowed == 11
+    limit.waiting_since(now[0] - 0.3, in_flight=11)  # admitted before that cut: no second one
+    assert limit.allowed == 11
     for _ in range(20):
         window(0.05, in_flight=limit.allowed)
     assert limit.allowed == 64  # the ceiling
@@ -173,6 +183,6 @@ def test_on_a_slow_machine_the_limit_keeps_twice_the_uncongested_latency() -> No
     window(0.5, in_flight=3)  # uncongested, yet over the budget: the machine is slow
     assert limit.threshold_seconds == 1.0
     window(0.8, in_flight=30)  # within twice the uncongested latency: kept
-    assert limit.allowed == 32
+    assert limit.allowed == 16
     window(1.2, in_flight=30)  # beyond it: cut
-    assert limit.allowed == 24
+    assert limit.allowed == 12
