@@ -66,11 +66,17 @@ _CALLS = text(
         SELECT *, created_at > now() - make_interval(secs => :rate_seconds) AS recent
         FROM llm_calls
         WHERE id >= :floor AND created_at > now() - make_interval(secs => :cost_seconds)
+          AND (CAST(:tenant AS text) IS NULL OR tenant = :tenant)
     ) window_rows
     """
 )
 _BREAKERS = text("SELECT provider, model, state FROM circuit_breakers ORDER BY provider, model")
-_APPROVALS_PENDING = text("SELECT count(*) FROM approvals WHERE status = 'pending'")
+_APPROVALS_PENDING = text(
+    """
+    SELECT count(*) FROM approvals
+    WHERE status = 'pending' AND (CAST(:tenant AS text) IS NULL OR tenant = :tenant)
+    """
+)
 _BATCHES = text(
     """
     SELECT b.id, b.tenant, b.status,
@@ -81,6 +87,7 @@ _BATCHES = text(
         SELECT status, count(*) AS items FROM batch_items WHERE batch_id = b.id GROUP BY status
     ) i ON true
     WHERE b.status IN ('loading', 'running', 'paused')
+      AND (CAST(:tenant AS text) IS NULL OR b.tenant = :tenant)
     GROUP BY b.id, b.tenant, b.status
     ORDER BY b.id
     """
@@ -104,8 +111,8 @@ class Figures:
 
 
 class FigureReader:
-    def __init__(self, settings: KeelSettings, client: Client | None) -> None:
-        self.settings, self.client = settings, client
+    def __init__(self, settings: KeelSettings, client: Client | None, tenant: str | None) -> None:
+        self.settings, self.client, self.tenant = settings, client, tenant
         self.sessions = session_factory()
         self.floor: int | None = None  # the ledger window's first row id
 
@@ -136,14 +143,16 @@ class FigureReader:
                         "floor": self.floor,
                         "rate_seconds": RATE_WINDOW_S,
                         "cost_seconds": COST_WINDOW_S,
+                        "tenant": self.tenant,
                     },
                 )
             ).one()
             figures.breakers = [tuple(row) for row in await session.execute(_BREAKERS)]
             figures.approvals_pending = int(
-                (await session.execute(_APPROVALS_PENDING)).scalar_one()
+                (await session.execute(_APPROVALS_PENDING, {"tenant": self.tenant})).scalar_one()
             )
-            figures.batches = [tuple(row) for row in await session.execute(_BATCHES)]
+            batches = await session.execute(_BATCHES, {"tenant": self.tenant})
+            figures.batches = [tuple(row) for row in batches]
         figures.calls_per_s = calls.finished / RATE_WINDOW_S
         figures.error_rate = calls.errors / calls.finished if calls.finished else 0.0
         figures.in_flight = calls.in_flight
@@ -178,7 +187,7 @@ def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f} ms"
 
 
-def render(figures: Figures) -> Group:
+def render(figures: Figures, tenant: str | None = None) -> Group:
     calls = Table.grid(padding=(0, 3))
     for _ in range(6):
         calls.add_column()
@@ -215,7 +224,8 @@ def render(figures: Figures) -> Group:
     parts: list[Text | Table] = [
         Text.from_markup(
             f"[bold]keel top[/]  {figures.at:%H:%M:%S} UTC  "
-            f"(calls over the last {RATE_WINDOW_S} s, cost over {COST_WINDOW_S // 60} min)  "
+            + (f"tenant {tenant}  " if tenant else "")
+            + f"(calls over the last {RATE_WINDOW_S} s, cost over {COST_WINDOW_S // 60} min)  "
             "q quits"
         ),
         calls,
@@ -244,19 +254,19 @@ def _keys_without_echo() -> Iterator[int | None]:
         termios.tcsetattr(descriptor, termios.TCSADRAIN, saved)
 
 
-async def _run(settings: KeelSettings) -> None:
+async def _run(settings: KeelSettings, tenant: str | None) -> None:
     try:
         client: Client | None = await connect(settings)
     except ConnectionError as error:
         client = None
         console.print(f"[yellow]no queue backlogs: {error}[/]")
-    reader = FigureReader(settings, client)
+    reader = FigureReader(settings, client, tenant)
     quit_pressed = asyncio.Event()
     loop = asyncio.get_running_loop()
     with (
         _keys_without_echo() as keys,
         Live(
-            render(await reader.read()), console=console, screen=False, auto_refresh=False
+            render(await reader.read(), tenant), console=console, screen=False, auto_refresh=False
         ) as live,
     ):
         if keys is not None:
@@ -271,19 +281,23 @@ async def _run(settings: KeelSettings) -> None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(quit_pressed.wait(), REFRESH_SECONDS)
                 if not quit_pressed.is_set():
-                    live.update(render(await reader.read()), refresh=True)
+                    live.update(render(await reader.read(), tenant), refresh=True)
         finally:
             if keys is not None:
                 loop.remove_reader(keys)
     await dispose_engines()
 
 
-def top() -> None:
+def top(
+    tenant: str | None = typer.Option(
+        None, help="Only this tenant's calls, approvals and batches (breakers, queues: all)."
+    ),
+) -> None:
     """Live calls/s, error rate, p50/p99, cost per hour, breakers, queue backlogs, approvals
     pending and batch progress, refreshed every second (q or Ctrl-C quits, exit code 0)."""
     settings = get_settings()
     try:
-        asyncio.run(_run(settings))
+        asyncio.run(_run(settings, tenant))
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a person leaves a live view: not a failure
     except OSError as error:

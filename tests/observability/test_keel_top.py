@@ -46,10 +46,12 @@ def tmux() -> Iterator[Tmux]:
         subprocess.run(["tmux", "-L", server.socket, "kill-server"], capture_output=True)
 
 
-def start_top(tmux: Tmux, env: dict[str, str]) -> None:
+def start_top(tmux: Tmux, env: dict[str, str], tenant: str) -> None:
     """``keel top`` as the pane's process; the pane stays after it exits, with its exit code."""
     exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
-    command = f"cd {shlex.quote(str(REPO_ROOT))} && exec env -i {exports} {KEEL} top"
+    command = (
+        f"cd {shlex.quote(str(REPO_ROOT))} && exec env -i {exports} {KEEL} top --tenant {tenant}"
+    )
     tmux(
         "new-session", "-d", "-s", "top", "-x", "150", "-y", "45", command,
         ";", "set-window-option", "-t", "top", "remain-on-exit", "on",
@@ -82,16 +84,19 @@ async def test_keel_top_shows_live_figures_and_quits_on_q_and_ctrl_c(
     simulator: SimServer,
     tmux: Tmux,
 ) -> None:
+    # Its own tenant: the suite's other tests share this database's ledger.
+    tenant = f"top-{uuid.uuid4().hex[:6]}"
     env = worker_environment(client, keel_settings, TERM="xterm-256color", NO_COLOR="1")
-    start_top(tmux, env)
+    start_top(tmux, env, tenant)
     screen = await eventually(tmux.screen, lambda s: "approvals pending" in s, timeout=60)
     assert figure(screen, "calls/s") == "0.00"
     assert f"{keel_settings.interactive_task_queue} activity" in screen
     assert "(none running)" in screen
+    assert f"tenant {tenant}" in screen
     first_clock = screen.split("keel top", 1)[1].split()[0]
 
     for n in range(3):
-        params = AskInput(prompt=f"Name river {n}.", models=[CHEAP], max_tokens=20)
+        params = AskInput(prompt=f"Name river {n}.", models=[CHEAP], max_tokens=20, tenant=tenant)
         await (
             await start_ask(client, keel_settings, params, f"top-{uuid.uuid4().hex[:8]}")
         ).result()
@@ -106,7 +111,7 @@ async def test_keel_top_shows_live_figures_and_quits_on_q_and_ctrl_c(
     assert await eventually(lambda: exit_code(tmux), lambda code: code is not None, timeout=20) == 0
     tmux("kill-session", "-t", "top")
 
-    start_top(tmux, env)
+    start_top(tmux, env, tenant)
     await eventually(tmux.screen, lambda s: "approvals pending" in s, timeout=60)
     tmux("send-keys", "-t", "top", "C-c")
     assert await eventually(lambda: exit_code(tmux), lambda code: code is not None, timeout=20) == 0
