@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -26,4 +28,8 @@ def build_worker(
         activities=list(contents.activities),
         interceptors=[LogContextInterceptor()],
         max_concurrent_activities=contents.max_concurrent_activities,
+        # Heartbeats reach the server at most this often (the SDK's default is 80% of the
+        # heartbeat timeout): a batch page learns of a pause or cancel from the answer to its
+        # heartbeat, so this bounds how long a page keeps starting calls after one.
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
     )

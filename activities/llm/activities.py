@@ -125,48 +125,53 @@ async def _candidates(
 @activity.defn(name="plan_llm_route")
 async def plan_llm_route(request: LlmRequest) -> RoutePlan:
     """Turn a route into an ordered chain of models with the breaker state of each, so the
-    workflow skips an open breaker without spending an activity round trip on it.
-
-    The route may be swapped for a cheaper one (its ``downgrade_to``): for a task class sent
-    there, while the tenant's budget is low, or, under the downgrade policy, when the budget
-    cannot cover the call; and a canary may take the call (see activities/llm/routing.py)."""
-    settings = get_settings()
+    workflow skips an open breaker without spending an activity round trip on it."""
     info = activity.info()
-    policy = budget_policy_of(request, settings)
-    config = breaker_config(settings)
     # Per call, stable across retries and replays: the canary split is by call, not by workflow.
     traffic_key = f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
     async with session_factory().begin() as session:
-        budgets = await budget_states(session, request.tenant, settings)
-        try:
-            if request.models:
-                choice = RouteChoice(route="", models=list(request.models))
-            else:
-                choice = choose_route(
-                    request.route or settings.default_route,
-                    request.purpose,
-                    settings,
-                    traffic_key,
-                    budget_low=budget_is_low(budgets, settings) is not None,
-                )
-        except UnknownRouteError as error:
-            raise ApplicationError(str(error), type="UnknownRoute", non_retryable=True) from error
+        return await route_plan(session, request, get_settings(), traffic_key)
+
+
+async def route_plan(
+    session: AsyncSession, request: LlmRequest, settings: KeelSettings, traffic_key: str
+) -> RoutePlan:
+    """The plan of ``request``: its chain with each model's breaker state, budgets, policies.
+
+    The route may be swapped for a cheaper one (its ``downgrade_to``): for a task class sent
+    there, while the tenant's budget is low, or, under the downgrade policy, when the budget
+    cannot cover the call; and a canary may take the call (see activities/llm/routing.py).
+    Shared by the planning activity and the batch page (which plans once per request shape)."""
+    policy = budget_policy_of(request, settings)
+    config = breaker_config(settings)
+    budgets = await budget_states(session, request.tenant, settings)
+    try:
+        if request.models:
+            choice = RouteChoice(route="", models=list(request.models))
+        else:
+            choice = choose_route(
+                request.route or settings.default_route,
+                request.purpose,
+                settings,
+                traffic_key,
+                budget_low=budget_is_low(budgets, settings) is not None,
+            )
+    except UnknownRouteError as error:
+        raise ApplicationError(str(error), type="UnknownRoute", non_retryable=True) from error
+    candidates = await _candidates(session, choice.models, config)
+    refusal = _budget_refusal(budgets, candidates, request)
+    seen = {choice.route}
+    # Out of budget under the downgrade policy: step down now, not after a refused call.
+    while refusal and policy == BudgetPolicy.DOWNGRADE and choice.route:
+        target = route_policy(choice.route, settings).downgrade_to
+        if not target or target in seen:
+            break
+        seen.add(target)
+        named = choice.downgraded_from or choice.route
+        choice = choose_route(target, request.purpose, settings, traffic_key)
+        choice = RouteChoice(choice.route, choice.models, choice.chain, named, "budget_exhausted")
         candidates = await _candidates(session, choice.models, config)
         refusal = _budget_refusal(budgets, candidates, request)
-        seen = {choice.route}
-        # Out of budget under the downgrade policy: step down now, not after a refused call.
-        while refusal and policy == BudgetPolicy.DOWNGRADE and choice.route:
-            target = route_policy(choice.route, settings).downgrade_to
-            if not target or target in seen:
-                break
-            seen.add(target)
-            named = choice.downgraded_from or choice.route
-            choice = choose_route(target, request.purpose, settings, traffic_key)
-            choice = RouteChoice(
-                choice.route, choice.models, choice.chain, named, "budget_exhausted"
-            )
-            candidates = await _candidates(session, choice.models, config)
-            refusal = _budget_refusal(budgets, candidates, request)
     batch = request.call_class == CallClass.BATCH
     route = choice.route or None
     return RoutePlan(

@@ -12,7 +12,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from activities.batch.items import batch_report, count_items
-from contracts.batch import BatchCounts
+from contracts.batch import BatchCounts, ControlRequest
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
@@ -25,7 +25,7 @@ from tests.batch.conftest import (
     start_batch,
 )
 from tests.helpers import audit_events, eventually, ledger_rows
-from workflows.batch import BatchWorkflow, ControlRequest
+from workflows.batch import PagedBatchWorkflow
 
 ALICE = ControlRequest(by="alice")
 
@@ -54,12 +54,12 @@ async def test_pause_starts_nothing_new_and_resume_finishes_the_batch(
         return (await counts(batch_id)).ok >= 2
 
     await eventually(some_done, timeout=30, interval=0.1)
-    ack = await handle.execute_update(BatchWorkflow.pause, ALICE)
+    ack = await handle.execute_update(PagedBatchWorkflow.pause, ALICE)
     assert ack.status == "paused" and ack.in_flight <= 2
 
     async def drained() -> bool:
         """Nothing in flight, and every finished item's outcome written."""
-        progress = await handle.query(BatchWorkflow.progress)
+        progress = await handle.query(PagedBatchWorkflow.progress)
         return progress.in_flight == 0 and (await counts(batch_id)).ok == progress.ok
 
     await eventually(drained, timeout=30, interval=0.1)
@@ -68,12 +68,14 @@ async def test_pause_starts_nothing_new_and_resume_finishes_the_batch(
     await asyncio.sleep(1.2)  # three item latencies: a running batch would have moved on
     assert simulator_requests(simulator.stats()) == requests_when_paused
     assert (await counts(batch_id)).ok == done_when_paused < 12
-    report_status = (await handle.query(BatchWorkflow.progress)).status
+    report_status = (await handle.query(PagedBatchWorkflow.progress)).status
     assert report_status == "paused"
 
-    message = await refused(handle.execute_update(BatchWorkflow.pause, ControlRequest(by="bob")))
+    message = await refused(
+        handle.execute_update(PagedBatchWorkflow.pause, ControlRequest(by="bob"))
+    )
     assert message == f"batch {batch_id} is already paused (by alice)"
-    await handle.execute_update(BatchWorkflow.resume, ALICE)
+    await handle.execute_update(PagedBatchWorkflow.resume, ALICE)
     result = await handle.result()
     assert (result.status, result.ok) == ("completed", 12)
     events = [e.event_type for e in await audit_events(handle.id)]
@@ -92,9 +94,9 @@ async def test_cancel_skips_pending_items_and_lets_in_flight_ones_finish(
         return (await counts(batch_id)).ok >= 1
 
     await eventually(started, timeout=30, interval=0.1)
-    ack = await handle.execute_update(BatchWorkflow.cancel, ALICE)
+    ack = await handle.execute_update(PagedBatchWorkflow.cancel, ALICE)
     assert ack.status == "cancelling"
-    message = await refused(handle.execute_update(BatchWorkflow.cancel, ALICE))
+    message = await refused(handle.execute_update(PagedBatchWorkflow.cancel, ALICE))
     assert message == f"batch {batch_id} is already stopping"
     result = await handle.result()
     assert result.status == "cancelled" and result.reason == "cancelled by alice"
@@ -139,10 +141,10 @@ async def test_retry_failed_while_paused_puts_failed_items_back_in_line(
         return (await counts(batch_id)).failed >= 2
 
     await eventually(two_failed, timeout=30, interval=0.1)
-    await handle.execute_update(BatchWorkflow.pause, ALICE)
-    ack = await handle.execute_update(BatchWorkflow.retry_failed, ALICE)
+    await handle.execute_update(PagedBatchWorkflow.pause, ALICE)
+    ack = await handle.execute_update(PagedBatchWorkflow.retry_failed, ALICE)
     assert ack.reset == 2
-    await handle.execute_update(BatchWorkflow.resume, ALICE)
+    await handle.execute_update(PagedBatchWorkflow.resume, ALICE)
     result = await handle.result()
     assert (result.ok, result.failed) == (10, 0)
 
@@ -170,9 +172,9 @@ async def test_controls_refuse_a_finished_batch_clearly(
 ) -> None:
     simulator.configure(fixed_latency_s=0.3)
     batch_id, handle = await start_batch(client, keel_settings, prompt_lines(6), concurrency=2)
-    await handle.execute_update(BatchWorkflow.cancel, ALICE)
-    message = await refused(handle.execute_update(BatchWorkflow.resume, ALICE))
+    await handle.execute_update(PagedBatchWorkflow.cancel, ALICE)
+    message = await refused(handle.execute_update(PagedBatchWorkflow.resume, ALICE))
     assert message == f"batch {batch_id} is stopping; nothing to resume"
-    message = await refused(handle.execute_update(BatchWorkflow.pause, ALICE))
+    message = await refused(handle.execute_update(PagedBatchWorkflow.pause, ALICE))
     assert message == f"batch {batch_id} is stopping; nothing to pause"
     await handle.result()

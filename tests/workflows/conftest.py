@@ -22,7 +22,8 @@ from temporalio.worker import Worker
 from tests.conftest import time_skipping_server
 from tests.workflows.mocks import KeelMocks
 from workflows.ask import AskWorkflow
-from workflows.batch import BatchWorkflow
+from workflows.batch import PagedBatchWorkflow
+from workflows.batch_v1 import BatchWorkflow
 from workflows.chat_session import ChatSessionWorkflow
 from workflows.document_review import DocumentReviewWorkflow
 from workflows.jobs import JobWorkflow
@@ -30,6 +31,7 @@ from workflows.jobs import JobWorkflow
 KEEL_WORKFLOWS = [
     AskWorkflow,
     BatchWorkflow,
+    PagedBatchWorkflow,
     ChatSessionWorkflow,
     DocumentReviewWorkflow,
     JobWorkflow,
