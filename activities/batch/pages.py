@@ -345,7 +345,7 @@ class _Page:
             "prefix": self._prefix,
         }
         async with self._sessions.begin() as session:
-            await session.execute(_INTERRUPT, {**parameters, "attempt": self._page_attempt})
+            await session.execute(_INTERRUPT, {**parameters, "attempt": str(self._page_attempt)})
             earlier = await session.execute(_EARLIER, parameters)
             rows: dict[int, list[tuple[int, str, str | None]]] = {}
             for row in earlier:
