@@ -707,10 +707,10 @@ class _Page:
         every FLUSH_SECONDS or FLUSH_ROWS, whichever comes first. Once the page closes, it writes
         what is left and ends."""
         while True:
-            if not self._closing and not self._pending.admissions:
-                if self._pending.rows() < FLUSH_ROWS:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._urgent.wait(), timeout=FLUSH_SECONDS)
+            idle = not self._closing and not self._pending.admissions
+            if idle and self._pending.rows() < FLUSH_ROWS:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), timeout=FLUSH_SECONDS)
             self._urgent.clear()
             try:
                 await self._flush_once()
