@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import structlog
 from opentelemetry.trace import Span
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -47,7 +49,7 @@ from activities.llm.pipeline import (
     to_application_error,
 )
 from activities.llm.pricing import price_usd
-from activities.llm.providers import Provider, get_provider, provider_for_model
+from activities.llm.providers import ProviderClients, provider_for_model
 from activities.llm.routing import (
     RouteChoice,
     UnknownRouteError,
@@ -70,8 +72,7 @@ from contracts.llm import (
 )
 from contracts.traffic import BudgetPolicy
 from infra import metrics
-from infra.database import session_factory
-from infra.settings import KeelSettings, get_settings
+from infra.settings import KeelSettings
 from infra.tracing import llm_call_span
 
 log = structlog.get_logger(__name__)
@@ -114,17 +115,6 @@ async def _candidates(
             )
         )
     return candidates
-
-
-@activity.defn(name="plan_llm_route")
-async def plan_llm_route(request: LlmRequest) -> RoutePlan:
-    """Turn a route into an ordered chain of models with the breaker state of each, so the
-    workflow skips an open breaker without spending an activity round trip on it."""
-    info = activity.info()
-    # Per call, stable across retries and replays: the canary split is by call, not by workflow.
-    traffic_key = f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
-    async with session_factory().begin() as session:
-        return await route_plan(session, request, get_settings(), traffic_key)
 
 
 async def route_plan(
@@ -203,11 +193,13 @@ class _RetryBudget:
     deadline: datetime | None
 
 
-async def _retry_budget(call: AttemptInput, settings: KeelSettings) -> _RetryBudget:
+async def _retry_budget(
+    call: AttemptInput, settings: KeelSettings, sessions: async_sessionmaker[AsyncSession]
+) -> _RetryBudget:
     info = activity.info()
     prior = retries.PriorAttempts()
     if info.attempt > 1:  # the first attempt has nothing to read
-        async with session_factory()() as session:
+        async with sessions() as session:
             rows = await earlier_attempts(
                 session,
                 info.workflow_id or "",
@@ -223,12 +215,14 @@ async def _retry_budget(call: AttemptInput, settings: KeelSettings) -> _RetryBud
     )
 
 
-async def _error_budget_spent(retry: _RetryBudget, model: str) -> ApplicationError:
+async def _error_budget_spent(
+    retry: _RetryBudget, model: str, sessions: async_sessionmaker[AsyncSession]
+) -> ApplicationError:
     """The previous attempt timed out (or its worker died) as the last the error budget allowed,
     and Temporal, bounded only by the deadline, started this one anyway: close the earlier
     attempts' rows and end the model's turn without asking it again."""
     info = activity.info()
-    async with session_factory().begin() as session:
+    async with sessions.begin() as session:
         await mark_interrupted(
             session, info.workflow_id or "", info.workflow_run_id, info.activity_id, info.attempt
         )
@@ -280,42 +274,24 @@ async def _wait_for_rate_limit(wait_seconds: float, charges: list[rate_limits.Ch
         metrics.RATE_LIMIT_WAIT.labels(scope).observe(wait_seconds)
 
 
-@activity.defn(name="complete_chat")
-async def complete_chat(call: AttemptInput) -> LlmAnswer:
+async def _complete_chat(
+    call: AttemptInput,
+    span: Span,
+    settings: KeelSettings,
+    sessions: async_sessionmaker[AsyncSession],
+    providers: ProviderClients,
+) -> LlmAnswer:
     """The interactive driver of the call pipeline (activities/llm/pipeline.py): one attempt
     per activity, its retries scheduled by Temporal as the pipeline decides."""
     info = activity.info()
-    if call.fallback_from and info.attempt == 1:
-        metrics.LLM_FALLBACKS.labels(call.fallback_from, call.model).inc()
-    with llm_call_span(
-        call.model,
-        {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.system": call.provider,
-            "gen_ai.request.model": call.model,
-            "gen_ai.request.max_tokens": call.request.parameters.max_tokens,
-            "keel.attempt": info.attempt,
-            "keel.tenant": call.request.tenant,
-            "keel.route": call.route or "",
-            "keel.purpose": call.request.purpose,
-            "keel.workflow_id": info.workflow_id or "",
-        },
-    ) as span:
-        return await _complete_chat(call, span)
-
-
-async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
-    info = activity.info()
-    settings = get_settings()
     request, model, provider_name = call.request, call.model, call.provider
     _, model_name = provider_for_model(model)
-    sessions = session_factory()
     config = breaker_config(settings)
     key = AttemptKey(info.workflow_id or "", info.workflow_run_id, info.activity_id, info.attempt)
     attempt = Attempt(key, call, model_name, request.prompt_hash(model), span=span)
-    retry = await _retry_budget(call, settings)
+    retry = await _retry_budget(call, settings, sessions)
     if retries.error_budget_spent(retry.prior, retry.policy, retry.deadline):
-        raise await _error_budget_spent(retry, model)
+        raise await _error_budget_spent(retry, model, sessions)
     too_large = prompt_too_large(request, settings)
     if too_large is not None:
         # The last line of defence (every entry point checks first): nothing is reserved or
@@ -366,9 +342,9 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
         stream.delta(delta)
 
     async with stream:
-        failure = await call_provider(_SettingsProviders(settings), attempt, retry.policy, on_delta)
+        failure = await call_provider(providers, attempt, retry.policy, on_delta)
     if failure is not None:
-        await _record_failure(attempt, failure, config)
+        await _record_failure(attempt, failure, config, sessions)
         raise _to_application_error(failure, model, retry)
 
     completion = attempt.completion
@@ -411,23 +387,16 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
     )
 
 
-class _SettingsProviders:
-    """The providers ``settings`` configure, by name."""
-
-    def __init__(self, settings: KeelSettings) -> None:
-        self._settings = settings
-
-    def get(self, name: str) -> Provider:
-        return get_provider(name, self._settings)
-
-
 async def _record_failure(
-    attempt: Attempt, failure: ClassifiedError, config: circuit_breaker.BreakerConfig
+    attempt: Attempt,
+    failure: ClassifiedError,
+    config: circuit_breaker.BreakerConfig,
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     call = attempt.call
     usage = failed_usage(call.request, attempt.completion)
     cost = failed_cost(call.provider, attempt.model_name, usage)
-    async with session_factory().begin() as session:
+    async with sessions.begin() as session:
         await record_attempt(session, attempt.ledger_row("error", usage, cost, failure))
         await rate_limits.refund_unused(session, attempt.charges, usage)
         new_state = await circuit_breaker.record_failure(
@@ -445,3 +414,56 @@ async def _record_failure(
         retry_after_s=failure.retry_after.total_seconds() if failure.retry_after else None,
         breaker=new_state,
     )
+
+
+# --- Activities ------------------------------------------------------------------------------
+
+
+class LlmActivities:
+    """The LLM activities with what they depend on: the worker's settings (routes, policies,
+    budgets, breaker), its database sessions (ledger, budgets, limits, breaker, cache) and the
+    provider clients its settings configure."""
+
+    def __init__(
+        self,
+        settings: KeelSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        providers: ProviderClients,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._providers = providers
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.plan_llm_route, self.complete_chat]
+
+    @activity.defn(name="plan_llm_route")
+    async def plan_llm_route(self, request: LlmRequest) -> RoutePlan:
+        """Turn a route into an ordered chain of models with the breaker state of each, so the
+        workflow skips an open breaker without spending an activity round trip on it."""
+        info = activity.info()
+        # Per call, stable across retries and replays: the canary split is by call.
+        traffic_key = f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
+        async with self._sessions.begin() as session:
+            return await route_plan(session, request, self._settings, traffic_key)
+
+    @activity.defn(name="complete_chat")
+    async def complete_chat(self, call: AttemptInput) -> LlmAnswer:
+        info = activity.info()
+        if call.fallback_from and info.attempt == 1:
+            metrics.LLM_FALLBACKS.labels(call.fallback_from, call.model).inc()
+        with llm_call_span(
+            call.model,
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.system": call.provider,
+                "gen_ai.request.model": call.model,
+                "gen_ai.request.max_tokens": call.request.parameters.max_tokens,
+                "keel.attempt": info.attempt,
+                "keel.tenant": call.request.tenant,
+                "keel.route": call.route or "",
+                "keel.purpose": call.request.purpose,
+                "keel.workflow_id": info.workflow_id or "",
+            },
+        ) as span:
+            return await _complete_chat(call, span, self._settings, self._sessions, self._providers)
