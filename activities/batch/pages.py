@@ -261,7 +261,9 @@ class _Page:
         self._tasks: set[asyncio.Task[None]] = set()
         self._prior: dict[int, retries.PriorAttempts] = {}
         self._cached: dict[str, response_cache.CachedResponse] = {}
-        self._plans: dict[str, RoutePlan] = {}
+        # One planning per request shape, shared by every item of that shape that asks at once.
+        self._plans: dict[str, asyncio.Task[RoutePlan]] = {}
+        self._breakers_lock = asyncio.Lock()
         self._breakers: BreakerView = {}
         self._breakers_read = 0.0
         self._pending = _Pending()
@@ -294,6 +296,14 @@ class _Page:
             try:
                 await self._fill_slots()
             except asyncio.CancelledError:
+                details = activity.cancellation_details()
+                if details is None or not details.cancel_requested:
+                    # Not the workflow's cancel: the page timed out (its heartbeat was late) or
+                    # the worker is shutting down, and another attempt owns the page now. It
+                    # writes nothing more: the next attempt marks these calls interrupted and
+                    # answers their items, so no item gets two results.
+                    await self._abandon()
+                    raise
                 # The workflow cancelled the page (pause, cancel, a gate), noticed through the
                 # heartbeat: start nothing more; the calls in flight finish and are recorded.
                 self._stop = PageStop.CANCELLED
@@ -471,6 +481,12 @@ class _Page:
         if self._flush_error is not None:
             raise self._flush_error
 
+    async def _abandon(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _release_unanswered(self) -> None:
         """Claimed items the page did not answer go back in line, except the slow-path items the
         workflow takes over (their rows stay running under the page's token until it does)."""
@@ -559,13 +575,16 @@ class _Page:
     async def _plan_for(self, request: LlmRequest) -> RoutePlan:
         """One plan per request shape and page (as the workflow planned one per claimed page)."""
         key = f"{request.route}|{','.join(request.models or [])}"
-        plan = self._plans.get(key)
-        if plan is None:
-            traffic_key = f"{self._workflow_id}/{self._run_id}/{self._prefix}{key}"
-            async with self._sessions.begin() as session:
-                plan = await route_plan(session, request, self._settings, traffic_key)
-            self._plans[key] = plan
-        return plan
+        planning = self._plans.get(key)
+        if planning is None:
+            planning = asyncio.create_task(self._plan(request, key))
+            self._plans[key] = planning
+        return await asyncio.shield(planning)
+
+    async def _plan(self, request: LlmRequest, key: str) -> RoutePlan:
+        traffic_key = f"{self._workflow_id}/{self._run_id}/{self._prefix}{key}"
+        async with self._sessions.begin() as session:
+            return await route_plan(session, request, self._settings, traffic_key)
 
     async def _attempts(
         self, item: ClaimedItem, call: AttemptInput
@@ -675,19 +694,22 @@ class _Page:
         self._wake(urgent=self._pending.rows() >= FLUSH_ROWS)
 
     async def _refresh_breakers(self, provider: str, model: str) -> None:
-        now = time.monotonic()
-        if (
-            provider,
-            model,
-        ) in self._breakers and now - self._breakers_read < BREAKER_REFRESH_SECONDS:
+        """A model's breaker state is read when the page first calls it; the heartbeat loop
+        re-reads the states every BREAKER_REFRESH_SECONDS (one read for all items)."""
+        if (provider, model) in self._breakers:
             return
+        async with self._breakers_lock:
+            if (provider, model) not in self._breakers:
+                await self._read_breakers({*self._breakers, (provider, model)})
+
+    async def _read_breakers(self, keys: set[tuple[str, str]]) -> None:
         async with self._sessions() as session:
-            keys = {*self._breakers, (provider, model)}
-            self._breakers = {
+            states = {
                 (p, m): await circuit_breaker.read_state(session, p, m, self._config)
-                for p, m in keys
+                for p, m in sorted(keys)
             }
-        self._breakers_read = now
+        self._breakers = states
+        self._breakers_read = time.monotonic()
 
     # --- Group commit -----------------------------------------------------------------------------
 
@@ -771,8 +793,15 @@ class _Page:
 
     async def _heartbeat_loop(self) -> None:
         """Liveness and progress every second; the heartbeat is also how a cancellation from the
-        workflow reaches the page."""
+        workflow reaches the page. Breaker states are refreshed here too."""
         while True:
+            stale = time.monotonic() - self._breakers_read >= BREAKER_REFRESH_SECONDS
+            if self._breakers and stale:
+                try:
+                    async with self._breakers_lock:
+                        await self._read_breakers(set(self._breakers))
+                except Exception as error:  # a blip: the states read last stand a while longer
+                    log.warning("batch.breaker_refresh_failed", error=str(error)[:200])
             activity.heartbeat(
                 PageProgress(
                     claimed=self._claimed,
