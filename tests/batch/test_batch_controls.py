@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 
 import pytest
@@ -178,3 +179,43 @@ async def test_controls_refuse_a_finished_batch_clearly(
     message = await refused(handle.execute_update(PagedBatchWorkflow.pause, ALICE))
     assert message == f"batch {batch_id} is stopping; nothing to pause"
     await handle.result()
+
+
+async def test_pause_and_cancel_reach_a_running_page_within_two_seconds(
+    client: Client, keel_settings: KeelSettings, batch_worker: Worker, simulator: SimServer
+) -> None:
+    # One page would run for a minute: 8 calls at a time, 2 s each, 240 items.
+    simulator.configure(fixed_latency_s=2.0)
+    batch_id, handle = await start_batch(client, keel_settings, prompt_lines(240), concurrency=8)
+
+    async def some_done() -> bool:
+        return (await counts(batch_id)).ok >= 8
+
+    await eventually(some_done, timeout=60, interval=0.1)
+    await handle.execute_update(PagedBatchWorkflow.pause, ALICE)
+    paused_at = time.time()
+
+    async def drained() -> bool:
+        progress = await handle.query(PagedBatchWorkflow.progress)
+        return progress.in_flight == 0
+
+    await eventually(drained, timeout=30, interval=0.1)
+    late = [r.at - paused_at for r in simulator.requests() if r.at > paused_at + 2.0]
+    assert late == [], f"calls started after the pause: {late}"
+    # What was in flight finished and was recorded; nothing else is running.
+    state = await counts(batch_id)
+    assert state.running == 0 and state.ok == simulator_requests(simulator.stats())
+
+    await handle.execute_update(PagedBatchWorkflow.resume, ALICE)
+
+    def resumed_calls() -> int:
+        return simulator_requests(simulator.stats())
+
+    await eventually(resumed_calls, lambda n: n > state.ok, timeout=30, interval=0.1)
+    await handle.execute_update(PagedBatchWorkflow.cancel, ALICE)
+    cancelled_at = time.time()
+    result = await asyncio.wait_for(handle.result(), timeout=60)
+    late = [r.at - cancelled_at for r in simulator.requests() if r.at > cancelled_at + 2.0]
+    assert late == [], f"calls started after the cancel: {late}"
+    assert result.status == "cancelled" and result.ok + result.skipped == 240
+    assert simulator_requests(simulator.stats()) == result.ok == len(await ledger_rows(handle.id))
