@@ -542,6 +542,7 @@ class _Page:
             model=candidate.model,
             provider=candidate.provider,
             route=plan.route,
+            chain=plan.chain,
             fallback_from=failed[-1][0] if failed else None,
         )
         ended = await self._attempts(item, call)
