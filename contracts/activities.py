@@ -25,6 +25,8 @@ from contracts.batch import (
     LoadFileInput,
     LoadSummary,
     MeterInput,
+    PageInput,
+    PageResult,
     RecordOutcomesInput,
     RecordOutcomesResult,
     ReleaseInput,
@@ -115,6 +117,8 @@ METER_BATCH_SPEND = ActivityRef[MeterInput, Decimal]("meter_batch_spend", MeterI
 SET_BATCH_STATUS = ActivityRef[StatusInput, BatchCounts](
     "set_batch_status", StatusInput, BatchCounts
 )
+# --- Batch pages (activities/batch/pages.py)
+RUN_BATCH_PAGE = ActivityRef[PageInput, PageResult]("run_batch_page", PageInput, PageResult)
 
 ALL: tuple[ActivityRef[Any, Any], ...] = (
     PLAN_LLM_ROUTE,
@@ -140,4 +144,5 @@ ALL: tuple[ActivityRef[Any, Any], ...] = (
     RECORD_BATCH_ITEM_OUTCOMES,
     METER_BATCH_SPEND,
     SET_BATCH_STATUS,
+    RUN_BATCH_PAGE,
 )
