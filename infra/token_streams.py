@@ -11,8 +11,10 @@ Events of one stream, in order:
 - ``attempt``: an LLM attempt begins (``data``: attempt number, model). Anything streamed before
   it belongs to a failed attempt: discard it. Every later ``delta`` names the attempt it came
   from (``attempt``), so deltas of an abandoned attempt still running somewhere are ignorable.
-- ``delta``: text (``data.text``).
-- ``done``: the final text exactly as stored (``data.text``), plus usage and cost. Terminal.
+- ``delta``: text (``data.text``), or a piece of a tool call (``data.tool_call``: ``index``,
+  ``arguments``, and on its first piece ``id`` and ``name``).
+- ``done``: the final text exactly as stored (``data.text``) and tool calls
+  (``data.tool_calls``), plus usage and cost. Terminal.
 - ``error``: the turn failed (``data.message``, ``data.type``). Terminal.
 """
 

@@ -28,6 +28,7 @@ from activities.llm.budgets import (
     estimated_usage,
     reserve,
 )
+from activities.llm.capabilities import unsupported_reason
 from activities.llm.errors import ClassifiedError, classify
 from activities.llm.ledger import (
     IN_FLIGHT,
@@ -37,9 +38,11 @@ from activities.llm.ledger import (
     record_attempt,
     record_attempt_started,
 )
+from activities.llm.output_checks import check_output
 from activities.llm.pricing import price_usd
 from activities.llm.providers import (
     Completion,
+    ToolCallDelta,
     estimate_tokens,
     get_provider,
     provider_for_model,
@@ -68,6 +71,7 @@ from contracts.traffic import BudgetPolicy
 from infra import metrics
 from infra.database import session_factory
 from infra.input_limits import InputTooLarge, check_prompt_tokens
+from infra.prompt_tokens import tool_texts
 from infra.settings import KeelSettings, get_settings
 from infra.tracing import end_llm_call_span, llm_call_span
 
@@ -95,7 +99,7 @@ def _budget_refusal(
     budgets: list[BudgetState], candidates: list[ModelCandidate], request: LlmRequest
 ) -> BudgetExceededError | None:
     """Why the budget cannot cover the first model the chain would really call, if it can't."""
-    first = next((c for c in candidates if not c.breaker_open), None)
+    first = next((c for c in candidates if not c.breaker_open and not c.unsupported), None)
     if not budgets or first is None:
         return None
     _, model_name = provider_for_model(first.model)
@@ -105,8 +109,13 @@ def _budget_refusal(
 
 
 async def _candidates(
-    session: AsyncSession, models: list[str], config: circuit_breaker.BreakerConfig
+    session: AsyncSession,
+    models: list[str],
+    config: circuit_breaker.BreakerConfig,
+    request: LlmRequest,
+    settings: KeelSettings,
 ) -> list[ModelCandidate]:
+    needs = request.required_capabilities()
     candidates: list[ModelCandidate] = []
     for model in models:
         provider, _ = provider_for_model(model)
@@ -117,6 +126,7 @@ async def _candidates(
                 provider=provider,
                 breaker_open=state.state == "open" and (state.retry_in_seconds or 0) > 0,
                 breaker_retry_in_seconds=state.retry_in_seconds,
+                unsupported=unsupported_reason(model, needs, settings),
             )
         )
     return candidates
@@ -151,7 +161,7 @@ async def plan_llm_route(request: LlmRequest) -> RoutePlan:
                 )
         except UnknownRouteError as error:
             raise ApplicationError(str(error), type="UnknownRoute", non_retryable=True) from error
-        candidates = await _candidates(session, choice.models, config)
+        candidates = await _candidates(session, choice.models, config, request, settings)
         refusal = _budget_refusal(budgets, candidates, request)
         seen = {choice.route}
         # Out of budget under the downgrade policy: step down now, not after a refused call.
@@ -165,7 +175,7 @@ async def plan_llm_route(request: LlmRequest) -> RoutePlan:
             choice = RouteChoice(
                 choice.route, choice.models, choice.chain, named, "budget_exhausted"
             )
-            candidates = await _candidates(session, choice.models, config)
+            candidates = await _candidates(session, choice.models, config, request, settings)
             refusal = _budget_refusal(budgets, candidates, request)
     batch = request.call_class == CallClass.BATCH
     route = choice.route or None
@@ -536,6 +546,10 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
         activity.heartbeat()
         stream.delta(delta)
 
+    async def on_tool_delta(delta: ToolCallDelta) -> None:
+        activity.heartbeat()
+        stream.tool_delta(delta.index, delta.id, delta.name, delta.arguments)
+
     policy = retry.policy
     try:
         provider = get_provider(provider_name, settings)
@@ -548,7 +562,9 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
                 policy.heartbeat_seconds,
                 on_delta,
                 attempt.completion,
+                on_tool_delta,
             )
+        invalid = check_output(request.parameters, attempt.completion)
     except LookupError as error:
         failure = ClassifiedError(ErrorClass.AUTHENTICATION, str(error))
         await _record_failure(attempt, failure, config)
@@ -559,6 +575,9 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
         raise _to_application_error(failure, model, retry) from error
 
     completion = attempt.completion
+    if invalid is not None:  # billed and recorded like any failed attempt, then retried
+        await _record_failure(attempt, invalid, config)
+        raise _to_application_error(invalid, model, retry)
     usage = completion.usage if completion.usage_reported else _estimated_usage(request, completion)
     cost = price_usd(provider_name, model_name, usage)
     async with sessions.begin() as session:
@@ -590,6 +609,7 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
         text=completion.text,
         model=model,
         provider=provider_name,
+        tool_calls=completion.tool_calls,
         usage=usage,
         cost_usd=cost,
         finish_reason=completion.finish_reason,
@@ -601,7 +621,9 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
 def _prompt_too_large(request: LlmRequest, settings: KeelSettings) -> ClassifiedError | None:
     try:
         check_prompt_tokens(
-            [m.content for m in request.messages], settings.max_prompt_tokens, "the prompt"
+            [m.counted_text() for m in request.messages] + tool_texts(request.parameters),
+            settings.max_prompt_tokens,
+            "the prompt",
         )
     except InputTooLarge as error:
         return ClassifiedError(ErrorClass.PROMPT_TOO_LARGE, str(error))
@@ -610,10 +632,10 @@ def _prompt_too_large(request: LlmRequest, settings: KeelSettings) -> Classified
 
 def _estimated_usage(request: LlmRequest, completion: Completion) -> Usage:
     """Billed tokens for a call whose usage report never arrived (the stream broke first)."""
-    prompt = "".join(m.content for m in request.messages)
+    prompt = "".join(m.counted_text() for m in request.messages)
     return Usage(
         input_tokens=estimate_tokens(prompt),
-        output_tokens=estimate_tokens(completion.text),
+        output_tokens=estimate_tokens(completion.output_text),
     )
 
 
@@ -623,7 +645,7 @@ async def _record_failure(
     call, completion = attempt.call, attempt.completion
     if completion.usage_reported:
         usage = completion.usage
-    elif completion.text:
+    elif completion.output_text:
         usage = _estimated_usage(call.request, completion)
     else:
         usage = Usage()  # nothing generated, nothing billed
