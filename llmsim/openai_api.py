@@ -23,13 +23,16 @@ from llmsim.engine import (
     Prompt,
     TextMode,
     ToolMode,
+    auto_tool_choice,
 )
 from llmsim.faults import Fault, FaultKind
 from llmsim.pipeline import Answer, ApiError, Frame, ParsedRequest, ProviderAdapter
 from llmsim.tokens import MESSAGE_OVERHEAD_TOKENS, count_tokens
 
 IMAGE_TOKENS = 85
-"""Charged per image part (OpenAI's low-detail price), since images carry no text."""
+"""Charged per low-detail image part (OpenAI's price), since images carry no text."""
+HIGH_DETAIL_IMAGE_TOKENS = 765
+"""Charged per image of any other detail: OpenAI's price of a 1024x1024 high-detail image."""
 
 SYSTEM_FINGERPRINT = "fp_llmsim"
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -78,7 +81,11 @@ def _content_text(content: Any, where: str) -> tuple[str, int]:
         kind = part.get("type")
         if kind in ("text", "input_text", "refusal"):
             texts.append(str(part.get("text") or part.get("refusal") or ""))
-        elif kind in ("image_url", "input_image", "file", "input_audio"):
+        elif kind == "image_url":
+            image = part.get("image_url")
+            low = isinstance(image, dict) and image.get("detail") == "low"
+            extra += IMAGE_TOKENS if low else HIGH_DETAIL_IMAGE_TOKENS
+        elif kind in ("input_image", "file", "input_audio"):
             extra += IMAGE_TOKENS
     return "\n".join(texts), extra
 
@@ -300,7 +307,7 @@ class OpenAIAdapter(ProviderAdapter):
         seed = body.get("seed")
         return ParsedRequest(
             prompt=prompt,
-            mode=self._mode(body, tools, texts),
+            mode=self._mode(body, tools, texts, str(messages[-1].get("role"))),
             max_tokens=max_tokens,
             stop=stop,
             stream=stream,
@@ -309,7 +316,9 @@ class OpenAIAdapter(ProviderAdapter):
             include_usage=include_usage,
         )
 
-    def _mode(self, body: dict[str, Any], tools: list[Any], texts: list[str]) -> OutputMode:
+    def _mode(
+        self, body: dict[str, Any], tools: list[Any], texts: list[str], last_role: str
+    ) -> OutputMode:
         choice = body.get("tool_choice")
         functions = {
             t["function"]["name"]: t["function"]
@@ -328,6 +337,8 @@ class OpenAIAdapter(ProviderAdapter):
                     f"Invalid value for 'tool_choice': function '{forced}' is not in 'tools'.",
                     "tool_choice",
                 )
+        elif choice in (None, "auto") and last_role == "user":
+            forced = auto_tool_choice(functions, texts[-1] if texts else "")
         if forced is not None:
             params = functions[forced].get("parameters") or {"type": "object", "properties": {}}
             return ToolMode(name=forced, parameters=params)
