@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from temporalio.client import Client
 
-from api import approvals, chat, jobs, sessions
+from api import approvals, chat, jobs, messages, sessions
 from api.auth import authenticated_caller
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.load_shedding import LoadShedder
@@ -60,7 +60,7 @@ def create_app(
     # Every /v1 route needs a token, whatever its own role check (api/auth.py): a route that
     # forgets one is still closed. FastAPI verifies the token once per request.
     authenticated = [Depends(authenticated_caller)]
-    for router in (chat.router, sessions.router, jobs.router, approvals.router):
+    for router in (chat.router, messages.router, sessions.router, jobs.router, approvals.router):
         app.include_router(router, dependencies=authenticated)
 
     @app.get("/healthz", tags=["health"])
