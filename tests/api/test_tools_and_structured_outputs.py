@@ -124,7 +124,7 @@ async def test_automatic_tool_choice_calls_the_fitting_tool_or_answers_in_text(
 
 
 async def test_a_streamed_tool_call_arrives_in_openai_chunks_and_matches_what_was_stored(
-    keel_url: str, api_token: IssuedToken, simulator: SimServer
+    keel_url: str, api_token: IssuedToken, slow_simulator: SimServer
 ) -> None:
     session_id = f"s-{uuid.uuid4().hex[:8]}"
     async with openai_client(keel_url, api_token, **{"X-Keel-Session-Id": session_id}) as client:
