@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import anthropic
 import pytest
-from anthropic.types import ToolParam
+from anthropic.types import MessageParam, ToolParam
 
 from contracts.sessions import session_workflow_id
 from llmsim import SimServer
@@ -82,24 +82,24 @@ async def test_a_streamed_message_ends_with_the_stored_text(
 async def test_a_forced_tool_call_and_its_result_turn(
     claude: anthropic.AsyncAnthropic, simulator: SimServer
 ) -> None:
-    question = {"role": "user", "content": "Is it raining in Lyon?"}
+    question: MessageParam = {"role": "user", "content": "Is it raining in Lyon?"}
     called = await claude.messages.create(
         model=MODEL,
         max_tokens=200,
         tools=TOOLS,
         tool_choice={"type": "tool", "name": "get_weather"},
-        messages=[question],  # type: ignore[list-item]
+        messages=[question],
     )
     (use,) = called.content
     assert called.stop_reason == "tool_use" and use.type == "tool_use"
-    assert use.name == "get_weather" and isinstance(use.input["city"], str)  # type: ignore[index]
+    assert use.name == "get_weather" and isinstance(use.input["city"], str)
     raw = await claude.messages.with_raw_response.create(
         model=MODEL,
         max_tokens=200,
         tools=TOOLS,
         messages=[
-            question,  # type: ignore[list-item]
-            {"role": "assistant", "content": [use.model_dump()]},  # type: ignore[list-item]
+            question,
+            {"role": "assistant", "content": [use.model_dump()]},  # type: ignore[misc, list-item]
             {
                 "role": "user",
                 "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "rain"}],

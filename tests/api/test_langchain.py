@@ -3,10 +3,10 @@ work as against OpenAI (over HTTP, against keel's simulator)."""
 
 from __future__ import annotations
 
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from llmsim import SimServer
 from services.api_tokens import IssuedToken
@@ -29,7 +29,9 @@ class Forecast(BaseModel):
 
 
 def chat_model(keel_url: str, token: IssuedToken) -> ChatOpenAI:
-    return ChatOpenAI(model=MODEL, base_url=f"{keel_url}/v1", api_key=token.secret, max_retries=0)  # type: ignore[arg-type]
+    return ChatOpenAI(
+        model=MODEL, base_url=f"{keel_url}/v1", api_key=SecretStr(token.secret), max_retries=0
+    )
 
 
 async def test_bind_tools_calls_a_tool_and_answers_its_result(
@@ -51,11 +53,10 @@ async def test_bind_tools_streams_a_tool_call(
     keel_url: str, api_token: IssuedToken, simulator: SimServer
 ) -> None:
     llm = chat_model(keel_url, api_token).bind_tools([get_weather], tool_choice="get_weather")
-    gathered = None
-    async for chunk in llm.astream("Weather in Rome?"):
-        gathered = chunk if gathered is None else gathered + chunk
-    assert gathered is not None
-    (call,) = gathered.tool_calls  # type: ignore[attr-defined]
+    chunks = [chunk async for chunk in llm.astream("Weather in Rome?")]
+    gathered = sum(chunks[1:], start=chunks[0])
+    assert isinstance(gathered, AIMessageChunk)
+    (call,) = gathered.tool_calls
     assert call["name"] == "get_weather" and isinstance(call["args"]["city"], str)
 
 
