@@ -218,6 +218,7 @@ class OpenAIAdapter(ProviderAdapter):
         chain = hashlib.sha256(json.dumps(tools, sort_keys=True).encode())
         running = extra
         last_user = ""
+        unanswered: set[str] = set()
         for i, msg in enumerate(messages):
             where = f"messages[{i}]"
             if not isinstance(msg, dict):
@@ -235,6 +236,7 @@ class OpenAIAdapter(ProviderAdapter):
                     "invalid_value",
                     reason="invalid_request",
                 )
+            unanswered = self._check_tool_order(msg, str(role), unanswered, where)
             text, more = _content_text(msg.get("content"), where)
             for call in msg.get("tool_calls") or []:
                 fn = call.get("function") if isinstance(call, dict) else None
@@ -315,6 +317,36 @@ class OpenAIAdapter(ProviderAdapter):
             request_seed=seed if isinstance(seed, int) else None,
             include_usage=include_usage,
         )
+
+    def _check_tool_order(
+        self, msg: dict[str, Any], role: str, unanswered: set[str], where: str
+    ) -> set[str]:
+        """OpenAI's rule: every tool call is answered by a ``tool`` message right after its
+        assistant message, and a ``tool`` message answers one of those calls. Returns the calls
+        still unanswered after ``msg``."""
+        if role == "tool":
+            call_id = msg.get("tool_call_id")
+            if call_id not in unanswered:
+                raise self.invalid_request(
+                    "Invalid parameter: messages with role 'tool' must be a response to a"
+                    " preceeding message with 'tool_calls'.",
+                    f"{where}.role",
+                )
+            return unanswered - {call_id}
+        if unanswered:
+            raise self.invalid_request(
+                "An assistant message with 'tool_calls' must be followed by tool messages"
+                " responding to each 'tool_call_id'. The following tool_call_ids did not have"
+                f" response messages: {', '.join(sorted(unanswered))}",
+                "messages",
+            )
+        if role == "assistant":
+            return {
+                str(call.get("id"))
+                for call in msg.get("tool_calls") or []
+                if isinstance(call, dict)
+            }
+        return set()
 
     def _mode(
         self, body: dict[str, Any], tools: list[Any], texts: list[str], last_role: str
