@@ -494,7 +494,10 @@ async def main(args: argparse.Namespace) -> None:
         with children(scratch) as kids:
             batch_sim = await simulator(kids, "sim-batch", "--fixed-latency", str(args.latency))
             ask_sim = await simulator(kids, "sim-interactive", "--latency-scale", "0")
-            # Payloads encrypted as in production; the worker processes inherit the key.
+            # Payloads encrypted as in production; the worker processes inherit the key. The
+            # converter alone, not KeelPlugin: the bare fan-out's worker below is built from this
+            # client and must not inherit keel's worker interceptors (keel's own workers are
+            # processes that connect through the plugin).
             env = await WorkflowEnvironment.start_local(
                 dev_server_existing_path=str(TEMPORAL_CLI),
                 dev_server_database_filename=str(scratch / "temporal.sqlite"),

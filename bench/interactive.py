@@ -53,7 +53,7 @@ from temporalio.testing import WorkflowEnvironment  # noqa: E402
 from contracts.search_attributes import ALL_SEARCH_ATTRIBUTES  # noqa: E402
 from devstack.ephemeral import use_throwaway_key_if_unset  # noqa: E402
 from infra.migrate import upgrade_to_head  # noqa: E402
-from infra.temporal_client import keel_data_converter  # noqa: E402
+from infra.temporal_client import KeelPlugin  # noqa: E402
 from infra.temporal_tuning import dev_server_args  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -227,7 +227,7 @@ async def bench(rounds: int, latency_scale: float, scratch: Path) -> None:
     settings = use_throwaway_key_if_unset()
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(BIN / "temporal"),
-        data_converter=keel_data_converter(settings),
+        plugins=[KeelPlugin(settings)],
         search_attributes=ALL_SEARCH_ATTRIBUTES,
         ui=False,
         dev_server_log_level="error",

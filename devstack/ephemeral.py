@@ -24,7 +24,7 @@ from infra.database import dispose_engines
 from infra.migrate import upgrade_to_head
 from infra.payload_codec import configured_keys, new_key
 from infra.settings import KeelSettings, get_settings, to_asyncpg_url
-from infra.temporal_client import keel_data_converter
+from infra.temporal_client import KeelPlugin
 from infra.temporal_tuning import dev_server_args
 from llmsim import SimConfig, SimServer
 from workers.builder import build_worker
@@ -90,7 +90,7 @@ async def ephemeral_stack(
                 env = await stack.enter_async_context(
                     await WorkflowEnvironment.start_local(
                         dev_server_existing_path=str(TEMPORAL_CLI),
-                        data_converter=keel_data_converter(settings),
+                        plugins=[KeelPlugin(settings)],
                         search_attributes=ALL_SEARCH_ATTRIBUTES,
                         ui=False,
                         dev_server_log_level="error",

@@ -36,7 +36,7 @@ from devstack import stack
 from infra.database import dispose_engines
 from infra.migrate import upgrade_to_head
 from infra.settings import KeelSettings, get_settings, to_asyncpg_url
-from infra.temporal_client import keel_data_converter
+from infra.temporal_client import KeelPlugin
 from infra.temporal_tuning import dev_server_args
 from llmsim import SimConfig, SimServer
 from workers.builder import build_worker
@@ -67,12 +67,12 @@ PROVIDER_ENV = (
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     address = os.environ.get("KEEL_TEST_TEMPORAL_ADDRESS")
     if address:
-        client = await Client.connect(address, data_converter=keel_data_converter(KeelSettings()))
+        client = await Client.connect(address, plugins=[KeelPlugin(KeelSettings())])
         yield WorkflowEnvironment.from_client(client)
         return
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(TEMPORAL_CLI),
-        data_converter=keel_data_converter(KeelSettings()),
+        plugins=[KeelPlugin(KeelSettings())],
         search_attributes=ALL_SEARCH_ATTRIBUTES,
         ui=False,
         dev_server_log_level="error",
@@ -84,10 +84,11 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 
 @contextlib.asynccontextmanager
 async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
-    """A new time-skipping test server with keel's converter and search attributes."""
+    """A new time-skipping test server with keel's plugin (converter, codec, interceptors,
+    sandbox passthroughs: workers built from its client inherit them) and search attributes."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(TEMPORAL_TEST_SERVER),
-        data_converter=keel_data_converter(KeelSettings()),
+        plugins=[KeelPlugin(KeelSettings())],
     )
     try:
         # The test server takes no --search-attribute flag: register keel's attributes (the

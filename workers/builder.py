@@ -1,4 +1,4 @@
-"""Build a keel worker for one task queue: the registrations, the interceptors, the limits."""
+"""Build a keel worker for one task queue through keel's worker plugin."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from temporalio.worker import Worker
 
 from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings, get_settings
-from infra.structured_logging import LogContextInterceptor
-from workers.registry import queue_contents
+from workers.plugin import KeelWorkerPlugin
 
 
 def build_worker(
@@ -17,13 +16,7 @@ def build_worker(
     settings: KeelSettings | None = None,
     resolver: Resolver = system_resolver,
 ) -> Worker:
+    """``client``: keel's (``infra.temporal_client.connect`` or any client with ``KeelPlugin``),
+    whose plugin gives the worker its converter, interceptors and sandbox passthroughs."""
     settings = settings or get_settings()
-    contents = queue_contents(queue, settings, resolver)
-    return Worker(
-        client,
-        task_queue=queue,
-        workflows=list(contents.workflows),
-        activities=list(contents.activities),
-        interceptors=[LogContextInterceptor()],
-        max_concurrent_activities=contents.max_concurrent_activities,
-    )
+    return Worker(client, task_queue=queue, plugins=[KeelWorkerPlugin(queue, settings, resolver)])

@@ -27,7 +27,7 @@ from devstack import stack
 from infra.database import dispose_engines, session_factory
 from infra.settings import get_settings
 from infra.tables import BatchItem
-from infra.temporal_client import keel_data_converter
+from infra.temporal_client import KeelPlugin
 from tests.batch.conftest import items_of, prompt_lines, simulator_requests, start_batch
 from tests.helpers import ledger_rows
 
@@ -115,7 +115,7 @@ async def test_a_batch_survives_temporal_and_postgres_being_killed_mid_run(
                 client = await Client.connect(
                     status.temporal_address,
                     namespace=status.temporal_namespace,
-                    data_converter=keel_data_converter(settings),
+                    plugins=[KeelPlugin(settings)],
                 )
                 batch_id, handle = await start_batch(
                     client, settings, prompt_lines(ITEMS), concurrency=CONCURRENCY

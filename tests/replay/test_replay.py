@@ -17,7 +17,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from infra.settings import KeelSettings
-from infra.temporal_client import keel_data_converter
+from infra.temporal_client import KeelPlugin
 from tests.replay.scenarios import SCENARIOS
 from workers.registry import all_workflows
 
@@ -34,8 +34,6 @@ async def test_history_replays_against_current_code(name: str) -> None:
     path = HISTORIES / f"{name}.json"
     history = WorkflowHistory.from_json(f"replay-{name}", path.read_text())
     settings = KeelSettings()
-    replayer = Replayer(
-        workflows=all_workflows(settings), data_converter=keel_data_converter(settings)
-    )
+    replayer = Replayer(workflows=all_workflows(settings), plugins=[KeelPlugin(settings)])
     # Raises on any nondeterminism between the recorded run and today's workflow code.
     await replayer.replay_workflow(history)

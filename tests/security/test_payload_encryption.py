@@ -41,7 +41,7 @@ from infra.payload_codec import (
     parse_keys,
 )
 from infra.settings import KeelSettings, get_settings
-from infra.temporal_client import connect, keel_data_converter
+from infra.temporal_client import KeelPlugin, connect, keel_data_converter
 from llmsim import SimServer
 from starters.encryption_keys import encryption_keys_app
 from tests.conftest import TEMPORAL_CLI, reconfigure
@@ -66,7 +66,7 @@ async def keel_client(client: Client, settings: KeelSettings) -> Client:
     return await Client.connect(
         client.service_client.config.target_host,
         namespace=client.namespace,
-        data_converter=keel_data_converter(settings),
+        plugins=[KeelPlugin(settings)],
     )
 
 
@@ -207,9 +207,9 @@ async def test_an_encrypted_history_replays_with_keels_converter(client: Client)
         await handle.result()
     history = await handle.fetch_history()
 
-    await Replayer(
-        workflows=[RelayWorkflow], data_converter=keel_data_converter(get_settings())
-    ).replay_workflow(history)
+    await Replayer(workflows=[RelayWorkflow], plugins=[KeelPlugin(get_settings())]).replay_workflow(
+        history
+    )
     # Without the codec the replayer cannot even read the input.
     with pytest.raises(RuntimeError, match="Failed decoding arguments"):
         await Replayer(

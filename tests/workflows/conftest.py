@@ -1,8 +1,9 @@
 """Workflow tests on the time-skipping server with mocked activities: no Postgres, no simulator.
 
 Each test gets its own task queue and a worker running keel's real workflows (in the sandbox, as
-production runs them) against :class:`tests.workflows.mocks.KeelMocks`. The client has keel's
-data converter (pydantic payloads, encrypted), as the root ``time_skipping_env`` has.
+production runs them) against :class:`tests.workflows.mocks.KeelMocks`. The client carries keel's
+plugin, as the root ``time_skipping_env``'s does: the worker inherits its converter (pydantic
+payloads, encrypted), interceptors and sandbox passthroughs, and registers the mocks itself.
 """
 
 from __future__ import annotations

@@ -1,0 +1,50 @@
+"""The worker half of keel's Temporal wiring: what one task queue runs, as a worker plugin."""
+
+from __future__ import annotations
+
+from temporalio.plugin import SimplePlugin
+from temporalio.worker import WorkerConfig
+
+from infra.outbound_guard import Resolver, system_resolver
+from infra.settings import KeelSettings
+from infra.temporal_client import KeelPlugin
+from workers.registry import queue_contents
+
+
+class KeelWorkerPlugin(SimplePlugin):
+    """Registers ``queue``'s workflows and activities and sets its activity slots, from
+    :func:`workers.registry.queue_contents`. The converter, codec, interceptors and sandbox
+    passthroughs come from the client's :class:`~infra.temporal_client.KeelPlugin`::
+
+        Worker(client, task_queue=queue, plugins=[KeelWorkerPlugin(queue, settings)])
+
+    ``resolver``: what activities sending to client-given URLs resolve names with."""
+
+    def __init__(
+        self, queue: str, settings: KeelSettings, resolver: Resolver = system_resolver
+    ) -> None:
+        contents = queue_contents(queue, settings, resolver)
+        self.queue = queue
+        self.max_concurrent_activities = contents.max_concurrent_activities
+        super().__init__(
+            "keel.KeelWorkerPlugin",
+            workflows=list(contents.workflows),
+            activities=list(contents.activities),
+        )
+
+    def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
+        if config.get("task_queue") != self.queue:
+            raise ValueError(
+                f"KeelWorkerPlugin registers queue {self.queue!r}'s workflows and activities, "
+                f"but the worker polls {config.get('task_queue')!r}"
+            )
+        plugins = config["client"].config()["plugins"]
+        if not any(isinstance(plugin, KeelPlugin) for plugin in plugins):
+            # Without it the worker would write plaintext payloads and could not read keel's.
+            raise ValueError(
+                "a keel worker needs a client with keel's converter and codec: connect with "
+                "infra.temporal_client.connect() or Client.connect(..., plugins=[KeelPlugin()])"
+            )
+        config = super().configure_worker(config)
+        config["max_concurrent_activities"] = self.max_concurrent_activities
+        return config
