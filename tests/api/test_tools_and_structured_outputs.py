@@ -262,3 +262,32 @@ async def test_a_model_that_cannot_honour_the_request_is_refused_or_skipped(
     (skipped,) = [e for e in events if e.event_type == "llm.model_skipped"]
     assert skipped.payload["model"] == "old-model"
     assert "does not support json_schema" in skipped.payload["reason"]
+
+
+async def test_an_answer_that_does_not_validate_is_retried_and_never_handed_over(
+    keel_url: str, api_token: IssuedToken, simulator: SimServer
+) -> None:
+    async with openai_client(keel_url, api_token) as client:
+        # The model's first sample is not JSON; its retry is.
+        simulator.add_canned_response("Forecast for Bergen", "Sunny, I think.", times=1)
+        retried = await client.chat.completions.with_raw_response.parse(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Forecast for Bergen."}],
+            response_format=Forecast,
+        )
+        # Every sample of every model is wrong: the caller gets an error, not the text.
+        simulator.add_canned_response("Forecast for Tromso", '{"city": "Tromso"}')
+        with pytest.raises(openai.APIStatusError) as failed:
+            await client.chat.completions.parse(
+                model=MODEL,
+                messages=[{"role": "user", "content": "Forecast for Tromso."}],
+                response_format=Forecast,
+            )
+    assert isinstance(retried.parse().choices[0].message.parsed, Forecast)
+    session_id = retried.headers["x-keel-session-id"]
+    rows = await ledger_rows(session_workflow_id(session_id))
+    assert [(r.outcome, r.error_class) for r in rows] == [
+        ("error", "invalid_output"),
+        ("ok", None),
+    ]
+    assert failed.value.status_code == 502 and "invalid_output" in failed.value.message
