@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
 from activities.audit_trail import AuditEventInput, write_audit_event
@@ -27,8 +27,7 @@ from contracts.approvals import (
     Roster,
     RosterRequest,
 )
-from infra.database import session_factory
-from infra.settings import get_settings
+from infra.settings import KeelSettings
 from infra.tables import Approval, Reviewer
 
 # Reviewer changes are audited under this pseudo workflow id: `keel audit keel/reviewers`.
@@ -175,66 +174,71 @@ async def decided_by_humans(session: AsyncSession, changed_only: bool) -> list[A
 # --- Activities ----------------------------------------------------------------------------
 
 
-@activity.defn(name="load_reviewer_roster")
-async def load_reviewer_roster(request: RosterRequest) -> Roster:
-    async with session_factory()() as session:
-        return await roster_for(session, request.roles, get_settings().reviewers)
+class ApprovalActivities:
+    """The approval-gate activities, with the worker's settings (the reviewers it configures)
+    and database sessions."""
 
+    def __init__(self, settings: KeelSettings, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._settings = settings
+        self._sessions = sessions
 
-@activity.defn(name="open_approval_gate")
-async def open_approval_gate(request: OpenGateInput) -> None:
-    """Write the gate's row (pending) and its ``approval.requested`` event, atomically.
+    def all(self) -> list[Callable[..., Any]]:
+        return [
+            self.load_reviewer_roster,
+            self.open_approval_gate,
+            self.record_gate_event,
+            self.refresh_gate,
+        ]
 
-    A retry finds the row of its own run and leaves it alone; a new run under the same
-    workflow id starts the gate afresh (the earlier run's trail stays in ``audit_events``).
-    """
-    event = request.event
-    row: dict[str, Any] = {
-        "workflow_id": event.workflow_id,
-        "run_id": event.run_id,
-        "gate": event.gate,
-        "tenant": event.tenant,
-        "status": GateStatus.PENDING.value,
-        "subject": request.subject[:300] or None,
-        "reason_requested": request.reason,
-        "required_role": request.required_role,
-        "escalation_level": 0,
-        "approvals_required": request.approvals_required,
-        "draft": request.draft,
-        "final": None,
-        "decided_by": [],
-        "decision_reason": None,
-        "deadline_at": request.deadline_at,
-        "decided_at": None,
-    }
-    statement = insert(Approval).values(**row)
-    statement = statement.on_conflict_do_update(
-        index_elements=["workflow_id", "gate"],
-        set_={**{k: statement.excluded[k] for k in row}, "requested_at": func.now()},
-        where=Approval.run_id.is_distinct_from(statement.excluded.run_id),
-    )
-    async with session_factory().begin() as session:
-        await session.execute(statement)
-        await write_gate_event(session, event.model_copy(update={"changes": {}}))
+    @activity.defn(name="load_reviewer_roster")
+    async def load_reviewer_roster(self, request: RosterRequest) -> Roster:
+        async with self._sessions() as session:
+            return await roster_for(session, request.roles, self._settings.reviewers)
 
+    @activity.defn(name="open_approval_gate")
+    async def open_approval_gate(self, request: OpenGateInput) -> None:
+        """Write the gate's row (pending) and its ``approval.requested`` event, atomically.
 
-@activity.defn(name="record_gate_event")
-async def record_gate_event(event: GateEvent) -> None:
-    async with session_factory().begin() as session:
-        await write_gate_event(session, event)
+        A retry finds the row of its own run and leaves it alone; a new run under the same
+        workflow id starts the gate afresh (the earlier run's trail stays in ``audit_events``).
+        """
+        event = request.event
+        row: dict[str, Any] = {
+            "workflow_id": event.workflow_id,
+            "run_id": event.run_id,
+            "gate": event.gate,
+            "tenant": event.tenant,
+            "status": GateStatus.PENDING.value,
+            "subject": request.subject[:300] or None,
+            "reason_requested": request.reason,
+            "required_role": request.required_role,
+            "escalation_level": 0,
+            "approvals_required": request.approvals_required,
+            "draft": request.draft,
+            "final": None,
+            "decided_by": [],
+            "decision_reason": None,
+            "deadline_at": request.deadline_at,
+            "decided_at": None,
+        }
+        statement = insert(Approval).values(**row)
+        statement = statement.on_conflict_do_update(
+            index_elements=["workflow_id", "gate"],
+            set_={**{k: statement.excluded[k] for k in row}, "requested_at": func.now()},
+            where=Approval.run_id.is_distinct_from(statement.excluded.run_id),
+        )
+        async with self._sessions.begin() as session:
+            await session.execute(statement)
+            await write_gate_event(session, event.model_copy(update={"changes": {}}))
 
+    @activity.defn(name="record_gate_event")
+    async def record_gate_event(self, event: GateEvent) -> None:
+        async with self._sessions.begin() as session:
+            await write_gate_event(session, event)
 
-@activity.defn(name="refresh_gate")
-async def refresh_gate(request: RefreshInput) -> Roster:
-    """A reminder or an escalation: record it and read the roster again."""
-    async with session_factory().begin() as session:
-        await write_gate_event(session, request.event)
-        return await roster_for(session, request.roles, get_settings().reviewers)
-
-
-APPROVAL_ACTIVITIES: list[Callable[..., Any]] = [
-    load_reviewer_roster,
-    open_approval_gate,
-    record_gate_event,
-    refresh_gate,
-]
+    @activity.defn(name="refresh_gate")
+    async def refresh_gate(self, request: RefreshInput) -> Roster:
+        """A reminder or an escalation: record it and read the roster again."""
+        async with self._sessions.begin() as session:
+            await write_gate_event(session, request.event)
+            return await roster_for(session, request.roles, self._settings.reviewers)

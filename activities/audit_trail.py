@@ -10,12 +10,11 @@ UPDATE or DELETE.
 from __future__ import annotations
 
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
 from contracts.audit import AuditEventInput
 from infra.audit_chain import GENESIS_HASH, ChainedFields, payload_digest, payload_json
-from infra.database import session_factory
 from infra.tables import AuditEvent
 
 # Takes the workflow's chain head (creating it for a first event) and reads it, in one
@@ -91,7 +90,13 @@ async def read_audit_trail(session: AsyncSession, workflow_id: str) -> list[Audi
     return list(result.scalars())
 
 
-@activity.defn(name="record_audit_event")
-async def record_audit_event(event: AuditEventInput) -> None:
-    async with session_factory().begin() as session:
-        await write_audit_event(session, event)
+class AuditActivities:
+    """Appending to the audit trail, with the worker's database sessions."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    @activity.defn(name="record_audit_event")
+    async def record_audit_event(self, event: AuditEventInput) -> None:
+        async with self._sessions.begin() as session:
+            await write_audit_event(session, event)

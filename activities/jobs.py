@@ -1,6 +1,6 @@
 """Async-job activities: the job's row, and its callback delivered durably and signed.
 
-``deliver_job_callback`` (:class:`CallbackDeliverer`) POSTs the outcome to the job's callback
+``deliver_job_callback`` (:class:`JobActivities`) POSTs the outcome to the job's callback
 URL and is retried by Temporal until the receiver acknowledges it (any 2xx). The
 acknowledgement is recorded once (``callback_acknowledged_at``): an attempt that finds it set
 sends nothing. Every delivery of a job carries the same ``X-Keel-Job-Id``, so a receiver can drop
@@ -24,6 +24,7 @@ import httpx2
 import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -40,7 +41,6 @@ from infra.callback_signing import (
     signature_header,
     signing_secret,
 )
-from infra.database import session_factory
 from infra.outbound_guard import (
     CheckedDestination,
     DestinationInvalid,
@@ -52,41 +52,12 @@ from infra.outbound_guard import (
     pinned_request,
     system_resolver,
 )
-from infra.settings import KeelSettings, get_settings
+from infra.settings import KeelSettings
 from infra.tables import Job
 
 log = structlog.get_logger(__name__)
 
 ALLOWED_DESTINATIONS_VARIABLE = "KEEL_CALLBACK_ALLOWED_DESTINATIONS"
-
-
-@activity.defn(name="record_job")
-async def record_job(record: JobRecord) -> None:
-    """Create the job's row (running), or record its outcome; finished rows are never reopened."""
-    async with session_factory().begin() as db:
-        if record.status == JobStatus.RUNNING:
-            await db.execute(
-                insert(Job)
-                .values(
-                    id=record.job_id,
-                    tenant=record.tenant,
-                    kind=record.kind.value,
-                    status=record.status.value,
-                    callback_url=record.callback_url,
-                )
-                .on_conflict_do_nothing(index_elements=["id"])
-            )
-            return
-        await db.execute(
-            update(Job)
-            .where(Job.id == record.job_id, Job.status == JobStatus.RUNNING.value)
-            .values(
-                status=record.status.value,
-                result=record.result,
-                error=record.error,
-                completed_at=func.now(),
-            )
-        )
 
 
 def callback_body(job: Job) -> bytes:
@@ -112,26 +83,60 @@ def _retry_after(response: httpx2.Response) -> timedelta | None:
     return timedelta(seconds=min(max(seconds, 0.0), 3600.0))
 
 
-class CallbackDeliverer:
-    """The callback delivery activity with what it depends on: the settings (None: the process's
-    settings at each attempt) and the resolver the destination guard asks (tests map made-up names
-    to private addresses with it; nothing leaves the machine)."""
+class JobActivities:
+    """The job activities with what they depend on: the worker's settings (signing secret,
+    allowed destinations, timeout), its database sessions, and the resolver the destination
+    guard asks (tests map made-up names to private addresses with it; nothing leaves the
+    machine)."""
 
     def __init__(
         self,
-        settings: KeelSettings | None = None,
+        settings: KeelSettings,
+        sessions: async_sessionmaker[AsyncSession],
         resolver: Resolver = system_resolver,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self._settings = settings
+        self._sessions = sessions
         self._resolver = resolver
         self._transport = transport  # None: httpx's own (tests: one that records connections)
 
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.record_job, self.deliver_job_callback]
+
+    @activity.defn(name="record_job")
+    async def record_job(self, record: JobRecord) -> None:
+        """Create the job's row (running), or record its outcome; finished rows are never
+        reopened."""
+        async with self._sessions.begin() as db:
+            if record.status == JobStatus.RUNNING:
+                await db.execute(
+                    insert(Job)
+                    .values(
+                        id=record.job_id,
+                        tenant=record.tenant,
+                        kind=record.kind.value,
+                        status=record.status.value,
+                        callback_url=record.callback_url,
+                    )
+                    .on_conflict_do_nothing(index_elements=["id"])
+                )
+                return
+            await db.execute(
+                update(Job)
+                .where(Job.id == record.job_id, Job.status == JobStatus.RUNNING.value)
+                .values(
+                    status=record.status.value,
+                    result=record.result,
+                    error=record.error,
+                    completed_at=func.now(),
+                )
+            )
+
     @activity.defn(name="deliver_job_callback")
-    async def deliver(self, delivery: CallbackDelivery) -> CallbackOutcome:
-        settings = self._settings or get_settings()
-        sessions = session_factory()
-        async with sessions.begin() as db:
+    async def deliver_job_callback(self, delivery: CallbackDelivery) -> CallbackOutcome:
+        settings = self._settings
+        async with self._sessions.begin() as db:
             job = (await db.execute(select(Job).where(Job.id == delivery.job_id))).scalar_one()
             if job.callback_acknowledged_at is not None:
                 return CallbackOutcome(already_acknowledged=True, attempts=job.callback_attempts)
@@ -157,14 +162,14 @@ class CallbackDeliverer:
         except SigningSecretError as error:
             # Retryable: the secret may be provided (and the worker restarted) while Temporal
             # keeps retrying; the job's row and the error log say what is missing meanwhile.
-            await _record_attempt(job.id, None, f"not sent: {error}")
+            await _record_attempt(self._sessions, job.id, None, f"not sent: {error}")
             log.error("job.callback_unsigned", job_id=job.id, attempt=attempt, error=str(error))
             raise ApplicationError(
                 f"callback for job {job.id} not sent: {error}", type="CallbackSigningSecretMissing"
             ) from None
         except DestinationRefused as error:
             # Not retryable: the address is refused by policy, and trying again asks DNS again.
-            await _record_attempt(job.id, None, f"refused: {error}")
+            await _record_attempt(self._sessions, job.id, None, f"refused: {error}")
             log.error("job.callback_refused", job_id=job.id, attempt=attempt,
                       address_class=error.address_class, setting=error.setting)  # fmt: skip
             raise ApplicationError(
@@ -176,7 +181,7 @@ class CallbackDeliverer:
             # A name that does not resolve (yet) is retried like an unreachable receiver; a URL
             # the guard cannot read never becomes sendable.
             unresolved = isinstance(error, DestinationUnresolved)
-            await _record_attempt(job.id, None, f"not sent: {error}")
+            await _record_attempt(self._sessions, job.id, None, f"not sent: {error}")
             log.warning("job.callback_failed", job_id=job.id, attempt=attempt, error=str(error))
             raise ApplicationError(
                 f"callback for job {job.id} not sent: {error}",
@@ -195,7 +200,9 @@ class CallbackDeliverer:
         status_code, failure, retry_after = await _post_pinned(
             destination, body, headers, settings.callback_timeout_seconds, self._transport
         )
-        await _record_attempt(job.id, status_code, failure, acknowledged=failure is None)
+        await _record_attempt(
+            self._sessions, job.id, status_code, failure, acknowledged=failure is None
+        )
         if failure is not None:
             log.warning("job.callback_failed", job_id=job.id, attempt=attempt, status=status_code)
             # Retryable: Temporal retries until the receiver acknowledges (or the job's
@@ -260,9 +267,13 @@ async def _post_pinned(
 
 
 async def _record_attempt(
-    job_id: str, status_code: int | None, failure: str | None, acknowledged: bool = False
+    sessions: async_sessionmaker[AsyncSession],
+    job_id: str,
+    status_code: int | None,
+    failure: str | None,
+    acknowledged: bool = False,
 ) -> None:
-    async with session_factory().begin() as db:
+    async with sessions.begin() as db:
         await db.execute(
             update(Job)
             .where(Job.id == job_id)
@@ -274,10 +285,3 @@ async def _record_attempt(
                 .where(Job.id == job_id, Job.callback_acknowledged_at.is_(None))
                 .values(callback_acknowledged_at=func.now())
             )
-
-
-def job_activities(
-    settings: KeelSettings | None = None, resolver: Resolver = system_resolver
-) -> list[Callable[..., Any]]:
-    """The job activities a worker registers, the delivery holding its dependencies."""
-    return [record_job, CallbackDeliverer(settings, resolver).deliver]

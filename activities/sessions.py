@@ -24,7 +24,7 @@ from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -40,9 +40,8 @@ from contracts.sessions import (
     build_context,
     summary_message,
 )
-from infra.database import session_factory
 from infra.prompt_tokens import message_tokens as counted_message_tokens
-from infra.settings import KeelSettings, get_settings
+from infra.settings import KeelSettings
 from infra.tables import ChatSession, Message
 from infra.token_streams import (
     NewStreamEvent,
@@ -141,9 +140,8 @@ def plan_fold(
     keep_target = int(budget * settings.session_keep_recent_ratio)
     # Always kept: the new question, or the exchange of tool calls this turn continues.
     must_keep = len(messages) - 1
-    if messages[must_keep][1].role != "user":
-        while must_keep > 0 and messages[must_keep][1].role != "user":
-            must_keep -= 1
+    while must_keep > 0 and messages[must_keep][1].role != "user":
+        must_keep -= 1
     cut = must_keep
     kept_tokens = sum(message_tokens(m) for _, m in messages[cut:])
     while cut > 0 and kept_tokens + message_tokens(messages[cut - 1][1]) <= keep_target:
@@ -259,162 +257,171 @@ async def _insert_messages(
     )
 
 
-@activity.defn(name="prepare_turn")
-async def prepare_turn(params: PrepareTurnInput) -> TurnContext:
-    settings = get_settings()
-    async with session_factory().begin() as db:
-        session = await _ensure_session(db, params)
-        stored = await _turn_messages(db, params.session_id, params.turn_id)
-        asked = params.new_messages()[-1]
-        question = stored.get(asked.role)
-        if question is not None and chat_message(question) != asked:
-            raise ApplicationError(
-                f"turn id {params.turn_id} was already used for a different message; "
-                "use a new idempotency key for a new turn",
-                type="IdempotencyKeyReused",
-                non_retryable=True,
-            )
-        if "assistant" in stored:
-            # A retried turn: the first answer stands, the model is not asked again. Its stream
-            # already ended with `done`, unless pruned since; then it ends again, identically.
-            answer = _stored_answer(stored["assistant"])
-            if params.stream_key and not await has_terminal_event(db, params.stream_key):
-                await append_events(db, params.stream_key, [_done_event(answer, params.turn_id)])
-            return TurnContext(answered=answer)
+class SessionActivities:
+    """The chat-session activities with what they depend on: the worker's settings (context
+    budgets, summary route, stream retention) and its database sessions."""
 
-        rows = await db.scalars(
-            select(Message)
-            .where(
-                Message.session_id == params.session_id,
-                Message.seq > session.summarized_through_seq,
-            )
-            .order_by(Message.seq)
-        )
-        history = [(m.seq, chat_message(m)) for m in rows]
-        if question is None:
-            # Everything at or below the summary's cursor is older than the unsummarized rows.
-            seq = history[-1][0] + 1 if history else session.summarized_through_seq + 1
-            new: list[tuple[str, ChatMessage]] = []
-            if seq == 1:
-                new += [
-                    (f"{params.turn_id}#seed{index}", seed)
-                    for index, seed in enumerate(params.seed_messages)
-                    if seed.role != "system"  # a system message became the system prompt
-                ]
-            # The last new message is keyed by the turn id itself (how a retry finds it).
-            added = params.new_messages()
-            new += [(f"{params.turn_id}#{index}", m) for index, m in enumerate(added[:-1])]
-            new.append((params.turn_id, added[-1]))
-            await _insert_messages(db, params.session_id, new, seq)
-            history += [(seq + offset, message) for offset, (_, message) in enumerate(new)]
+    def __init__(self, settings: KeelSettings, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._settings = settings
+        self._sessions = sessions
 
-    budget = context_budget(params.route, params.models, params.answer_tokens, settings)
-    fixed = sum(
-        message_tokens(m) for m in build_context(session.system_prompt, session.summary, [])
-    )
-    to_fold, recent = plan_fold(fixed, history, budget, settings)
-    fold = None
-    if to_fold:
-        fold = FoldPlan(
-            previous_summary=session.summary,
-            messages=[m for _, m in to_fold],
-            through_seq=to_fold[-1][0],
-            summary_route=settings.session_summary_route,
-            summary_max_tokens=max(32, int(budget * settings.session_summary_ratio)),
-        )
-    return TurnContext(
-        system_prompt=session.system_prompt,
-        summary=session.summary,
-        recent=[m for _, m in recent],
-        fold=fold,
-        budget_tokens=budget,
-        context_tokens=fixed + sum(message_tokens(m) for _, m in recent),
-    )
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.prepare_turn, self.store_summary, self.finish_turn, self.fail_turn]
 
-
-@activity.defn(name="store_summary")
-async def store_summary(params: StoreSummaryInput) -> None:
-    tokens = message_tokens(summary_message(params.summary))
-    async with session_factory().begin() as db:
-        await db.execute(
-            update(ChatSession)
-            .where(
-                ChatSession.id == params.session_id,
-                ChatSession.summarized_through_seq < params.through_seq,
-            )
-            .values(
-                summary=params.summary,
-                summary_tokens=tokens,
-                summarized_through_seq=params.through_seq,
-            )
-        )
-        await db.execute(
-            update(Message)
-            .where(
-                Message.session_id == params.session_id,
-                Message.seq <= params.through_seq,
-                Message.summarized.is_(False),
-            )
-            .values(summarized=True)
-        )
-
-
-@activity.defn(name="finish_turn")
-async def finish_turn(params: FinishTurnInput) -> StoredAnswer:
-    settings = get_settings()
-    next_seq = (
-        select(func.coalesce(func.max(Message.seq), 0) + 1)
-        .where(Message.session_id == params.session_id)
-        .scalar_subquery()
-    )
-    async with session_factory().begin() as db:
-        inserted = await db.scalars(
-            insert(Message)
-            .values(
-                session_id=params.session_id,
-                seq=next_seq,
-                turn_id=params.turn_id,
-                role="assistant",
-                content=params.text,
-                tool_calls=_json_list(params.tool_calls),
-                tokens=params.usage.output_tokens
-                or message_tokens(
-                    ChatMessage(role="assistant", content=params.text, tool_calls=params.tool_calls)
-                ),
-                model=params.model,
-                input_tokens=params.usage.input_tokens,
-                cost_usd=params.cost_usd,
-            )
-            .on_conflict_do_nothing(index_elements=["session_id", "turn_id", "role"])
-            .returning(Message)
-        )
-        message = inserted.one_or_none()
-        if message is None:  # a retried finish: the answer stored the first time stands
-            message = (await _turn_messages(db, params.session_id, params.turn_id))["assistant"]
-        stored = _stored_answer(message)
-        # In the same transaction as the message: the stream's final text is the stored text.
-        if params.stream_key and not await has_terminal_event(db, params.stream_key):
-            await append_events(db, params.stream_key, [_done_event(stored, params.turn_id)])
-    if random.random() < PRUNE_ONE_TURN_IN:  # off the stream's path: after the commit
-        async with session_factory().begin() as db:
-            await prune_streams(db, timedelta(hours=settings.stream_retention_hours))
-    return stored
-
-
-@activity.defn(name="fail_turn")
-async def fail_turn(params: FailTurnInput) -> None:
-    async with session_factory().begin() as db:
-        if not await has_terminal_event(db, params.stream_key):
-            await append_events(
-                db,
-                params.stream_key,
-                [
-                    NewStreamEvent(
-                        type=StreamEventType.ERROR,
-                        data={"message": params.message, "type": params.error_type},
+    @activity.defn(name="prepare_turn")
+    async def prepare_turn(self, params: PrepareTurnInput) -> TurnContext:
+        settings = self._settings
+        async with self._sessions.begin() as db:
+            session = await _ensure_session(db, params)
+            stored = await _turn_messages(db, params.session_id, params.turn_id)
+            asked = params.new_messages()[-1]
+            question = stored.get(asked.role)
+            if question is not None and chat_message(question) != asked:
+                raise ApplicationError(
+                    f"turn id {params.turn_id} was already used for a different message; "
+                    "use a new idempotency key for a new turn",
+                    type="IdempotencyKeyReused",
+                    non_retryable=True,
+                )
+            if "assistant" in stored:
+                # A retried turn: the first answer stands, the model is not asked again. Its stream
+                # already ended with `done`, unless pruned since; then it ends again, identically.
+                answer = _stored_answer(stored["assistant"])
+                if params.stream_key and not await has_terminal_event(db, params.stream_key):
+                    await append_events(
+                        db, params.stream_key, [_done_event(answer, params.turn_id)]
                     )
-                ],
+                return TurnContext(answered=answer)
+
+            rows = await db.scalars(
+                select(Message)
+                .where(
+                    Message.session_id == params.session_id,
+                    Message.seq > session.summarized_through_seq,
+                )
+                .order_by(Message.seq)
+            )
+            history = [(m.seq, chat_message(m)) for m in rows]
+            if question is None:
+                # Everything at or below the summary's cursor is older than the unsummarized rows.
+                seq = history[-1][0] + 1 if history else session.summarized_through_seq + 1
+                new: list[tuple[str, ChatMessage]] = []
+                if seq == 1:
+                    new += [
+                        (f"{params.turn_id}#seed{index}", seed)
+                        for index, seed in enumerate(params.seed_messages)
+                        if seed.role != "system"  # a system message became the system prompt
+                    ]
+                # The last new message is keyed by the turn id itself (how a retry finds it).
+                added = params.new_messages()
+                new += [(f"{params.turn_id}#{index}", m) for index, m in enumerate(added[:-1])]
+                new.append((params.turn_id, added[-1]))
+                await _insert_messages(db, params.session_id, new, seq)
+                history += [(seq + offset, message) for offset, (_, message) in enumerate(new)]
+
+        budget = context_budget(params.route, params.models, params.answer_tokens, settings)
+        fixed = sum(
+            message_tokens(m) for m in build_context(session.system_prompt, session.summary, [])
+        )
+        to_fold, recent = plan_fold(fixed, history, budget, settings)
+        fold = None
+        if to_fold:
+            fold = FoldPlan(
+                previous_summary=session.summary,
+                messages=[m for _, m in to_fold],
+                through_seq=to_fold[-1][0],
+                summary_route=settings.session_summary_route,
+                summary_max_tokens=max(32, int(budget * settings.session_summary_ratio)),
+            )
+        return TurnContext(
+            system_prompt=session.system_prompt,
+            summary=session.summary,
+            recent=[m for _, m in recent],
+            fold=fold,
+            budget_tokens=budget,
+            context_tokens=fixed + sum(message_tokens(m) for _, m in recent),
+        )
+
+    @activity.defn(name="store_summary")
+    async def store_summary(self, params: StoreSummaryInput) -> None:
+        tokens = message_tokens(summary_message(params.summary))
+        async with self._sessions.begin() as db:
+            await db.execute(
+                update(ChatSession)
+                .where(
+                    ChatSession.id == params.session_id,
+                    ChatSession.summarized_through_seq < params.through_seq,
+                )
+                .values(
+                    summary=params.summary,
+                    summary_tokens=tokens,
+                    summarized_through_seq=params.through_seq,
+                )
+            )
+            await db.execute(
+                update(Message)
+                .where(
+                    Message.session_id == params.session_id,
+                    Message.seq <= params.through_seq,
+                    Message.summarized.is_(False),
+                )
+                .values(summarized=True)
             )
 
+    @activity.defn(name="finish_turn")
+    async def finish_turn(self, params: FinishTurnInput) -> StoredAnswer:
+        settings = self._settings
+        next_seq = (
+            select(func.coalesce(func.max(Message.seq), 0) + 1)
+            .where(Message.session_id == params.session_id)
+            .scalar_subquery()
+        )
+        async with self._sessions.begin() as db:
+            inserted = await db.scalars(
+                insert(Message)
+                .values(
+                    session_id=params.session_id,
+                    seq=next_seq,
+                    turn_id=params.turn_id,
+                    role="assistant",
+                    content=params.text,
+                    tool_calls=_json_list(params.tool_calls),
+                    tokens=params.usage.output_tokens
+                    or message_tokens(
+                        ChatMessage(
+                            role="assistant", content=params.text, tool_calls=params.tool_calls
+                        )
+                    ),
+                    model=params.model,
+                    input_tokens=params.usage.input_tokens,
+                    cost_usd=params.cost_usd,
+                )
+                .on_conflict_do_nothing(index_elements=["session_id", "turn_id", "role"])
+                .returning(Message)
+            )
+            message = inserted.one_or_none()
+            if message is None:  # a retried finish: the answer stored the first time stands
+                message = (await _turn_messages(db, params.session_id, params.turn_id))["assistant"]
+            stored = _stored_answer(message)
+            # In the same transaction as the message: the stream's final text is the stored text.
+            if params.stream_key and not await has_terminal_event(db, params.stream_key):
+                await append_events(db, params.stream_key, [_done_event(stored, params.turn_id)])
+        if random.random() < PRUNE_ONE_TURN_IN:  # off the stream's path: after the commit
+            async with self._sessions.begin() as db:
+                await prune_streams(db, timedelta(hours=settings.stream_retention_hours))
+        return stored
 
-SESSION_ACTIVITIES: list[Callable[..., Any]] = [prepare_turn, store_summary, finish_turn, fail_turn]
+    @activity.defn(name="fail_turn")
+    async def fail_turn(self, params: FailTurnInput) -> None:
+        async with self._sessions.begin() as db:
+            if not await has_terminal_event(db, params.stream_key):
+                await append_events(
+                    db,
+                    params.stream_key,
+                    [
+                        NewStreamEvent(
+                            type=StreamEventType.ERROR,
+                            data={"message": params.message, "type": params.error_type},
+                        )
+                    ],
+                )

@@ -50,7 +50,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from activities.batch.files import parse_lines
+from activities.batch.files import BatchFileLimits, parse_lines
 from contracts.batch import BatchOptions
 from contracts.search_attributes import ALL_SEARCH_ATTRIBUTES
 from devstack.ephemeral import use_throwaway_key_if_unset
@@ -413,7 +413,7 @@ async def keel_batch(
         client,
         settings,
         session_factory(),
-        list(parse_lines(lines)),
+        list(parse_lines(lines, BatchFileLimits.from_settings(settings))),
         batch_id=batch_id,
         options=BatchOptions(concurrency=concurrency, model=MODEL, tenant=tenant),
         source_name="bench",

@@ -109,10 +109,15 @@ def _replace_connection_closed_in_pool(
 
 
 def get_engine(
-    database_url: str | None = None, purpose: DatabaseRole = DatabaseRole.APPLICATION
+    database_url: str | None = None,
+    purpose: DatabaseRole = DatabaseRole.APPLICATION,
+    settings: KeelSettings | None = None,
 ) -> AsyncEngine:
-    url = database_url or get_settings().effective_database_url
-    role = role_name(purpose)
+    """The process's engine for the URL and role (``settings``: whose URL and role names;
+    None: the process's settings)."""
+    settings = settings or get_settings()
+    url = database_url or settings.effective_database_url
+    role = role_name(purpose, settings)
     engine = _engines.get((url, role))
     if engine is None:
         connect_args: dict[str, Any] = {"server_settings": {"role": role}} if role else {}
@@ -132,9 +137,19 @@ def get_engine(
 
 
 def session_factory(
-    database_url: str | None = None, purpose: DatabaseRole = DatabaseRole.APPLICATION
+    database_url: str | None = None,
+    purpose: DatabaseRole = DatabaseRole.APPLICATION,
+    settings: KeelSettings | None = None,
 ) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(get_engine(database_url, purpose), expire_on_commit=False)
+    return async_sessionmaker(get_engine(database_url, purpose, settings), expire_on_commit=False)
+
+
+def sessions_for(
+    settings: KeelSettings, purpose: DatabaseRole = DatabaseRole.APPLICATION
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions on the database ``settings`` name, as the role they give ``purpose`` (what a
+    worker hands its activities). Creating it connects nothing: the pool opens on first use."""
+    return session_factory(settings.effective_database_url, purpose, settings)
 
 
 async def dispose_engines() -> None:

@@ -35,6 +35,7 @@ from rich.table import Table
 from temporalio.service import RPCError
 
 from activities.batch.files import (
+    BatchFileLimits,
     BatchFileRefused,
     ParsedLine,
     ValidationReport,
@@ -130,12 +131,12 @@ def print_validation(report: ValidationReport) -> None:
         )
 
 
-def _read_and_validate(file: Path, strict: bool) -> list[ParsedLine]:
+def _read_and_validate(file: Path, strict: bool, settings: KeelSettings) -> list[ParsedLine]:
     if not file.is_file():
         fail(f"no such file: {file}")
     try:
         with console.status(f"validating {file} …"):
-            lines = list(parse_file(file))
+            lines = list(parse_file(file, BatchFileLimits.from_settings(settings)))
             report = validate(lines)
     except BatchFileRefused as too_large:  # before anything was written
         fail(f"refused {file}: {too_large}")
@@ -244,7 +245,7 @@ def start(
     options = _options(
         settings, tenant, concurrency, route, model, budget_usd, max_failure_rate, strict
     )
-    lines = _read_and_validate(file, strict)
+    lines = _read_and_validate(file, strict, settings)
 
     async def go() -> None:
         client = await connect(settings)
@@ -587,7 +588,7 @@ def schedule(
     options = _options(
         settings, tenant, concurrency, route, model, budget_usd, max_failure_rate, strict
     )
-    _read_and_validate(file, strict)
+    _read_and_validate(file, strict, settings)
     path = file.resolve()
 
     async def go() -> None:
@@ -705,7 +706,7 @@ async def run_demo_batch(settings: KeelSettings, items: int = 40) -> str:
                 )
             )
     lines.insert(items // 2, '{"custom_id": "demo-broken", "prompt": ')
-    parsed = list(parse_lines(lines))
+    parsed = list(parse_lines(lines, BatchFileLimits.from_settings(settings)))
     print_validation(validate(parsed))
     batch_id = f"demo-{uuid.uuid4().hex[:6]}"
     client = await connect(settings)

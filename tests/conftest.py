@@ -248,6 +248,46 @@ def reconfigure(monkeypatch: pytest.MonkeyPatch, **variables: str) -> KeelSettin
     return get_settings()
 
 
+class KeelWorkers:
+    """In-process workers a test starts with the settings it changed (``reconfigure``): a worker's
+    activities read the settings it was built with, as a deployed worker's do, so a test that
+    changes what activities read starts its worker after the change, or replaces the running one
+    (one worker per queue, so no task goes to a worker with the old settings)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._running: dict[str, Worker] = {}
+
+    async def start(self, settings: KeelSettings, queue: str | None = None) -> Worker:
+        """A worker on ``queue`` (default: the interactive one) built with ``settings``, in place
+        of the one this test started there before, if any."""
+        queue = queue or settings.interactive_task_queue
+        await self.stop(queue)
+        worker = build_worker(self._client, queue, settings)
+        await worker.__aenter__()
+        self._running[queue] = worker
+        return worker
+
+    async def stop(self, queue: str) -> None:
+        worker = self._running.pop(queue, None)
+        if worker is not None:
+            await worker.__aexit__(None, None, None)
+
+    async def stop_all(self) -> None:
+        for queue in list(self._running):
+            await self.stop(queue)
+
+
+@pytest.fixture
+async def keel_workers(client: Client, keel_settings: KeelSettings) -> AsyncIterator[KeelWorkers]:
+    """Start workers with changed settings: ``await keel_workers.start(reconfigure(...))``."""
+    workers = KeelWorkers(client)
+    try:
+        yield workers
+    finally:
+        await workers.stop_all()
+
+
 @pytest.fixture
 async def interactive_worker(client: Client, keel_settings: KeelSettings) -> AsyncIterator[Worker]:
     """An in-process worker on this test's interactive queue."""

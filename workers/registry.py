@@ -7,13 +7,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from activities.approvals import APPROVAL_ACTIVITIES
-from activities.audit_trail import record_audit_event
-from activities.batch.items import BATCH_ACTIVITIES
-from activities.jobs import job_activities
-from activities.llm.activities import complete_chat, plan_llm_route
-from activities.publishing import PUBLISHING_ACTIVITIES
-from activities.sessions import SESSION_ACTIVITIES
+from activities.approvals import ApprovalActivities
+from activities.audit_trail import AuditActivities
+from activities.batch.files import BatchFileLimits
+from activities.batch.items import BatchItemActivities
+from activities.jobs import JobActivities
+from activities.llm.activities import LlmActivities
+from activities.llm.providers import ProviderClients
+from activities.publishing import PublishingActivities
+from activities.sessions import SessionActivities
+from infra.database import sessions_for
 from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings
 from workflows.ask import AskWorkflow
@@ -30,35 +33,42 @@ class QueueContents:
     max_concurrent_activities: int = 100
 
 
-LLM_ACTIVITIES: list[Callable[..., Any]] = [complete_chat, plan_llm_route, record_audit_event]
-
-
 def queue_contents(
     queue: str, settings: KeelSettings, resolver: Resolver = system_resolver
 ) -> QueueContents:
-    """What ``queue``'s worker runs. ``resolver`` is what activities that send to client-given
-    URLs resolve names with (the outbound guard's; tests pass a stub)."""
+    """What ``queue``'s worker runs. The activities are bound methods of objects built here from
+    ``settings`` (not the process's: a worker runs with the settings it was given), the database
+    sessions those settings name, and the provider clients they configure. ``resolver`` is what
+    activities that send to client-given URLs resolve names with (the outbound guard's; tests
+    pass a stub)."""
+    if queue not in (settings.interactive_task_queue, settings.batch_task_queue):
+        known = ", ".join([settings.interactive_task_queue, settings.batch_task_queue])
+        raise ValueError(f"unknown task queue {queue!r}; keel's queues are: {known}")
+    sessions = sessions_for(settings)
+    llm = [
+        *LlmActivities(settings, sessions, ProviderClients(settings)).all(),
+        AuditActivities(sessions).record_audit_event,
+    ]
+    # The budget gate is an approval gate: its roster and records run on both queues.
+    approvals = ApprovalActivities(settings, sessions).all()
     if queue == settings.interactive_task_queue:
         return QueueContents(
             workflows=[AskWorkflow, ChatSessionWorkflow, JobWorkflow, DocumentReviewWorkflow],
             activities=[
-                *LLM_ACTIVITIES,
-                *SESSION_ACTIVITIES,
-                *job_activities(resolver=resolver),
-                *APPROVAL_ACTIVITIES,
-                *PUBLISHING_ACTIVITIES,
+                *llm,
+                *SessionActivities(settings, sessions).all(),
+                *JobActivities(settings, sessions, resolver).all(),
+                *approvals,
+                *PublishingActivities(settings, sessions).all(),
             ],
             max_concurrent_activities=200,
         )
-    if queue == settings.batch_task_queue:
-        return QueueContents(
-            workflows=[BatchWorkflow],
-            # The budget gate is an approval gate: its roster and records run here too.
-            activities=[*LLM_ACTIVITIES, *BATCH_ACTIVITIES, *APPROVAL_ACTIVITIES],
-            max_concurrent_activities=400,
-        )
-    known = ", ".join([settings.interactive_task_queue, settings.batch_task_queue])
-    raise ValueError(f"unknown task queue {queue!r}; keel's queues are: {known}")
+    batch_items = BatchItemActivities(sessions, BatchFileLimits.from_settings(settings))
+    return QueueContents(
+        workflows=[BatchWorkflow],
+        activities=[*llm, *batch_items.all(), *approvals],
+        max_concurrent_activities=400,
+    )
 
 
 def all_workflows(settings: KeelSettings) -> list[type]:

@@ -42,7 +42,7 @@ from infra.input_limits import (
     first_unstorable,
     setting_name,
 )
-from infra.settings import KeelSettings, get_settings
+from infra.settings import KeelSettings
 
 MAX_CUSTOM_ID_LENGTH = 500  # batch_items.custom_id
 # Deeper JSON than any request needs; past it, serializers (ours, Postgres's) hit recursion limits.
@@ -128,8 +128,7 @@ class BatchFileLimits:
     prompt: PromptLimits
 
     @classmethod
-    def from_settings(cls, settings: KeelSettings | None = None) -> BatchFileLimits:
-        settings = settings or get_settings()
+    def from_settings(cls, settings: KeelSettings) -> BatchFileLimits:
         return cls(
             file_bytes=settings.max_batch_file_bytes,
             line_bytes=settings.max_batch_line_bytes,
@@ -320,11 +319,8 @@ def _too_long(line_no: int, size: int, limits: BatchFileLimits) -> ParsedLine:
     )
 
 
-def parse_line(
-    line_no: int, raw: bytes | str, limits: BatchFileLimits | None = None
-) -> ParsedLine | None:
+def parse_line(line_no: int, raw: bytes | str, limits: BatchFileLimits) -> ParsedLine | None:
     """Parse one line; ``None`` for a blank line (skipped, not an item)."""
-    limits = limits or BatchFileLimits.from_settings()
     if isinstance(raw, bytes):
         if len(raw) > limits.line_bytes:
             return _too_long(line_no, len(raw), limits)
@@ -439,12 +435,11 @@ class _OversizedLine:
 
 
 def parse_lines(
-    lines: Iterable[bytes | str | _OversizedLine], limits: BatchFileLimits | None = None
+    lines: Iterable[bytes | str | _OversizedLine], limits: BatchFileLimits
 ) -> Iterator[ParsedLine]:
     """Every non-blank line as a ParsedLine, numbered from 1 (blank lines count in the
     numbering). Raises BatchFileRefused, before yielding the item past the limit, when the
     file has more items than ``limits.items``."""
-    limits = limits or BatchFileLimits.from_settings()
     items = 0
     for line_no, raw in enumerate(lines, start=1):
         if isinstance(raw, _OversizedLine):
@@ -508,10 +503,9 @@ def _file_too_large(size: str, limits: BatchFileLimits) -> BatchFileRefused:
     )
 
 
-def parse_file(path: Path, limits: BatchFileLimits | None = None) -> Iterator[ParsedLine]:
+def parse_file(path: Path, limits: BatchFileLimits) -> Iterator[ParsedLine]:
     """The file's items; BatchFileRefused when the file is over a limit (before reading it,
     when its size says so)."""
-    limits = limits or BatchFileLimits.from_settings()
     size = path.stat().st_size
     if size > limits.file_bytes:
         raise _file_too_large(f"{size:,}", limits)

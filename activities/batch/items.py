@@ -24,11 +24,12 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.batch.files import (
+    BatchFileLimits,
     BatchFileRefused,
     ParsedLine,
     ValidationReport,
@@ -57,7 +58,6 @@ from contracts.batch import (
     StatusInput,
     batch_workflow_id,
 )
-from infra.database import session_factory
 from infra.tables import Approval, Batch, BatchItem, LlmCall
 
 INSERT_CHUNK = 1000
@@ -189,55 +189,8 @@ def no_valid_items(report: ValidationReport) -> str:
     )
 
 
-def _read_lines(path: Path) -> list[ParsedLine] | None:
-    return list(parse_file(path)) if path.is_file() else None
-
-
-@activity.defn(name="load_batch_file")
-async def load_batch_file(params: LoadFileInput) -> LoadSummary:
-    """For scheduled batches: read the file on the worker, validate it, load its items.
-
-    A file with duplicate ids (or, with strict, any malformed line) is refused: the batch row
-    records why, and the activity fails non-retryably (retrying cannot fix a file)."""
-    path = Path(params.path)
-    # Reading and parsing is blocking work: off the event loop, or every activity on this
-    # worker would stall while a large file loads.
-    reason: str | None
-    try:
-        lines = await asyncio.to_thread(_read_lines, path)
-    except BatchFileRefused as too_large:  # over a size limit: refused whole, like a bad file
-        lines, reason = [], str(too_large)
-    else:
-        if lines is None:
-            raise ApplicationError(
-                f"batch file {path} not found on the worker: a scheduled batch reads its file "
-                "at run time, so the path must exist where the keel-batch worker runs",
-                type="BatchFileMissing",
-                non_retryable=True,
-            )
-        reason = refusal(validate(lines), params.options.strict)
-    async with session_factory().begin() as session:
-        created = await create_batch(
-            session,
-            params.batch_id,
-            params.options,
-            source_name=str(path),
-            status="refused" if reason else "loading",
-            schedule_id=params.schedule_id,
-        )
-        if reason:
-            await session.execute(
-                update(Batch)
-                .where(Batch.id == params.batch_id)
-                .values(status="refused", status_reason=reason, finished_at=func.now())
-            )
-    if reason:
-        raise ApplicationError(reason, type="BatchFileRefused", non_retryable=True)
-    async with session_factory().begin() as session:
-        total, invalid = await insert_items(
-            session, params.batch_id, lines, on_chunk=lambda done: activity.heartbeat(done)
-        )
-    return LoadSummary(total=total, invalid=invalid, created=created)
+def _read_lines(path: Path, limits: BatchFileLimits) -> list[ParsedLine] | None:
+    return list(parse_file(path, limits)) if path.is_file() else None
 
 
 # --- Running -----------------------------------------------------------------------------------
@@ -271,48 +224,6 @@ async def ledger_spend(session: AsyncSession, workflow_id: str) -> Decimal:
     return Decimal(spent or 0)
 
 
-@activity.defn(name="begin_batch_run")
-async def begin_batch_run(params: BeginRunInput) -> BeginRunResult:
-    """Start (or continue) a batch run: items a previous run claimed but never started go back
-    to pending, and the batch is marked running."""
-    async with session_factory().begin() as session:
-        exists = await session.get(Batch, params.batch_id)
-        if exists is None:
-            raise ApplicationError(
-                f"batch {params.batch_id} does not exist (load it with `keel batch start`)",
-                type="BatchNotFound",
-                non_retryable=True,
-            )
-        released = await session.execute(
-            update(BatchItem)
-            .where(
-                BatchItem.batch_id == params.batch_id,
-                BatchItem.status == ItemStatus.RUNNING.value,
-            )
-            .values(status="pending", claim_token=None, run_count=BatchItem.run_count - 1)
-        )
-        retried = 0
-        if params.retry_failed:
-            retried = await _reset_failed(session, params.batch_id)
-        await session.execute(
-            update(Batch)
-            .where(Batch.id == params.batch_id)
-            .values(
-                status="running",
-                workflow_id=params.workflow_id,
-                status_reason=None,
-                started_at=func.coalesce(Batch.started_at, func.now()),
-                finished_at=None,
-            )
-        )
-        return BeginRunResult(
-            counts=await count_items(session, params.batch_id),
-            spent_usd=await ledger_spend(session, params.workflow_id),
-            retried=retried,
-            released=released.rowcount,  # type: ignore[attr-defined]
-        )
-
-
 async def _reset_failed(session: AsyncSession, batch_id: str) -> int:
     """Failed items that can run again (malformed lines cannot) go back to pending."""
     result = await session.execute(
@@ -325,12 +236,6 @@ async def _reset_failed(session: AsyncSession, batch_id: str) -> int:
         .values(status="pending", claim_token=None, finished_at=None)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-@activity.defn(name="reset_failed_batch_items")
-async def reset_failed_batch_items(params: ResetFailedInput) -> int:
-    async with session_factory().begin() as session:
-        return await _reset_failed(session, params.batch_id)
 
 
 _CLAIM = text(
@@ -353,55 +258,6 @@ _CLAIM = text(
 )
 
 
-@activity.defn(name="claim_batch_items")
-async def claim_batch_items(params: ClaimInput) -> list[ClaimedItem]:
-    """Take the next pending items in file order; the same claim token returns the same items."""
-    async with session_factory().begin() as session:
-        earlier = await session.execute(
-            select(BatchItem.custom_id, BatchItem.line_no, BatchItem.request)
-            .where(BatchItem.claim_token == params.claim_token)
-            .order_by(BatchItem.line_no)
-        )
-        rows = list(earlier)
-        if not rows:
-            rows = sorted(
-                await session.execute(
-                    _CLAIM,
-                    {
-                        "batch_id": params.batch_id,
-                        "claim_token": params.claim_token,
-                        "limit": params.limit,
-                        "max_bytes": params.max_bytes,
-                    },
-                ),
-                key=lambda row: row.line_no,
-            )
-    return [
-        ClaimedItem(
-            custom_id=row.custom_id,
-            line_no=row.line_no,
-            request=ItemRequest.model_validate(row.request),
-        )
-        for row in rows
-    ]
-
-
-@activity.defn(name="release_batch_items")
-async def release_batch_items(params: ReleaseInput) -> int:
-    """Claimed items the run will not start (it is about to continue-as-new) go back."""
-    async with session_factory().begin() as session:
-        result = await session.execute(
-            update(BatchItem)
-            .where(
-                BatchItem.batch_id == params.batch_id,
-                BatchItem.custom_id.in_(params.custom_ids),
-                BatchItem.status == ItemStatus.RUNNING.value,
-            )
-            .values(status="pending", claim_token=None, run_count=BatchItem.run_count - 1)
-        )
-        return int(result.rowcount)  # type: ignore[attr-defined]
-
-
 # One statement for many outcomes (one round trip, and a real row count).
 _RECORD = text(
     """
@@ -416,66 +272,6 @@ _RECORD = text(
        AND item.status = 'running'
     """
 )
-
-
-@activity.defn(name="record_batch_item_outcomes")
-async def record_batch_item_outcomes(params: RecordOutcomesInput) -> RecordOutcomesResult:
-    """Write each item's outcome to its row. Only a ``running`` item takes an outcome, so a
-    replayed write is a no-op and no item ever has two results."""
-    outcomes = json.dumps(
-        [
-            {
-                "custom_id": outcome.custom_id,
-                "status": outcome.status,
-                "response": outcome.response(),
-                "model": outcome.model,
-                "error_class": outcome.error_class,
-                "error_message": outcome.error_message,
-                "cost_usd": str(outcome.cost_usd) if outcome.cost_usd is not None else None,
-            }
-            for outcome in params.outcomes
-        ]
-    )
-    async with session_factory().begin() as session:
-        result = await session.execute(_RECORD, {"batch_id": params.batch_id, "outcomes": outcomes})
-        spent = (
-            await ledger_spend(session, params.meter_workflow_id)
-            if params.meter_workflow_id
-            else None
-        )
-    return RecordOutcomesResult(recorded=int(result.rowcount), spent_usd=spent)  # type: ignore[attr-defined]
-
-
-@activity.defn(name="meter_batch_spend")
-async def meter_batch_spend(params: MeterInput) -> Decimal:
-    async with session_factory()() as session:
-        return await ledger_spend(session, params.workflow_id)
-
-
-@activity.defn(name="set_batch_status")
-async def set_batch_status(params: StatusInput) -> BatchCounts:
-    async with session_factory().begin() as session:
-        if params.skip_pending:
-            await session.execute(
-                update(BatchItem)
-                .where(
-                    BatchItem.batch_id == params.batch_id,
-                    BatchItem.status.in_(["pending", "running"]),
-                )
-                .values(
-                    status="skipped",
-                    error_class="skipped",
-                    error_message=params.skip_reason or params.reason,
-                    finished_at=func.now(),
-                )
-            )
-        values: dict[str, Any] = {"status": params.status, "status_reason": params.reason}
-        if params.final:
-            values["finished_at"] = func.now()
-        if params.budget_usd is not None:
-            values["budget_usd"] = params.budget_usd
-        await session.execute(update(Batch).where(Batch.id == params.batch_id).values(**values))
-        return await count_items(session, params.batch_id)
 
 
 # --- Reports (the CLI) --------------------------------------------------------------------------
@@ -607,13 +403,224 @@ def openai_output_line(item: BatchItem) -> dict[str, Any]:
     return line
 
 
-BATCH_ACTIVITIES: list[Callable[..., Any]] = [
-    load_batch_file,
-    begin_batch_run,
-    claim_batch_items,
-    release_batch_items,
-    record_batch_item_outcomes,
-    reset_failed_batch_items,
-    meter_batch_spend,
-    set_batch_status,
-]
+# --- Activities ------------------------------------------------------------------------------
+
+
+class BatchItemActivities:
+    """The batch activities, with the worker's database sessions and the batch-file limits
+    its settings give (what a scheduled batch's file may hold)."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], limits: BatchFileLimits) -> None:
+        self._sessions = sessions
+        self._limits = limits
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [
+            self.load_batch_file,
+            self.begin_batch_run,
+            self.claim_batch_items,
+            self.release_batch_items,
+            self.record_batch_item_outcomes,
+            self.reset_failed_batch_items,
+            self.meter_batch_spend,
+            self.set_batch_status,
+        ]
+
+    @activity.defn(name="load_batch_file")
+    async def load_batch_file(self, params: LoadFileInput) -> LoadSummary:
+        """For scheduled batches: read the file on the worker, validate it, load its items.
+
+        A file with duplicate ids (or, with strict, any malformed line) is refused: the batch row
+        records why, and the activity fails non-retryably (retrying cannot fix a file)."""
+        path = Path(params.path)
+        # Reading and parsing is blocking work: off the event loop, or every activity on this
+        # worker would stall while a large file loads.
+        reason: str | None
+        try:
+            lines = await asyncio.to_thread(_read_lines, path, self._limits)
+        except BatchFileRefused as too_large:  # over a size limit: refused whole, like a bad file
+            lines, reason = [], str(too_large)
+        else:
+            if lines is None:
+                raise ApplicationError(
+                    f"batch file {path} not found on the worker: a scheduled batch reads its file "
+                    "at run time, so the path must exist where the keel-batch worker runs",
+                    type="BatchFileMissing",
+                    non_retryable=True,
+                )
+            reason = refusal(validate(lines), params.options.strict)
+        async with self._sessions.begin() as session:
+            created = await create_batch(
+                session,
+                params.batch_id,
+                params.options,
+                source_name=str(path),
+                status="refused" if reason else "loading",
+                schedule_id=params.schedule_id,
+            )
+            if reason:
+                await session.execute(
+                    update(Batch)
+                    .where(Batch.id == params.batch_id)
+                    .values(status="refused", status_reason=reason, finished_at=func.now())
+                )
+        if reason:
+            raise ApplicationError(reason, type="BatchFileRefused", non_retryable=True)
+        async with self._sessions.begin() as session:
+            total, invalid = await insert_items(
+                session, params.batch_id, lines, on_chunk=lambda done: activity.heartbeat(done)
+            )
+        return LoadSummary(total=total, invalid=invalid, created=created)
+
+    @activity.defn(name="begin_batch_run")
+    async def begin_batch_run(self, params: BeginRunInput) -> BeginRunResult:
+        """Start (or continue) a batch run: items a previous run claimed but never started go back
+        to pending, and the batch is marked running."""
+        async with self._sessions.begin() as session:
+            exists = await session.get(Batch, params.batch_id)
+            if exists is None:
+                raise ApplicationError(
+                    f"batch {params.batch_id} does not exist (load it with `keel batch start`)",
+                    type="BatchNotFound",
+                    non_retryable=True,
+                )
+            released = await session.execute(
+                update(BatchItem)
+                .where(
+                    BatchItem.batch_id == params.batch_id,
+                    BatchItem.status == ItemStatus.RUNNING.value,
+                )
+                .values(status="pending", claim_token=None, run_count=BatchItem.run_count - 1)
+            )
+            retried = 0
+            if params.retry_failed:
+                retried = await _reset_failed(session, params.batch_id)
+            await session.execute(
+                update(Batch)
+                .where(Batch.id == params.batch_id)
+                .values(
+                    status="running",
+                    workflow_id=params.workflow_id,
+                    status_reason=None,
+                    started_at=func.coalesce(Batch.started_at, func.now()),
+                    finished_at=None,
+                )
+            )
+            return BeginRunResult(
+                counts=await count_items(session, params.batch_id),
+                spent_usd=await ledger_spend(session, params.workflow_id),
+                retried=retried,
+                released=released.rowcount,  # type: ignore[attr-defined]
+            )
+
+    @activity.defn(name="reset_failed_batch_items")
+    async def reset_failed_batch_items(self, params: ResetFailedInput) -> int:
+        async with self._sessions.begin() as session:
+            return await _reset_failed(session, params.batch_id)
+
+    @activity.defn(name="claim_batch_items")
+    async def claim_batch_items(self, params: ClaimInput) -> list[ClaimedItem]:
+        """Take the next pending items in file order; the same claim token returns the same
+        items."""
+        async with self._sessions.begin() as session:
+            earlier = await session.execute(
+                select(BatchItem.custom_id, BatchItem.line_no, BatchItem.request)
+                .where(BatchItem.claim_token == params.claim_token)
+                .order_by(BatchItem.line_no)
+            )
+            rows = list(earlier)
+            if not rows:
+                rows = sorted(
+                    await session.execute(
+                        _CLAIM,
+                        {
+                            "batch_id": params.batch_id,
+                            "claim_token": params.claim_token,
+                            "limit": params.limit,
+                            "max_bytes": params.max_bytes,
+                        },
+                    ),
+                    key=lambda row: row.line_no,
+                )
+        return [
+            ClaimedItem(
+                custom_id=row.custom_id,
+                line_no=row.line_no,
+                request=ItemRequest.model_validate(row.request),
+            )
+            for row in rows
+        ]
+
+    @activity.defn(name="release_batch_items")
+    async def release_batch_items(self, params: ReleaseInput) -> int:
+        """Claimed items the run will not start (it is about to continue-as-new) go back."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(BatchItem)
+                .where(
+                    BatchItem.batch_id == params.batch_id,
+                    BatchItem.custom_id.in_(params.custom_ids),
+                    BatchItem.status == ItemStatus.RUNNING.value,
+                )
+                .values(status="pending", claim_token=None, run_count=BatchItem.run_count - 1)
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    @activity.defn(name="record_batch_item_outcomes")
+    async def record_batch_item_outcomes(self, params: RecordOutcomesInput) -> RecordOutcomesResult:
+        """Write each item's outcome to its row. Only a ``running`` item takes an outcome, so a
+        replayed write is a no-op and no item ever has two results."""
+        outcomes = json.dumps(
+            [
+                {
+                    "custom_id": outcome.custom_id,
+                    "status": outcome.status,
+                    "response": outcome.response(),
+                    "model": outcome.model,
+                    "error_class": outcome.error_class,
+                    "error_message": outcome.error_message,
+                    "cost_usd": str(outcome.cost_usd) if outcome.cost_usd is not None else None,
+                }
+                for outcome in params.outcomes
+            ]
+        )
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                _RECORD, {"batch_id": params.batch_id, "outcomes": outcomes}
+            )
+            spent = (
+                await ledger_spend(session, params.meter_workflow_id)
+                if params.meter_workflow_id
+                else None
+            )
+        return RecordOutcomesResult(recorded=int(result.rowcount), spent_usd=spent)  # type: ignore[attr-defined]
+
+    @activity.defn(name="meter_batch_spend")
+    async def meter_batch_spend(self, params: MeterInput) -> Decimal:
+        async with self._sessions() as session:
+            return await ledger_spend(session, params.workflow_id)
+
+    @activity.defn(name="set_batch_status")
+    async def set_batch_status(self, params: StatusInput) -> BatchCounts:
+        async with self._sessions.begin() as session:
+            if params.skip_pending:
+                await session.execute(
+                    update(BatchItem)
+                    .where(
+                        BatchItem.batch_id == params.batch_id,
+                        BatchItem.status.in_(["pending", "running"]),
+                    )
+                    .values(
+                        status="skipped",
+                        error_class="skipped",
+                        error_message=params.skip_reason or params.reason,
+                        finished_at=func.now(),
+                    )
+                )
+            values: dict[str, Any] = {"status": params.status, "status_reason": params.reason}
+            if params.final:
+                values["finished_at"] = func.now()
+            if params.budget_usd is not None:
+                values["budget_usd"] = params.budget_usd
+            await session.execute(update(Batch).where(Batch.id == params.batch_id).values(**values))
+            return await count_items(session, params.batch_id)

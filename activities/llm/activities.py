@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import structlog
 from opentelemetry.trace import Span
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -42,9 +44,9 @@ from activities.llm.output_checks import check_output
 from activities.llm.pricing import price_usd
 from activities.llm.providers import (
     Completion,
+    ProviderClients,
     ToolCallDelta,
     estimate_tokens,
-    get_provider,
     provider_for_model,
 )
 from activities.llm.routing import (
@@ -69,10 +71,9 @@ from contracts.llm import (
 )
 from contracts.traffic import BudgetPolicy
 from infra import metrics
-from infra.database import session_factory
 from infra.input_limits import InputTooLarge, check_prompt_tokens
 from infra.prompt_tokens import tool_texts
-from infra.settings import KeelSettings, get_settings
+from infra.settings import KeelSettings
 from infra.tracing import end_llm_call_span, llm_call_span
 
 log = structlog.get_logger(__name__)
@@ -130,79 +131,6 @@ async def _candidates(
             )
         )
     return candidates
-
-
-@activity.defn(name="plan_llm_route")
-async def plan_llm_route(request: LlmRequest) -> RoutePlan:
-    """Turn a route into an ordered chain of models with the breaker state of each, so the
-    workflow skips an open breaker without spending an activity round trip on it.
-
-    The route may be swapped for a cheaper one (its ``downgrade_to``): for a task class sent
-    there, while the tenant's budget is low, or, under the downgrade policy, when the budget
-    cannot cover the call; and a canary may take the call (see activities/llm/routing.py)."""
-    settings = get_settings()
-    info = activity.info()
-    policy = budget_policy_of(request, settings)
-    config = breaker_config(settings)
-    # Per call, stable across retries and replays: the canary split is by call, not by workflow.
-    traffic_key = f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
-    async with session_factory().begin() as session:
-        budgets = await budget_states(session, request.tenant, settings)
-        try:
-            if request.models:
-                choice = RouteChoice(route="", models=list(request.models))
-            else:
-                choice = choose_route(
-                    request.route or settings.default_route,
-                    request.purpose,
-                    settings,
-                    traffic_key,
-                    budget_low=budget_is_low(budgets, settings) is not None,
-                )
-        except UnknownRouteError as error:
-            raise ApplicationError(str(error), type="UnknownRoute", non_retryable=True) from error
-        candidates = await _candidates(session, choice.models, config, request, settings)
-        refusal = _budget_refusal(budgets, candidates, request)
-        seen = {choice.route}
-        # Out of budget under the downgrade policy: step down now, not after a refused call.
-        while refusal and policy == BudgetPolicy.DOWNGRADE and choice.route:
-            target = route_policy(choice.route, settings).downgrade_to
-            if not target or target in seen:
-                break
-            seen.add(target)
-            named = choice.downgraded_from or choice.route
-            choice = choose_route(target, request.purpose, settings, traffic_key)
-            choice = RouteChoice(
-                choice.route, choice.models, choice.chain, named, "budget_exhausted"
-            )
-            candidates = await _candidates(session, choice.models, config, request, settings)
-            refusal = _budget_refusal(budgets, candidates, request)
-    batch = request.call_class == CallClass.BATCH
-    route = choice.route or None
-    return RoutePlan(
-        route=route,
-        candidates=candidates,
-        chain=choice.chain,
-        downgraded_from=choice.downgraded_from,
-        downgrade_reason=choice.downgrade_reason,
-        downgrade_route=route_policy(route, settings).downgrade_to if route else None,
-        budget_policy=policy,
-        budgets=budgets,
-        budget_refusal=str(refusal) if refusal else None,
-        budget_blocking=refusal.blocking if refusal else None,
-        pause_poll_seconds=settings.budget_pause_poll_seconds,
-        pause_poll_max_seconds=settings.budget_pause_poll_max_seconds,
-        pause_max_seconds=settings.budget_pause_max_seconds,
-        policy=settings.batch_policy if batch else settings.interactive_policy,
-        task_queue=settings.batch_task_queue if batch else settings.interactive_task_queue,
-        fallback_policy=request.fallback_policy or settings.fallback_policy,
-        fallback_response=request.fallback_response
-        or (
-            settings.safe_default_response
-            if (request.fallback_policy or settings.fallback_policy) == "safe_default"
-            else settings.fallback_response
-        ),
-    )
 
 
 @dataclass
@@ -315,11 +243,13 @@ def call_policy(request: LlmRequest, settings: KeelSettings) -> CallPolicy:
     return settings.interactive_policy
 
 
-async def _retry_budget(call: AttemptInput, settings: KeelSettings) -> _RetryBudget:
+async def _retry_budget(
+    call: AttemptInput, settings: KeelSettings, sessions: async_sessionmaker[AsyncSession]
+) -> _RetryBudget:
     info = activity.info()
     prior = retries.PriorAttempts()
     if info.attempt > 1:  # the first attempt has nothing to read
-        async with session_factory()() as session:
+        async with sessions() as session:
             rows = await earlier_attempts(
                 session,
                 info.workflow_id or "",
@@ -335,12 +265,14 @@ async def _retry_budget(call: AttemptInput, settings: KeelSettings) -> _RetryBud
     )
 
 
-async def _error_budget_spent(retry: _RetryBudget, model: str) -> ApplicationError:
+async def _error_budget_spent(
+    retry: _RetryBudget, model: str, sessions: async_sessionmaker[AsyncSession]
+) -> ApplicationError:
     """The previous attempt timed out (or its worker died) as the last the error budget allowed,
     and Temporal, bounded only by the deadline, started this one anyway: close the earlier
     attempts' rows and end the model's turn without asking it again."""
     info = activity.info()
-    async with session_factory().begin() as session:
+    async with sessions.begin() as session:
         await mark_interrupted(
             session, info.workflow_id or "", info.workflow_run_id, info.activity_id, info.attempt
         )
@@ -431,40 +363,22 @@ async def _wait_for_rate_limit(wait_seconds: float, charges: list[rate_limits.Ch
         metrics.RATE_LIMIT_WAIT.labels(scope).observe(wait_seconds)
 
 
-@activity.defn(name="complete_chat")
-async def complete_chat(call: AttemptInput) -> LlmAnswer:
+async def _complete_chat(
+    call: AttemptInput,
+    span: Span,
+    settings: KeelSettings,
+    sessions: async_sessionmaker[AsyncSession],
+    providers: ProviderClients,
+) -> LlmAnswer:
     info = activity.info()
-    if call.fallback_from and info.attempt == 1:
-        metrics.LLM_FALLBACKS.labels(call.fallback_from, call.model).inc()
-    with llm_call_span(
-        call.model,
-        {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.system": call.provider,
-            "gen_ai.request.model": call.model,
-            "gen_ai.request.max_tokens": call.request.parameters.max_tokens,
-            "keel.attempt": info.attempt,
-            "keel.tenant": call.request.tenant,
-            "keel.route": call.route or "",
-            "keel.purpose": call.request.purpose,
-            "keel.workflow_id": info.workflow_id or "",
-        },
-    ) as span:
-        return await _complete_chat(call, span)
-
-
-async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
-    info = activity.info()
-    settings = get_settings()
     request, model, provider_name = call.request, call.model, call.provider
     _, model_name = provider_for_model(model)
     prompt_hash = request.prompt_hash(model)
-    sessions = session_factory()
     config = breaker_config(settings)
     attempt = _Attempt(call, prompt_hash, time.perf_counter(), Completion(), span)
-    retry = await _retry_budget(call, settings)
+    retry = await _retry_budget(call, settings, sessions)
     if retries.error_budget_spent(retry.prior, retry.policy, retry.deadline):
-        raise await _error_budget_spent(retry, model)
+        raise await _error_budget_spent(retry, model, sessions)
     too_large = _prompt_too_large(request, settings)
     if too_large is not None:
         # The last line of defence (every entry point checks first): nothing is reserved or
@@ -552,7 +466,7 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
 
     policy = retry.policy
     try:
-        provider = get_provider(provider_name, settings)
+        provider = providers.get(provider_name)
         async with stream, asyncio.timeout(policy.start_to_close_seconds):
             await provider.complete(
                 model_name,
@@ -567,16 +481,16 @@ async def _complete_chat(call: AttemptInput, span: Span) -> LlmAnswer:
         invalid = check_output(request.parameters, attempt.completion)
     except LookupError as error:
         failure = ClassifiedError(ErrorClass.AUTHENTICATION, str(error))
-        await _record_failure(attempt, failure, config)
+        await _record_failure(attempt, failure, config, sessions)
         raise _to_application_error(failure, model, retry) from error
     except Exception as error:  # every provider failure is classified, none escapes raw
         failure = classify(error, stream_started=attempt.completion.first_token_ms is not None)
-        await _record_failure(attempt, failure, config)
+        await _record_failure(attempt, failure, config, sessions)
         raise _to_application_error(failure, model, retry) from error
 
     completion = attempt.completion
     if invalid is not None:  # billed and recorded like any failed attempt, then retried
-        await _record_failure(attempt, invalid, config)
+        await _record_failure(attempt, invalid, config, sessions)
         raise _to_application_error(invalid, model, retry)
     usage = completion.usage if completion.usage_reported else _estimated_usage(request, completion)
     cost = price_usd(provider_name, model_name, usage)
@@ -640,7 +554,10 @@ def _estimated_usage(request: LlmRequest, completion: Completion) -> Usage:
 
 
 async def _record_failure(
-    attempt: _Attempt, failure: ClassifiedError, config: circuit_breaker.BreakerConfig
+    attempt: _Attempt,
+    failure: ClassifiedError,
+    config: circuit_breaker.BreakerConfig,
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     call, completion = attempt.call, attempt.completion
     if completion.usage_reported:
@@ -651,7 +568,7 @@ async def _record_failure(
         usage = Usage()  # nothing generated, nothing billed
     _, model_name = provider_for_model(call.model)
     cost = price_usd(call.provider, model_name, usage) if usage.output_tokens else None
-    async with session_factory().begin() as session:
+    async with sessions.begin() as session:
         await record_attempt(session, attempt.ledger_row("error", usage, cost, failure))
         await rate_limits.refund_unused(session, attempt.charges, usage)
         new_state = await circuit_breaker.record_failure(
@@ -669,3 +586,120 @@ async def _record_failure(
         retry_after_s=failure.retry_after.total_seconds() if failure.retry_after else None,
         breaker=new_state,
     )
+
+
+# --- Activities ------------------------------------------------------------------------------
+
+
+class LlmActivities:
+    """The LLM activities with what they depend on: the worker's settings (routes, policies,
+    budgets, breaker), its database sessions (ledger, budgets, limits, breaker, cache) and the
+    provider clients its settings configure."""
+
+    def __init__(
+        self,
+        settings: KeelSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        providers: ProviderClients,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._providers = providers
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.plan_llm_route, self.complete_chat]
+
+    @activity.defn(name="plan_llm_route")
+    async def plan_llm_route(self, request: LlmRequest) -> RoutePlan:
+        """Turn a route into an ordered chain of models with the breaker state of each, so the
+        workflow skips an open breaker without spending an activity round trip on it.
+
+        The route may be swapped for a cheaper one (its ``downgrade_to``): for a task class sent
+        there, while the tenant's budget is low, or, under the downgrade policy, when the budget
+        cannot cover the call; and a canary may take the call (see activities/llm/routing.py)."""
+        settings = self._settings
+        info = activity.info()
+        policy = budget_policy_of(request, settings)
+        config = breaker_config(settings)
+        # Per call, stable across retries and replays: the canary split is by call, not by workflow.
+        traffic_key = f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
+        async with self._sessions.begin() as session:
+            budgets = await budget_states(session, request.tenant, settings)
+            try:
+                if request.models:
+                    choice = RouteChoice(route="", models=list(request.models))
+                else:
+                    choice = choose_route(
+                        request.route or settings.default_route,
+                        request.purpose,
+                        settings,
+                        traffic_key,
+                        budget_low=budget_is_low(budgets, settings) is not None,
+                    )
+            except UnknownRouteError as error:
+                raise ApplicationError(
+                    str(error), type="UnknownRoute", non_retryable=True
+                ) from error
+            candidates = await _candidates(session, choice.models, config, request, settings)
+            refusal = _budget_refusal(budgets, candidates, request)
+            seen = {choice.route}
+            # Out of budget under the downgrade policy: step down now, not after a refused call.
+            while refusal and policy == BudgetPolicy.DOWNGRADE and choice.route:
+                target = route_policy(choice.route, settings).downgrade_to
+                if not target or target in seen:
+                    break
+                seen.add(target)
+                named = choice.downgraded_from or choice.route
+                choice = choose_route(target, request.purpose, settings, traffic_key)
+                choice = RouteChoice(
+                    choice.route, choice.models, choice.chain, named, "budget_exhausted"
+                )
+                candidates = await _candidates(session, choice.models, config, request, settings)
+                refusal = _budget_refusal(budgets, candidates, request)
+        batch = request.call_class == CallClass.BATCH
+        route = choice.route or None
+        return RoutePlan(
+            route=route,
+            candidates=candidates,
+            chain=choice.chain,
+            downgraded_from=choice.downgraded_from,
+            downgrade_reason=choice.downgrade_reason,
+            downgrade_route=route_policy(route, settings).downgrade_to if route else None,
+            budget_policy=policy,
+            budgets=budgets,
+            budget_refusal=str(refusal) if refusal else None,
+            budget_blocking=refusal.blocking if refusal else None,
+            pause_poll_seconds=settings.budget_pause_poll_seconds,
+            pause_poll_max_seconds=settings.budget_pause_poll_max_seconds,
+            pause_max_seconds=settings.budget_pause_max_seconds,
+            policy=settings.batch_policy if batch else settings.interactive_policy,
+            task_queue=settings.batch_task_queue if batch else settings.interactive_task_queue,
+            fallback_policy=request.fallback_policy or settings.fallback_policy,
+            fallback_response=request.fallback_response
+            or (
+                settings.safe_default_response
+                if (request.fallback_policy or settings.fallback_policy) == "safe_default"
+                else settings.fallback_response
+            ),
+        )
+
+    @activity.defn(name="complete_chat")
+    async def complete_chat(self, call: AttemptInput) -> LlmAnswer:
+        info = activity.info()
+        if call.fallback_from and info.attempt == 1:
+            metrics.LLM_FALLBACKS.labels(call.fallback_from, call.model).inc()
+        with llm_call_span(
+            call.model,
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.system": call.provider,
+                "gen_ai.request.model": call.model,
+                "gen_ai.request.max_tokens": call.request.parameters.max_tokens,
+                "keel.attempt": info.attempt,
+                "keel.tenant": call.request.tenant,
+                "keel.route": call.route or "",
+                "keel.purpose": call.request.purpose,
+                "keel.workflow_id": info.workflow_id or "",
+            },
+        ) as span:
+            return await _complete_chat(call, span, self._settings, self._sessions, self._providers)

@@ -20,7 +20,7 @@ import openai
 from activities.llm.images import ImageInliner, image_inliner
 from contracts.llm import ChatMessage, LlmParameters, ToolCall, ToolChoice, Usage
 from contracts.llm import provider_for_model as provider_for_model
-from infra.settings import KeelSettings, get_settings
+from infra.settings import KeelSettings
 
 SIMULATOR_API_KEY = "keel-simulator"
 OnDelta = Callable[[str], Awaitable[None]]
@@ -440,8 +440,21 @@ def _anthropic_client(base_url: str | None, api_key: str) -> anthropic.AsyncAnth
     return anthropic.AsyncAnthropic(base_url=base_url, api_key=api_key, max_retries=0)
 
 
-def get_provider(name: str, settings: KeelSettings | None = None) -> Provider:
-    settings = settings or get_settings()
+class ProviderClients:
+    """The providers a worker's LLM activities call, as its settings configure them (keys, base
+    URLs, the simulator). The SDK clients underneath are shared per (base URL, key) across the
+    process, so their connection pools are too."""
+
+    def __init__(self, settings: KeelSettings) -> None:
+        self._settings = settings
+
+    def get(self, name: str) -> Provider:
+        """The provider ``name`` ("openai" or "anthropic"); LookupError when it has no
+        credentials."""
+        return get_provider(name, self._settings)
+
+
+def get_provider(name: str, settings: KeelSettings) -> Provider:
     simulator = settings.effective_simulator_url
     if name == "anthropic":
         if settings.anthropic_api_key is not None:

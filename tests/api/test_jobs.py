@@ -30,7 +30,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from activities.jobs import CallbackDeliverer
+from activities.jobs import JobActivities
 from api.server import running_api, serving
 from contracts.activities import DELIVER_JOB_CALLBACK
 from contracts.jobs import JobOutput
@@ -41,13 +41,13 @@ from infra.callback_signing import (
     signing_secret,
     verify_signature,
 )
-from infra.database import session_factory
+from infra.database import session_factory, sessions_for
 from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings
 from infra.tables import Job
 from llmsim import SimServer
 from tests.api.tokens import http_client, issue_token
-from tests.conftest import reconfigure
+from tests.conftest import KeelWorkers, reconfigure
 from tests.outbound import LoopbackOnlyTransport, StubResolver
 from workers.registry import queue_contents
 
@@ -107,10 +107,11 @@ async def job_worker(
     resolver: Resolver = system_resolver,
 ) -> AsyncIterator[LoopbackOnlyTransport]:
     """The interactive queue's worker, its callback delivery built with the given settings (None:
-    the process's) and resolver, sending through a loopback-only transport (yielded)."""
+    ``settings``) and resolver, sending through a loopback-only transport (yielded)."""
     transport = LoopbackOnlyTransport()
     contents = queue_contents(settings.interactive_task_queue, settings)
-    delivery = CallbackDeliverer(worker_settings, resolver, transport).deliver
+    jobs = JobActivities(worker_settings or settings, sessions_for(settings), resolver, transport)
+    delivery = jobs.deliver_job_callback
     activities = [a for a in contents.activities if activity_name(a) != DELIVER_JOB_CALLBACK.name]
     worker = Worker(
         client,
@@ -151,12 +152,13 @@ async def wait_for_job(http: httpx2.AsyncClient, job_id: str, timeout: float = 3
 async def test_a_job_answers_at_once_and_its_callback_is_signed_and_acknowledged_once(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     receiver: Receiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = reconfigure(monkeypatch, KEEL_CALLBACK_SIGNING_SECRET=SECRET)
+    await keel_workers.start(settings)
     token = await issue_token()
     async with running_api(settings, client) as url, http_client(url, token) as http:
         created = await http.post(
@@ -236,7 +238,7 @@ async def test_job_requests_are_validated_and_idempotent(
 async def test_the_readme_job_callback_is_signed_with_the_secret_the_dev_stack_creates(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     receiver: Receiver,
     monkeypatch: pytest.MonkeyPatch,
@@ -249,6 +251,7 @@ async def test_the_readme_job_callback_is_signed_with_the_secret_the_dev_stack_c
     monkeypatch.delenv("KEEL_CALLBACK_SIGNING_SECRET_FILE", raising=False)
     monkeypatch.delenv("KEEL_CALLBACK_ALLOWED_DESTINATIONS", raising=False)
     settings = reconfigure(monkeypatch, KEEL_HOME=str(tmp_path / "keel-home"))
+    await keel_workers.start(settings)  # the worker reads the same file
     secret_file = ensure_secret_file(settings)  # what `keel dev up` does on its first start
     assert secret_file == tmp_path / "keel-home" / "callback-signing-secret"
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600

@@ -12,9 +12,11 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.approvals import APPROVAL_ACTIVITIES
-from activities.audit_trail import record_audit_event
+from activities.approvals import ApprovalActivities
+from activities.audit_trail import AuditActivities
 from contracts.approvals import GateRequest
+from infra.database import sessions_for
+from infra.settings import get_settings
 from tests.approvals.gate_harness import GateHarnessWorkflow, HarnessInput
 
 
@@ -37,10 +39,15 @@ async def gates(
     time_skipping_env: WorkflowEnvironment, database_url: str
 ) -> AsyncIterator[GateRig]:
     queue = f"gates-{uuid.uuid4().hex[:8]}"
+    settings = get_settings()  # this test's database (the database_url fixture set it)
+    sessions = sessions_for(settings)
     async with Worker(
         time_skipping_env.client,
         task_queue=queue,
         workflows=[GateHarnessWorkflow],
-        activities=[*APPROVAL_ACTIVITIES, record_audit_event],
+        activities=[
+            *ApprovalActivities(settings, sessions).all(),
+            AuditActivities(sessions).record_audit_event,
+        ],
     ):
         yield GateRig(time_skipping_env, queue)

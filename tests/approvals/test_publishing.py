@@ -11,14 +11,13 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client
-from temporalio.worker import Worker
 
 from contracts.approvals import ApprovalMode, ApproveDecision, ReviewPolicy
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.approvals.records import pending_gate, seed_reviewers
 from tests.approvals.reviews import published, self_check, start_review
-from tests.conftest import reconfigure
+from tests.conftest import KeelWorkers, reconfigure
 from tests.helpers import KeelCli, audit_events, eventually
 from tests.security.history_payloads import readable_history
 from workflows.document_review import SELF_CHECK_MARKER
@@ -70,12 +69,13 @@ def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
 async def test_the_published_review_is_posted_to_the_webhook_once(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     receiver: Receiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    reconfigure(monkeypatch, KEEL_REVIEW_WEBHOOK_URL=receiver.url)
+    # The webhook URL is the worker's setting: its worker starts with it.
+    await keel_workers.start(reconfigure(monkeypatch, KEEL_REVIEW_WEBHOOK_URL=receiver.url))
     simulator.add_canned_response(SELF_CHECK_MARKER, self_check(0.97))
     handle = await start_review(client, keel_settings, ReviewPolicy(), notify_webhook=True)
     result = await handle.result()
@@ -101,12 +101,13 @@ async def test_the_published_review_is_posted_to_the_webhook_once(
 async def test_a_refusing_webhook_is_recorded_and_does_not_unpublish(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     receiver: Receiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    reconfigure(monkeypatch, KEEL_REVIEW_WEBHOOK_URL=receiver.url)
+    # The webhook URL is the worker's setting: its worker starts with it.
+    await keel_workers.start(reconfigure(monkeypatch, KEEL_REVIEW_WEBHOOK_URL=receiver.url))
     simulator.add_canned_response(SELF_CHECK_MARKER, self_check(0.97))
     handle = await start_review(client, keel_settings, ReviewPolicy(), notify_webhook=True)
     result = await handle.result()
@@ -123,13 +124,14 @@ async def test_a_refusing_webhook_is_recorded_and_does_not_unpublish(
 async def test_a_decision_after_the_gate_closed_is_refused_as_already_decided(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     receiver: Receiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await seed_reviewers(alice="editor", bob="editor")
-    reconfigure(monkeypatch, KEEL_REVIEW_WEBHOOK_URL=receiver.url)
+    # The webhook URL is the worker's setting: its worker starts with it.
+    await keel_workers.start(reconfigure(monkeypatch, KEEL_REVIEW_WEBHOOK_URL=receiver.url))
     receiver.release.clear()  # the workflow stays in its webhook step, after the gate
     handle = await start_review(
         client, keel_settings, ReviewPolicy(mode=ApprovalMode.ALWAYS), notify_webhook=True

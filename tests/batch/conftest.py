@@ -13,7 +13,7 @@ from sqlalchemy import select
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from activities.batch.files import parse_lines
+from activities.batch.files import BatchFileLimits, parse_lines
 from contracts.batch import BatchOptions
 from infra.database import session_factory
 from infra.settings import KeelSettings
@@ -61,7 +61,7 @@ async def start_batch(
         client,
         settings,
         session_factory(),
-        list(parse_lines(lines)),
+        list(parse_lines(lines, BatchFileLimits.from_settings(settings))),
         batch_id=batch_id,
         options=BatchOptions(**options),
         source_name="test.jsonl",

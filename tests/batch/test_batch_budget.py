@@ -34,15 +34,29 @@ CONCURRENCY = 4
 
 
 @pytest.fixture
-def owner(monkeypatch: pytest.MonkeyPatch, keel_settings: KeelSettings) -> str:
-    """alice may decide budget gates (the roster the gate reads when it opens)."""
-    reconfigure(monkeypatch, KEEL_REVIEWERS='{"alice": ["batch-owner"]}')
+def owner_settings(monkeypatch: pytest.MonkeyPatch, keel_settings: KeelSettings) -> KeelSettings:
+    """Settings under which alice may decide budget gates (the roster the gate reads when it
+    opens): the batch worker is built with them."""
+    return reconfigure(monkeypatch, KEEL_REVIEWERS='{"alice": ["batch-owner"]}')
+
+
+@pytest.fixture
+def owner(owner_settings: KeelSettings) -> str:
     return "alice"
 
 
 @pytest.fixture
+async def owners_batch_worker(
+    client: Client, owner_settings: KeelSettings
+) -> AsyncIterator[Worker]:
+    """The batch worker, its roster the one that names the owner."""
+    async with build_worker(client, owner_settings.batch_task_queue, owner_settings) as worker:
+        yield worker
+
+
+@pytest.fixture
 async def gated_batch(
-    client: Client, keel_settings: KeelSettings, batch_worker: Worker, owner: str
+    client: Client, keel_settings: KeelSettings, owners_batch_worker: Worker, owner: str
 ) -> tuple[str, WorkflowHandle[BatchWorkflow, BatchResult]]:
     """20 items under BUDGET, running on the batch worker; the owner decides its gates."""
     return await start_batch(
@@ -175,9 +189,10 @@ def skipping_client(time_skipping_env: WorkflowEnvironment) -> Client:
 
 @pytest.fixture
 async def skipping_worker(
-    skipping_client: Client, keel_settings: KeelSettings
+    skipping_client: Client, owner_settings: KeelSettings
 ) -> AsyncIterator[Worker]:
-    async with build_worker(skipping_client, keel_settings.batch_task_queue, keel_settings) as w:
+    queue = owner_settings.batch_task_queue
+    async with build_worker(skipping_client, queue, owner_settings) as w:
         yield w
 
 
@@ -213,7 +228,7 @@ async def set_tenant_budget(tenant: str, usd: str) -> None:
 async def test_a_spent_tenant_budget_pauses_the_batch_instead_of_failing_items(
     client: Client,
     keel_settings: KeelSettings,
-    batch_worker: Worker,
+    owners_batch_worker: Worker,
     simulator: SimServer,
     owner: str,
 ) -> None:

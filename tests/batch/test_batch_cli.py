@@ -16,11 +16,11 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.batch.files import parse_line
+from activities.batch.files import BatchFileLimits, parse_line
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from tests.batch.conftest import CHEAP, items_of
-from tests.conftest import reconfigure
+from tests.conftest import KeelWorkers, reconfigure
 from tests.helpers import KEEL, CliResult, KeelCli
 
 KeelRun = Callable[..., Awaitable[CliResult]]
@@ -124,13 +124,14 @@ async def test_the_budget_gate_from_the_command_line(
     keel: KeelRun,
     client: Client,
     keel_settings: KeelSettings,
-    batch_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     run = keel
-    reconfigure(monkeypatch, KEEL_REVIEWERS='{"alice": ["batch-owner"]}')  # the worker's roster
+    settings = reconfigure(monkeypatch, KEEL_REVIEWERS='{"alice": ["batch-owner"]}')
+    await keel_workers.start(settings, settings.batch_task_queue)  # the worker's roster
     lines = [{"custom_id": f"i{n}", "prompt": f"Item {n}", "model": CHEAP, "max_tokens": 32}
              for n in range(12)]  # fmt: skip
     path = write_lines(tmp_path / "budget.jsonl", lines)
@@ -285,7 +286,10 @@ def test_start_help_shows_the_line_format_with_examples_that_parse() -> None:
         for line in shown.stdout.splitlines()
         if line.strip().startswith('{"custom_id"')
     ]
-    parsed = [parse_line(number, example) for number, example in enumerate(examples, start=1)]
+    limits = BatchFileLimits.from_settings(KeelSettings())
+    parsed = [
+        parse_line(number, example, limits) for number, example in enumerate(examples, start=1)
+    ]
     assert [(p.line_format, p.problem) for p in parsed if p] == [
         ("keel", None),
         ("keel", None),

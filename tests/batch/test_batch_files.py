@@ -9,20 +9,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from activities.batch.files import parse_line, parse_lines, validate
+from activities.batch.files import BatchFileLimits, parse_line, parse_lines, validate
 from activities.batch.items import refusal
 from contracts.batch import ItemRequest
 from infra.settings import KeelSettings
 
+# The limits a worker with default settings reads files with.
+LIMITS = BatchFileLimits.from_settings(KeelSettings())
+
 
 def parsed(line: object) -> ItemRequest:
-    result = parse_line(1, json.dumps(line))
+    result = parse_line(1, json.dumps(line), LIMITS)
     assert result is not None and result.request is not None, result
     return result.request
 
 
 def problem(line: object | str) -> str:
-    result = parse_line(7, line if isinstance(line, str) else json.dumps(line))
+    result = parse_line(7, line if isinstance(line, str) else json.dumps(line), LIMITS)
     assert result is not None and result.problem is not None, result
     return result.problem
 
@@ -136,15 +139,16 @@ def test_ignored_openai_fields_are_warnings_not_errors() -> None:
                 },
             }
         ),
+        LIMITS,
     )
     assert line is not None and line.valid
     assert line.warnings == ["ignored body field(s): seed, user"]
 
 
 def test_oversized_and_non_utf8_lines_are_reported() -> None:
-    big = parse_line(2, b"x" * (KeelSettings().max_batch_line_bytes + 1))
+    big = parse_line(2, b"x" * (KeelSettings().max_batch_line_bytes + 1), LIMITS)
     assert big is not None and "KEEL_MAX_BATCH_LINE_BYTES" in (big.problem or "")
-    bad = parse_line(3, b'{"custom_id": "\xff"}')
+    bad = parse_line(3, b'{"custom_id": "\xff"}', LIMITS)
     assert bad is not None and "not UTF-8" in (bad.problem or "")
 
 
@@ -156,21 +160,21 @@ def test_validation_reports_line_numbers_duplicates_and_skips_blank_lines() -> N
         '{"custom_id": "a", "prompt": "y"}',
         '{"custom_id": "c", "prompt": "z"}',
     ]
-    report = validate(parse_lines(lines))
+    report = validate(parse_lines(lines, LIMITS))
     assert (report.lines, report.valid) == (4, 3)
     assert [(p.line_no, p.custom_id) for p in report.problems] == [(3, None)]
     assert [(d.custom_id, d.line_numbers) for d in report.duplicates] == [("a", [1, 4])]
     assert refusal(report, strict=False) is not None  # duplicates always refuse
-    clean = validate(parse_lines([lines[0], lines[2], lines[4]]))
+    clean = validate(parse_lines([lines[0], lines[2], lines[4]], LIMITS))
     assert refusal(clean, strict=False) is None
     assert refusal(clean, strict=True) == "1 malformed line(s) and --strict is set"
-    empty = refusal(validate(parse_lines(["", " "])), strict=False)
+    empty = refusal(validate(parse_lines(["", " "], LIMITS)), strict=False)
     assert empty == "the file has no valid items: 0 line(s)"
 
 
 def test_a_file_with_no_valid_line_is_refused_like_an_empty_one() -> None:
     malformed = ["not json", '{"custom_id": "a"}', "[1]", '{"prompt": ', "{}"]
-    reason = refusal(validate(parse_lines(malformed)), strict=False)
+    reason = refusal(validate(parse_lines(malformed, LIMITS)), strict=False)
     assert reason is not None
     assert reason.startswith("the file has no valid items: 5 line(s), 5 malformed (line 1: ")
     # The first three problems are quoted by line, the rest counted.
@@ -179,20 +183,21 @@ def test_a_file_with_no_valid_line_is_refused_like_an_empty_one() -> None:
     # One valid line among them and the file runs (its malformed lines become failed items).
     assert (
         refusal(
-            validate(parse_lines([*malformed, '{"custom_id": "b", "prompt": "x"}'])), strict=False
+            validate(parse_lines([*malformed, '{"custom_id": "b", "prompt": "x"}'], LIMITS)),
+            strict=False,
         )
         is None
     )
 
 
 def test_a_synthetic_id_never_collides_with_a_real_one() -> None:
-    report = validate(parse_lines(['{"custom_id": "line-2", "prompt": "x"}', "not json"]))
+    report = validate(parse_lines(['{"custom_id": "line-2", "prompt": "x"}', "not json"], LIMITS))
     assert [d.custom_id for d in report.duplicates] == ["line-2"]
 
 
 @given(st.text(max_size=300))
 def test_no_line_makes_the_parser_raise(text: str) -> None:
-    result = parse_line(1, text)
+    result = parse_line(1, text, LIMITS)
     assert result is None or result.valid or result.problem
 
 
@@ -209,7 +214,7 @@ def test_valid_keel_lines_round_trip(custom_id: str, prompt: str, max_tokens: in
     line: dict[str, object] = {"custom_id": custom_id, "prompt": prompt}
     if max_tokens is not None:
         line["max_tokens"] = max_tokens
-    result = parse_line(1, json.dumps(line))
+    result = parse_line(1, json.dumps(line), LIMITS)
     assert result is not None and result.custom_id == custom_id
     assert result.request is not None and result.request.messages[0].content == prompt
     stored = result.request.model_dump(mode="json", exclude_none=True)

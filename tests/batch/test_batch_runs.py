@@ -21,7 +21,7 @@ from tests.batch.conftest import (
     simulator_requests,
     start_batch,
 )
-from tests.conftest import reconfigure
+from tests.conftest import KeelWorkers, reconfigure
 from tests.helpers import ledger_rows
 
 
@@ -90,12 +90,13 @@ async def test_partial_failures_do_not_fail_the_batch(
 async def test_retryable_errors_are_retried_and_the_route_falls_back(
     client: Client,
     keel_settings: KeelSettings,
-    batch_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     policy = keel_settings.batch_policy.model_copy(update={"initial_interval_seconds": 0.1})
-    reconfigure(monkeypatch, KEEL_BATCH_POLICY=policy.model_dump_json())
+    settings = reconfigure(monkeypatch, KEEL_BATCH_POLICY=policy.model_dump_json())
+    await keel_workers.start(settings, settings.batch_task_queue)
     # Item q0: a 500 (retried on the same model), then a context-window error (the route falls
     # back to the next model). Item q1 meets no fault.
     simulator.add_faults("server_error", model=CHEAP, count=1)

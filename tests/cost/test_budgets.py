@@ -14,10 +14,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.llm.activities import complete_chat
+from activities.llm.activities import LlmActivities
 from activities.llm.budgets import estimate_cost, estimated_usage
+from activities.llm.providers import ProviderClients
 from contracts.llm import AttemptInput, ChatMessage, LlmAnswer, LlmParameters, LlmRequest
-from infra.database import session_factory
+from infra.database import session_factory, sessions_for
 from infra.settings import KeelSettings, get_settings
 from llmsim import SimServer, count_message_tokens
 from services.budgets import change_budget, current_budgets
@@ -156,6 +157,7 @@ async def test_the_locked_check_alone_holds_fifty_racing_attempts(
         parameters=LlmParameters(max_tokens=RACE_MAX_TOKENS),
         tenant="locked",
     )
+    llm = LlmActivities(keel_settings, sessions_for(keel_settings), ProviderClients(keel_settings))
 
     async def attempt(number: int) -> LlmAnswer | ApplicationError:
         environment = ActivityEnvironment()
@@ -164,7 +166,7 @@ async def test_the_locked_check_alone_holds_fifty_racing_attempts(
         )
         try:
             return await environment.run(
-                complete_chat, AttemptInput(request=request, model=CHEAP, provider="openai")
+                llm.complete_chat, AttemptInput(request=request, model=CHEAP, provider="openai")
             )
         except ApplicationError as error:
             return error

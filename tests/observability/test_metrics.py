@@ -22,7 +22,7 @@ from infra.metrics import MetricsServer
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from services.budgets import change_budget
-from tests.conftest import reconfigure
+from tests.conftest import KeelWorkers, reconfigure
 from tests.cost.support import CHEAP, ask, metered_spend
 from tests.helpers import eventually, ledger_rows
 from workers.__main__ import run_worker
@@ -76,6 +76,7 @@ async def test_the_worker_endpoint_shows_llm_calls_budgets_breakers_and_sdk_metr
     worker_metrics: str,
     client: Client,
     keel_settings: KeelSettings,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -113,10 +114,18 @@ async def test_the_worker_endpoint_shows_llm_calls_budgets_breakers_and_sdk_metr
     assert moved("temporal_activity_execution_latency_count", task_queue=queue) == len(rows)
     assert moved("temporal_activity_execution_failed_total", task_queue=queue) == 2
 
-    # Gauges of shared state: a breaker that opens, a budget, an approval waiting.
-    reconfigure(monkeypatch, KEEL_BREAKER_FAILURE_THRESHOLD="1")
+    # Gauges of shared state: a breaker that opens, a budget, an approval waiting. The breaker
+    # opens on a worker whose settings open it at the first failure (a worker reads the settings
+    # it was built with), on a queue of its own; its state is in Postgres, where the endpoint's
+    # gauges read it.
+    fragile = reconfigure(
+        monkeypatch,
+        KEEL_BREAKER_FAILURE_THRESHOLD="1",
+        KEEL_INTERACTIVE_TASK_QUEUE=f"{queue}-fragile",
+    )
+    await keel_workers.start(fragile)
     simulator.add_faults("server_error", model=FRAGILE, count=1)
-    await ask(client, settings, models=[FRAGILE, BACKUP], tenant="metrics")
+    await ask(client, fragile, models=[FRAGILE, BACKUP], tenant="metrics")
     await change_budget(session_factory(), "metrics", "month", Decimal(1), "test")
     async with session_factory().begin() as session:
         await session.execute(

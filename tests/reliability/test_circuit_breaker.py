@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
-from temporalio.worker import Worker
 
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from tests.conftest import reconfigure
+from tests.conftest import KeelWorkers, reconfigure
 from tests.helpers import ledger_rows
 from tests.reliability.ledger import breaker
 from tests.reliability.test_llm_calls import BACKUP, CHEAP, ask, requests_to
@@ -36,11 +35,12 @@ def breaker_settings(keel_settings: KeelSettings, monkeypatch: pytest.MonkeyPatc
 async def test_breaker_opens_fails_fast_half_opens_and_closes(
     client: Client,
     breaker_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = breaker_settings
+    await keel_workers.start(settings)
     simulator.add_faults("server_error", model=CHEAP, count=50)
 
     # Two failures open the breaker; the third attempt is refused without a request.
@@ -59,8 +59,10 @@ async def test_breaker_opens_fails_fast_half_opens_and_closes(
     assert requests_to(simulator, CHEAP) == 2
     assert [r.model for r in await ledger_rows(second_id)] == [BACKUP]
 
-    # After the cool-down one probe goes through; it fails, so the breaker opens again.
+    # After the cool-down one probe goes through; it fails, so the breaker opens again. (The
+    # worker restarts with the shorter cool-down: a worker reads the settings it was built with.)
     settings = reconfigure(monkeypatch, KEEL_BREAKER_COOLDOWN_SECONDS=str(SHORT_COOLDOWN))
+    await keel_workers.start(settings)
     await asyncio.sleep(SHORT_COOLDOWN + 0.1)
     await ask(client, settings, models=[CHEAP, BACKUP])
     assert requests_to(simulator, CHEAP) == 3
@@ -79,9 +81,10 @@ async def test_breaker_opens_fails_fast_half_opens_and_closes(
 async def test_client_errors_do_not_trip_the_breaker(
     client: Client,
     breaker_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
 ) -> None:
+    await keel_workers.start(breaker_settings)
     simulator.add_faults("context_window", model=CHEAP, count=5)
     for _ in range(3):
         await ask(client, breaker_settings, models=[CHEAP, BACKUP])

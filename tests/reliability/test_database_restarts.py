@@ -17,9 +17,9 @@ import httpx2
 from sqlalchemy import event, select
 from temporalio.testing import ActivityEnvironment
 
-from activities.jobs import record_job
+from activities.jobs import JobActivities
 from contracts.jobs import JobKind, JobRecord, JobStatus
-from infra.database import get_engine, session_factory
+from infra.database import get_engine, session_factory, sessions_for
 from infra.settings import get_settings
 from infra.tables import Job
 from services.budgets import change_budget, current_budgets
@@ -88,6 +88,8 @@ async def test_a_cli_command_after_a_restart_succeeds_first_time(database_url: s
 
 async def test_an_activity_after_a_restart_succeeds_first_time(database_url: str) -> None:
     pooled = await fresh_pool()
+    settings = get_settings()
+    record_job = JobActivities(settings, sessions_for(settings)).record_job
     activities = ActivityEnvironment()
     running = JobRecord(job_id="j-1", tenant="default", kind=JobKind.ASK, status=JobStatus.RUNNING)
     await activities.run(record_job, running)

@@ -14,7 +14,7 @@ from temporalio.worker import Worker
 from contracts.llm import FallbackPolicy
 from infra.settings import KeelSettings
 from llmsim import SimServer
-from tests.conftest import reconfigure
+from tests.conftest import KeelWorkers, reconfigure
 from tests.helpers import audit_events, ledger_rows
 from workflows.ask import AskInput, AskOutput, AskWorkflow
 
@@ -107,7 +107,7 @@ async def test_a_stream_cut_midway_is_retried_and_both_attempts_are_billed(
 async def test_a_hang_is_caught_by_the_heartbeat_timeout_not_start_to_close(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -115,6 +115,7 @@ async def test_a_hang_is_caught_by_the_heartbeat_timeout_not_start_to_close(
         update={"heartbeat_seconds": 1.5, "start_to_close_seconds": 120}
     )
     settings = reconfigure(monkeypatch, KEEL_INTERACTIVE_POLICY=policy.model_dump_json())
+    await keel_workers.start(settings)
     simulator.add_faults("hang", model=CHEAP, count=1)
     workflow_id, result = await ask(client, settings, models=[CHEAP])
     rows = await ledger_rows(workflow_id)

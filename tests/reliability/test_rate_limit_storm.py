@@ -23,7 +23,7 @@ from llmsim import SimServer
 from llmsim.faults import FaultKind, FaultRule
 from llmsim.state import RequestRecord
 from services.asks import start_ask
-from tests.conftest import reconfigure
+from tests.conftest import KeelWorkers, reconfigure
 from tests.helpers import ledger_rows
 from workflows.ask import AskInput, AskOutput
 
@@ -158,7 +158,7 @@ async def test_every_call_completes_through_a_429_storm(
 async def test_a_retry_after_past_the_deadline_moves_to_the_next_model(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -166,6 +166,7 @@ async def test_a_retry_after_past_the_deadline_moves_to_the_next_model(
     # deadline but more than the ~6 s left of it, so the next model answers instead.
     policy = keel_settings.interactive_policy.model_copy(update={"schedule_to_close_seconds": 10})
     settings = reconfigure(monkeypatch, KEEL_INTERACTIVE_POLICY=policy.model_dump_json())
+    await keel_workers.start(settings)
     simulator.add_faults("rate_limit", model=CHEAP, count=2, retry_after_s=2.0)
     simulator.add_faults("rate_limit", model=CHEAP, count=1, retry_after_s=8.0)
     workflow_id = f"ask-deadline-{uuid.uuid4().hex[:6]}"
@@ -221,7 +222,7 @@ async def test_rate_limits_do_not_spend_the_error_budget(
 async def test_timeouts_still_spend_the_error_budget(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -232,6 +233,7 @@ async def test_timeouts_still_spend_the_error_budget(
         update={"heartbeat_seconds": 1.0, "initial_interval_seconds": 0.1}
     )
     settings = reconfigure(monkeypatch, KEEL_INTERACTIVE_POLICY=policy.model_dump_json())
+    await keel_workers.start(settings)
     simulator.add_faults("hang", model=CHEAP, count=3)
     workflow_id = f"ask-hang-{uuid.uuid4().hex[:6]}"
     result = await keel_ask(client, settings, workflow_id, AskInput(prompt="Name a sea."))

@@ -23,7 +23,7 @@ from temporalio.client import (
 )
 
 from activities.approvals import add_reviewer
-from activities.batch.files import parse_lines
+from activities.batch.files import BatchFileLimits, parse_lines
 from contracts.approvals import ApprovalMode, ApproveDecision, GateView, ReviewPolicy
 from contracts.batch import BatchOptions
 from contracts.jobs import JobInput, JobKind
@@ -142,7 +142,7 @@ async def batch_continued_as_new(
         client,
         settings,
         session_factory(),
-        list(parse_lines(lines)),
+        list(parse_lines(lines, BatchFileLimits.from_settings(settings))),
         batch_id=f"replay-{uuid.uuid4().hex[:8]}",
         options=BatchOptions(concurrency=4, model="gpt-4o-mini"),
         source_name="replay.jsonl",

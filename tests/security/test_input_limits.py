@@ -24,22 +24,22 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
-from temporalio.worker import Worker
 
-from activities.batch.items import load_batch_file
+from activities.batch.files import BatchFileLimits
+from activities.batch.items import BatchItemActivities
 from activities.sessions import FOLD_INSTRUCTION_TOKENS
 from api.server import running_api
 from contracts.batch import BatchOptions, LoadFileInput
 from contracts.llm import ChatMessage
 from contracts.sessions import FoldPlan, session_workflow_id, summarization_prompt
-from infra.database import session_factory
+from infra.database import session_factory, sessions_for
 from infra.settings import KeelSettings
 from infra.tables import Batch, BatchItem, ChatSession, Job
 from llmsim import SimServer, count_message_tokens
 from services.api_tokens import IssuedToken
 from services.chat_client import TurnRequest, run_turn
 from tests.api.tokens import bearer, http_client, openai_client
-from tests.conftest import reconfigure
+from tests.conftest import KeelWorkers, reconfigure
 from tests.helpers import ledger_rows
 from tests.worker_processes import REPO_ROOT, worker_environment
 from workflows.ask import AskInput, AskWorkflow
@@ -97,10 +97,11 @@ class RawConnection:
 async def limited_api(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[str]:
-    """The API with small limits: 4 KiB bodies, 1,000-character prompts, 3 messages."""
+    """The API (and its worker) with small limits: 4 KiB bodies, 1,000-character prompts,
+    3 messages."""
     settings = reconfigure(
         monkeypatch,
         KEEL_MAX_REQUEST_BODY_BYTES=str(BODY_LIMIT),
@@ -108,6 +109,7 @@ async def limited_api(
         KEEL_MAX_PROMPT_TOKENS="300",
         KEEL_MAX_MESSAGES="3",
     )
+    await keel_workers.start(settings)
     async with running_api(settings, client) as url:
         yield url
 
@@ -438,13 +440,13 @@ async def test_oversized_batch_lines_are_reported_by_number_and_the_rest_run(
 async def test_the_llm_activity_refuses_an_oversized_prompt_without_sending_or_retrying_it(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A workflow started straight on Temporal skips every door; the activity still refuses:
     one ledger row saying why, no provider request, no retry, no other model asked."""
-    reconfigure(monkeypatch, KEEL_MAX_PROMPT_TOKENS="100")
+    await keel_workers.start(reconfigure(monkeypatch, KEEL_MAX_PROMPT_TOKENS="100"))
     workflow_id = f"ask-{uuid.uuid4().hex[:10]}"
     with pytest.raises(WorkflowFailureError) as failed:
         await client.execute_workflow(
@@ -466,7 +468,7 @@ async def test_the_llm_activity_refuses_an_oversized_prompt_without_sending_or_r
 async def test_a_chat_session_folds_its_history_to_stay_under_the_prompt_limit(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -479,6 +481,7 @@ async def test_a_chat_session_folds_its_history_to_stay_under_the_prompt_limit(
         KEEL_SESSION_ANSWER_TOKENS="60",
         KEEL_ROUTES=f'{{"cheap": ["{MODEL}"], "balanced": ["{MODEL}"]}}',
     )
+    await keel_workers.start(settings)
     session_id = f"s-{uuid.uuid4().hex[:8]}"
     outputs = [
         await run_turn(
@@ -516,12 +519,15 @@ async def test_a_scheduled_batch_over_a_limit_is_recorded_as_refused_with_the_re
 ) -> None:
     """A schedule reads its file on the worker, at run time: the refusal is the batch's
     status, and the load fails for good (re-reading cannot shrink the file)."""
-    reconfigure(monkeypatch, KEEL_MAX_BATCH_ITEMS="2")
+    settings = reconfigure(monkeypatch, KEEL_MAX_BATCH_ITEMS="2")
+    batch_items = BatchItemActivities(
+        sessions_for(settings), BatchFileLimits.from_settings(settings)
+    )
     path = tmp_path / "nightly.jsonl"
     path.write_text("\n".join(keel_line(f"q{n}", "Name a lake.") for n in range(3)) + "\n")
     with pytest.raises(ApplicationError) as refused:
         await ActivityEnvironment().run(
-            load_batch_file,
+            batch_items.load_batch_file,
             LoadFileInput(batch_id="nightly-1", path=str(path), options=BatchOptions()),
         )
     assert refused.value.type == "BatchFileRefused" and refused.value.non_retryable

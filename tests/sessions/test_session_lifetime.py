@@ -32,10 +32,12 @@ async def test_an_idle_session_completes_and_a_new_run_continues_from_postgres(
             id=session_workflow_id(session_id),
             task_queue=keel_settings.interactive_task_queue,
         )
+        # Read before the turn: the idle timer starts in the workflow task that finishes the turn,
+        # which the server's clock has passed by the time the update's result reaches us.
+        started = await time_skipping_env.get_current_time()
         first = await handle.execute_update(
             ChatSessionWorkflow.turn, TurnInput(content="Hello there", stream=False), id="t1"
         )
-        started = await time_skipping_env.get_current_time()
         ended = await handle.result()  # half an hour of silence, skipped
         waited = (await time_skipping_env.get_current_time()) - started
         assert ended.turns == 1 and waited.total_seconds() >= IDLE_SECONDS

@@ -8,13 +8,12 @@ import uuid
 
 import pytest
 from temporalio.client import Client
-from temporalio.worker import Worker
 
 from contracts.sessions import session_workflow_id
 from infra.settings import KeelSettings
 from llmsim import SimServer, count_message_tokens
 from services.chat_client import TurnRequest, run_turn
-from tests.conftest import reconfigure
+from tests.conftest import KeelWorkers, reconfigure
 from tests.helpers import ledger_rows
 from tests.sessions.conftest import stored_messages, stored_session
 
@@ -30,7 +29,7 @@ SYSTEM = "You are a patient geography tutor."
 async def test_sixty_turns_stay_within_budget_with_flat_input_and_half_the_tokens(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -40,6 +39,7 @@ async def test_sixty_turns_stay_within_budget_with_flat_input_and_half_the_token
         KEEL_SESSION_ANSWER_TOKENS=str(ANSWER_RESERVE),
         KEEL_ROUTES=f'{{"cheap": ["{MODEL}"], "balanced": ["{MODEL}"]}}',
     )
+    await keel_workers.start(settings)
     session_id = f"s-{uuid.uuid4().hex[:8]}"
     outputs = []
     for number in range(1, TURNS + 1):

@@ -8,14 +8,13 @@ import uuid
 
 import pytest
 from temporalio.client import Client
-from temporalio.worker import Worker
 
 from activities.sessions import plan_fold
 from contracts.llm import ChatMessage, LlmParameters, ToolCall, ToolChoice, ToolSpec
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from services.chat_client import TurnRequest, run_turn
-from tests.conftest import reconfigure
+from tests.conftest import KeelWorkers, reconfigure
 from tests.sessions.conftest import stored_messages, stored_session
 
 MODEL = "gpt-4o-mini"
@@ -60,7 +59,7 @@ def test_a_fold_keeps_the_tool_exchange_the_turn_continues(keel_settings: KeelSe
 async def test_a_long_tool_using_session_folds_without_splitting_a_call_from_its_result(
     client: Client,
     keel_settings: KeelSettings,
-    interactive_worker: Worker,
+    keel_workers: KeelWorkers,
     simulator: SimServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -70,6 +69,7 @@ async def test_a_long_tool_using_session_folds_without_splitting_a_call_from_its
         KEEL_SESSION_ANSWER_TOKENS="150",
         KEEL_ROUTES=f'{{"cheap": ["{MODEL}"], "balanced": ["{MODEL}"]}}',
     )
+    await keel_workers.start(settings)
     session_id = f"s-{uuid.uuid4().hex[:8]}"
     tools = LlmParameters(tools=[LOOKUP])
     forced = tools.model_copy(update={"tool_choice": ToolChoice(mode="tool", name=LOOKUP.name)})
