@@ -6,6 +6,7 @@ loop stops at its step limit."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -15,7 +16,9 @@ from contracts.approvals import ApproveDecision, RejectDecision
 from contracts.tools import ToolAgentInput, ToolAgentOutput
 from infra.settings import KeelSettings
 from llmsim import SimServer
+from starters.agent_demo import demo_tool_agent
 from tests.approvals.records import pending_gate, seed_reviewers
+from tests.conftest import reconfigure
 from tests.helpers import ledger_rows
 from workflows.tool_agent import ToolAgentWorkflow
 
@@ -33,7 +36,7 @@ async def start(
     )
 
 
-async def activity_types(handle: WorkflowHandle[ToolAgentWorkflow, ToolAgentOutput]) -> list[str]:
+async def activity_types(handle: WorkflowHandle[Any, Any]) -> list[str]:
     names = []
     async for event in handle.fetch_history_events():
         attributes = event.activity_task_scheduled_event_attributes
@@ -80,3 +83,22 @@ async def test_the_loop_stops_at_its_step_limit(
     with pytest.raises(WorkflowFailureError) as failed:
         await handle.result()
     assert "still called tools after 1 steps" in str(failed.value.cause)
+
+
+async def test_the_demo_shows_the_agent_calling_its_tool(
+    client: Client,
+    keel_settings: KeelSettings,
+    interactive_worker: Worker,
+    simulator: SimServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = reconfigure(monkeypatch, TEMPORAL_ADDRESS=client.service_client.config.target_host)
+    workflow_id = await demo_tool_agent(settings)
+    shown = capsys.readouterr().out
+    assert "2 model calls" in shown and "look_up_weather" in shown
+    assert await activity_types(client.get_workflow_handle(workflow_id)) == [
+        "complete_chat",
+        "look_up_weather",
+        "complete_chat",
+    ]
