@@ -41,6 +41,7 @@ from contracts.sessions import (
     summary_message,
 )
 from infra.prompt_tokens import message_tokens as counted_message_tokens
+from infra.prompt_tokens import tool_tokens
 from infra.settings import KeelSettings
 from infra.tables import ChatSession, Message
 from infra.token_streams import (
@@ -320,6 +321,8 @@ class SessionActivities:
                 history += [(seq + offset, message) for offset, (_, message) in enumerate(new)]
 
         budget = context_budget(params.route, params.models, params.answer_tokens, settings)
+        if params.parameters is not None:  # tool definitions go with every call of the turn
+            budget = max(budget - tool_tokens(params.parameters), 64)
         fixed = sum(
             message_tokens(m) for m in build_context(session.system_prompt, session.summary, [])
         )

@@ -131,6 +131,8 @@ class PrepareTurnInput(BaseModel):
     stream_key: str | None = None
     # See TurnInput.turn_messages; when set, ``content`` is "".
     turn_messages: list[ChatMessage] = Field(default_factory=list)
+    # The turn's tools and response format: tool definitions take context with every call.
+    parameters: LlmParameters | None = None
 
     def new_messages(self) -> list[ChatMessage]:
         """What this turn adds to the conversation before the answer."""

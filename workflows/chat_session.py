@@ -173,6 +173,7 @@ class ChatSessionWorkflow:
                 answer_tokens=answer_tokens,
                 stream_key=stream_key,
                 turn_messages=params.turn_messages,
+                parameters=params.parameters,
             ),
             **LOCAL_RECORD,
         )
