@@ -4,8 +4,8 @@
 message: the call it answers) and ``images`` (a user message's image URLs). Content, so
 ``keel purge`` (role keel_retention) may blank the two JSON columns with ``content``.
 
-Revision ID: 0009_message_tools
-Revises: 0008_tamper_evident_audit
+Revision ID: 0010_message_tools
+Revises: 0009_console_sessions
 Create Date: 2026-12-06 10:30:00
 """
 
@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision: str = "0009_message_tools"
-down_revision: str | None = "0008_tamper_evident_audit"
+revision: str = "0010_message_tools"
+down_revision: str | None = "0009_console_sessions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
