@@ -145,4 +145,6 @@ ALL: tuple[ActivityRef[Any, Any], ...] = (
     RECORD_BATCH_ITEM_OUTCOMES,
     METER_BATCH_SPEND,
     SET_BATCH_STATUS,
+    LOOK_UP_WEATHER,
+    SEND_EMAIL,
 )
