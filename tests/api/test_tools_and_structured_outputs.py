@@ -178,12 +178,14 @@ async def test_a_tool_result_turn_is_answered_and_stored_with_its_call(
     assert stored[2].tool_call_id == call.id and stored[2].content == '{"temp_c": 21}'
 
 
+# Through the OpenAI adapter (response_format) and the Anthropic one (output_config.format).
+@pytest.mark.parametrize("model", [MODEL, "claude-3-5-haiku-latest"])
 async def test_parse_with_a_pydantic_model_returns_a_validated_instance(
-    keel_url: str, api_token: IssuedToken, simulator: SimServer
+    model: str, keel_url: str, api_token: IssuedToken, simulator: SimServer
 ) -> None:
     async with openai_client(keel_url, api_token) as client:
         completion = await client.chat.completions.parse(
-            model=MODEL,
+            model=model,
             messages=[{"role": "user", "content": "Forecast for Oslo."}],
             response_format=Forecast,
         )
