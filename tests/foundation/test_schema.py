@@ -31,6 +31,8 @@ EXPECTED_TABLES = {
     "api_tokens",
     "audit_chain_heads",
     "console_sessions",
+    "openai_files",
+    "openai_batches",
 }
 
 

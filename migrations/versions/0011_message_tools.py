@@ -4,8 +4,8 @@
 message: the call it answers) and ``images`` (a user message's image URLs). Content, so
 ``keel purge`` (role keel_retention) may blank the two JSON columns with ``content``.
 
-Revision ID: 0010_message_tools
-Revises: 0009_console_sessions
+Revision ID: 0011_message_tools
+Revises: 0010_openai_files_batches
 Create Date: 2026-12-06 10:30:00
 """
 
@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision: str = "0010_message_tools"
-down_revision: str | None = "0009_console_sessions"
+revision: str = "0011_message_tools"
+down_revision: str | None = "0010_openai_files_batches"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
