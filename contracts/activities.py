@@ -44,6 +44,7 @@ from contracts.sessions import (
     StoreSummaryInput,
     TurnContext,
 )
+from contracts.tools import ToolInput, ToolOutput
 
 InputT = TypeVar("InputT")
 OutputT = TypeVar("OutputT")
@@ -60,6 +61,10 @@ class ActivityRef(Generic[InputT, OutputT]):
 
 
 NONE = type(None)
+
+# --- The example tool agent's tools (activities/example_tools.py, workflows/tool_agent.py) ------
+LOOK_UP_WEATHER = ActivityRef[ToolInput, ToolOutput]("look_up_weather", ToolInput, ToolOutput)
+SEND_EMAIL = ActivityRef[ToolInput, ToolOutput]("send_email", ToolInput, ToolOutput)
 
 # --- LLM calls (activities/llm/activities.py) and the audit trail (activities/audit_trail.py)
 PLAN_LLM_ROUTE = ActivityRef[LlmRequest, RoutePlan]("plan_llm_route", LlmRequest, RoutePlan)
@@ -145,4 +150,6 @@ ALL: tuple[ActivityRef[Any, Any], ...] = (
     METER_BATCH_SPEND,
     SET_BATCH_STATUS,
     RUN_BATCH_PAGE,
+    LOOK_UP_WEATHER,
+    SEND_EMAIL,
 )

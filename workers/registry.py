@@ -12,6 +12,7 @@ from activities.audit_trail import AuditActivities
 from activities.batch.files import BatchFileLimits
 from activities.batch.items import BatchItemActivities
 from activities.batch.pages import BatchPageActivities
+from activities.example_tools import ExampleToolActivities
 from activities.jobs import JobActivities
 from activities.llm.activities import LlmActivities
 from activities.llm.providers import ProviderClients
@@ -26,6 +27,7 @@ from workflows.batch_v1 import BatchWorkflow
 from workflows.chat_session import ChatSessionWorkflow
 from workflows.document_review import DocumentReviewWorkflow
 from workflows.jobs import JobWorkflow
+from workflows.tool_agent import ToolAgentWorkflow
 
 
 @dataclass(frozen=True)
@@ -56,13 +58,20 @@ def queue_contents(
     approvals = ApprovalActivities(settings, sessions).all()
     if queue == settings.interactive_task_queue:
         return QueueContents(
-            workflows=[AskWorkflow, ChatSessionWorkflow, JobWorkflow, DocumentReviewWorkflow],
+            workflows=[
+                AskWorkflow,
+                ChatSessionWorkflow,
+                JobWorkflow,
+                DocumentReviewWorkflow,
+                ToolAgentWorkflow,
+            ],
             activities=[
                 *llm,
                 *SessionActivities(settings, sessions).all(),
                 *JobActivities(settings, sessions, resolver).all(),
                 *approvals,
                 *PublishingActivities(settings, sessions).all(),
+                *ExampleToolActivities().all(),
             ],
             max_concurrent_activities=200,
         )
