@@ -25,6 +25,8 @@ from contracts.batch import (
     LoadFileInput,
     LoadSummary,
     MeterInput,
+    PageInput,
+    PageResult,
     RecordOutcomesInput,
     RecordOutcomesResult,
     ReleaseInput,
@@ -42,6 +44,7 @@ from contracts.sessions import (
     StoreSummaryInput,
     TurnContext,
 )
+from contracts.tools import ToolInput, ToolOutput
 
 InputT = TypeVar("InputT")
 OutputT = TypeVar("OutputT")
@@ -58,6 +61,10 @@ class ActivityRef(Generic[InputT, OutputT]):
 
 
 NONE = type(None)
+
+# --- The example tool agent's tools (activities/example_tools.py, workflows/tool_agent.py) ------
+LOOK_UP_WEATHER = ActivityRef[ToolInput, ToolOutput]("look_up_weather", ToolInput, ToolOutput)
+SEND_EMAIL = ActivityRef[ToolInput, ToolOutput]("send_email", ToolInput, ToolOutput)
 
 # --- LLM calls (activities/llm/activities.py) and the audit trail (activities/audit_trail.py)
 PLAN_LLM_ROUTE = ActivityRef[LlmRequest, RoutePlan]("plan_llm_route", LlmRequest, RoutePlan)
@@ -115,6 +122,8 @@ METER_BATCH_SPEND = ActivityRef[MeterInput, Decimal]("meter_batch_spend", MeterI
 SET_BATCH_STATUS = ActivityRef[StatusInput, BatchCounts](
     "set_batch_status", StatusInput, BatchCounts
 )
+# --- Batch pages (activities/batch/pages.py)
+RUN_BATCH_PAGE = ActivityRef[PageInput, PageResult]("run_batch_page", PageInput, PageResult)
 
 ALL: tuple[ActivityRef[Any, Any], ...] = (
     PLAN_LLM_ROUTE,
@@ -140,4 +149,7 @@ ALL: tuple[ActivityRef[Any, Any], ...] = (
     RECORD_BATCH_ITEM_OUTCOMES,
     METER_BATCH_SPEND,
     SET_BATCH_STATUS,
+    RUN_BATCH_PAGE,
+    LOOK_UP_WEATHER,
+    SEND_EMAIL,
 )

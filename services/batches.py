@@ -47,23 +47,26 @@ from activities.batch.items import (
     openai_output_line,
 )
 from contracts.approvals import ApproveDecision, EditDecision, RejectDecision
-from contracts.search_attributes import tenant_search_attributes
-from infra.settings import KeelSettings
-from infra.tables import Batch
-from services.approval_client import DecisionSender, DecisionSent
-from workflows.batch import (
+from contracts.batch import (
     BatchInput,
     BatchResult,
-    BatchWorkflow,
     ControlAck,
     ControlRequest,
     RetryFailedAck,
 )
+from contracts.search_attributes import tenant_search_attributes
+from infra.settings import KeelSettings
+from infra.tables import Batch
+from services.approval_client import DecisionSender, DecisionSent
+from workflows.batch import PagedBatchWorkflow
 
 BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
 SCHEDULE_MEMO_CRON, SCHEDULE_MEMO_FILE = "keel_cron", "keel_file"
 
-BatchHandle = WorkflowHandle[BatchWorkflow, BatchResult]
+# Batches run as PagedBatchWorkflow; batch_v1's BatchWorkflow (started before pages) answers the
+# same updates and queries by the same names, so one handle type steers both.
+BatchHandle = WorkflowHandle[PagedBatchWorkflow, BatchResult]
+BATCH_WORKFLOW_TYPES = frozenset({"PagedBatchWorkflow", "BatchWorkflow"})
 Sessions = async_sessionmaker[AsyncSession]
 
 
@@ -223,7 +226,7 @@ async def submit_batch(
         history_event_limit=history_event_limit or settings.batch_history_event_limit,
     )
     return await client.start_workflow(
-        BatchWorkflow.run,
+        PagedBatchWorkflow.run,
         params,
         id=batch_workflow_id(batch_id),
         task_queue=settings.batch_task_queue,
@@ -309,9 +312,9 @@ async def control_batch(
         report = await report_of(sessions, batch_id)
         raise BatchNotRunning(batch_id, report.status)
     update = {
-        BatchControl.PAUSE: BatchWorkflow.pause,
-        BatchControl.RESUME: BatchWorkflow.resume,
-        BatchControl.CANCEL: BatchWorkflow.cancel,
+        BatchControl.PAUSE: PagedBatchWorkflow.pause,
+        BatchControl.RESUME: PagedBatchWorkflow.resume,
+        BatchControl.CANCEL: PagedBatchWorkflow.cancel,
     }[control]
     try:
         return await handle.execute_update(update, request)
@@ -333,7 +336,9 @@ async def retry_failed_items(
     handle = await running_handle(client, batch_id)
     if handle is not None:
         try:
-            ack: RetryFailedAck = await handle.execute_update(BatchWorkflow.retry_failed, request)
+            ack: RetryFailedAck = await handle.execute_update(
+                PagedBatchWorkflow.retry_failed, request
+            )
         except WorkflowUpdateFailedError as error:
             raise BatchUpdateRefused(batch_id, error) from error
         return ack.message
@@ -364,7 +369,7 @@ async def start_retry_run(
         budget_gate_deadline=timedelta(hours=settings.batch_budget_gate_hours),
     )
     return await client.start_workflow(
-        BatchWorkflow.run,
+        PagedBatchWorkflow.run,
         BatchInput(
             batch_id=report.id,
             options=options,
@@ -485,7 +490,7 @@ async def create_batch_schedule(
             schedule_id,
             Schedule(
                 action=ScheduleActionStartWorkflow(
-                    BatchWorkflow.run,
+                    PagedBatchWorkflow.run,
                     BatchInput(
                         options=options,
                         source_path=str(path),
@@ -523,7 +528,7 @@ async def batch_schedules(client: Client) -> list[BatchSchedule]:
     async for entry in await client.list_schedules():
         action = entry.schedule.action if entry.schedule else None
         workflow_type = getattr(action, "workflow", None)
-        if workflow_type != "BatchWorkflow":
+        if workflow_type not in BATCH_WORKFLOW_TYPES:
             continue
         memo = await entry.memo()
         found.append(

@@ -11,6 +11,8 @@ from activities.approvals import ApprovalActivities
 from activities.audit_trail import AuditActivities
 from activities.batch.files import BatchFileLimits
 from activities.batch.items import BatchItemActivities
+from activities.batch.pages import BatchPageActivities
+from activities.example_tools import ExampleToolActivities
 from activities.jobs import JobActivities
 from activities.llm.activities import LlmActivities
 from activities.llm.providers import ProviderClients
@@ -20,10 +22,12 @@ from infra.database import sessions_for
 from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings
 from workflows.ask import AskWorkflow
-from workflows.batch import BatchWorkflow
+from workflows.batch import PagedBatchWorkflow
+from workflows.batch_v1 import BatchWorkflow
 from workflows.chat_session import ChatSessionWorkflow
 from workflows.document_review import DocumentReviewWorkflow
 from workflows.jobs import JobWorkflow
+from workflows.tool_agent import ToolAgentWorkflow
 
 
 @dataclass(frozen=True)
@@ -45,28 +49,38 @@ def queue_contents(
         known = ", ".join([settings.interactive_task_queue, settings.batch_task_queue])
         raise ValueError(f"unknown task queue {queue!r}; keel's queues are: {known}")
     sessions = sessions_for(settings)
+    providers = ProviderClients(settings)
     llm = [
-        *LlmActivities(settings, sessions, ProviderClients(settings)).all(),
+        *LlmActivities(settings, sessions, providers).all(),
         AuditActivities(sessions).record_audit_event,
     ]
     # The budget gate is an approval gate: its roster and records run on both queues.
     approvals = ApprovalActivities(settings, sessions).all()
     if queue == settings.interactive_task_queue:
         return QueueContents(
-            workflows=[AskWorkflow, ChatSessionWorkflow, JobWorkflow, DocumentReviewWorkflow],
+            workflows=[
+                AskWorkflow,
+                ChatSessionWorkflow,
+                JobWorkflow,
+                DocumentReviewWorkflow,
+                ToolAgentWorkflow,
+            ],
             activities=[
                 *llm,
                 *SessionActivities(settings, sessions).all(),
                 *JobActivities(settings, sessions, resolver).all(),
                 *approvals,
                 *PublishingActivities(settings, sessions).all(),
+                *ExampleToolActivities().all(),
             ],
             max_concurrent_activities=200,
         )
     batch_items = BatchItemActivities(sessions, BatchFileLimits.from_settings(settings))
+    pages = BatchPageActivities(settings, sessions, providers)
     return QueueContents(
-        workflows=[BatchWorkflow],
-        activities=[*llm, *batch_items.all(), *approvals],
+        # BatchWorkflow (per-item, frozen) stays until the batches it started have finished.
+        workflows=[PagedBatchWorkflow, BatchWorkflow],
+        activities=[*llm, *batch_items.all(), *pages.all(), *approvals],
         max_concurrent_activities=400,
     )
 

@@ -25,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.llm.pricing import price_usd
 from contracts.llm import BudgetState, LlmRequest, Usage
+from infra.prompt_tokens import prompt_tokens
 from infra.settings import KeelSettings
 from infra.tables import Budget
-from llmsim.tokens import count_message_tokens
 
 PERIODS = ("day", "month")
 
@@ -68,7 +68,7 @@ def estimated_usage(request: LlmRequest) -> Usage:
     """The most a call can be billed: the prompt counted generously (the simulator's rule, a
     little above real tokenizers) and every token of ``max_tokens`` generated."""
     return Usage(
-        input_tokens=count_message_tokens(m.content for m in request.messages),
+        input_tokens=prompt_tokens(request.messages, request.parameters),
         output_tokens=request.parameters.max_tokens,
     )
 
@@ -139,6 +139,11 @@ def blocking_budget(states: list[BudgetState], estimate: Decimal | None) -> Budg
     return min(short, key=lambda s: s.left_usd) if short else None
 
 
+async def lock_budgets(session: AsyncSession, tenant: str) -> bool:
+    """Lock the tenant's budget rows until the transaction ends; False: it has none."""
+    return bool((await session.execute(_LOCK, {"tenant": tenant})).all())
+
+
 async def reserve(
     session: AsyncSession,
     tenant: str,
@@ -151,8 +156,7 @@ async def reserve(
 
     Returns the states seen (empty: the tenant has no budget, one indexed read spent);
     raises BudgetExceededError when a budget cannot cover the estimate."""
-    locked = (await session.execute(_LOCK, {"tenant": tenant})).all()
-    if not locked:
+    if not await lock_budgets(session, tenant):
         return []
     # A fresh statement after the lock: it sees every reservation committed before it.
     states = await budget_states(session, tenant, settings)

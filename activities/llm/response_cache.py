@@ -11,7 +11,10 @@ from infra.tables import CachedResponse
 
 
 def cacheable(request: LlmRequest) -> bool:
-    return request.use_cache and request.parameters.temperature == 0
+    # The cache keeps an answer's text only: a call offering tools is never answered from it.
+    return (
+        request.use_cache and request.parameters.temperature == 0 and not request.parameters.tools
+    )
 
 
 async def lookup(session: AsyncSession, prompt_hash: str) -> CachedResponse | None:
@@ -44,3 +47,13 @@ async def store(
         )
         .on_conflict_do_nothing(index_elements=["prompt_hash"])
     )
+
+
+async def lookup_many(session: AsyncSession, prompt_hashes: list[str]) -> dict[str, CachedResponse]:
+    """The cached answers of many prompts in one query (a page looks up what it claimed)."""
+    if not prompt_hashes:
+        return {}
+    result = await session.execute(
+        select(CachedResponse).where(CachedResponse.prompt_hash.in_(prompt_hashes))
+    )
+    return {row.prompt_hash: row for row in result.scalars()}
