@@ -21,6 +21,7 @@ async def demo_tool_agent(settings: KeelSettings) -> str:
         ToolAgentInput(question=question),
         id=workflow_id,
         task_queue=settings.interactive_task_queue,
+        static_summary="tool agent demo · the weather in Paris",
     )
     result = await handle.result()
     console.print(f"[bold]workflow[/] {workflow_id}  {workflow_link(settings, workflow_id)}")
