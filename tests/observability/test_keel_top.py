@@ -4,6 +4,7 @@ on q and on Ctrl-C."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import uuid
@@ -47,23 +48,20 @@ def tmux() -> Iterator[Tmux]:
 
 
 def start_top(tmux: Tmux, env: dict[str, str], tenant: str) -> None:
-    """``keel top`` as the pane's process; the pane stays after it exits, with its exit code."""
+    """``keel top`` in the pane, under bash (which, unlike dash, carries on after a Ctrl-C its
+    child handled), followed by its exit code."""
     exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
     command = (
-        f"cd {shlex.quote(str(REPO_ROOT))} && exec env -i {exports} {KEEL} top --tenant {tenant}"
+        f"cd {shlex.quote(str(REPO_ROOT))} && env -i {exports} {KEEL} top --tenant {tenant}; "
+        'echo "keel top exited $?"; sleep 120'
     )
-    tmux(
-        "new-session", "-d", "-s", "top", "-x", "150", "-y", "45", command,
-        ";", "set-window-option", "-t", "top", "remain-on-exit", "on",
-    )  # fmt: skip
+    tmux("new-session", "-d", "-s", "top", "-x", "150", "-y", "45", "bash", "-c", command)
 
 
 def exit_code(tmux: Tmux) -> int | None:
     """keel top's exit code once it has exited (None while it runs)."""
-    dead, *status = tmux(
-        "display-message", "-p", "-t", "top", "#{pane_dead} #{pane_dead_status}"
-    ).split()
-    return int(status[0]) if dead == "1" else None
+    match = re.search(r"keel top exited (\d+)", tmux.screen())
+    return int(match.group(1)) if match else None
 
 
 def figure(screen: str, label: str) -> str:
