@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from llmsim.config import CannedResponse
+from llmsim.config import BatchSimConfig, CannedResponse
 from llmsim.faults import PROFILES, FaultRule, ScriptedFault
 from llmsim.state import SimState
 
@@ -51,6 +51,7 @@ class ConfigUpdate(BaseModel):
     max_output_tokens: int | None = Field(default=None, ge=1)
     stream_chunk_tokens: int | None = Field(default=None, ge=1)
     prompt_cache: bool | None = None
+    batch: BatchSimConfig | None = None
 
     def changes(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.model_fields_set}
