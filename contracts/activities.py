@@ -33,6 +33,13 @@ from contracts.batch import (
 )
 from contracts.jobs import CallbackDelivery, CallbackOutcome, JobRecord
 from contracts.llm import AttemptInput, LlmAnswer, LlmRequest, RoutePlan
+from contracts.provider_batch import (
+    ChunkInput,
+    ChunkState,
+    CollectResult,
+    PlanChunksInput,
+    PlanChunksResult,
+)
 from contracts.publishing import PublishInput, WebhookDelivery, WebhookInput
 from contracts.sessions import (
     FailTurnInput,
@@ -116,6 +123,23 @@ SET_BATCH_STATUS = ActivityRef[StatusInput, BatchCounts](
     "set_batch_status", StatusInput, BatchCounts
 )
 
+# --- Provider batches (activities/batch/provider_batches.py)
+PLAN_PROVIDER_CHUNKS = ActivityRef[PlanChunksInput, PlanChunksResult](
+    "plan_provider_chunks", PlanChunksInput, PlanChunksResult
+)
+SUBMIT_PROVIDER_CHUNK = ActivityRef[ChunkInput, ChunkState](
+    "submit_provider_chunk", ChunkInput, ChunkState
+)
+POLL_PROVIDER_CHUNK = ActivityRef[ChunkInput, ChunkState](
+    "poll_provider_chunk", ChunkInput, ChunkState
+)
+COLLECT_PROVIDER_CHUNK = ActivityRef[ChunkInput, CollectResult](
+    "collect_provider_chunk", ChunkInput, CollectResult
+)
+CANCEL_PROVIDER_CHUNK = ActivityRef[ChunkInput, ChunkState](
+    "cancel_provider_chunk", ChunkInput, ChunkState
+)
+
 ALL: tuple[ActivityRef[Any, Any], ...] = (
     PLAN_LLM_ROUTE,
     COMPLETE_CHAT,
@@ -140,4 +164,9 @@ ALL: tuple[ActivityRef[Any, Any], ...] = (
     RECORD_BATCH_ITEM_OUTCOMES,
     METER_BATCH_SPEND,
     SET_BATCH_STATUS,
+    PLAN_PROVIDER_CHUNKS,
+    SUBMIT_PROVIDER_CHUNK,
+    POLL_PROVIDER_CHUNK,
+    COLLECT_PROVIDER_CHUNK,
+    CANCEL_PROVIDER_CHUNK,
 )

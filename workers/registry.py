@@ -11,6 +11,7 @@ from activities.approvals import ApprovalActivities
 from activities.audit_trail import AuditActivities
 from activities.batch.files import BatchFileLimits
 from activities.batch.items import BatchItemActivities
+from activities.batch.provider_batches import ProviderBatchActivities
 from activities.jobs import JobActivities
 from activities.llm.activities import LlmActivities
 from activities.llm.providers import ProviderClients
@@ -24,6 +25,7 @@ from workflows.batch import BatchWorkflow
 from workflows.chat_session import ChatSessionWorkflow
 from workflows.document_review import DocumentReviewWorkflow
 from workflows.jobs import JobWorkflow
+from workflows.provider_batch import ProviderBatchWorkflow
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,9 @@ def queue_contents(
         known = ", ".join([settings.interactive_task_queue, settings.batch_task_queue])
         raise ValueError(f"unknown task queue {queue!r}; keel's queues are: {known}")
     sessions = sessions_for(settings)
+    providers = ProviderClients(settings)
     llm = [
-        *LlmActivities(settings, sessions, ProviderClients(settings)).all(),
+        *LlmActivities(settings, sessions, providers).all(),
         AuditActivities(sessions).record_audit_event,
     ]
     # The budget gate is an approval gate: its roster and records run on both queues.
@@ -65,8 +68,13 @@ def queue_contents(
         )
     batch_items = BatchItemActivities(sessions, BatchFileLimits.from_settings(settings))
     return QueueContents(
-        workflows=[BatchWorkflow],
-        activities=[*llm, *batch_items.all(), *approvals],
+        workflows=[BatchWorkflow, ProviderBatchWorkflow],
+        activities=[
+            *llm,
+            *batch_items.all(),
+            *ProviderBatchActivities(settings, sessions, providers).all(),
+            *approvals,
+        ],
         max_concurrent_activities=400,
     )
 

@@ -70,6 +70,11 @@ class OpenAIProvider:
     def __init__(self, client: openai.AsyncOpenAI) -> None:
         self._client = client
 
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client (the provider batch API uses its Files and Batches)."""
+        return self._client
+
     async def complete(
         self,
         model: str,
@@ -130,6 +135,11 @@ class AnthropicProvider:
 
     def __init__(self, client: anthropic.AsyncAnthropic) -> None:
         self._client = client
+
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        """The SDK client (the provider batch API uses its Message Batches)."""
+        return self._client
 
     async def complete(
         self,
