@@ -140,6 +140,24 @@ def admin_routes(state: SimState) -> list[Route]:
     async def get_config(request: Request) -> JSONResponse:
         return JSONResponse(state.config_view())
 
+    async def get_batches(request: Request) -> JSONResponse:
+        """Every batch created through either batch API since the last reset, oldest first."""
+        return JSONResponse(
+            {
+                "submissions": [
+                    {
+                        "provider": s.provider,
+                        "batch_id": s.batch_id,
+                        "created_at": s.created_at,
+                        "requests": s.requests,
+                        "metadata": s.metadata,
+                        "custom_ids": list(s.custom_ids),
+                    }
+                    for s in state.batches.submissions()
+                ]
+            }
+        )
+
     async def get_profiles(request: Request) -> JSONResponse:
         return JSONResponse({name: p.model_dump(mode="json") for name, p in PROFILES.items()})
 
@@ -155,4 +173,5 @@ def admin_routes(state: SimState) -> list[Route]:
         Route("/admin/config", post_config, methods=["POST"]),
         Route("/admin/config", get_config, methods=["GET"]),
         Route("/admin/profiles", get_profiles, methods=["GET"]),
+        Route("/admin/batches", get_batches, methods=["GET"]),
     ]
