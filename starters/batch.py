@@ -76,6 +76,7 @@ from services.batches import (
     submit_provider_batch,
     write_results,
 )
+from services.costs import batch_saving
 from starters.approvals import EXIT_CODES
 from starters.output import console, error_console, fail, workflow_link
 from workflows.batch import ControlAck, ControlRequest
@@ -772,4 +773,51 @@ async def run_demo_batch(settings: KeelSettings, items: int = 40) -> str:
     )
     _print_next_steps(settings, batch_id)
     await _watch(settings, batch_id, interval=0.5)
+    return batch_id
+
+
+async def run_demo_provider_batch(settings: KeelSettings, items: int = 12) -> str:
+    """A small batch through the providers' batch APIs (the simulator's), half on OpenAI and half
+    on Anthropic; prints its provider batches and what it cost against live prices."""
+    lines = [
+        json.dumps(
+            {
+                "custom_id": f"pdemo-{n}",
+                "prompt": DEMO_QUESTIONS[n % len(DEMO_QUESTIONS)],
+                "model": "gpt-4o-mini" if n % 2 else "claude-3-5-haiku-latest",
+                "max_tokens": 48,
+            }
+        )
+        for n in range(items)
+    ]
+    parsed = list(parse_lines(lines, BatchFileLimits.from_settings(settings)))
+    batch_id = f"pdemo-{uuid.uuid4().hex[:6]}"
+    client = await connect(settings)
+    handle = await submit_provider_batch(
+        client,
+        settings,
+        session_factory(),
+        parsed,
+        batch_id=batch_id,
+        options=BatchOptions(),
+        source_name="demo-provider.jsonl",
+        provider_settings=settings.provider_batch.model_copy(
+            update={"poll_initial_seconds": 0.5, "poll_max_seconds": 2.0}
+        ),
+    )
+    console.print(f"started {batch_id} --via provider: waiting on timers, no worker slot held")
+    await handle.result()
+    report = await _report(batch_id)
+    print_report(settings, report, await provider_chunks_of(session_factory(), batch_id))
+    async with session_factory()() as session:
+        saving = await batch_saving(
+            session, datetime(2000, 1, 1, tzinfo=UTC), workflow_id=report.workflow_id
+        )
+    if saving is not None:
+        console.print(
+            f"[bold]provider batch: ${saving.batch_cost_usd:.6f} for {saving.lines} items; the "
+            f"same tokens live: ${saving.live_cost_usd:.6f} "
+            f"({saving.batch_cost_usd / saving.live_cost_usd:.0%} of live)[/]",
+            highlight=False,
+        )
     return batch_id

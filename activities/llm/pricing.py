@@ -122,3 +122,16 @@ def batch_price_usd(provider: str, model: str, usage: Usage) -> Decimal | None:
         return None
     discount = PROVIDER_BATCH_DISCOUNT.get(provider, Decimal(1))
     return (live * discount).quantize(Decimal("0.00000001"))
+
+
+def batch_price_per_million(provider: str, model: str) -> tuple[Decimal, Decimal, str] | None:
+    """Batch dollars per million input and output tokens, and where the price comes from."""
+    source = batch_price_source(provider, model)
+    if source is None:
+        return None
+    per_thousand = [
+        batch_price_usd(provider, model, Usage(input_tokens=tokens_in, output_tokens=tokens_out))
+        or Decimal(0)
+        for tokens_in, tokens_out in ((1000, 0), (0, 1000))
+    ]
+    return per_thousand[0] * 1000, per_thousand[1] * 1000, source

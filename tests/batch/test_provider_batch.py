@@ -27,7 +27,11 @@ from infra.settings import KeelSettings
 from infra.tables import LlmCall, ProviderBatchChunk
 from llmsim import SimServer
 from services.batches import provider_chunks_of, submit_provider_batch
+from services.costs import CostGrouping, cost_report, start_of_month
+from starters.batch import run_demo_provider_batch
+from starters.cost import print_cost_report
 from tests.batch.conftest import BACKUP, CHEAP, items_of, prompt_lines, start_batch
+from tests.conftest import reconfigure
 from workflows.batch import BatchResult
 
 FAST = ProviderBatchSettings(poll_initial_seconds=0.2, poll_max_seconds=0.5)
@@ -206,3 +210,28 @@ async def test_at_the_deadline_the_provider_batch_is_cancelled_and_the_rest_runs
     async with session_factory()() as session:
         row = await session.get(ProviderBatchChunk, chunk.chunk_id)
         assert row is not None and row.provider_batch_id == chunk.provider_batch_id
+
+
+async def test_the_demo_shows_a_provider_batch_at_half_the_live_cost(
+    client: Client,
+    keel_settings: KeelSettings,
+    batch_worker: Worker,
+    sim: SimServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = reconfigure(monkeypatch, TEMPORAL_ADDRESS=client.service_client.config.target_host)
+    batch_id = await run_demo_provider_batch(settings, items=6)
+    shown = capsys.readouterr().out
+    assert "6 done · 0 failed · 0 skipped · 0 to go · 6 total" in shown
+    assert f"provider batch {batch_id}.r0.c" in shown and "completed" in shown
+    assert "(50% of live)" in shown
+
+    # keel cost shows the saving against live prices for the same tokens.
+    report = await cost_report(session_factory(), CostGrouping.MODEL, start_of_month())
+    assert report.batch_saving is not None and report.batch_saving.lines == 6
+    assert report.batch_saving.batch_cost_usd == pytest.approx(
+        report.batch_saving.live_cost_usd / 2, abs=Decimal("0.00000010")
+    )
+    print_cost_report(report)
+    assert "provider batches: 6 line(s)" in capsys.readouterr().out
