@@ -163,12 +163,39 @@ async def gates_of(session: AsyncSession, workflow_id: str) -> list[Approval]:
     return list((await session.execute(statement)).scalars())
 
 
-async def decided_by_humans(session: AsyncSession, changed_only: bool) -> list[Approval]:
+async def decided_by_humans(
+    session: AsyncSession,
+    changed_only: bool,
+    tenant: str | None = None,
+    workflow_id: str | None = None,
+) -> list[Approval]:
     """Gates a person decided, in decision order: the (draft, final) pairs for evaluation."""
     statement = select(Approval).where(Approval.status.in_(HUMAN_DECISIONS))
     if changed_only:
         statement = statement.where(Approval.status == GateStatus.EDITED.value)
+    if tenant is not None:
+        statement = statement.where(Approval.tenant == tenant)
+    if workflow_id is not None:
+        statement = statement.where(Approval.workflow_id == workflow_id)
     return list((await session.execute(statement.order_by(Approval.decided_at))).scalars())
+
+
+def reviewed_pair(gate: Approval) -> dict[str, object]:
+    """One line of the (draft, final) export: `keel approvals export` and the console alike."""
+    return {
+        "workflow_id": gate.workflow_id,
+        "gate": gate.gate,
+        "tenant": gate.tenant,
+        "subject": gate.subject,
+        "decision": gate.status,
+        "draft": gate.draft,
+        "final": gate.final,
+        "changed": gate.final is not None and gate.final != gate.draft,
+        "reason_requested": gate.reason_requested,
+        "reviewers": gate.decided_by,
+        "reviewer_note": gate.decision_reason,
+        "decided_at": gate.decided_at.isoformat() if gate.decided_at else None,
+    }
 
 
 # --- Activities ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from temporalio.client import Client
 
-from api import approvals, chat, jobs, sessions
+from api import approvals, chat, console, jobs, sessions
 from api.auth import authenticated_caller
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.load_shedding import LoadShedder
@@ -62,6 +62,8 @@ def create_app(
     authenticated = [Depends(authenticated_caller)]
     for router in (chat.router, sessions.router, jobs.router, approvals.router):
         app.include_router(router, dependencies=authenticated)
+    # The reviewer console: HTML pages behind a session cookie (a reviewer token exchanged).
+    console.mount(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, object]:

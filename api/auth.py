@@ -2,7 +2,9 @@
 
 The openai SDK sends its ``api_key`` exactly so, so ``OpenAI(base_url=keel, api_key=<token>)``
 works as is. There is no unauthenticated mode: ``/healthz``, ``/openapi.json`` and ``/docs`` are
-the only open paths. Tokens come from ``keel token create`` (infra/api_tokens.py).
+the only open paths. The reviewer console (``/console``) authenticates its own way: a reviewer
+token exchanged for a session cookie (api/console/sessions.py). Tokens come from
+``keel token create`` (infra/api_tokens.py).
 
 - 401 (``authentication_error``): no token, not a keel token, unknown, revoked or expired.
 - 403 (``permission_error``): the token's role cannot do this, or the request names another

@@ -326,6 +326,13 @@ class KeelSettings(BaseSettings):
     # --- HTTP API --------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8300
+    console_session_hours: float = Field(
+        default=8,
+        gt=0,
+        le=24 * 7,
+        description="How long a reviewer stays signed in to the web console (never longer "
+        "than their token lives).",
+    )
     shed_in_flight: int = Field(
         default=64,
         ge=1,

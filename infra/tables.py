@@ -502,3 +502,22 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ConsoleSession(Base):
+    """A reviewer signed in to the web console (``/console``): a reviewer token exchanged for a
+    cookie. Only the SHA-256 of the cookie's secret is stored. The session lives no longer than
+    its token: a revoked or expired token ends it at the next request."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("api_tokens.id", ondelete="CASCADE")
+    )
+    # Every form of this session carries it; a POST without it is refused (and audited).
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    signed_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

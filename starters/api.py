@@ -56,6 +56,10 @@ def api(
         '[{"role": "user", "content": "Hello"}]}\'[/]'
     )
     console.print(f'[dim]OpenAI SDK: OpenAI(base_url="{base}/v1", api_key=KEEL_TOKEN)[/]')
+    console.print(
+        f"[bold]Reviewer console[/]: {base}/console  (sign in with a reviewer token: keel token "
+        "create --role reviewer --reviewer NAME)"
+    )
     if os.environ.get("KEEL_API_KEY"):
         console.print(
             "[yellow]KEEL_API_KEY is no longer read: the API takes per-tenant tokens "

@@ -20,7 +20,7 @@ import typer
 from rich.table import Table
 from temporalio.service import RPCError
 
-from activities.approvals import decided_by_humans, pending_gates
+from activities.approvals import decided_by_humans, pending_gates, reviewed_pair
 from contracts.approvals import (
     ApproveDecision,
     Decision,
@@ -31,7 +31,6 @@ from contracts.approvals import (
 )
 from infra.database import session_factory
 from infra.settings import get_settings
-from infra.tables import Approval
 from infra.temporal_client import connect
 from services.approval_client import DecisionProblem, DecisionRefused, DecisionSender
 from services.reviews import running_reviews
@@ -165,27 +164,10 @@ def approvals(
     run_then_close_database(_list(tenant, as_json))
 
 
-def _pair(gate: Approval) -> dict[str, object]:
-    return {
-        "workflow_id": gate.workflow_id,
-        "gate": gate.gate,
-        "tenant": gate.tenant,
-        "subject": gate.subject,
-        "decision": gate.status,
-        "draft": gate.draft,
-        "final": gate.final,
-        "changed": gate.final is not None and gate.final != gate.draft,
-        "reason_requested": gate.reason_requested,
-        "reviewers": gate.decided_by,
-        "reviewer_note": gate.decision_reason,
-        "decided_at": gate.decided_at.isoformat() if gate.decided_at else None,
-    }
-
-
 async def _export(output: Path | None, changed_only: bool) -> None:
     async with session_factory()() as session:
         gates = await decided_by_humans(session, changed_only)
-    lines = [json.dumps(_pair(gate), ensure_ascii=False) + "\n" for gate in gates]
+    lines = [json.dumps(reviewed_pair(gate), ensure_ascii=False) + "\n" for gate in gates]
     if output is None:
         sys.stdout.writelines(lines)
         return

@@ -20,6 +20,7 @@ from services.asks import ledger_attempts, start_ask
 from starters.ask import print_answer
 from starters.audit import show_audit
 from starters.batch import run_demo_batch, run_demo_provider_batch
+from starters.console_demo import console_url, demo_console
 from starters.output import console, fail, workflow_link
 from starters.review_demo import demo_review
 from starters.sessions_demo import demo_streaming_chat_and_job
@@ -116,8 +117,12 @@ async def _demo_parts(settings: KeelSettings) -> None:
     _section("6. Cost and traffic: routes, a budget that refuses, spend by model")
     workflow_ids += await demo_cost_and_traffic(settings)
 
+    _section("7. The reviewer console: a review waits for you in the browser")
+    workflow_ids.append(await demo_console(settings))
+
     _section("Done — the stack is still running")
     console.print(f"Temporal Web UI: {settings.web_ui_url}")
+    console.print(f"Reviewer console: {console_url(settings)} (after `keel api`; token above)")
     for workflow_id in workflow_ids:
         console.print(f"  {workflow_id}: keel audit {workflow_id}")
     console.print("Stop everything with: make down")

@@ -23,13 +23,13 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "vendor-contract
 REVIEWER, ROLE = "demo-editor", "editor"
 
 
-def _keel(*arguments: str) -> None:
+def run_keel(*arguments: str) -> None:
     """Run a `keel` command as a person would type it, showing the command and its output."""
     console.print(f"[bold cyan]$ keel {' '.join(arguments)}[/]")
     subprocess.run([str(Path(sys.executable).with_name("keel")), *arguments], check=True)
 
 
-async def _wait_for_pending_gate(workflow_id: str, timeout: float = 120.0) -> Approval:
+async def wait_for_pending_gate(workflow_id: str, timeout: float = 120.0) -> Approval:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
         async with session_factory()() as session:
@@ -49,17 +49,17 @@ async def _wait_for_pending_gate(workflow_id: str, timeout: float = 120.0) -> Ap
 
 async def demo_review(settings: KeelSettings) -> str:
     workflow_id = f"demo-review-{uuid.uuid4().hex[:6]}"
-    await asyncio.to_thread(_keel, "reviewers", "add", REVIEWER, "--role", ROLE)
+    await asyncio.to_thread(run_keel, "reviewers", "add", REVIEWER, "--role", ROLE)
     await asyncio.to_thread(
-        _keel, "review", "start", str(EXAMPLE), "--id", workflow_id, "--approval", "always"
+        run_keel, "review", "start", str(EXAMPLE), "--id", workflow_id, "--approval", "always"
     )
-    gate = await _wait_for_pending_gate(workflow_id)
+    gate = await wait_for_pending_gate(workflow_id)
     console.print(
         f"[yellow]⏸ {workflow_id} waits at gate '{gate.gate}' for a reviewer with role "
         f"'{gate.required_role}'.[/] To approve: [bold]{approve_command(workflow_id)}[/]"
     )
     await asyncio.to_thread(
-        _keel,
+        run_keel,
         "approve",
         workflow_id,
         "--reviewer",

@@ -30,6 +30,7 @@ EXPECTED_TABLES = {
     "jobs",
     "api_tokens",
     "audit_chain_heads",
+    "console_sessions",
 }
 
 

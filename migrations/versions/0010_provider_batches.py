@@ -3,8 +3,8 @@
 Written before the provider sees anything, so a retried submission finds the provider's id (or
 looks it up) instead of submitting the chunk twice.
 
-Revision ID: 0009_provider_batches
-Revises: 0008_tamper_evident_audit
+Revision ID: 0010_provider_batches
+Revises: 0009_console_sessions
 Create Date: 2026-12-06 11:30:00
 """
 
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0009_provider_batches"
-down_revision: str | None = "0008_tamper_evident_audit"
+revision: str = "0010_provider_batches"
+down_revision: str | None = "0009_console_sessions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
