@@ -49,7 +49,13 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.activity_calls import BATCH_DATABASE, PROVIDER_BATCH_CALL, call
     from workflows.approval_gate import ApprovalGate, describe
-    from workflows.batch import BatchInput, BatchResult, ControlAck, ControlRequest
+    from workflows.batch import (
+        BatchInput,
+        BatchResult,
+        ControlAck,
+        ControlRequest,
+        RetryFailedAck,
+    )
     from workflows.llm_calls import audit
 
 # The live engine's registered name: what is left after the provider rounds continues as it.
@@ -461,3 +467,14 @@ class ProviderBatchWorkflow:
     def _validate_cancel(self, request: ControlRequest) -> None:
         if self._finished():
             raise _refusal(f"batch {self._batch_id} is {self._status}; nothing to cancel")
+
+    @workflow.update
+    async def retry_failed(self, request: ControlRequest) -> RetryFailedAck:
+        raise _refusal("unreachable: the validator refuses")  # pragma: no cover
+
+    @retry_failed.validator
+    def _validate_retry_failed(self, request: ControlRequest) -> None:
+        raise _refusal(
+            f"batch {self._batch_id} is still at its providers; once it has finished, "
+            f"keel batch retry-failed {self._batch_id} runs its failed items live"
+        )

@@ -145,6 +145,11 @@ class ProviderBatchActivities:
             refs = [_ref(row) for row in existing]
             if refs:
                 return PlanChunksResult(chunks=refs)
+            await session.execute(
+                update(Batch)
+                .where(Batch.id == params.batch_id)
+                .values(started_at=func.coalesce(Batch.started_at, func.now()))
+            )
             rows = await session.execute(
                 select(BatchItem.line_no, BatchItem.request)
                 .where(BatchItem.batch_id == params.batch_id, BatchItem.status == "pending")

@@ -5,6 +5,7 @@ live. Real dev server, real Postgres."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
+from activities.approvals import add_reviewer
 from activities.batch.files import BatchFileLimits, parse_lines
 from activities.batch.provider_batches import PROVIDER_BATCH_RUN
 from activities.llm.pricing import price_usd
@@ -26,13 +28,22 @@ from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import LlmCall, ProviderBatchChunk
 from llmsim import SimServer
-from services.batches import provider_chunks_of, submit_provider_batch
+from services.batches import (
+    BatchControl,
+    BatchError,
+    BudgetDecision,
+    control_batch,
+    decide_budget,
+    provider_chunks_of,
+    report_of,
+    submit_provider_batch,
+)
 from services.costs import CostGrouping, cost_report, start_of_month
 from starters.batch import run_demo_provider_batch
 from starters.cost import print_cost_report
 from tests.batch.conftest import BACKUP, CHEAP, items_of, prompt_lines, start_batch
 from tests.conftest import reconfigure
-from workflows.batch import BatchResult
+from workflows.batch import BatchResult, ControlRequest
 
 FAST = ProviderBatchSettings(poll_initial_seconds=0.2, poll_max_seconds=0.5)
 
@@ -235,3 +246,66 @@ async def test_the_demo_shows_a_provider_batch_at_half_the_live_cost(
     )
     print_cost_report(report)
     assert "provider batches: 6 line(s)" in capsys.readouterr().out
+
+
+async def wait_until(check: Any, what: str, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_chunk_whose_worst_case_does_not_fit_waits_at_the_budget_gate_unsubmitted(
+    client: Client, keel_settings: KeelSettings, batch_worker: Worker, sim: SimServer
+) -> None:
+    async with session_factory().begin() as session:
+        await add_reviewer(session, "alice", "batch-owner", added_by="test")
+    batch_id, handle = await start_provider_batch(
+        client, keel_settings, prompt_lines(4), budget_usd=Decimal("0.000001")
+    )
+
+    async def at_gate() -> bool:
+        return (await report_of(session_factory(), batch_id)).pending_gate == "budget-1"
+
+    await wait_until(at_gate, "the budget gate")
+    report = await report_of(session_factory(), batch_id)
+    assert report.status == "paused" and report.pending_gate_draft is not None
+    assert sim.batch_submissions() == []  # the worst case was reserved before submitting
+    await decide_budget(
+        client,
+        keel_settings,
+        session_factory(),
+        batch_id,
+        BudgetDecision(reviewer="alice", raise_to=Decimal(report.pending_gate_draft)),
+    )
+    result = await handle.result()
+    assert (result.status, result.ok) == ("completed", 4)
+    assert len(sim.batch_submissions()) == 1
+    assert result.spent_usd <= Decimal(report.pending_gate_draft)
+
+
+async def test_cancel_cancels_the_provider_batch_and_skips_what_it_did_not_answer(
+    client: Client, keel_settings: KeelSettings, batch_worker: Worker, sim: SimServer
+) -> None:
+    sim.configure(batch={"processing_s": 600.0})
+    batch_id, handle = await start_provider_batch(client, keel_settings, prompt_lines(5))
+
+    async def submitted() -> bool:
+        chunks = await provider_chunks_of(session_factory(), batch_id)
+        return bool(chunks) and chunks[0].provider_batch_id is not None
+
+    await wait_until(submitted, "the provider batch")
+    ack = await control_batch(
+        client, session_factory(), batch_id, BatchControl.CANCEL, ControlRequest(by="alice")
+    )
+    assert ack.status == "cancelling"
+    with pytest.raises(BatchError, match="nothing to pause"):
+        await control_batch(
+            client, session_factory(), batch_id, BatchControl.PAUSE, ControlRequest(by="alice")
+        )
+    result = await handle.result()
+    assert (result.status, result.ok, result.skipped) == ("cancelled", 0, 5)
+    (chunk,) = await provider_chunks_of(session_factory(), batch_id)
+    assert chunk.provider_status == "cancelled" and chunk.returned == 5
+    assert sim.stats()["totals"]["requests"] == 0  # nothing ran live either
+    assert {i.status for i in await items_of(batch_id)} == {"skipped"}
