@@ -259,6 +259,9 @@ class AttemptInput(BaseModel):
     model: str
     provider: str
     route: str | None = None
+    # The route's chain this model belongs to ("primary" or a canary's label): a metric label,
+    # so a canary is compared with its route's primary chain.
+    chain: str = "primary"
     # The model that failed (or was skipped) before this one, for the fallback metric.
     fallback_from: str | None = None
 

@@ -60,7 +60,7 @@ async def run_worker(
     if metrics_server is not None:
         gauges = asyncio.create_task(
             refresh_state_gauges_forever(
-                settings, lambda session: budget_states(session, None, settings)
+                settings, lambda session: budget_states(session, None, settings), client
             )
         )
     try:

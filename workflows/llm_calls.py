@@ -216,6 +216,7 @@ async def _try_chain(
                     model=candidate.model,
                     provider=candidate.provider,
                     route=plan.route,
+                    chain=plan.chain,
                     fallback_from=failed[-1][0] if position > 0 else None,
                 ),
                 **llm_call_options(plan, workflow.patched(RATE_LIMITS_BOUNDED_BY_DEADLINE)),

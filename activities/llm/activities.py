@@ -166,6 +166,9 @@ class _Attempt:
                 cost_usd=cost_usd,
                 duration_seconds=(time.perf_counter() - self.started) if timed else None,
                 first_token_seconds=first_token_ms / 1000 if first_token_ms is not None else None,
+                route=call.route,
+                chain=call.chain,
+                call_class=call.request.call_class.value,
             )
         )
         if self.span is not None:

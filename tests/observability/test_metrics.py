@@ -5,9 +5,9 @@ by exactly what the ledger recorded."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
-import urllib.request
-from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,17 +25,12 @@ from services.budgets import change_budget
 from tests.conftest import KeelWorkers, reconfigure
 from tests.cost.support import CHEAP, ask, metered_spend
 from tests.helpers import eventually, ledger_rows
-from workers.__main__ import run_worker
+from tests.observability.conftest import scrape
 
 BACKUP = "claude-3-5-haiku-latest"
 FRAGILE = "gpt-4.1-mini"
+CANARY = "gpt-4.1-nano"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.status == 200
-        return str(response.read().decode())
 
 
 def value(exposition: str, name: str, **labels: str) -> float:
@@ -46,30 +41,6 @@ def value(exposition: str, name: str, **labels: str) -> float:
             if sample.name == name and labels.items() <= sample.labels.items():
                 total += sample.value
     return total
-
-
-@pytest.fixture
-async def worker_metrics(
-    client: Client, keel_settings: KeelSettings, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[str]:
-    """The real worker entry point (python -m workers), run in this process on an ephemeral
-    metrics port, re-reading its gauges every 0.2 s."""
-    settings = reconfigure(
-        monkeypatch,
-        TEMPORAL_ADDRESS=client.service_client.config.target_host,
-        KEEL_METRICS_PORT="0",
-        KEEL_METRICS_REFRESH_SECONDS="0.2",
-    )
-    stop = asyncio.Event()
-    started: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-    worker = asyncio.create_task(
-        run_worker(settings.interactive_task_queue, stop, on_started=started.set_result)
-    )
-    url = await asyncio.wait_for(started, 60)
-    assert url is not None
-    yield url
-    stop.set()
-    await worker
 
 
 async def test_the_worker_endpoint_shows_llm_calls_budgets_breakers_and_sdk_metrics(
@@ -151,6 +122,198 @@ async def test_the_worker_endpoint_shows_llm_calls_budgets_breakers_and_sdk_metr
     assert value(now, "keel_budget_remaining_usd", tenant="metrics", period="month") == (
         pytest.approx(1 - spent)
     )
+
+
+async def test_llm_metrics_name_the_route_the_chain_and_the_call_class(
+    worker_metrics: str,
+    client: Client,
+    keel_settings: KeelSettings,
+    keel_workers: KeelWorkers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the availability, latency and canary alerts group by (deploy/prometheus/rules).
+    The routes' worker has the settings it was built with, on a queue of its own; its metrics
+    are the process's, which the endpoint serves."""
+    url = worker_metrics
+    settings = reconfigure(
+        monkeypatch,
+        KEEL_ROUTES=json.dumps({"quality": [CHEAP]}),
+        KEEL_ROUTE_POLICIES=json.dumps(
+            {"quality": {"canaries": [{"models": [CANARY], "weight": 50, "label": "nano"}]}}
+        ),
+        KEEL_INTERACTIVE_TASK_QUEUE=f"{keel_settings.interactive_task_queue}-canary",
+    )
+    await keel_workers.start(settings)
+    before = await asyncio.to_thread(scrape, url)
+    results = await asyncio.gather(
+        *(ask(client, settings, route="quality", tenant="canary", max_tokens=16) for _ in range(12))
+    )
+    await ask(client, settings, models=[CHEAP], tenant="canary", max_tokens=16)
+    after = await asyncio.to_thread(scrape, url)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    on_canary = [result for _, result in results if result.answer.model == CANARY]
+    assert 0 < len(on_canary) < 12  # both chains served (placed by a hash of the call's ids)
+    quality = {"route": "quality", "call_class": "interactive"}
+    attempts = "keel_llm_attempts_total"
+    assert moved(attempts, chain="nano", model=CANARY, outcome="ok", **quality) == len(on_canary)
+    assert moved(attempts, chain="primary", model=CHEAP, outcome="ok", **quality) == 12 - len(
+        on_canary
+    )
+    assert moved(attempts, chain="nano", model=CHEAP) == 0
+    # Named models instead of a route: labelled as `keel cost --by route` shows them.
+    assert moved(attempts, route="(explicit models)", chain="primary", model=CHEAP) == 1
+    durations = "keel_llm_call_duration_seconds_count"
+    assert moved(durations, route="quality", chain="nano", call_class="interactive") == len(
+        on_canary
+    )
+    assert moved("keel_llm_time_to_first_token_seconds_count", route="quality") == 12
+    canary_cost = sum(float(result.answer.cost_usd or 0) for result in on_canary)
+    assert canary_cost > 0
+    assert moved("keel_llm_cost_usd_total", route="quality", chain="nano") == pytest.approx(
+        canary_cost
+    )
+
+
+async def test_the_worker_reports_approvals_batches_and_task_queues(
+    worker_metrics: str, client: Client, keel_settings: KeelSettings
+) -> None:
+    url, settings = worker_metrics, keel_settings
+    started = datetime.now(UTC)
+    gates = [
+        # (workflow, tenant, status, requested, deadline, escalation level)
+        (
+            "wf-late",
+            "acme",
+            "pending",
+            started - timedelta(hours=2),
+            started + timedelta(hours=1),
+            0,
+        ),
+        ("wf-fresh", "acme", "pending", started, started + timedelta(hours=2), 0),
+        ("wf-open-ended", "acme", "pending", started - timedelta(days=9), None, 0),
+        ("wf-escalated", "beta", "pending", started - timedelta(hours=1), None, 1),
+        ("wf-decided", "beta", "approved", started - timedelta(hours=9), started, 2),
+    ]
+    batches = [("b-running", "running"), ("b-paused", "paused"), ("b-done", "completed")]
+    items = {"b-running": ["ok", "ok", "failed", "running", "pending"], "b-done": ["ok"]}
+    async with session_factory().begin() as session:
+        for workflow_id, tenant, status, requested, deadline, level in gates:
+            await session.execute(
+                text(
+                    "INSERT INTO approvals (workflow_id, gate, tenant, status, required_role, "
+                    "requested_at, deadline_at, escalation_level) "
+                    "VALUES (:w, 'publish', :t, :s, 'editor', :r, :d, :l)"
+                ),
+                {
+                    "w": workflow_id,
+                    "t": tenant,
+                    "s": status,
+                    "r": requested,
+                    "d": deadline,
+                    "l": level,
+                },
+            )
+        for batch_id, status in batches:
+            await session.execute(
+                text(
+                    "INSERT INTO batches (id, tenant, workflow_id, status, concurrency) "
+                    "VALUES (:b, 'acme', :b, :s, 4)"
+                ),
+                {"b": batch_id, "s": status},
+            )
+        for batch_id, statuses in items.items():
+            for line, status in enumerate(statuses):
+                await session.execute(
+                    text(
+                        "INSERT INTO batch_items (batch_id, custom_id, line_no, status) "
+                        "VALUES (:b, :c, :n, :s)"
+                    ),
+                    {"b": batch_id, "c": f"item-{line}", "n": line, "s": status},
+                )
+    # A workflow on the batch queue, which no worker polls in this test: a backlog of one.
+    await client.start_workflow(
+        "NoSuchWorkflow",
+        id=f"waits-{settings.batch_task_queue}",
+        task_queue=settings.batch_task_queue,
+    )
+
+    def reported() -> bool:
+        exposition = scrape(url)
+        return (
+            value(exposition, "keel_approvals_escalated", tenant="beta") == 1
+            and value(exposition, "keel_batch_status", batch_id="b-running") == 1
+            and value(
+                exposition,
+                "keel_task_queue_backlog",
+                task_queue=settings.batch_task_queue,
+                task_type="workflow",
+            )
+            == 1
+            # The oldest task's age, once Temporal's stats have caught up with the backlog.
+            and value(
+                exposition,
+                "keel_task_queue_backlog_age_seconds",
+                task_queue=settings.batch_task_queue,
+                task_type="workflow",
+            )
+            > 0
+        )
+
+    await eventually(reported, timeout=15.0, interval=0.2)
+    exposition = await asyncio.to_thread(scrape, url)
+    assert value(exposition, "keel_approvals_past_half_deadline", tenant="acme") == 1
+    assert value(exposition, "keel_approvals_past_half_deadline", tenant="beta") == 0
+    assert value(exposition, "keel_approvals_escalated", tenant="acme") == 0
+    assert value(exposition, "keel_approvals_pending") == 4
+
+    def batch(batch_id: str, status: str) -> float:
+        return value(
+            exposition, "keel_batch_items", batch_id=batch_id, tenant="acme", status=status
+        )
+
+    assert [batch("b-running", s) for s in ("ok", "failed", "running", "pending", "skipped")] == [
+        2,
+        1,
+        1,
+        1,
+        0,
+    ]
+    assert value(exposition, "keel_batch_status", batch_id="b-running", status="running") == 1
+    assert value(exposition, "keel_batch_status", batch_id="b-paused", status="paused") == 1
+    assert batch("b-paused", "pending") == 0  # a batch with no items yet still has its series
+    assert "b-done" not in exposition  # finished batches leave the gauges
+
+    interactive, batch_queue = settings.interactive_task_queue, settings.batch_task_queue
+    for task_type in ("workflow", "activity"):
+        assert (
+            value(
+                exposition, "keel_task_queue_pollers", task_queue=interactive, task_type=task_type
+            )
+            >= 1
+        )
+        assert (
+            value(
+                exposition, "keel_task_queue_pollers", task_queue=batch_queue, task_type=task_type
+            )
+            == 0
+        )
+
+    # A gate decided, a batch finished: their series go at the next refresh.
+    async with session_factory().begin() as session:
+        await session.execute(text("UPDATE approvals SET status = 'approved'"))
+        await session.execute(text("UPDATE batches SET status = 'completed'"))
+
+    def cleared() -> bool:
+        exposition = scrape(url)
+        return "b-running" not in exposition and value(exposition, "keel_approvals_pending") == 0
+
+    await eventually(cleared, timeout=15.0, interval=0.2)
+    exposition = await asyncio.to_thread(scrape, url)
+    assert value(exposition, "keel_approvals_past_half_deadline") == 0
+    assert value(exposition, "keel_approvals_escalated") == 0
 
 
 async def test_the_endpoint_answers_health_checks_and_moves_off_a_taken_port() -> None:
