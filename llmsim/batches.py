@@ -84,6 +84,9 @@ class SimBatch:
     error_file_id: str | None = None
     ended_at: float | None = None
     ended_as: str | None = None
+    # How many batches of this provider carried each line before this one (seeds its faults, so
+    # a line that failed once is not doomed to fail again, and a run repeats exactly).
+    earlier_submissions: dict[str, int] = field(default_factory=dict)
 
     @property
     def started_at(self) -> float:
@@ -115,6 +118,7 @@ class BatchStore:
         """id → (purpose, filename, content)"""
         self.batches: dict[str, SimBatch] = {}
         self._submissions: list[Submission] = []
+        self._line_submissions: dict[tuple[Provider, str], int] = {}
         self._adapters: dict[Provider, ProviderAdapter] = {
             "openai": OpenAIAdapter(),
             "anthropic": AnthropicAdapter(),
@@ -129,6 +133,7 @@ class BatchStore:
             self.files.clear()
             self.batches.clear()
             self._submissions.clear()
+            self._line_submissions.clear()
 
     def add_file(self, purpose: str, filename: str, content: bytes) -> str:
         file_id = "file-" + uuid.uuid4().hex[:24]
@@ -156,6 +161,10 @@ class BatchStore:
             failed_reason=failed_reason,
         )
         with self._lock:
+            for custom_id, _ in lines:
+                key = (provider, custom_id)
+                batch.earlier_submissions[custom_id] = self._line_submissions.get(key, 0)
+                self._line_submissions[key] = batch.earlier_submissions[custom_id] + 1
             self.batches[batch.id] = batch
             self._submissions.append(
                 Submission(
@@ -213,7 +222,8 @@ class BatchStore:
         try:
             if spec is None:
                 raise adapter.model_not_found(model)
-            if _unlucky(self._state.config.seed, batch.id, custom_id, batch.config):
+            nth = batch.earlier_submissions.get(custom_id, 0)
+            if _unlucky(self._state.config.seed, batch.provider, custom_id, nth, batch.config):
                 raise ApiError(500, _server_error(batch.provider), reason="server_error")
             parsed = adapter.parse({**body, "stream": False}, spec)
             adapter.check_limits(spec, parsed)
@@ -301,10 +311,11 @@ def _jsonl(lines: list[str]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _unlucky(seed: int, batch_id: str, custom_id: str, config: BatchSimConfig) -> bool:
+def _unlucky(seed: int, provider: str, custom_id: str, nth: int, config: BatchSimConfig) -> bool:
+    """Whether the line's ``nth`` submission to ``provider`` is answered with a server error."""
     if config.line_error_rate <= 0:
         return False
-    digest = hashlib.sha256(f"{seed}/{batch_id}/{custom_id}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}/{provider}/{custom_id}/{nth}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < config.line_error_rate
 
 

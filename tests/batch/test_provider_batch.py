@@ -309,3 +309,31 @@ async def test_cancel_cancels_the_provider_batch_and_skips_what_it_did_not_answe
     assert chunk.provider_status == "cancelled" and chunk.returned == 5
     assert sim.stats()["totals"]["requests"] == 0  # nothing ran live either
     assert {i.status for i in await items_of(batch_id)} == {"skipped"}
+
+
+async def test_lines_the_provider_failed_run_again_in_a_new_provider_batch(
+    client: Client, keel_settings: KeelSettings, batch_worker: Worker, sim: SimServer
+) -> None:
+    sim.configure(batch={"processing_s": 0.2, "line_error_rate": 0.4})
+    settings = FAST.model_copy(update={"max_rounds": 6})
+    batch_id, handle = await start_provider_batch(
+        client, keel_settings, mixed_lines(10), provider_settings=settings
+    )
+    result = await handle.result()
+    assert (result.status, result.ok, result.failed) == ("completed", 10, 0)
+    chunks = await provider_chunks_of(session_factory(), batch_id)
+    first_round = [c for c in chunks if ".r0." in c.chunk_id]
+    failed_first = sum(c.returned for c in first_round)
+    assert failed_first > 0  # the provider answered some lines with 500s
+    later = [c for c in chunks if ".r0." not in c.chunk_id]
+    assert sum(c.items for c in later if ".r1." in c.chunk_id) == failed_first
+    # Every item has exactly one answer; the ledger has a row for every line the provider ran
+    # (its 500s included, at no cost) and for every live call if any were needed.
+    items = await items_of(batch_id)
+    assert len({i.custom_id for i in items if i.status == "ok"}) == 10
+    ledger = await ledger_of(handle.id)
+    batch_rows = [r for r in ledger if r.run_id == PROVIDER_BATCH_RUN]
+    sent = sum(s.requests for s in sim.batch_submissions())
+    assert len(batch_rows) == sent
+    assert sum(1 for r in batch_rows if r.outcome == "ok") + sim.stats()["totals"]["requests"] == 10
+    assert all(r.cost_usd == 0 for r in batch_rows if r.outcome == "error")
