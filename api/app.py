@@ -11,11 +11,11 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from temporalio.client import Client
 
-from api import approvals, chat, console, jobs, sessions
+from api import approvals, batches, chat, console, files, jobs, models, sessions
 from api.auth import authenticated_caller
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.load_shedding import LoadShedder
-from api.request_limits import RequestBodyLimit
+from api.request_limits import RequestBodyLimit, upload_limit
 from api.state import KeelApi
 from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings, get_settings
@@ -55,12 +55,15 @@ def create_app(
     install_error_handlers(app)
     # Outermost, so an oversized body is refused before anything else reads or parses it.
     app.add_middleware(
-        RequestBodyLimit, max_bytes=lambda: (settings or get_settings()).max_request_body_bytes
+        RequestBodyLimit,
+        max_bytes=lambda: (settings or get_settings()).max_request_body_bytes,
+        larger_limits={"/v1/files": lambda: upload_limit(settings or get_settings())},
     )
     # Every /v1 route needs a token, whatever its own role check (api/auth.py): a route that
     # forgets one is still closed. FastAPI verifies the token once per request.
     authenticated = [Depends(authenticated_caller)]
-    for router in (chat.router, sessions.router, jobs.router, approvals.router):
+    routers = (chat.router, sessions.router, jobs.router, approvals.router)
+    for router in (*routers, models.router, files.router, batches.router):
         app.include_router(router, dependencies=authenticated)
     # The reviewer console: HTML pages behind a session cookie (a reviewer token exchanged).
     console.mount(app)

@@ -62,6 +62,11 @@ SIMULATOR = "simulator"
 CODEC_SERVER = "codec-server"
 MIGRATIONS = "migrations"
 WORKER_SETTLE_SECONDS = 1.5
+# The bulkhead on one host (ARCHITECTURE.md, "Bulkhead"): the batch worker runs at nice 10, so
+# when a batch keeps the CPUs busy the interactive worker and Temporal (nice 0) are scheduled
+# first; an idle host still gives the batch every cycle it wants. Measured with
+# bench/batch_throughput.py --batch-nice 0 vs 10.
+BATCH_WORKER_NICE = 10
 
 PartState = Literal["running", "stopped", "external", "not used"]
 
@@ -301,11 +306,30 @@ def _ensure_callback_secret(settings: KeelSettings, report: _Reporter) -> None:
         )
 
 
+def worker_argv(queue: str, *, nice: int = 0) -> tuple[str, ...]:
+    """How the stack (and bench/batch_throughput.py) runs the worker process of ``queue``."""
+    return (
+        sys.executable,
+        "-m",
+        "workers",
+        "--queue",
+        queue,
+        *(("--nice", str(nice)) if nice else ()),
+    )
+
+
+def worker_nice(settings: KeelSettings, queue: str) -> int:
+    """The batch queue's worker yields the CPU; the interactive one (or a shared one) does not."""
+    if queue == settings.batch_task_queue and queue != settings.interactive_task_queue:
+        return BATCH_WORKER_NICE
+    return 0
+
+
 def worker_spec(settings: KeelSettings, queue: str) -> ManagedProcess:
     return ManagedProcess(
         name=worker_part(queue),
         what=f"worker ({queue})",
-        argv=(sys.executable, "-m", "workers", "--queue", queue),
+        argv=worker_argv(queue, nice=worker_nice(settings, queue)),
         address=f"task queue {queue}",
         env=stack_env(settings),
         cwd=Path.cwd(),

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     SmallInteger,
@@ -502,6 +503,76 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OpenAiFile(Base):
+    """A file of the OpenAI Files API (``api/files.py``), one tenant's.
+
+    An uploaded batch input keeps its bytes here (``content``, read only by the content route):
+    large data lives in Postgres, and a batch's workflow gets only ids. A batch's output and
+    error files have no bytes of their own: their lines are made from ``batch_items`` on each
+    read, so they cannot disagree with the batch's results.
+    """
+
+    __tablename__ = "openai_files"
+    __table_args__ = (
+        Index(None, "tenant", "created_at"),
+        # One output file and one error file per batch, however many readers race to make it.
+        UniqueConstraint("batch_id", "purpose"),
+        # A retried upload with the same Idempotency-Key is the same file.
+        UniqueConstraint("tenant", "idempotency_key"),
+    )
+
+    # file-<24 hex>, as OpenAI's look.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    # batch (an uploaded input) | batch_output | batch_error
+    purpose: Mapped[str] = mapped_column(String(30))
+    filename: Mapped[str] = mapped_column(String(500))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # Deferred: listing and retrieving files never loads a 100 MB column.
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    # The batch whose results a generated file holds.
+    batch_id: Mapped[str | None] = mapped_column(
+        String(200), ForeignKey("batches.id", ondelete="CASCADE")
+    )
+    idempotency_key: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    # Deleted through the API: the row stays (a batch still names its output file, and a
+    # deleted output file must not be made again), the content goes.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OpenAiBatch(Base):
+    """What the OpenAI Batches API (``api/batches.py``) adds to a keel batch: the file it came
+    from, its endpoint, window and metadata, and its output and error files once it is done."""
+
+    __tablename__ = "openai_batches"
+    __table_args__ = (
+        Index(None, "tenant", "created_at"),
+        UniqueConstraint("tenant", "idempotency_key"),
+    )
+
+    batch_id: Mapped[str] = mapped_column(
+        String(200), ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    tenant: Mapped[str] = mapped_column(String(100))
+    # No foreign key: OpenAI lets a batch's input file be deleted while the batch lives.
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(100))
+    completion_window: Mapped[str] = mapped_column(String(20))
+    # ("metadata" is the declarative base's own attribute.)
+    request_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    idempotency_key: Mapped[str | None] = mapped_column(String(300))
+    output_file_id: Mapped[str | None] = mapped_column(String(64))
+    error_file_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when the completion window passed before the batch finished (it is then cancelled).
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ConsoleSession(Base):

@@ -13,6 +13,7 @@ table by table, and what stays:
 | approvals (decided) | draft, final text | status, who decided, reason, times |
 | published_documents | content (a marker) | who approved, flags, times |
 | llm_response_cache | the entries | — |
+| openai_files (uploaded batch files) | content (the uploaded bytes) | name, size, digest, times |
 | audit_events | payload (the purge marker) | every hashed field: type, actor, time, digests |
 
 The ledger (``llm_calls``: tokens, cost, model, outcome) and budgets are not touched. Audit rows
@@ -152,6 +153,16 @@ TARGETS = (
         "d.published_at < :cutoff",
         "d.tenant = :tenant",
         "SET content = :purged_text",
+    ),
+    # A batch created from an uploaded file has its own copy of the requests (batch_items);
+    # the upload's bytes are content of their own.
+    _Target(
+        "openai_files.content",
+        "openai_files f",
+        "f.content IS NOT NULL",
+        "f.created_at < :cutoff",
+        "f.tenant = :tenant",
+        "SET content = NULL",
     ),
     # The cache has no tenant: a tenant's entries are those its calls hashed to.
     _Target(

@@ -14,9 +14,17 @@ def worker(
     queue: str = typer.Option(
         None, help="Task queue to poll (default: the interactive queue, keel-interactive)."
     ),
+    nice: int = typer.Option(
+        0,
+        min=0,
+        max=19,
+        help="Lower this process's CPU priority (`keel dev up` runs the batch worker at 10).",
+    ),
 ) -> None:
     """Run a worker for one task queue until Ctrl-C / SIGTERM."""
-    from workers.__main__ import run_worker  # the worker's imports are heavy; only pay them here
+    # The worker's imports are heavy; only pay them here.
+    from workers.__main__ import lower_cpu_priority, run_worker
 
+    lower_cpu_priority(nice)
     configure_logging()
     asyncio.run(run_worker(queue or get_settings().interactive_task_queue))

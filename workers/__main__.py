@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 from collections.abc import Callable
 
@@ -77,10 +78,26 @@ async def run_worker(
     log.info("worker.stopped", task_queue=queue)
 
 
+def lower_cpu_priority(increment: int) -> None:
+    """``os.nice`` before anything starts a thread: Linux keeps a nice value per thread and a new
+    thread inherits its creator's, so the SDK's threads started later all run at the new one."""
+    if increment:
+        os.nice(increment)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m workers")
     parser.add_argument("--queue", required=True, help="task queue to poll, e.g. keel-interactive")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="0-19",
+        help="lower this process's CPU priority (`keel dev up` runs the batch worker at 10)",
+    )
     args = parser.parse_args()
+    lower_cpu_priority(args.nice)
     configure_logging()
     asyncio.run(run_worker(args.queue))
 

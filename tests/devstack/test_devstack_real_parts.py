@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import time
 from pathlib import Path
 
 import psutil
@@ -42,6 +44,34 @@ def test_up_runs_the_real_simulator_and_workers(scratch_home: Path) -> None:
         assert "fake_parts" not in " ".join(psutil.Process(part.pid).cmdline())
     if HAS_SIMULATOR:
         assert stack.http_ok(f"http://127.0.0.1:{settings.simulator_port}/health")
+    if HAS_WORKERS:
+        # The bulkhead on one host: every thread of the batch worker (the SDK's included, started
+        # after the priority was lowered) yields the CPU; the interactive worker's do not.
+        base = os.nice(0)
+        batch = result.part(stack.worker_part(settings.batch_task_queue))
+        interactive = result.part(stack.worker_part(settings.interactive_task_queue))
+        assert batch.pid is not None and interactive.pid is not None
+        batch_nice = thread_nice_values(started_threads(batch.pid))
+        assert set(batch_nice) == {min(19, base + stack.BATCH_WORKER_NICE)}, batch_nice
+        interactive_nice = thread_nice_values(started_threads(interactive.pid))
+        assert set(interactive_nice) == {base}, interactive_nice
     pids = result.pids
     stack.down(settings, console=quiet_console(), grace=10.0)
     assert not [pid for pid in pids.values() if psutil.pid_exists(pid)], "left running or unreaped"
+
+
+def started_threads(pid: int, timeout: float = 60.0) -> list[Path]:
+    """The threads of ``pid`` once the worker has started the SDK's (it imports for a while
+    first, on its main thread alone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        if len(tasks) > 1:
+            return tasks
+        assert time.monotonic() < deadline, f"worker {pid} started no thread in {timeout}s"
+        time.sleep(0.2)
+
+
+def thread_nice_values(tasks: list[Path]) -> list[int]:
+    """The nice value of each thread (``/proc/<pid>/task/<tid>/stat`` field 19)."""
+    return [int((task / "stat").read_text().rpartition(")")[2].split()[16]) for task in tasks]

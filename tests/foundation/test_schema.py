@@ -32,6 +32,8 @@ EXPECTED_TABLES = {
     "audit_chain_heads",
     "console_sessions",
     "provider_batch_chunks",
+    "openai_files",
+    "openai_batches",
 }
 
 

@@ -556,3 +556,93 @@ async def test_a_model_that_is_down_is_still_a_502(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]
             )
     assert down.value.status_code == 502 and down.value.code == "models_failed"
+
+
+# --- batch file uploads: generated JSONL through POST /v1/files ---------------------------------
+
+
+clean_text = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x2FF), min_size=1, max_size=80
+).filter(str.strip)
+BREAKS = ["cut", "garbage", "keel", "embeddings", "seed", "tools", "nasty", "duplicate"]
+
+
+@st.composite
+def batch_files(draw: st.DrawFn) -> tuple[bytes, int | None]:
+    """A JSONL file of OpenAI batch lines with printable text, and maybe one line broken (cut,
+    garbage, keel's shape, another url, a field keel refuses, text Postgres cannot store, a
+    repeated custom_id): the file and the broken line's number."""
+    lines: list[str] = []
+    count = draw(st.integers(1, 6))
+    for n in range(count):
+        line: dict[str, Any] = {
+            "custom_id": f"r{n}-{draw(clean_text)}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": draw(st.sampled_from(["gpt-4o-mini", "keel", "cheap"]) | clean_text),
+                "messages": [{"role": "user", "content": draw(clean_text)}],
+            },
+        }
+        if draw(st.booleans()):
+            line["body"][draw(st.sampled_from(["user", "max_tokens", "temperature"]))] = 1
+        lines.append(json.dumps(line))
+    broken = draw(st.none() | st.integers(0, count - 1))
+    if broken is not None:
+        line = json.loads(lines[broken])
+        kind = draw(st.sampled_from(BREAKS))
+        if kind == "cut":
+            text = lines[broken][: draw(st.integers(1, len(lines[broken]) - 1))]
+        elif kind == "garbage":
+            text = "x" + draw(st.text(max_size=40))
+        elif kind == "keel":
+            text = json.dumps({"custom_id": line["custom_id"], "prompt": "Hi"})
+        elif kind == "embeddings":
+            text = json.dumps({**line, "url": "/v1/embeddings"})
+        elif kind in ("seed", "tools"):
+            text = json.dumps({**line, "body": {**line["body"], kind: 1}})
+        elif kind == "nasty":
+            nasty = draw(st.sampled_from(["\x00", "a\u0000b", "\ud800"]))
+            text = json.dumps({**line, "body": {**line["body"], "messages": [
+                {"role": "user", "content": nasty}]}})  # fmt: skip
+        else:
+            text = json.dumps({**line, "custom_id": json.loads(lines[0])["custom_id"]})
+            if broken == 0:
+                text = json.dumps({**line, "custom_id": ""})
+        lines[broken] = text
+    content = ("\n".join(lines) + "\n").encode("utf-8", "surrogatepass")
+    return content, None if broken is None else broken + 1
+
+
+async def test_generated_batch_files_are_stored_whole_or_refused_naming_the_line(
+    keel_url: str, api_token: IssuedToken, simulator: SimServer
+) -> None:
+    seen: Counter[str] = Counter()
+
+    @fuzz_profile(60)
+    @given(case=batch_files())
+    def run(case: tuple[bytes, int | None]) -> None:
+        content, broken_line = case
+        with httpx2.Client(base_url=keel_url, headers=bearer(api_token), timeout=60) as http:
+            response = http.post(
+                "/v1/files",
+                files={"file": ("in.jsonl", content, "application/jsonl")},
+                data={"purpose": "batch"},
+            )
+            seen[f"POST /v1/files {response.status_code}"] += 1
+            if broken_line is None:
+                assert response.status_code == 200, response.text
+            else:
+                assert response.status_code == 400, response.text
+                assert_openai_error(400, response.content, "POST /v1/files")
+                error = response.json()["error"]
+                assert error["code"] == "invalid_batch_line", error
+                assert f"line {broken_line}:" in error["message"], (content, error)
+                return
+            stored = http.get(f"/v1/files/{response.json()['id']}/content")
+            assert stored.status_code == 200 and stored.content == content
+
+    await asyncio.to_thread(run)
+    print_counts("batch files", seen)
+    assert seen["POST /v1/files 200"] >= 10 and seen["POST /v1/files 400"] >= 10, seen
+    assert simulator.stats()["totals"]["requests"] == 0
