@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 
 from api import approvals, batches, chat, console, files, jobs, models, sessions
@@ -17,6 +18,7 @@ from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.load_shedding import LoadShedder
 from api.request_limits import RequestBodyLimit, upload_limit
 from api.state import KeelApi
+from infra.metrics import REGISTRY
 from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect
@@ -71,11 +73,11 @@ def create_app(
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, object]:
         keel: KeelApi = app.state.keel
-        return {
-            "ok": True,
-            "stream_listener": keel.hub.listening,
-            "in_flight": keel.shedder.in_flight,
-            "backlog": keel.shedder.backlog,
-        }
+        return {"ok": True, "stream_listener": keel.hub.listening, **keel.shedder.report()}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """keel's Prometheus metrics in this process (admission counts, in flight, limit)."""
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -21,6 +21,7 @@ from starlette.background import BackgroundTask
 
 from api.auth import client_caller
 from api.errors import ApiError, from_temporal
+from api.load_shedding import InFlight
 from api.openai_schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -179,7 +180,23 @@ async def chat_completions(
 ) -> JSONResponse | StreamingResponse:
     """Create a chat completion (OpenAI-compatible), as a durable turn of a chat session."""
     priority = request_priority(request)
-    api.shedder.admit(priority)
+    # Counted in flight from here (or refused with 503); released on every path.
+    in_flight = api.shedder.admit(priority, streamed=bool(body.stream))
+    try:
+        return await _answer(body, request, api, caller, priority, in_flight)
+    except BaseException:
+        in_flight.release()
+        raise
+
+
+async def _answer(
+    body: ChatCompletionRequest,
+    request: Request,
+    api: KeelApi,
+    caller: VerifiedToken,
+    priority: RequestPriority,
+    in_flight: InFlight,
+) -> JSONResponse | StreamingResponse:
     turn = turn_request(body, request, api.settings, caller.tenant, priority)
     if not turn.single_turn:
         # Another tenant's session answers as one that does not exist (the session workflow
@@ -190,7 +207,7 @@ async def chat_completions(
     headers = {SESSION_HEADER: turn.session_id, IDEMPOTENCY_HEADER: turn.turn_id}
     completion_id = f"chatcmpl-{turn.turn_id}"
     if not body.stream:
-        with api.shedder.track():
+        with in_flight:
             try:
                 output = await run_turn(api.client, api.settings, turn)
             except Exception as error:
@@ -219,11 +236,9 @@ async def chat_completions(
         return JSONResponse(completion.model_dump(exclude_none=True), headers=headers)
 
     after_seq = _last_event_id(request)
-    in_flight = api.shedder.enter()  # counted from admission until the stream ends
     try:
         handle = await start_turn(api.client, api.settings, turn)
     except Exception as error:
-        in_flight.release()
         raise from_temporal(error) from error
     writer = OpenAIStreamWriter(
         completion_id,
@@ -242,10 +257,17 @@ async def chat_completions(
                     writer.absorb(seen)
             else:
                 yield writer.opening()
-            async for event in follow_turn(api.hub, turn.stream_key, after_seq, handle):
+            async for event in follow_turn(
+                api.hub,
+                turn.stream_key,
+                after_seq,
+                handle,
+                keep_alive_seconds=api.settings.stream_keep_alive_seconds,
+            ):
                 if event is None:
                     yield KEEP_ALIVE
                     continue
+                in_flight.first_event(sample=not after_seq)
                 for line in writer.write(event):
                     yield line
             yield "data: [DONE]\n\n"

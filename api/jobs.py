@@ -192,7 +192,7 @@ async def create_job(
     """Start a job; answers at once (202) with its id and where to poll."""
     check_tenant_field(caller, body.input.get("tenant"), "input.tenant")
     priority = request_priority(request)
-    api.shedder.admit(priority)
+    api.shedder.check(priority)
     tenant = caller.tenant
     if body.callback_url:
         _check_callback_signing(api.settings)

@@ -55,7 +55,13 @@ async def turn_events(
     async def stream() -> AsyncIterator[str]:
         with api.shedder.track():
             key = turn_stream_key(session_id, turn_id)
-            async for event in follow_turn(api.hub, key, after_seq, handle=None):
+            async for event in follow_turn(
+                api.hub,
+                key,
+                after_seq,
+                handle=None,
+                keep_alive_seconds=api.settings.stream_keep_alive_seconds,
+            ):
                 yield KEEP_ALIVE if event is None else native_event(event)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -19,7 +19,6 @@ from api.openai_schemas import CompletionUsage, KeelExtension, completion_chunk
 from infra.token_streams import StreamEvent, StreamEventType, StreamHub
 from workflows.chat_session import TurnOutput
 
-KEEP_ALIVE_SECONDS = 15.0
 # After the turn's Update has returned, its `done` event is already committed; this is only a
 # backstop for a stream pruned or unreachable in the meantime.
 DONE_GRACE_SECONDS = 5.0
@@ -39,7 +38,12 @@ def sse(
     return "\n".join(lines) + "\n\n"
 
 
-KEEP_ALIVE = ": keep-alive\n\n"
+# A comment line with no blank line after it. The blank line matters: the openai SDK (and other
+# decoders, openai/openai-python#2722) dispatch an event at every blank line once an earlier
+# event carried an ``id:``, so ``: keep-alive\n\n`` reaches them as an event with empty data and
+# ``json.loads("")`` ends the stream with JSONDecodeError. Without the blank line the comment is
+# ignored by every decoder and still keeps proxies from timing the connection out.
+KEEP_ALIVE = ": keep-alive\n"
 
 
 def _event_from_output(output: TurnOutput) -> StreamEvent:
@@ -77,11 +81,13 @@ async def follow_turn(
     stream_key: str,
     after_seq: int,
     handle: WorkflowUpdateHandle[TurnOutput] | None,
+    *,
+    keep_alive_seconds: float,
 ) -> AsyncIterator[StreamEvent | None]:
-    """The turn's events after ``after_seq`` until a terminal one; ``None`` means "quiet for a
-    while" (time for a keep-alive). With the turn's ``handle``, a turn that fails before it
-    streams anything (or whose stream is gone) still ends, with an event made from its outcome;
-    such events have seq 0."""
+    """The turn's events after ``after_seq`` until a terminal one; ``None`` means "quiet for
+    ``keep_alive_seconds``" (time for a keep-alive). With the turn's ``handle``, a turn that
+    fails before it streams anything (or whose stream is gone) still ends, with an event made
+    from its outcome; such events have seq 0."""
     events = hub.follow(stream_key, after_seq).__aiter__()
     outcome = asyncio.ensure_future(handle.result()) if handle is not None else None
     next_event: asyncio.Future[StreamEvent] | None = None
@@ -95,7 +101,7 @@ async def follow_turn(
             timeout = DONE_GRACE_SECONDS if outcome is not None and outcome.done() else None
             done, _ = await asyncio.wait(
                 waiting,
-                timeout=timeout or KEEP_ALIVE_SECONDS,
+                timeout=timeout or keep_alive_seconds,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if next_event in done:

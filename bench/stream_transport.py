@@ -104,7 +104,8 @@ async def postgres_single(hub: StreamHub, count: int) -> Result:
 
     follower = asyncio.create_task(follow())
     await asyncio.sleep(0.2)
-    async with StreamPublisher(key) as publisher:
+    # One event at a time, each awaited: the transport's own latency, no coalescing pause.
+    async with StreamPublisher(key, flush_interval=0) as publisher:
         for index in range(count):
             sent = time.perf_counter()
             kind = StreamEventType.DONE if index == count - 1 else StreamEventType.DELTA

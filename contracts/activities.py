@@ -25,6 +25,8 @@ from contracts.batch import (
     LoadFileInput,
     LoadSummary,
     MeterInput,
+    PageInput,
+    PageResult,
     RecordOutcomesInput,
     RecordOutcomesResult,
     ReleaseInput,
@@ -122,6 +124,8 @@ METER_BATCH_SPEND = ActivityRef[MeterInput, Decimal]("meter_batch_spend", MeterI
 SET_BATCH_STATUS = ActivityRef[StatusInput, BatchCounts](
     "set_batch_status", StatusInput, BatchCounts
 )
+# --- Batch pages (activities/batch/pages.py)
+RUN_BATCH_PAGE = ActivityRef[PageInput, PageResult]("run_batch_page", PageInput, PageResult)
 
 # --- Provider batches (activities/batch/provider_batches.py)
 PLAN_PROVIDER_CHUNKS = ActivityRef[PlanChunksInput, PlanChunksResult](
@@ -164,6 +168,7 @@ ALL: tuple[ActivityRef[Any, Any], ...] = (
     RECORD_BATCH_ITEM_OUTCOMES,
     METER_BATCH_SPEND,
     SET_BATCH_STATUS,
+    RUN_BATCH_PAGE,
     PLAN_PROVIDER_CHUNKS,
     SUBMIT_PROVIDER_CHUNK,
     POLL_PROVIDER_CHUNK,

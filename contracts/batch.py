@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.llm import ChatMessage, LlmParameters, Usage
+from contracts.llm import CallClass, ChatMessage, FallbackPolicy, LlmParameters, LlmRequest, Usage
 
 
 class ItemStatus(StrEnum):
@@ -81,6 +81,24 @@ class BatchOptions(BaseModel):
     budget_gate_deadline: timedelta = timedelta(hours=72)
 
 
+def item_llm_request(options: BatchOptions, item: ItemRequest) -> LlmRequest:
+    """The LLM request of one item: the batch's --route / --model override the line's model."""
+    models = [options.model] if options.model else None
+    if models is None and options.route is None and item.model:
+        models = [item.model]
+    return LlmRequest(
+        messages=item.messages,
+        route=options.route,
+        models=models,
+        parameters=item.parameters(),
+        call_class=CallClass.BATCH,
+        # A batch item that cannot be answered is a failed item, never a canned answer.
+        fallback_policy=FallbackPolicy.FAIL,
+        tenant=options.tenant,
+        purpose="batch",
+    )
+
+
 class LoadSummary(BaseModel):
     total: int
     invalid: int
@@ -144,6 +162,8 @@ class ClaimedItem(BaseModel):
 class ReleaseInput(BaseModel):
     batch_id: str
     custom_ids: list[str]
+    # Also every item still running under this claim (a page that ended without reporting).
+    claim_token: str | None = None
 
 
 class ItemOutcome(BaseModel):
@@ -201,3 +221,181 @@ class StatusInput(BaseModel):
     skip_reason: str | None = None
     final: bool = False
     budget_usd: Decimal | None = None
+
+
+# --- Pages (activities/batch/pages.py, workflows/batch.py) ---------------------------------------
+
+
+class PageInput(BaseModel):
+    """One page: a slice of a batch's items answered inside one activity, under the batch's cap.
+
+    The page claims its items itself (token ``page_token``) until it has ``quota`` of them or
+    ``seconds`` have passed, keeping ``slots`` calls in flight; what it did lives in
+    ``batch_items`` and the ledger, so a retried page resumes where the last attempt stopped."""
+
+    batch_id: str
+    page_token: str
+    options: BatchOptions
+    quota: int = Field(ge=1)
+    slots: int = Field(ge=1)
+    seconds: float = Field(gt=0)
+    # The batch's own budget and what the ledger says it spent when the page was scheduled.
+    budget_usd: Decimal | None = None
+    spent_usd: Decimal = Decimal(0)
+    # Counts before this page: the failure rate and the cost per item are judged over the batch.
+    counts: BatchCounts = Field(default_factory=BatchCounts)
+    # Items finished so far whose cost is in ``spent_usd`` (the budget's cost-per-item estimate).
+    priced_items: int = 0
+
+
+class SlowItem(BaseModel):
+    """An item the page could not answer on its model (retries spent, a non-retryable error, an
+    open breaker) while the route has more models: the workflow runs it down the rest of the
+    chain, one activity per call, with fallback audit rows."""
+
+    item: ClaimedItem
+    # What the page tried: (model, error class), in order.
+    failed_models: list[tuple[str, str]]
+    # The chain's models after the ones tried (the workflow plans the call on these).
+    remaining_models: list[str]
+    route: str | None = None
+
+
+class PageStop(StrEnum):
+    """Why a page ended before its quota and time were used."""
+
+    NONE = "none"
+    # Nothing pending is left to claim.
+    EXHAUSTED = "exhausted"
+    BUDGET = "budget"
+    FAILURE_RATE = "failure_rate"
+    TENANT_BUDGET = "tenant_budget"
+    # The workflow cancelled the page (pause, cancel, a gate): in-flight calls were finished.
+    CANCELLED = "cancelled"
+    # Slow-path items hold every slot: the workflow must run them before more can start.
+    SLOTS_HELD = "slots_held"
+
+
+class PageResult(BaseModel):
+    # Items the page claimed (all its attempts): the run keeps history room for each.
+    claimed: int = 0
+    answered: int
+    failed: int
+    counts: BatchCounts
+    spent_usd: Decimal
+    priced_items: int
+    slow: list[SlowItem] = Field(default_factory=list)
+    stop: PageStop = PageStop.NONE
+    # The tenant budget's refusal (``keel budget set``); the refused items are pending again.
+    tenant_refusal: str | None = None
+    failure_reason: str | None = None
+
+
+class PageProgress(BaseModel):
+    """A page's heartbeat details: how far it got (a retried attempt resumes from Postgres, these
+    say what the last attempt had done when it stopped)."""
+
+    claimed: int = 0
+    answered: int = 0
+    failed: int = 0
+    in_flight: int = 0
+
+
+# --- The batch workflows' input, result, queries and controls ------------------------------------
+# (workflows/batch.py and the frozen workflows/batch_v1.py share them; services/batches.py steers
+# both by workflow id with the same update and query names.)
+
+
+class CarriedState(BaseModel):
+    """What a continued run of the per-item BatchWorkflow (batch_v1) inherits."""
+
+    budget_usd: Decimal | None
+    runs: int
+    gates_opened: int
+
+
+class BatchRunState(BaseModel):
+    """Everything a paged batch's workflow knows, in one model carried across continue-as-new
+    (the items themselves are in Postgres; counts are re-read at each run's start)."""
+
+    budget_usd: Decimal | None = None
+    runs: int = 0
+    gates_opened: int = 0
+    pages: int = 0
+    # Items this run's pages took (reset by continue-as-new): see batch_pacing.history_room.
+    items_taken: int = 0
+    counts: BatchCounts = Field(default_factory=BatchCounts)
+    spent_usd: Decimal = Decimal(0)
+    # Finished items whose cost is in ``spent_usd``: the budget's cost-per-item estimate.
+    priced_items: int = 0
+    status: str = BatchStatus.RUNNING.value
+    reason: str | None = None
+    paused_by: str | None = None
+    # Set once: the batch will finish with this status (cancelled / aborted) and reason.
+    stop_status: str | None = None
+    stop_reason: str | None = None
+    # Why the tenant's budget (not the batch's) refused a call, while that holds the batch.
+    tenant_refusal: str | None = None
+    # Nothing pending was left when the last page looked.
+    exhausted: bool = False
+
+
+class BatchInput(BaseModel):
+    # None for a scheduled run: the id is derived from the workflow id the schedule gives it.
+    batch_id: str | None = None
+    options: BatchOptions = Field(default_factory=BatchOptions)
+    # A scheduled run loads this file (on the worker) before it starts.
+    source_path: str | None = None
+    schedule_id: str | None = None
+    # A new execution after the batch finished: its failed items run again.
+    retry_failed: bool = False
+    # Continue-as-new before a run's history reaches this many events.
+    history_event_limit: int = Field(default=9000, ge=200, le=50_000)
+    # A continued run of batch_v1's BatchWorkflow.
+    carried: CarriedState | None = None
+    # A continued run of the paged workflow.
+    state: BatchRunState | None = None
+
+
+class BatchResult(BaseModel):
+    batch_id: str
+    status: str
+    reason: str | None
+    total: int
+    ok: int
+    failed: int
+    skipped: int
+    spent_usd: Decimal
+    runs: int
+
+
+class BatchProgress(BaseModel):
+    batch_id: str
+    status: str
+    reason: str | None
+    in_flight: int
+    total: int
+    ok: int
+    failed: int
+    skipped: int
+    spent_usd: Decimal
+    budget_usd: Decimal | None
+    pending_gate: str | None
+    runs: int
+    history_length: int
+
+
+class ControlRequest(BaseModel):
+    by: str = Field(min_length=1, max_length=200)
+    reason: str | None = None
+
+
+class ControlAck(BaseModel):
+    status: str
+    in_flight: int
+    message: str
+
+
+class RetryFailedAck(BaseModel):
+    reset: int
+    message: str

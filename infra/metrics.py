@@ -148,6 +148,29 @@ BUDGET_REMAINING = Gauge(
     ["tenant", "period"],
     registry=REGISTRY,
 )
+API_ADMITTED = Counter(
+    "keel_api_admitted",
+    "Interactive requests the API admitted (api/load_shedding.py), by priority.",
+    ["priority"],
+    registry=REGISTRY,
+)
+API_SHED = Counter(
+    "keel_api_shed",
+    "Interactive requests the API refused with 503 + Retry-After, by priority.",
+    ["priority"],
+    registry=REGISTRY,
+)
+API_IN_FLIGHT = Gauge(
+    "keel_api_in_flight",
+    "Interactive requests in flight in this API process.",
+    registry=REGISTRY,
+)
+API_ADMISSION_LIMIT = Gauge(
+    "keel_api_admission_limit",
+    "How many interactive requests this API process admits at once (adapted to the latency "
+    "budget).",
+    registry=REGISTRY,
+)
 APPROVALS_PENDING = Gauge(
     "keel_approvals_pending",
     "Approval gates waiting for a human decision.",

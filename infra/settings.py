@@ -346,6 +346,33 @@ class KeelSettings(BaseSettings):
         "long.",
     )
     shed_retry_after_seconds: int = Field(default=2, ge=1)
+    interactive_latency_budget_ms: int = Field(
+        default=300,
+        ge=10,
+        description="Admission control's budget: how long keel itself may take from admitting "
+        "a streamed interactive request to starting its call to the provider (the provider's "
+        "own time is not counted). When accepted requests take longer, this API process "
+        "admits fewer at once: new requests beyond the limit get 503 + Retry-After, low "
+        "priority first, then normal; high priority only when high-priority work alone fills "
+        "the limit.",
+    )
+    admission_min_in_flight: int = Field(
+        default=4,
+        ge=1,
+        description="Admission control never lowers this API process's limit below this many "
+        "interactive requests in flight.",
+    )
+    admission_max_in_flight: int = Field(
+        default=512,
+        ge=1,
+        description="…nor raises it above this many.",
+    )
+    stream_keep_alive_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="A streamed answer quiet this long gets a keep-alive (an SSE comment), so "
+        "proxies and clients do not time the connection out.",
+    )
     callback_signing_secret: SecretStr | None = Field(
         default=None,
         description="HMAC-SHA256 key that signs job callbacks. Unset: the secret file.",

@@ -48,25 +48,28 @@ from activities.batch.items import (
 )
 from activities.batch.provider_batches import chunk_rows
 from contracts.approvals import ApproveDecision, EditDecision, RejectDecision
+from contracts.batch import (
+    BatchInput,
+    BatchResult,
+    ControlAck,
+    ControlRequest,
+    RetryFailedAck,
+)
 from contracts.provider_batch import ProviderBatchInput, ProviderBatchSettings
 from contracts.search_attributes import tenant_search_attributes
 from infra.settings import KeelSettings
 from infra.tables import Batch
 from services.approval_client import DecisionSender, DecisionSent
-from workflows.batch import (
-    BatchInput,
-    BatchResult,
-    BatchWorkflow,
-    ControlAck,
-    ControlRequest,
-    RetryFailedAck,
-)
+from workflows.batch import PagedBatchWorkflow
 from workflows.provider_batch import ProviderBatchWorkflow
 
 BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
 SCHEDULE_MEMO_CRON, SCHEDULE_MEMO_FILE = "keel_cron", "keel_file"
 
-BatchHandle = WorkflowHandle[BatchWorkflow, BatchResult]
+# Batches run as PagedBatchWorkflow; batch_v1's BatchWorkflow (started before pages) answers the
+# same updates and queries by the same names, so one handle type steers both.
+BatchHandle = WorkflowHandle[PagedBatchWorkflow, BatchResult]
+BATCH_WORKFLOW_TYPES = frozenset({"PagedBatchWorkflow", "BatchWorkflow"})
 Sessions = async_sessionmaker[AsyncSession]
 
 
@@ -226,7 +229,7 @@ async def submit_batch(
         history_event_limit=history_event_limit or settings.batch_history_event_limit,
     )
     return await client.start_workflow(
-        BatchWorkflow.run,
+        PagedBatchWorkflow.run,
         params,
         id=batch_workflow_id(batch_id),
         task_queue=settings.batch_task_queue,
@@ -391,9 +394,9 @@ async def control_batch(
         report = await report_of(sessions, batch_id)
         raise BatchNotRunning(batch_id, report.status)
     update = {
-        BatchControl.PAUSE: BatchWorkflow.pause,
-        BatchControl.RESUME: BatchWorkflow.resume,
-        BatchControl.CANCEL: BatchWorkflow.cancel,
+        BatchControl.PAUSE: PagedBatchWorkflow.pause,
+        BatchControl.RESUME: PagedBatchWorkflow.resume,
+        BatchControl.CANCEL: PagedBatchWorkflow.cancel,
     }[control]
     try:
         return await handle.execute_update(update, request)
@@ -415,7 +418,9 @@ async def retry_failed_items(
     handle = await running_handle(client, batch_id)
     if handle is not None:
         try:
-            ack: RetryFailedAck = await handle.execute_update(BatchWorkflow.retry_failed, request)
+            ack: RetryFailedAck = await handle.execute_update(
+                PagedBatchWorkflow.retry_failed, request
+            )
         except WorkflowUpdateFailedError as error:
             raise BatchUpdateRefused(batch_id, error) from error
         return ack.message
@@ -446,7 +451,7 @@ async def start_retry_run(
         budget_gate_deadline=timedelta(hours=settings.batch_budget_gate_hours),
     )
     return await client.start_workflow(
-        BatchWorkflow.run,
+        PagedBatchWorkflow.run,
         BatchInput(
             batch_id=report.id,
             options=options,
@@ -565,7 +570,7 @@ async def create_batch_schedule(
             schedule_id,
             Schedule(
                 action=ScheduleActionStartWorkflow(
-                    BatchWorkflow.run,
+                    PagedBatchWorkflow.run,
                     BatchInput(
                         options=options,
                         source_path=str(path),
@@ -603,7 +608,7 @@ async def batch_schedules(client: Client) -> list[BatchSchedule]:
     async for entry in await client.list_schedules():
         action = entry.schedule.action if entry.schedule else None
         workflow_type = getattr(action, "workflow", None)
-        if workflow_type != "BatchWorkflow":
+        if workflow_type not in BATCH_WORKFLOW_TYPES:
             continue
         memo = await entry.memo()
         found.append(

@@ -44,7 +44,7 @@ from activities.batch.files import (
     validate,
 )
 from activities.batch.items import BatchReport, refusal
-from contracts.batch import BatchOptions, batch_workflow_id
+from contracts.batch import BatchOptions, ControlAck, ControlRequest, batch_workflow_id
 from infra.database import dispose_engines, session_factory
 from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect
@@ -79,7 +79,6 @@ from services.batches import (
 from services.costs import batch_saving
 from starters.approvals import EXIT_CODES
 from starters.output import console, error_console, fail, workflow_link
-from workflows.batch import ControlAck, ControlRequest
 
 batch_app = typer.Typer(
     help="Run JSONL files of LLM requests as durable batches: concurrency caps, progress, "

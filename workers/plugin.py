@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio.plugin import SimplePlugin
 from temporalio.worker import WorkerConfig
 
@@ -9,6 +11,8 @@ from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings
 from infra.temporal_client import KeelPlugin
 from workers.registry import queue_contents
+
+HEARTBEAT_THROTTLE = timedelta(seconds=1)
 
 
 class KeelWorkerPlugin(SimplePlugin):
@@ -47,4 +51,8 @@ class KeelWorkerPlugin(SimplePlugin):
             )
         config = super().configure_worker(config)
         config["max_concurrent_activities"] = self.max_concurrent_activities
+        # Heartbeats reach the server at most this often (the SDK's default is 80% of the
+        # heartbeat timeout, up to a minute): a batch page learns of a pause or cancel from the
+        # answer to its heartbeat, so this bounds how long a page keeps starting calls after one.
+        config["max_heartbeat_throttle_interval"] = HEARTBEAT_THROTTLE
         return config

@@ -11,6 +11,7 @@ from activities.approvals import ApprovalActivities
 from activities.audit_trail import AuditActivities
 from activities.batch.files import BatchFileLimits
 from activities.batch.items import BatchItemActivities
+from activities.batch.pages import BatchPageActivities
 from activities.batch.provider_batches import ProviderBatchActivities
 from activities.jobs import JobActivities
 from activities.llm.activities import LlmActivities
@@ -21,7 +22,8 @@ from infra.database import sessions_for
 from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings
 from workflows.ask import AskWorkflow
-from workflows.batch import BatchWorkflow
+from workflows.batch import PagedBatchWorkflow
+from workflows.batch_v1 import BatchWorkflow
 from workflows.chat_session import ChatSessionWorkflow
 from workflows.document_review import DocumentReviewWorkflow
 from workflows.jobs import JobWorkflow
@@ -67,11 +69,14 @@ def queue_contents(
             max_concurrent_activities=200,
         )
     batch_items = BatchItemActivities(sessions, BatchFileLimits.from_settings(settings))
+    pages = BatchPageActivities(settings, sessions, providers)
     return QueueContents(
-        workflows=[BatchWorkflow, ProviderBatchWorkflow],
+        # BatchWorkflow (per-item, frozen) stays until the batches it started have finished.
+        workflows=[PagedBatchWorkflow, BatchWorkflow, ProviderBatchWorkflow],
         activities=[
             *llm,
             *batch_items.all(),
+            *pages.all(),
             *ProviderBatchActivities(settings, sessions, providers).all(),
             *approvals,
         ],

@@ -123,6 +123,17 @@ PROVIDER_BATCH_CALL = ActivityOptions(
     ),
 )
 
+# A batch page (activities/batch/pages.py): it heartbeats every second whatever its calls do, so
+# a dead worker's page is retried after 30 s (a margin for a busy event loop; an attempt that
+# misses it abandons the page to the next) and resumes from Postgres. Its calls are bounded by
+# their own policy, the page only against a runaway. Retried until Postgres answers, like the
+# batch's other database work.
+BATCH_PAGE = ActivityOptions(
+    start_to_close_timeout=timedelta(hours=1),
+    heartbeat_timeout=timedelta(seconds=30),
+    retry_policy=_BATCH_RETRY,
+)
+
 # Storing an approved review's output.
 PUBLISH = ActivityOptions(
     start_to_close_timeout=timedelta(seconds=30),

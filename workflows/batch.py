@@ -1,167 +1,106 @@
-"""BatchWorkflow: every item of a batch through the LLM, under a concurrency cap, exactly once.
+"""PagedBatchWorkflow: every item of a batch through the LLM, a page at a time, exactly once.
 
-The items live in Postgres (``batch_items``); the workflow holds counters and the few items it
-has claimed. It reads top to bottom like the process:
+The items live in Postgres (``batch_items``); the workflow holds one state model and runs pages.
+It reads top to bottom like the process:
 
 1. begin the run (a scheduled batch first loads its file on the worker);
-2. keep a sliding window of up to ``concurrency`` items in flight, each answered by
-   ``ask_llm`` (route, retries, fallbacks, ledger) and its outcome written to its own row;
-3. stop launching when the user pauses, when the budget would be crossed (then ask: raise it,
-   or stop), when the failure rate crosses the limit (abort), or when the run's history nears
-   its event limit (drain, then continue-as-new with the counters);
+2. loop: run a page — one activity that claims items itself and answers them concurrently under
+   the batch's cap, writing outcomes and ledger rows in bulk (activities/batch/pages.py) — and
+   record what it reports; items the page could not answer on their model come back here and go
+   down the rest of their route one call at a time (the slow path: ``ask_llm``, fallback audit
+   rows), while the next page runs with the slots they leave;
+3. between pages, hold for a pause, a budget gate (the batch's own, or the tenant's), a crossed
+   failure rate, or a history near its limit (then continue-as-new with the state);
 4. when nothing is pending and nothing is in flight, finish: completed, cancelled or aborted.
 
-Items in flight when a stop is asked for are allowed to finish: their calls are already paid
-for, and an answer that arrives is worth keeping. That is also the budget's promise: it never
-overspends by more than what was already in flight.
+Pause and cancel reach a running page at once: the workflow cancels it, the cancellation reaches
+the activity through its heartbeat (within about a second), the page starts nothing more, lets
+the calls already at the provider finish and records them (they are paid for), and hands its
+unstarted items back. That is also the budget's promise: it never overspends by more than what
+was in flight. The arithmetic (page sizes, budget, failure rate, history room) is in
+contracts/batch_pacing.py, shared with the page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
-from decimal import ROUND_UP, Decimal
+from decimal import Decimal
 
-from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from contracts.activities import (
         BEGIN_BATCH_RUN,
-        CLAIM_BATCH_ITEMS,
         LOAD_BATCH_FILE,
         METER_BATCH_SPEND,
         RECORD_BATCH_ITEM_OUTCOMES,
         RELEASE_BATCH_ITEMS,
         RESET_FAILED_BATCH_ITEMS,
+        RUN_BATCH_PAGE,
         SET_BATCH_STATUS,
     )
     from contracts.approvals import DefaultAction, GateOutcome, GateRequest
     from contracts.batch import (
-        BatchCounts,
-        BatchOptions,
+        BatchInput,
+        BatchProgress,
+        BatchResult,
+        BatchRunState,
         BatchStatus,
         BeginRunInput,
-        ClaimedItem,
-        ClaimInput,
+        ControlAck,
+        ControlRequest,
         ItemOutcome,
         LoadFileInput,
         MeterInput,
+        PageInput,
+        PageResult,
+        PageStop,
         RecordOutcomesInput,
         ReleaseInput,
         ResetFailedInput,
+        RetryFailedAck,
+        SlowItem,
         StatusInput,
+        item_llm_request,
     )
-    from contracts.llm import (
-        CallClass,
-        FallbackPolicy,
-        LlmAnswer,
-        LlmFailureType,
-        LlmRequest,
-        RoutePlan,
-        error_class_from_type,
+    from contracts.batch_pacing import (
+        HISTORY_BYTES_LIMIT,
+        PAGE_SECONDS,
+        budget_allows_one_more,
+        failure_rate_crossed,
+        history_room,
+        page_quota,
+        page_slots,
+        suggested_budget,
     )
+    from contracts.llm import LlmAnswer, LlmFailureType, error_class_from_type
     from workflows.activity_calls import (
         BATCH_DATABASE,
         BATCH_DATABASE_LOCAL,
         BATCH_FILE_LOAD,
+        BATCH_PAGE,
         call,
         call_local,
     )
     from workflows.approval_gate import ApprovalGate, describe
-    from workflows.llm_calls import ask_llm, audit, plan_route
+    from workflows.llm_calls import ask_llm, audit
 
-# Events one item may still add to the history once launched: its activity (scheduled, started,
-# completed), the route-planning marker, and its share of workflow tasks and outcome markers.
-EVENTS_PER_ITEM_IN_FLIGHT = 8
-EVENTS_RESERVE = 100
-# Temporal warns at 10 MB of history and fails a run at 50 MB.
-HISTORY_BYTES_LIMIT = 8_000_000
 OUTCOMES_PER_WRITE = 500
-# The failure rate is judged once this many items ran (or all of a smaller batch).
-FAILURE_RATE_MIN_SAMPLE = 20
 REFUSED = "BatchControlRefused"
 # What ask_llm raises when the tenant's own budget (keel budget set) cannot cover a call.
 TENANT_BUDGET_REFUSED = LlmFailureType.BUDGET_EXCEEDED
 
 
-def claim_page_size(concurrency: int) -> int:
-    return max(10, min(concurrency, 500))
-
-
-class CarriedState(BaseModel):
-    """What a continued run inherits; the rest is re-read from Postgres."""
-
-    budget_usd: Decimal | None
-    runs: int
-    gates_opened: int
-
-
-class BatchInput(BaseModel):
-    # None for a scheduled run: the id is derived from the workflow id the schedule gives it.
-    batch_id: str | None = None
-    options: BatchOptions = Field(default_factory=BatchOptions)
-    # A scheduled run loads this file (on the worker) before it starts.
-    source_path: str | None = None
-    schedule_id: str | None = None
-    # A new execution after the batch finished: its failed items run again.
-    retry_failed: bool = False
-    # Continue-as-new before a run's history reaches this many events.
-    history_event_limit: int = Field(default=9000, ge=200, le=50_000)
-    carried: CarriedState | None = None
-
-
-class BatchResult(BaseModel):
-    batch_id: str
-    status: str
-    reason: str | None
-    total: int
-    ok: int
-    failed: int
-    skipped: int
-    spent_usd: Decimal
-    runs: int
-
-
-class BatchProgress(BaseModel):
-    batch_id: str
-    status: str
-    reason: str | None
-    in_flight: int
-    total: int
-    ok: int
-    failed: int
-    skipped: int
-    spent_usd: Decimal
-    budget_usd: Decimal | None
-    pending_gate: str | None
-    runs: int
-    history_length: int
-
-
-class ControlRequest(BaseModel):
-    by: str = Field(min_length=1, max_length=200)
-    reason: str | None = None
-
-
-class ControlAck(BaseModel):
-    status: str
-    in_flight: int
-    message: str
-
-
-class RetryFailedAck(BaseModel):
-    reset: int
-    message: str
-
-
-class _BudgetGate(BaseModel):
-    name: str
-    spent_usd: Decimal
-    budget_usd: Decimal
-    suggested_usd: Decimal
+class _BudgetGate:
+    def __init__(self, name: str, spent: Decimal, budget: Decimal, suggested: Decimal) -> None:
+        self.name, self.spent_usd, self.budget_usd, self.suggested_usd = (
+            name,
+            spent,
+            budget,
+            suggested,
+        )
 
 
 def _dollars(text: str | None) -> Decimal | None:
@@ -178,12 +117,8 @@ def _refusal(message: str) -> ApplicationError:
     return ApplicationError(message, type=REFUSED, non_retryable=True)
 
 
-def _cents_up(amount: Decimal) -> Decimal:
-    return amount.quantize(Decimal("0.01"), rounding=ROUND_UP)
-
-
 def _failure_of(error: Exception) -> tuple[str, str]:
-    """(error class, message) of an item whose LLM call failed for good."""
+    """(error class, message) of a slow-path item whose LLM call failed for good."""
     cause: BaseException = error
     if isinstance(error, ActivityError) and error.cause is not None:
         cause = error.cause
@@ -199,40 +134,23 @@ def _failure_of(error: Exception) -> tuple[str, str]:
 
 
 @workflow.defn
-class BatchWorkflow:
+class PagedBatchWorkflow:
     @workflow.init
     def __init__(self, params: BatchInput) -> None:
         self._batch_id = params.batch_id or workflow.info().workflow_id.removeprefix("batch-")
         self._options = params.options
         self._event_limit = params.history_event_limit
-        carried = params.carried
-        self._budget = carried.budget_usd if carried else params.options.budget_usd
-        self._runs = (carried.runs if carried else 0) + 1
-        self._gates_opened = carried.gates_opened if carried else 0
-        self._status = "running"
-        self._reason: str | None = None
-        # Set once: the batch will finish with this status (cancelled / aborted).
-        self._stop: tuple[str, str] | None = None
-        self._paused_by: str | None = None
-        self._gate: _BudgetGate | None = None
+        self._s = params.state or BatchRunState(budget_usd=params.options.budget_usd)
+        self._s.runs += 1
+        self._s.items_taken = 0
         self._begun = False
-        self._counts = BatchCounts()
-        self._in_flight = 0
-        self._buffer: deque[ClaimedItem] = deque()
-        self._claims = 0
-        self._claiming = False
-        self._plans: dict[str, RoutePlan] = {}
-        self._plans_claim = -1
-        # Why the tenant's budget (not the batch's) refused a call, while that holds the batch.
-        self._tenant_refusal: str | None = None
-        self._claim_token: str | None = None
-        self._exhausted = False
+        self._gate: _BudgetGate | None = None
+        # The page running now (its slots count as in flight) and the slow-path calls.
+        self._page: workflow.ActivityHandle[PageResult] | None = None
+        self._page_slots = 0
+        self._slow_in_flight = 0
         self._outcomes: list[ItemOutcome] = []
         self._writing = False
-        self._spent = Decimal(0)
-        # Items finished in total (all runs), and how many of them the last metering covered.
-        self._ran = 0
-        self._ran_metered = 0
         self._tasks: set[asyncio.Task[None]] = set()
         # The budget gate: approve / edit / reject Updates, the approvals row, the audit trail.
         self._approval = ApprovalGate()
@@ -241,42 +159,39 @@ class BatchWorkflow:
 
     @workflow.run
     async def run(self, params: BatchInput) -> BatchResult:
-        if params.source_path is not None and params.carried is None:
+        if params.source_path is not None and params.state is None:
             await self._load_file(params)
         await self._begin(params)
         writer = asyncio.create_task(self._write_outcomes_as_they_come())
         try:
-            while self._stop is None:
-                if self._tenant_refusal is not None:
+            while self._s.stop_status is None:
+                if self._s.tenant_refusal is not None:
                     await self._tenant_budget_gate()
                     continue
-                if self._paused_by is not None or self._gate is not None:
+                if self._s.paused_by is not None or self._gate is not None:
                     await workflow.wait_condition(
-                        lambda: (
-                            self._stop is not None
-                            or (self._paused_by is None and self._gate is None)
-                        )
+                        lambda: self._stopping() or (self._s.paused_by is None and not self._gate)
                     )
                     continue
-                if self._history_nearly_full():
-                    await self._continue_as_new(params)
-                item = await self._next_item()
-                if item is None:
+                if not self._budget_allows_one_more():
+                    await self._settle_budget()
+                    continue
+                if self._s.exhausted:
                     if await self._all_done():
                         break
                     continue
-                await workflow.wait_condition(
-                    lambda: self._in_flight < self._options.concurrency or self._must_hold()
-                )
-                if self._must_hold():
-                    self._buffer.appendleft(item)
+                slots = page_slots(self._options.concurrency, self._slow_in_flight)
+                if slots == 0:  # slow-path calls hold every slot: wait for one
+                    await workflow.wait_condition(
+                        lambda: (
+                            self._slow_in_flight < self._options.concurrency or self._must_hold()
+                        )
+                    )
                     continue
-                if not self._budget_allows_one_more():
-                    self._buffer.appendleft(item)
-                    await self._settle_budget()
-                    continue
-                request = self._llm_request(item)
-                self._launch(item, request, await self._plan_for(request))
+                quota = page_quota(slots, self._history_room())
+                if quota == 0:
+                    await self._continue_as_new(params)
+                await self._run_page(slots, quota)
             return await self._finish()
         finally:
             writer.cancel()
@@ -305,119 +220,116 @@ class BatchWorkflow:
             ),
             **BATCH_DATABASE,
         )
-        self._counts = begun.counts
-        self._spent = begun.spent_usd
-        self._ran = self._ran_metered = begun.counts.ok + begun.counts.failed - begun.counts.invalid
-        self._claim_token = f"{info.run_id}"
+        counts = begun.counts
+        self._s.counts, self._s.spent_usd = counts, begun.spent_usd
+        self._s.priced_items = counts.ok + counts.failed - counts.invalid
+        self._s.exhausted = False
         self._begun = True
-        if params.carried is None:
+        if params.state is None:
             await audit(
                 "batch.started" if not params.retry_failed else "batch.retry_failed",
                 self._options.tenant,
                 {
                     "batch_id": self._batch_id,
-                    "items": begun.counts.total,
-                    "pending": begun.counts.pending,
-                    "invalid": begun.counts.invalid,
+                    "items": counts.total,
+                    "pending": counts.pending,
+                    "invalid": counts.invalid,
                     "retried": begun.retried,
                     "concurrency": self._options.concurrency,
-                    "budget_usd": str(self._budget) if self._budget is not None else None,
+                    "budget_usd": str(self._s.budget_usd) if self._s.budget_usd else None,
                 },
             )
 
-    async def _next_item(self) -> ClaimedItem | None:
-        """The next claimed item, or None once nothing is left to claim. The next page is
-        claimed while this one runs, so the window never waits for Postgres."""
-        self._prefetch()
-        await workflow.wait_condition(
-            lambda: bool(self._buffer) or (self._exhausted and not self._claiming)
+    async def _run_page(self, slots: int, quota: int) -> None:
+        """Run one page and record what it reports. A pause, cancel or the tenant's budget
+        running out cancels it: it finishes what is in flight and hands back the rest."""
+        self._s.pages += 1
+        page = workflow.start_activity(
+            RUN_BATCH_PAGE.name,
+            PageInput(
+                batch_id=self._batch_id,
+                page_token=f"{workflow.info().run_id}/page-{self._s.pages}",
+                options=self._options,
+                quota=quota,
+                slots=slots,
+                seconds=PAGE_SECONDS,
+                budget_usd=self._s.budget_usd,
+                spent_usd=self._s.spent_usd,
+                counts=self._s.counts,
+                priced_items=self._s.priced_items,
+            ),
+            result_type=PageResult,
+            summary=f"page {self._s.pages}: up to {quota} items, {slots} at a time",
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            **BATCH_PAGE,
         )
-        item = self._buffer.popleft() if self._buffer else None
-        self._prefetch()
-        return item
-
-    def _prefetch(self) -> None:
-        page = claim_page_size(self._options.concurrency)
-        if self._claiming or self._exhausted or len(self._buffer) >= page:
-            return
-        self._claiming = True
-        self._claims += 1
-        task = asyncio.create_task(self._claim(f"{self._claim_token}/{self._claims}", page))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _claim(self, token: str, page: int) -> None:
+        self._page, self._page_slots = page, slots
         try:
-            claimed = await call(
-                CLAIM_BATCH_ITEMS,
-                ClaimInput(batch_id=self._batch_id, claim_token=token, limit=page),
-                **BATCH_DATABASE,
-                summary=f"claim {token}",
-            )
-        finally:
-            self._claiming = False
-        self._buffer.extend(claimed)
-        self._exhausted = not claimed
-
-    async def _all_done(self) -> bool:
-        """Nothing left to claim: done once what is in flight has finished and been written,
-        unless retry-failed put items back meanwhile."""
-        await workflow.wait_condition(
-            lambda: (
-                (self._in_flight == 0 and not self._outcomes and not self._writing)
-                or not self._exhausted
-                or self._must_hold()
-            )
-        )
-        return (
-            self._exhausted and not self._buffer and self._in_flight == 0 and not self._must_hold()
-        )
-
-    async def _plan_for(self, request: LlmRequest) -> RoutePlan | None:
-        """One route plan per claimed page and request shape, not one per item: planning is a
-        local activity, and one per item held every workflow task open (the bench measured the
-        workflow task busy 94% of the time). A page runs for about a second at full speed, so
-        breaker states are that fresh; the call activity still checks its breaker and budget.
-        None (ask_llm plans, and fails the item with the reason) when planning fails."""
-        if self._plans_claim != self._claims:
-            self._plans.clear()
-            self._plans_claim = self._claims
-        key = f"{request.route}|{','.join(request.models or [])}"
-        if key not in self._plans:
+            await workflow.wait_condition(lambda: page.done() or self._must_hold())
+            if not page.done():
+                page.cancel()
             try:
-                self._plans[key] = await plan_route(request)
+                result: PageResult | None = await page
             except ActivityError:
-                return None
-        return self._plans[key]
+                result = None
+        finally:
+            self._page, self._page_slots = None, 0
+        if result is None:
+            # Cancelled before it could report: its unanswered items go back in line.
+            await call(
+                RELEASE_BATCH_ITEMS,
+                ReleaseInput(
+                    batch_id=self._batch_id,
+                    custom_ids=[],
+                    claim_token=f"{workflow.info().run_id}/page-{self._s.pages}",
+                ),
+                **BATCH_DATABASE,
+            )
+            await self._recount()
+            return
+        self._record_page(result)
 
-    def _launch(self, item: ClaimedItem, request: LlmRequest, plan: RoutePlan | None) -> None:
-        self._in_flight += 1
-        task = asyncio.create_task(self._run_item(item, request, plan))
+    def _record_page(self, result: PageResult) -> None:
+        self._s.items_taken += result.claimed
+        self._s.counts = result.counts
+        self._s.spent_usd = result.spent_usd
+        self._s.priced_items = result.priced_items
+        if result.stop == PageStop.EXHAUSTED:
+            self._s.exhausted = True
+        elif result.stop == PageStop.TENANT_BUDGET and result.tenant_refusal:
+            self._s.tenant_refusal = self._s.tenant_refusal or result.tenant_refusal
+        elif result.stop == PageStop.FAILURE_RATE and self._s.stop_status is None:
+            self._s.stop_status, self._s.stop_reason = "aborted", result.failure_reason
+        for slow in result.slow:
+            self._launch_slow(slow)
+
+    # --- The slow path: down the rest of the route, one call at a time -------------------------
+
+    def _launch_slow(self, slow: SlowItem) -> None:
+        self._slow_in_flight += 1
+        task = asyncio.create_task(self._run_slow(slow))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _llm_request(self, item: ClaimedItem) -> LlmRequest:
-        options, request = self._options, item.request
-        models = [options.model] if options.model else None
-        if models is None and options.route is None and request.model:
-            models = [request.model]
-        return LlmRequest(
-            messages=request.messages,
-            route=options.route,
-            models=models,
-            parameters=request.parameters(),
-            call_class=CallClass.BATCH,
-            # A batch item that cannot be answered is a failed item, never a canned answer.
-            fallback_policy=FallbackPolicy.FAIL,
-            tenant=options.tenant,
-            purpose="batch",
+    async def _run_slow(self, slow: SlowItem) -> None:
+        item = slow.item
+        # The rest of the chain, planned anew (breakers and budgets as they are now).
+        request = item_llm_request(self._options, item.request).model_copy(
+            update={"models": slow.remaining_models}
         )
-
-    async def _run_item(
-        self, item: ClaimedItem, request: LlmRequest, plan: RoutePlan | None
-    ) -> None:
+        last_model, cause = slow.failed_models[-1]
+        await audit(
+            "llm.fallback",
+            self._options.tenant,
+            {
+                "purpose": request.purpose,
+                "from_model": last_model,
+                "cause": cause,
+                "to_model": slow.remaining_models[0],
+            },
+        )
         try:
-            answer: LlmAnswer = await ask_llm(request, plan)
+            answer: LlmAnswer = await ask_llm(request)
             outcome = ItemOutcome(
                 custom_id=item.custom_id,
                 status="ok",
@@ -428,16 +340,22 @@ class BatchWorkflow:
                 usage=answer.usage,
                 cost_usd=answer.cost_usd,
                 attempts=answer.attempts,
-                failed_models=answer.failed_models,
+                failed_models=[*slow.failed_models, *answer.failed_models],
             )
-            self._counts.ok += 1
+            self._s.counts.ok += 1
         except (ActivityError, ApplicationError) as error:
             if isinstance(error, ApplicationError) and error.type == TENANT_BUDGET_REFUSED:
-                # Not the item's failure: the tenant's budget is spent. The item goes back in
-                # line (still claimed) and the batch pauses at its gate until someone decides.
-                self._buffer.appendleft(item)
-                self._in_flight -= 1
-                self._tenant_refusal = self._tenant_refusal or error.message
+                # Not the item's failure: it goes back in line and the batch waits at its gate.
+                await call(
+                    RELEASE_BATCH_ITEMS,
+                    ReleaseInput(batch_id=self._batch_id, custom_ids=[item.custom_id]),
+                    **BATCH_DATABASE,
+                )
+                self._slow_in_flight -= 1
+                self._s.counts.running -= 1
+                self._s.counts.pending += 1
+                self._s.exhausted = False
+                self._s.tenant_refusal = self._s.tenant_refusal or error.message
                 return
             error_class, message = _failure_of(error)
             outcome = ItemOutcome(
@@ -445,23 +363,20 @@ class BatchWorkflow:
                 status="failed",
                 error_class=error_class,
                 error_message=message,
+                failed_models=slow.failed_models,
             )
-            self._counts.failed += 1
+            self._s.counts.failed += 1
+        self._s.counts.running = max(0, self._s.counts.running - 1)
         self._outcomes.append(outcome)
-        self._in_flight -= 1
-        self._ran += 1
+        self._slow_in_flight -= 1
         self._check_failure_rate()
 
     async def _write_outcomes_as_they_come(self) -> None:
-        """One writer, many outcomes per write: one activity per batch of outcomes, not per
-        item, keeps the history (and Postgres round trips) small. A regular activity, not a
-        local one: a local activity holds the workflow task open while it runs, and every
-        completion and every new item would wait behind it."""
+        """The slow path's outcomes, many per write; also meters the batch's spend."""
         while True:
             await workflow.wait_condition(lambda: bool(self._outcomes))
             batch = self._outcomes[:OUTCOMES_PER_WRITE]
             del self._outcomes[:OUTCOMES_PER_WRITE]
-            ran_before_write = self._ran
             self._writing = True
             try:
                 result = await call(
@@ -469,9 +384,7 @@ class BatchWorkflow:
                     RecordOutcomesInput(
                         batch_id=self._batch_id,
                         outcomes=batch,
-                        meter_workflow_id=workflow.info().workflow_id
-                        if self._budget is not None
-                        else None,
+                        meter_workflow_id=workflow.info().workflow_id,
                     ),
                     **BATCH_DATABASE,
                     summary=f"record {len(batch)} outcomes",
@@ -479,108 +392,96 @@ class BatchWorkflow:
             finally:
                 self._writing = False
             if result.spent_usd is not None:
-                self._spent, self._ran_metered = result.spent_usd, ran_before_write
-            if result.recorded != len(batch):
-                workflow.logger.warning(
-                    "batch %s: %d of %d outcomes found their item running",
-                    self._batch_id,
-                    result.recorded,
-                    len(batch),
-                )
+                self._s.spent_usd = result.spent_usd
+                self._s.priced_items += len(batch)
 
     async def _written(self) -> None:
         await workflow.wait_condition(lambda: not self._outcomes and not self._writing)
 
+    async def _all_done(self) -> bool:
+        """Nothing was left to claim: done once the slow path has finished and been written,
+        unless retry-failed put items back meanwhile (or a stop came)."""
+        await workflow.wait_condition(
+            lambda: (
+                (self._slow_in_flight == 0 and not self._outcomes and not self._writing)
+                or not self._s.exhausted
+                or self._must_hold()
+            )
+        )
+        return self._s.exhausted and self._slow_in_flight == 0 and not self._must_hold()
+
+    async def _recount(self) -> None:
+        self._s.counts = await call_local(
+            SET_BATCH_STATUS,
+            StatusInput(batch_id=self._batch_id, status=self._s.status, reason=self._s.reason),
+            **BATCH_DATABASE_LOCAL,
+        )
+
     # --- Stops, pauses, limits ------------------------------------------------------------
+
+    def _stopping(self) -> bool:
+        return self._s.stop_status is not None
 
     def _must_hold(self) -> bool:
         return (
-            self._stop is not None
-            or self._tenant_refusal is not None
-            or self._paused_by is not None
+            self._stopping()
+            or self._s.tenant_refusal is not None
+            or self._s.paused_by is not None
             or self._gate is not None
-            or self._history_nearly_full()
         )
 
     def _check_failure_rate(self) -> None:
-        limit = self._options.max_failure_rate
-        ran_failed = self._counts.failed - self._counts.invalid
-        sample = min(FAILURE_RATE_MIN_SAMPLE, max(1, self._counts.total - self._counts.invalid))
-        if limit is None or self._stop is not None or self._ran < sample:
-            return
-        rate = ran_failed / self._ran
-        if rate > limit:
-            self._stop = (
-                "aborted",
-                f"failure rate {rate:.1%} crossed the limit of {limit:.1%} after "
-                f"{self._ran} items ran ({ran_failed} failed)",
-            )
+        counts = self._s.counts
+        reason = failure_rate_crossed(
+            self._options.max_failure_rate,
+            counts.ok + counts.failed - counts.invalid,
+            counts.failed - counts.invalid,
+            counts.total - counts.invalid,
+        )
+        if reason is not None and self._s.stop_status is None:
+            self._s.stop_status, self._s.stop_reason = "aborted", reason
 
-    def _history_nearly_full(self) -> bool:
+    def _history_room(self) -> int:
         info = workflow.info()
-        reserve = (self._in_flight + 1) * EVENTS_PER_ITEM_IN_FLIGHT + EVENTS_RESERVE
-        return (
-            info.get_current_history_length() + reserve >= self._event_limit
-            or info.get_current_history_size() >= HISTORY_BYTES_LIMIT
+        if info.get_current_history_size() >= HISTORY_BYTES_LIMIT:
+            return 0
+        return history_room(
+            info.get_current_history_length(), self._event_limit, self._s.items_taken
         )
 
     async def _continue_as_new(self, params: BatchInput) -> None:
-        """Drain what is in flight, write its outcomes, hand unstarted claims back, and start a
-        fresh run with the counters (a run's history never carries more than its own items)."""
-        await workflow.wait_condition(lambda: self._in_flight == 0 and not self._claiming)
+        """Let the slow path finish and its outcomes land, then start a fresh run with the
+        state (a run's history holds only its own pages)."""
+        await workflow.wait_condition(lambda: self._slow_in_flight == 0)
         await self._written()
-        if self._buffer:
-            await call_local(
-                RELEASE_BATCH_ITEMS,
-                ReleaseInput(
-                    batch_id=self._batch_id,
-                    custom_ids=[item.custom_id for item in self._buffer],
-                ),
-                **BATCH_DATABASE_LOCAL,
-            )
-            self._buffer.clear()
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(
             BatchInput(
                 batch_id=self._batch_id,
                 options=self._options,
                 history_event_limit=self._event_limit,
-                carried=CarriedState(
-                    budget_usd=self._budget, runs=self._runs, gates_opened=self._gates_opened
-                ),
+                state=self._s,
             )
         )
 
     # --- Budget ------------------------------------------------------------------------------
 
-    def _item_cost_estimate(self) -> Decimal | None:
-        """Average metered cost of an item so far (every attempt counted), None before any."""
-        if self._ran_metered == 0:
-            return None
-        return self._spent / self._ran_metered
-
     def _budget_allows_one_more(self) -> bool:
-        if self._budget is None:
-            return True
-        estimate = self._item_cost_estimate()
-        unmetered = self._ran - self._ran_metered
-        if estimate is None:  # nothing priced yet: one item at a time until one is
-            return self._in_flight == 0 and unmetered == 0
-        projected = self._spent + (self._in_flight + unmetered + 1) * estimate
-        return projected <= self._budget
+        return budget_allows_one_more(
+            self._s.budget_usd, self._s.spent_usd, self._s.priced_items, self._slow_in_flight
+        )
 
     async def _settle_budget(self) -> None:
-        """Let what is in flight finish, meter the ledger, and if even one more item would cross
+        """Let the slow path finish, meter the ledger, and if even one more item would cross
         the budget, pause at a gate: raise the budget, or stop."""
-        await workflow.wait_condition(lambda: self._in_flight == 0 or self._stop is not None)
+        await workflow.wait_condition(lambda: self._slow_in_flight == 0 or self._stopping())
         await self._written()
-        self._spent = await call_local(
+        self._s.spent_usd = await call_local(
             METER_BATCH_SPEND,
             MeterInput(workflow_id=workflow.info().workflow_id),
             **BATCH_DATABASE_LOCAL,
         )
-        self._ran_metered = self._ran
-        if self._stop is not None or self._budget_allows_one_more():
+        if self._stopping() or self._budget_allows_one_more():
             return
         await self._open_budget_gate()
 
@@ -588,20 +489,13 @@ class BatchWorkflow:
         """Ask a person (role ``budget_role``) through the approval gate: approving raises the
         budget to the amount proposed, an edit raises it to the reviewer's amount, a rejection
         (or nobody deciding before the deadline) stops the batch."""
-        assert self._budget is not None
-        estimate = self._item_cost_estimate() or Decimal(0)
-        remaining = self._counts.total - self._counts.finished - self._in_flight
-        suggested = max(
-            _cents_up(self._spent + max(remaining, 1) * estimate),
-            _cents_up(self._budget) + Decimal("0.01"),
-        )
-        self._gates_opened += 1
-        gate = _BudgetGate(
-            name=f"budget-{self._gates_opened}",
-            spent_usd=self._spent,
-            budget_usd=self._budget,
-            suggested_usd=suggested,
-        )
+        budget = self._s.budget_usd
+        assert budget is not None
+        counts = self._s.counts
+        remaining = counts.total - counts.finished
+        suggested = suggested_budget(self._s.spent_usd, budget, self._s.priced_items, remaining)
+        self._s.gates_opened += 1
+        gate = _BudgetGate(f"budget-{self._s.gates_opened}", self._s.spent_usd, budget, suggested)
         reason = (
             f"budget: ${gate.spent_usd:.4f} of ${gate.budget_usd:.2f} spent and the next item "
             f"would cross it; {remaining} item(s) left, about ${suggested:.2f} in total to finish"
@@ -635,7 +529,7 @@ class BatchWorkflow:
                 )
             )
         )
-        await workflow.wait_condition(lambda: asking.done() or self._stop is not None)
+        await workflow.wait_condition(lambda: asking.done() or self._stopping())
         self._gate = None
         if not asking.done():  # cancelled while waiting: the gate closes undecided
             asking.cancel()
@@ -662,33 +556,30 @@ class BatchWorkflow:
             )
             return
         if amount is not None:
-            self._budget = amount
+            self._s.budget_usd = amount
             event, payload = "batch.budget_raised", {"budget_usd": str(amount)}
-            if self._paused_by is None and self._stop is None:
+            if self._s.paused_by is None and not self._stopping():
                 await self._set_status("running", None)
         else:
-            self._stop = ("cancelled", f"stopped at the budget gate: {describe(outcome)}")
+            self._s.stop_status = "cancelled"
+            self._s.stop_reason = f"stopped at the budget gate: {describe(outcome)}"
             event, payload = "batch.budget_stop", {"outcome": outcome.status.value}
         await audit(
             event,
             self._options.tenant,
-            {
-                "batch_id": self._batch_id,
-                "gate": gate.name,
-                "spent_usd": str(gate.spent_usd),
-                **payload,
-            },
+            {"batch_id": self._batch_id, "gate": gate.name, "spent_usd": str(gate.spent_usd)}
+            | payload,
             actor=actor,
         )
 
     async def _tenant_budget_gate(self) -> None:
         """The tenant's budget refused a call: what is in flight finishes (it was covered), then
         a person raises the budget (``keel budget set``) and approves, or rejects to stop."""
-        await workflow.wait_condition(lambda: self._in_flight == 0)
-        refusal = self._tenant_refusal or "the tenant's budget is spent"
+        await workflow.wait_condition(lambda: self._slow_in_flight == 0)
+        refusal = self._s.tenant_refusal or "the tenant's budget is spent"
         tenant = self._options.tenant
-        self._gates_opened += 1
-        name = f"tenant-budget-{self._gates_opened}"
+        self._s.gates_opened += 1
+        name = f"tenant-budget-{self._s.gates_opened}"
         reason = (
             f"tenant budget: {refusal}. Raise it (keel budget set {tenant} --usd AMOUNT "
             "--period day|month), then approve to go on; reject to stop the batch"
@@ -713,7 +604,7 @@ class BatchWorkflow:
                 )
             )
         )
-        await workflow.wait_condition(lambda: asking.done() or self._stop is not None)
+        await workflow.wait_condition(lambda: asking.done() or self._stopping())
         if not asking.done():
             asking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -722,39 +613,40 @@ class BatchWorkflow:
         outcome = asking.result()
         actor = ", ".join(outcome.decided_by) or "keel"
         if outcome.approved:
-            # Plans carry the budget's verdict: the next items are planned (and checked) anew.
-            self._tenant_refusal = None
-            self._plans.clear()
+            # The refused items are pending again: the next page claims and checks them anew.
+            self._s.tenant_refusal = None
+            self._s.exhausted = False
             await audit(
                 "batch.tenant_budget_resumed", tenant, {"batch_id": self._batch_id}, actor=actor
             )
-            if self._paused_by is None and self._stop is None:
+            if self._s.paused_by is None and not self._stopping():
                 await self._set_status("running", None)
         else:
-            self._stop = ("cancelled", f"stopped at the tenant budget gate: {describe(outcome)}")
+            self._s.stop_status = "cancelled"
+            self._s.stop_reason = f"stopped at the tenant budget gate: {describe(outcome)}"
 
     # --- Finishing ---------------------------------------------------------------------------
 
     async def _finish(self) -> BatchResult:
-        # A claim still running would leave its items claimed in a finished batch.
-        await workflow.wait_condition(lambda: self._in_flight == 0 and not self._claiming)
+        await workflow.wait_condition(lambda: self._slow_in_flight == 0 and self._page is None)
         await self._written()
-        status, reason = self._stop or ("completed", None)
+        status = self._s.stop_status or "completed"
+        reason = self._s.stop_reason if self._s.stop_status else None
         counts = await call(
             SET_BATCH_STATUS,
             StatusInput(
                 batch_id=self._batch_id,
                 status=status,
                 reason=reason,
-                skip_pending=self._stop is not None,
+                skip_pending=self._stopping(),
                 skip_reason=f"not run: batch {status} ({reason})" if reason else None,
                 final=True,
-                budget_usd=self._budget,
+                budget_usd=self._s.budget_usd,
             ),
             **BATCH_DATABASE,
         )
-        self._counts, self._status, self._reason = counts, status, reason
-        self._spent = await call_local(
+        self._s.counts, self._s.status, self._s.reason = counts, status, reason
+        self._s.spent_usd = await call_local(
             METER_BATCH_SPEND,
             MeterInput(workflow_id=workflow.info().workflow_id),
             **BATCH_DATABASE_LOCAL,
@@ -769,7 +661,7 @@ class BatchWorkflow:
                 "ok": counts.ok,
                 "failed": counts.failed,
                 "skipped": counts.skipped,
-                "runs": self._runs,
+                "runs": self._s.runs,
             },
         )
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -781,12 +673,12 @@ class BatchWorkflow:
             ok=counts.ok,
             failed=counts.failed,
             skipped=counts.skipped,
-            spent_usd=self._spent,
-            runs=self._runs,
+            spent_usd=self._s.spent_usd,
+            runs=self._s.runs,
         )
 
     async def _set_status(self, status: str, reason: str | None) -> None:
-        self._status, self._reason = status, reason
+        self._s.status, self._s.reason = status, reason
         await call_local(
             SET_BATCH_STATUS,
             StatusInput(batch_id=self._batch_id, status=status, reason=reason),
@@ -794,53 +686,59 @@ class BatchWorkflow:
         )
 
     def _finishing(self) -> bool:
-        return self._stop is not None or self._status in (
+        return self._stopping() or self._s.status in (
             BatchStatus.COMPLETED,
             BatchStatus.CANCELLED,
             BatchStatus.ABORTED,
         )
 
+    def _in_flight(self) -> int:
+        return self._page_slots + self._slow_in_flight
+
     # --- Controls: updates answer back; their validators refuse what cannot be done ------------
 
     @workflow.update
     async def pause(self, request: ControlRequest) -> ControlAck:
-        self._paused_by = request.by
+        self._s.paused_by = request.by
         reason = f"paused by {request.by}" + (f": {request.reason}" if request.reason else "")
         await workflow.wait_condition(lambda: self._begun)
         await self._set_status("paused", reason)
         await audit(
             "batch.paused", self._options.tenant, {"batch_id": self._batch_id}, actor=request.by
         )
+        in_flight = self._in_flight()
         return ControlAck(
             status="paused",
-            in_flight=self._in_flight,
-            message=f"no new items start; {self._in_flight} in flight will finish",
+            in_flight=in_flight,
+            message=f"no new items start; at most {in_flight} in flight will finish",
         )
 
     @pause.validator
     def _validate_pause(self, request: ControlRequest) -> None:
         if self._finishing():
             raise _refusal(f"batch {self._batch_id} is {self._stop_word()}; nothing to pause")
-        if self._paused_by is not None:
-            raise _refusal(f"batch {self._batch_id} is already paused (by {self._paused_by})")
+        if self._s.paused_by is not None:
+            raise _refusal(f"batch {self._batch_id} is already paused (by {self._s.paused_by})")
 
     @workflow.update
     async def resume(self, request: ControlRequest) -> ControlAck:
-        self._paused_by = None
+        self._s.paused_by = None
         await workflow.wait_condition(lambda: self._begun)
         if self._gate is None:
             await self._set_status("running", None)
         await audit(
             "batch.resumed", self._options.tenant, {"batch_id": self._batch_id}, actor=request.by
         )
-        return ControlAck(status="running", in_flight=self._in_flight, message="items start again")
+        return ControlAck(
+            status="running", in_flight=self._in_flight(), message="items start again"
+        )
 
     @resume.validator
     def _validate_resume(self, request: ControlRequest) -> None:
         if self._finishing():
             raise _refusal(f"batch {self._batch_id} is {self._stop_word()}; nothing to resume")
-        if self._paused_by is None:
-            if self._tenant_refusal is not None:
+        if self._s.paused_by is None:
+            if self._s.tenant_refusal is not None:
                 raise _refusal(
                     f"batch {self._batch_id} waits at its tenant budget gate, not a pause: "
                     f"raise the budget (keel budget set {self._options.tenant} --usd AMOUNT "
@@ -858,11 +756,12 @@ class BatchWorkflow:
     @workflow.update
     async def cancel(self, request: ControlRequest) -> ControlAck:
         reason = f"cancelled by {request.by}" + (f": {request.reason}" if request.reason else "")
-        self._stop = ("cancelled", reason)
+        self._s.stop_status, self._s.stop_reason = "cancelled", reason
+        in_flight = self._in_flight()
         return ControlAck(
             status="cancelling",
-            in_flight=self._in_flight,
-            message=f"pending items will be skipped; {self._in_flight} in flight will finish",
+            in_flight=in_flight,
+            message=f"pending items will be skipped; at most {in_flight} in flight will finish",
         )
 
     @cancel.validator
@@ -881,11 +780,11 @@ class BatchWorkflow:
             **BATCH_DATABASE_LOCAL,
         )
         if reset:
-            self._counts.failed -= reset
-            self._counts.pending += reset
-            self._ran -= reset
-            self._ran_metered = min(self._ran_metered, self._ran)
-            self._exhausted = False
+            counts = self._s.counts
+            counts.failed -= reset
+            counts.pending += reset
+            self._s.priced_items = max(0, self._s.priced_items - reset)
+            self._s.exhausted = False
         await audit(
             "batch.retry_failed",
             self._options.tenant,
@@ -903,24 +802,24 @@ class BatchWorkflow:
             raise _refusal(f"batch {self._batch_id} is {self._stop_word()}")
 
     def _stop_word(self) -> str:
-        if self._stop is not None:
-            return "stopping"
-        return self._status
+        return "stopping" if self._stopping() else self._s.status
 
     @workflow.query
     def progress(self) -> BatchProgress:
+        counts = self._s.counts
+        stopping = self._s.stop_status is not None
         return BatchProgress(
             batch_id=self._batch_id,
-            status=self._status if self._stop is None else f"{self._stop[0]} (finishing)",
-            reason=self._reason if self._stop is None else self._stop[1],
-            in_flight=self._in_flight,
-            total=self._counts.total,
-            ok=self._counts.ok,
-            failed=self._counts.failed,
-            skipped=self._counts.skipped,
-            spent_usd=self._spent,
-            budget_usd=self._budget,
+            status=f"{self._s.stop_status} (finishing)" if stopping else self._s.status,
+            reason=self._s.stop_reason if stopping else self._s.reason,
+            in_flight=self._in_flight(),
+            total=counts.total,
+            ok=counts.ok,
+            failed=counts.failed,
+            skipped=counts.skipped,
+            spent_usd=self._s.spent_usd,
+            budget_usd=self._s.budget_usd,
             pending_gate=self._gate.name if self._gate else None,
-            runs=self._runs,
+            runs=self._s.runs,
             history_length=workflow.info().get_current_history_length(),
         )

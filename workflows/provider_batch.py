@@ -13,8 +13,9 @@ It reads top to bottom like the process:
    the provider failed, expired or cancelled go back to pending;
 5. another round for those while rounds and the deadline allow; at the deadline, what the
    provider has not finished is cancelled there (its answered lines are still collected);
-6. anything still pending runs live: the run continues as new as the live ``BatchWorkflow`` under
-   the same workflow id, so the ledger meters one batch and the controls keep working.
+6. anything still pending runs live: the run continues as new as the live
+   ``PagedBatchWorkflow`` under the same workflow id, so the ledger meters one batch and the
+   controls keep working.
 """
 
 from __future__ import annotations
@@ -39,7 +40,16 @@ with workflow.unsafe.imports_passed_through():
         SUBMIT_PROVIDER_CHUNK,
     )
     from contracts.approvals import DefaultAction, GateRequest
-    from contracts.batch import BatchStatus, MeterInput, StatusInput
+    from contracts.batch import (
+        BatchInput,
+        BatchResult,
+        BatchStatus,
+        ControlAck,
+        ControlRequest,
+        MeterInput,
+        RetryFailedAck,
+        StatusInput,
+    )
     from contracts.provider_batch import (
         ChunkInput,
         ChunkRef,
@@ -49,17 +59,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.activity_calls import BATCH_DATABASE, PROVIDER_BATCH_CALL, call
     from workflows.approval_gate import ApprovalGate, describe
-    from workflows.batch import (
-        BatchInput,
-        BatchResult,
-        ControlAck,
-        ControlRequest,
-        RetryFailedAck,
-    )
     from workflows.llm_calls import audit
 
 # The live engine's registered name: what is left after the provider rounds continues as it.
-LIVE_BATCH_WORKFLOW = "BatchWorkflow"
+LIVE_BATCH_WORKFLOW = "PagedBatchWorkflow"
 REFUSED = "BatchControlRefused"
 
 

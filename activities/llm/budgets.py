@@ -139,6 +139,11 @@ def blocking_budget(states: list[BudgetState], estimate: Decimal | None) -> Budg
     return min(short, key=lambda s: s.left_usd) if short else None
 
 
+async def lock_budgets(session: AsyncSession, tenant: str) -> bool:
+    """Lock the tenant's budget rows until the transaction ends; False: it has none."""
+    return bool((await session.execute(_LOCK, {"tenant": tenant})).all())
+
+
 async def reserve(
     session: AsyncSession,
     tenant: str,
@@ -151,8 +156,7 @@ async def reserve(
 
     Returns the states seen (empty: the tenant has no budget, one indexed read spent);
     raises BudgetExceededError when a budget cannot cover the estimate."""
-    locked = (await session.execute(_LOCK, {"tenant": tenant})).all()
-    if not locked:
+    if not await lock_budgets(session, tenant):
         return []
     # A fresh statement after the lock: it sees every reservation committed before it.
     states = await budget_states(session, tenant, settings)

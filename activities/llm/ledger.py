@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import Date, cast, func, literal, select, update
@@ -46,6 +47,9 @@ class AttemptRecord:
     error_message: str | None = None
     # Set aside by the budget check while the attempt runs (see activities/llm/budgets.py).
     reserved_usd: Decimal | None = None
+    # When the attempt ended, for rows written later in bulk (a batch page's flush); rows
+    # written one at a time take the database's now().
+    finished_at: datetime | None = None
 
 
 def _values(record: AttemptRecord) -> dict[str, object]:

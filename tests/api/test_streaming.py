@@ -6,10 +6,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from api.server import running_api
 from llmsim import SimServer
 from services.api_tokens import IssuedToken
 from tests.api.sse_reading import SseEvent, content_of, sse_events
-from tests.api.tokens import http_client
+from tests.api.tokens import http_client, openai_client
+from tests.conftest import reconfigure
 from tests.sessions.conftest import stored_messages
 
 MODEL = "gpt-4o-mini"
@@ -108,3 +114,39 @@ async def test_a_retried_attempt_is_marked_in_the_openai_stream(
     after = "".join(content_of(e) for e in events[markers[0] :])
     (stored,) = [m for m in await stored_messages(session_id) if m.role == "assistant"]
     assert before and after == stored.content  # discard what came before the marker
+
+
+async def test_the_openai_sdk_parses_a_stream_that_goes_quiet_after_a_broken_attempt(
+    client: Client,
+    interactive_worker: Worker,
+    simulator: SimServer,
+    api_token: IssuedToken,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The chaos-profile failure: an attempt streams a few tokens (events with ``id:``), its
+    connection is reset, and the retry waits out a 429's Retry-After. The stream is quiet for
+    longer than the keep-alive interval, so keep-alives go out between events; the openai SDK
+    must parse every one of them, and the answer it assembles is the one the session stored."""
+    settings = reconfigure(monkeypatch, KEEL_STREAM_KEEP_ALIVE_SECONDS="0.1")
+    simulator.add_faults("stream_reset", model=MODEL, after_chunks=2)
+    simulator.add_faults("rate_limit", model=MODEL, retry_after_s=1.0)
+    session_id = f"s-{uuid.uuid4().hex[:8]}"
+    async with (
+        running_api(settings, client) as url,
+        openai_client(url, api_token, **{"X-Keel-Session-Id": session_id}) as sdk,
+    ):
+        stream = await sdk.chat.completions.create(
+            model=MODEL, stream=True, messages=[{"role": "user", "content": "Tell me a story."}]
+        )
+        text = ""
+        restarts = 0
+        async for chunk in stream:  # raised JSONDecodeError at the first keep-alive
+            keel = (chunk.model_extra or {}).get("keel") or {}
+            if keel.get("event") == "retry":
+                text, restarts = "", restarts + 1  # a keel-aware client drops the broken attempt
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+    (stored,) = [m for m in await stored_messages(session_id) if m.role == "assistant"]
+    assert restarts == 1
+    assert text == stored.content
+    assert simulator.stats()["models"][MODEL]["requests"] == 3  # reset, 429, answer

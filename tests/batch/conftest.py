@@ -14,13 +14,13 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from activities.batch.files import BatchFileLimits, parse_lines
-from contracts.batch import BatchOptions
+from contracts.batch import BatchOptions, BatchResult
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import BatchItem
 from services.batches import submit_batch
 from workers.builder import build_worker
-from workflows.batch import BatchResult, BatchWorkflow
+from workflows.batch import PagedBatchWorkflow
 
 CHEAP = "gpt-4o-mini"
 BACKUP = "claude-3-5-haiku-latest"
@@ -55,7 +55,7 @@ async def start_batch(
     *,
     history_event_limit: int | None = None,
     **options: Any,
-) -> tuple[str, WorkflowHandle[BatchWorkflow, BatchResult]]:
+) -> tuple[str, WorkflowHandle[PagedBatchWorkflow, BatchResult]]:
     batch_id = f"t{uuid.uuid4().hex[:10]}"
     handle = await submit_batch(
         client,

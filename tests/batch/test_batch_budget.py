@@ -19,6 +19,7 @@ from temporalio.worker import Worker
 
 from activities.batch.items import BatchReport, batch_report
 from contracts.approvals import ApproveDecision, EditDecision, RejectDecision
+from contracts.batch import BatchResult, ControlRequest
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from infra.tables import Approval, Batch, Budget
@@ -27,7 +28,7 @@ from tests.batch.conftest import items_of, prompt_lines, simulator_requests, sta
 from tests.conftest import reconfigure
 from tests.helpers import audit_events, ledger_rows
 from workers.builder import build_worker
-from workflows.batch import BatchResult, BatchWorkflow, ControlRequest
+from workflows.batch import PagedBatchWorkflow
 
 BUDGET = Decimal("0.0001")  # about four gpt-4o-mini items of this size
 CONCURRENCY = 4
@@ -57,7 +58,7 @@ async def owners_batch_worker(
 @pytest.fixture
 async def gated_batch(
     client: Client, keel_settings: KeelSettings, owners_batch_worker: Worker, owner: str
-) -> tuple[str, WorkflowHandle[BatchWorkflow, BatchResult]]:
+) -> tuple[str, WorkflowHandle[PagedBatchWorkflow, BatchResult]]:
     """20 items under BUDGET, running on the batch worker; the owner decides its gates."""
     return await start_batch(
         client, keel_settings, prompt_lines(20), concurrency=CONCURRENCY, budget_usd=BUDGET
@@ -96,7 +97,7 @@ async def max_item_cost(workflow_id: str) -> Decimal:
 
 
 async def test_the_batch_pauses_before_crossing_its_budget_and_a_raise_finishes_it(
-    gated_batch: tuple[str, WorkflowHandle[BatchWorkflow, BatchResult]],
+    gated_batch: tuple[str, WorkflowHandle[PagedBatchWorkflow, BatchResult]],
     simulator: SimServer,
     owner: str,
 ) -> None:
@@ -119,7 +120,7 @@ async def test_the_batch_pauses_before_crossing_its_budget_and_a_raise_finishes_
 
     # A pause is not a gate: resume says what to do instead.
     with pytest.raises(WorkflowUpdateFailedError) as refused:
-        await handle.execute_update(BatchWorkflow.resume, ControlRequest(by=owner))
+        await handle.execute_update(PagedBatchWorkflow.resume, ControlRequest(by=owner))
     assert isinstance(refused.value.cause, ApplicationError)
     assert f"keel batch budget {batch_id} --raise-to {proposed}" in refused.value.cause.message
 
@@ -139,7 +140,7 @@ async def test_the_batch_pauses_before_crossing_its_budget_and_a_raise_finishes_
 
 
 async def test_stopping_at_the_gate_skips_the_rest_and_spends_nothing_more(
-    gated_batch: tuple[str, WorkflowHandle[BatchWorkflow, BatchResult]],
+    gated_batch: tuple[str, WorkflowHandle[PagedBatchWorkflow, BatchResult]],
     simulator: SimServer,
     owner: str,
 ) -> None:
@@ -160,7 +161,7 @@ async def test_stopping_at_the_gate_skips_the_rest_and_spends_nothing_more(
 
 
 async def test_an_edited_amount_becomes_the_budget_and_the_gate_opens_again_before_it(
-    gated_batch: tuple[str, WorkflowHandle[BatchWorkflow, BatchResult]], owner: str
+    gated_batch: tuple[str, WorkflowHandle[PagedBatchWorkflow, BatchResult]], owner: str
 ) -> None:
     batch_id, handle = gated_batch
     await at_the_gate(batch_id)

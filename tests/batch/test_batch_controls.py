@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 
 import pytest
@@ -12,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from activities.batch.items import batch_report, count_items
-from contracts.batch import BatchCounts
+from contracts.batch import BatchCounts, ControlRequest
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
@@ -25,7 +26,7 @@ from tests.batch.conftest import (
     start_batch,
 )
 from tests.helpers import audit_events, eventually, ledger_rows
-from workflows.batch import BatchWorkflow, ControlRequest
+from workflows.batch import PagedBatchWorkflow
 
 ALICE = ControlRequest(by="alice")
 
@@ -54,12 +55,12 @@ async def test_pause_starts_nothing_new_and_resume_finishes_the_batch(
         return (await counts(batch_id)).ok >= 2
 
     await eventually(some_done, timeout=30, interval=0.1)
-    ack = await handle.execute_update(BatchWorkflow.pause, ALICE)
+    ack = await handle.execute_update(PagedBatchWorkflow.pause, ALICE)
     assert ack.status == "paused" and ack.in_flight <= 2
 
     async def drained() -> bool:
         """Nothing in flight, and every finished item's outcome written."""
-        progress = await handle.query(BatchWorkflow.progress)
+        progress = await handle.query(PagedBatchWorkflow.progress)
         return progress.in_flight == 0 and (await counts(batch_id)).ok == progress.ok
 
     await eventually(drained, timeout=30, interval=0.1)
@@ -68,12 +69,14 @@ async def test_pause_starts_nothing_new_and_resume_finishes_the_batch(
     await asyncio.sleep(1.2)  # three item latencies: a running batch would have moved on
     assert simulator_requests(simulator.stats()) == requests_when_paused
     assert (await counts(batch_id)).ok == done_when_paused < 12
-    report_status = (await handle.query(BatchWorkflow.progress)).status
+    report_status = (await handle.query(PagedBatchWorkflow.progress)).status
     assert report_status == "paused"
 
-    message = await refused(handle.execute_update(BatchWorkflow.pause, ControlRequest(by="bob")))
+    message = await refused(
+        handle.execute_update(PagedBatchWorkflow.pause, ControlRequest(by="bob"))
+    )
     assert message == f"batch {batch_id} is already paused (by alice)"
-    await handle.execute_update(BatchWorkflow.resume, ALICE)
+    await handle.execute_update(PagedBatchWorkflow.resume, ALICE)
     result = await handle.result()
     assert (result.status, result.ok) == ("completed", 12)
     events = [e.event_type for e in await audit_events(handle.id)]
@@ -92,9 +95,9 @@ async def test_cancel_skips_pending_items_and_lets_in_flight_ones_finish(
         return (await counts(batch_id)).ok >= 1
 
     await eventually(started, timeout=30, interval=0.1)
-    ack = await handle.execute_update(BatchWorkflow.cancel, ALICE)
+    ack = await handle.execute_update(PagedBatchWorkflow.cancel, ALICE)
     assert ack.status == "cancelling"
-    message = await refused(handle.execute_update(BatchWorkflow.cancel, ALICE))
+    message = await refused(handle.execute_update(PagedBatchWorkflow.cancel, ALICE))
     assert message == f"batch {batch_id} is already stopping"
     result = await handle.result()
     assert result.status == "cancelled" and result.reason == "cancelled by alice"
@@ -139,10 +142,10 @@ async def test_retry_failed_while_paused_puts_failed_items_back_in_line(
         return (await counts(batch_id)).failed >= 2
 
     await eventually(two_failed, timeout=30, interval=0.1)
-    await handle.execute_update(BatchWorkflow.pause, ALICE)
-    ack = await handle.execute_update(BatchWorkflow.retry_failed, ALICE)
+    await handle.execute_update(PagedBatchWorkflow.pause, ALICE)
+    ack = await handle.execute_update(PagedBatchWorkflow.retry_failed, ALICE)
     assert ack.reset == 2
-    await handle.execute_update(BatchWorkflow.resume, ALICE)
+    await handle.execute_update(PagedBatchWorkflow.resume, ALICE)
     result = await handle.result()
     assert (result.ok, result.failed) == (10, 0)
 
@@ -170,9 +173,49 @@ async def test_controls_refuse_a_finished_batch_clearly(
 ) -> None:
     simulator.configure(fixed_latency_s=0.3)
     batch_id, handle = await start_batch(client, keel_settings, prompt_lines(6), concurrency=2)
-    await handle.execute_update(BatchWorkflow.cancel, ALICE)
-    message = await refused(handle.execute_update(BatchWorkflow.resume, ALICE))
+    await handle.execute_update(PagedBatchWorkflow.cancel, ALICE)
+    message = await refused(handle.execute_update(PagedBatchWorkflow.resume, ALICE))
     assert message == f"batch {batch_id} is stopping; nothing to resume"
-    message = await refused(handle.execute_update(BatchWorkflow.pause, ALICE))
+    message = await refused(handle.execute_update(PagedBatchWorkflow.pause, ALICE))
     assert message == f"batch {batch_id} is stopping; nothing to pause"
     await handle.result()
+
+
+async def test_pause_and_cancel_reach_a_running_page_within_two_seconds(
+    client: Client, keel_settings: KeelSettings, batch_worker: Worker, simulator: SimServer
+) -> None:
+    # One page would run for a minute: 8 calls at a time, 2 s each, 240 items.
+    simulator.configure(fixed_latency_s=2.0)
+    batch_id, handle = await start_batch(client, keel_settings, prompt_lines(240), concurrency=8)
+
+    async def some_done() -> bool:
+        return (await counts(batch_id)).ok >= 8
+
+    await eventually(some_done, timeout=60, interval=0.1)
+    await handle.execute_update(PagedBatchWorkflow.pause, ALICE)
+    paused_at = time.time()
+
+    async def drained() -> bool:
+        progress = await handle.query(PagedBatchWorkflow.progress)
+        return progress.in_flight == 0
+
+    await eventually(drained, timeout=30, interval=0.1)
+    late = [r.at - paused_at for r in simulator.requests() if r.at > paused_at + 2.0]
+    assert late == [], f"calls started after the pause: {late}"
+    # What was in flight finished and was recorded; nothing else is running.
+    state = await counts(batch_id)
+    assert state.running == 0 and state.ok == simulator_requests(simulator.stats())
+
+    await handle.execute_update(PagedBatchWorkflow.resume, ALICE)
+
+    def resumed_calls() -> int:
+        return simulator_requests(simulator.stats())
+
+    await eventually(resumed_calls, lambda n: n > state.ok, timeout=30, interval=0.1)
+    await handle.execute_update(PagedBatchWorkflow.cancel, ALICE)
+    cancelled_at = time.time()
+    result = await asyncio.wait_for(handle.result(), timeout=60)
+    late = [r.at - cancelled_at for r in simulator.requests() if r.at > cancelled_at + 2.0]
+    assert late == [], f"calls started after the cancel: {late}"
+    assert result.status == "cancelled" and result.ok + result.skipped == 240
+    assert simulator_requests(simulator.stats()) == result.ok == len(await ledger_rows(handle.id))

@@ -14,13 +14,13 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import Worker
 
 from activities.batch.items import batch_report
-from contracts.batch import BatchOptions
+from contracts.batch import BatchInput, BatchOptions, BatchResult
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
 from services.batches import create_batch_schedule
 from tests.batch.conftest import CHEAP, items_of
-from workflows.batch import BatchInput, BatchResult, BatchWorkflow
+from workflows.batch import PagedBatchWorkflow
 
 
 async def first_run_id(client: Client, schedule_id: str, timeout: float = 30) -> str:
@@ -91,7 +91,7 @@ async def test_a_scheduled_file_with_duplicate_ids_is_refused_with_the_reason(
     path.write_text('{"custom_id": "a", "prompt": "x"}\n{"custom_id": "a", "prompt": "y"}\n')
     workflow_id = f"batch-dupes-{uuid.uuid4().hex[:6]}"
     handle = await client.start_workflow(
-        BatchWorkflow.run,
+        PagedBatchWorkflow.run,
         # What the schedule starts: no batch id (it comes from the workflow id), a file path.
         BatchInput(source_path=str(path)),
         id=workflow_id,

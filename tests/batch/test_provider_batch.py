@@ -21,7 +21,7 @@ from activities.approvals import add_reviewer
 from activities.batch.files import BatchFileLimits, parse_lines
 from activities.batch.provider_batches import PROVIDER_BATCH_RUN
 from activities.llm.pricing import price_usd
-from contracts.batch import BatchOptions
+from contracts.batch import BatchOptions, BatchResult, ControlRequest
 from contracts.llm import Usage, provider_for_model
 from contracts.provider_batch import ProviderBatchSettings
 from infra.database import session_factory
@@ -43,7 +43,6 @@ from starters.batch import run_demo_provider_batch
 from starters.cost import print_cost_report
 from tests.batch.conftest import BACKUP, CHEAP, items_of, prompt_lines, start_batch
 from tests.conftest import reconfigure
-from workflows.batch import BatchResult, ControlRequest
 
 FAST = ProviderBatchSettings(poll_initial_seconds=0.2, poll_max_seconds=0.5)
 

@@ -18,7 +18,7 @@ from temporalio.worker import Replayer
 
 from infra.settings import KeelSettings
 from infra.temporal_client import KeelPlugin
-from tests.replay.scenarios import SCENARIOS
+from tests.replay.scenarios import FROZEN_HISTORIES, SCENARIOS
 from workers.registry import all_workflows
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -29,7 +29,7 @@ def test_every_scenario_has_a_recorded_history() -> None:
     assert set(SCENARIOS) <= recorded, f"record with python -m tests.replay.record: {recorded}"
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize("name", sorted({*SCENARIOS, *FROZEN_HISTORIES}))
 async def test_history_replays_against_current_code(name: str) -> None:
     path = HISTORIES / f"{name}.json"
     history = WorkflowHistory.from_json(f"replay-{name}", path.read_text())

@@ -22,8 +22,10 @@ from temporalio.worker import Worker
 
 from tests.conftest import time_skipping_server
 from tests.workflows.mocks import KeelMocks
+from workers.plugin import HEARTBEAT_THROTTLE
 from workflows.ask import AskWorkflow
-from workflows.batch import BatchWorkflow
+from workflows.batch import PagedBatchWorkflow
+from workflows.batch_v1 import BatchWorkflow
 from workflows.chat_session import ChatSessionWorkflow
 from workflows.document_review import DocumentReviewWorkflow
 from workflows.jobs import JobWorkflow
@@ -31,6 +33,7 @@ from workflows.jobs import JobWorkflow
 KEEL_WORKFLOWS = [
     AskWorkflow,
     BatchWorkflow,
+    PagedBatchWorkflow,
     ChatSessionWorkflow,
     DocumentReviewWorkflow,
     JobWorkflow,
@@ -95,6 +98,8 @@ async def rig(workflow_test_env: WorkflowEnvironment) -> AsyncIterator[Rig]:
         workflows=KEEL_WORKFLOWS,
         activities=mocks.activities(),
         workflow_failure_exception_types=[Exception],
+        # As keel's workers: a cancelled batch page hears of it within a second.
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     ):
         rig = Rig(workflow_test_env, mocks)
         try:

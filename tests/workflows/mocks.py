@@ -37,16 +37,23 @@ from contracts.batch import (
     BeginRunResult,
     ClaimedItem,
     ClaimInput,
+    ItemOutcome,
     ItemRequest,
     LoadFileInput,
     LoadSummary,
     MeterInput,
+    PageInput,
+    PageResult,
+    PageStop,
     RecordOutcomesInput,
     RecordOutcomesResult,
     ReleaseInput,
     ResetFailedInput,
+    SlowItem,
     StatusInput,
+    item_llm_request,
 )
+from contracts.batch_pacing import budget_allows_one_more, failure_rate_crossed
 from contracts.jobs import (
     CallbackDelivery,
     CallbackOutcome,
@@ -363,6 +370,8 @@ class BatchMocks:
         self._calls = calls
         self._llm = llm
         self.items: dict[str, FakeItem] = {}
+        # Set: a page waits for it after claiming its items (a test pauses or cancels it then).
+        self.page_hold: asyncio.Event | None = None
 
     def activities(self) -> list[Callable[..., Any]]:
         return [
@@ -374,6 +383,7 @@ class BatchMocks:
             self.reset_failed_batch_items,
             self.meter_batch_spend,
             self.set_batch_status,
+            self.run_batch_page,
         ]
 
     def load(self, *prompts: str) -> None:
@@ -432,8 +442,10 @@ class BatchMocks:
     async def release_batch_items(self, params: ReleaseInput) -> int:
         self._calls.add("release_batch_items", params)
         released = 0
-        for custom_id in params.custom_ids:
-            item = self.items[custom_id]
+        chosen = [self.items[custom_id] for custom_id in params.custom_ids]
+        if params.claim_token is not None:
+            chosen += [i for i in self.items.values() if i.claim_token == params.claim_token]
+        for item in chosen:
             if item.status == "running":
                 item.status, item.claim_token = "pending", None
                 released += 1
@@ -468,6 +480,106 @@ class BatchMocks:
     async def meter_batch_spend(self, params: MeterInput) -> Decimal:
         self._calls.add("meter_batch_spend", params)
         return self._llm.spent.get(params.workflow_id, Decimal(0))
+
+    @activity.defn(name="run_batch_page")
+    async def run_batch_page(self, page: PageInput) -> PageResult:
+        """The page driver over the in-memory items: each item's first model answers, or fails
+        with ``llm.fail_when``; a failure with models left is a slow item, else a failed one.
+        While ``page_hold`` is set, the page waits after claiming (heartbeating), so a test can
+        pause or cancel it mid-page; cancelled, it answers nothing more and hands items back."""
+        self._calls.add("run_batch_page", page)
+        counts = page.counts
+        ran, ran_failed = counts.ok + counts.failed, counts.failed
+        spent, priced = page.spent_usd, page.priced_items
+        claimed = sorted(
+            (i for i in self.items.values() if i.status == "pending"), key=lambda i: i.line_no
+        )[: page.quota]
+        for item in claimed:
+            item.status, item.claim_token = "running", page.page_token
+        stop, slow, reason = PageStop.NONE, [], None
+        answered = failed = 0
+        try:
+            while self.page_hold is not None and not self.page_hold.is_set():
+                activity.heartbeat()
+                await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            stop = PageStop.CANCELLED
+        for item in claimed if stop == PageStop.NONE else []:
+            reason = failure_rate_crossed(
+                page.options.max_failure_rate, ran, ran_failed, counts.total
+            )
+            if reason is not None:
+                stop = PageStop.FAILURE_RATE
+                break
+            if not budget_allows_one_more(page.budget_usd, spent, priced, 0):
+                stop = PageStop.BUDGET
+                break
+            request = item_llm_request(page.options, item.request)
+            models = request.models or self._llm.routes[request.route or "default"]
+            call = AttemptInput(
+                request=request, model=models[0], provider=provider_for_model(models[0])[0]
+            )
+            failure = self._llm.fail_when(call)
+            workflow_id = activity.info().workflow_id or ""
+            if failure is None:
+                self._llm.spent[workflow_id] = self._llm.spent.get(workflow_id, Decimal(0)) + (
+                    self._llm.cost
+                )
+                spent += self._llm.cost
+                item.status = "ok"
+                item.outcomes.append(
+                    ItemOutcome(
+                        custom_id=item.custom_id,
+                        status="ok",
+                        text=self._llm.answer(call),
+                        model=call.model,
+                        cost_usd=self._llm.cost,
+                    )
+                )
+                answered += 1
+            elif len(models) > 1:
+                slow.append(
+                    SlowItem(
+                        item=ClaimedItem(
+                            custom_id=item.custom_id, line_no=item.line_no, request=item.request
+                        ),
+                        failed_models=[(models[0], failure.value)],
+                        remaining_models=models[1:],
+                        route=request.route,
+                    )
+                )
+                continue
+            else:
+                item.status = "failed"
+                item.outcomes.append(
+                    ItemOutcome(
+                        custom_id=item.custom_id,
+                        status="failed",
+                        error_class=failure.value,
+                        error_message=f"{models[0]}: {failure.value}: mocked",
+                    )
+                )
+                failed += 1
+                ran_failed += 1
+            ran += 1
+            priced += 1
+        slow_ids = {s.item.custom_id for s in slow}
+        for item in claimed:
+            if item.status == "running" and item.custom_id not in slow_ids:
+                item.status, item.claim_token = "pending", None
+        if stop == PageStop.NONE and not any(i.status == "pending" for i in self.items.values()):
+            stop = PageStop.EXHAUSTED
+        return PageResult(
+            claimed=len(claimed),
+            answered=answered,
+            failed=failed,
+            counts=self.counts(),
+            spent_usd=spent,
+            priced_items=priced,
+            slow=slow,
+            stop=stop,
+            failure_reason=reason,
+        )
 
     @activity.defn(name="set_batch_status")
     async def set_batch_status(self, params: StatusInput) -> BatchCounts:

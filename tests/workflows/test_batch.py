@@ -1,4 +1,5 @@
-"""BatchWorkflow's orchestration: items through the LLM exactly once, the controls (pause, resume,
+"""The frozen per-item BatchWorkflow's orchestration (kept until its runs drain): items through
+the LLM exactly once, the controls (pause, resume,
 cancel), the failure-rate stop, the budget gate, and continue-as-new carrying its state."""
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from contracts.approvals import (
     GateStatus,
 )
 from contracts.batch import (
+    BatchInput,
     BatchOptions,
+    BatchProgress,
+    ControlRequest,
     StatusInput,
 )
 from contracts.llm import (
@@ -25,7 +29,7 @@ from contracts.llm import (
     FallbackPolicy,
 )
 from tests.workflows.conftest import Rig, eventually
-from workflows.batch import BatchInput, BatchProgress, BatchWorkflow, ControlRequest
+from workflows.batch_v1 import BatchWorkflow
 
 PROMPTS = [f"question {n}" for n in range(1, 6)]
 
