@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from contracts.llm import ChatMessage, provider_for_model
+from contracts.llm import ChatMessage, ImagePart, ToolCall, provider_for_model
 from contracts.sessions import (
     FailTurnInput,
     FinishTurnInput,
@@ -40,6 +40,8 @@ from contracts.sessions import (
     build_context,
     summary_message,
 )
+from infra.prompt_tokens import message_tokens as counted_message_tokens
+from infra.prompt_tokens import tool_tokens
 from infra.settings import KeelSettings
 from infra.tables import ChatSession, Message
 from infra.token_streams import (
@@ -49,7 +51,6 @@ from infra.token_streams import (
     has_terminal_event,
     prune_streams,
 )
-from llmsim.tokens import count_message_tokens
 
 log = structlog.get_logger(__name__)
 
@@ -66,9 +67,10 @@ FOLD_INSTRUCTION_TOKENS = 96
 
 
 def message_tokens(message: ChatMessage) -> int:
-    """Prompt tokens a message costs: its text plus the per-message overhead chat formats add
-    (the same count keel's simulator bills, and a slight overestimate for real tokenizers)."""
-    return count_message_tokens([message.content])
+    """Prompt tokens a message costs: its text, tool calls and images plus the per-message
+    overhead chat formats add (the same count keel's simulator bills, and a slight
+    overestimate for real tokenizers)."""
+    return counted_message_tokens(message)
 
 
 @lru_cache(maxsize=256)
@@ -129,18 +131,24 @@ def plan_fold(
 
     Nothing is folded while everything fits. Otherwise the newest messages are kept up to
     ``keep_ratio`` of the budget (always at least the new question), and the kept part starts at
-    a user message so a question is never separated from its answer's context.
+    a user message so a question is never separated from its answer's context, nor a tool call
+    from its result: a turn that hands back tool results keeps its whole exchange, from the
+    user message that led to the calls.
     """
     total = fixed_tokens + sum(message_tokens(m) for _, m in messages)
     if total <= budget or len(messages) < 2:
         return [], messages
     keep_target = int(budget * settings.session_keep_recent_ratio)
-    cut = len(messages) - 1  # the new question is always kept
-    kept_tokens = message_tokens(messages[cut][1])
+    # Always kept: the new question, or the exchange of tool calls this turn continues.
+    must_keep = len(messages) - 1
+    while must_keep > 0 and messages[must_keep][1].role != "user":
+        must_keep -= 1
+    cut = must_keep
+    kept_tokens = sum(message_tokens(m) for _, m in messages[cut:])
     while cut > 0 and kept_tokens + message_tokens(messages[cut - 1][1]) <= keep_target:
         cut -= 1
         kept_tokens += message_tokens(messages[cut][1])
-    while cut < len(messages) - 1 and messages[cut][1].role != "user":
+    while cut < must_keep and messages[cut][1].role != "user":
         cut += 1
     return messages[:cut], messages[cut:]
 
@@ -190,7 +198,23 @@ def _stored_answer(message: Message) -> StoredAnswer:
         input_tokens=message.input_tokens,
         output_tokens=message.tokens,
         cost_usd=message.cost_usd,
+        tool_calls=[ToolCall.model_validate(call) for call in message.tool_calls or []],
     )
+
+
+def chat_message(message: Message) -> ChatMessage:
+    """A stored message as the model sees it again."""
+    return ChatMessage(
+        role=message.role,
+        content=message.content or "",
+        tool_calls=[ToolCall.model_validate(call) for call in message.tool_calls or []],
+        tool_call_id=message.tool_call_id,
+        images=[ImagePart.model_validate(image) for image in message.images or []],
+    )
+
+
+def _json_list(items: list[ToolCall] | list[ImagePart]) -> list[Any] | None:
+    return [item.model_dump(exclude_none=True) for item in items] or None
 
 
 def _done_event(answer: StoredAnswer, turn_id: str) -> NewStreamEvent:
@@ -204,6 +228,7 @@ def _done_event(answer: StoredAnswer, turn_id: str) -> NewStreamEvent:
             "input_tokens": answer.input_tokens,
             "output_tokens": answer.output_tokens,
             "cost_usd": str(answer.cost_usd) if answer.cost_usd is not None else None,
+            "tool_calls": [call.model_dump() for call in answer.tool_calls],
         },
     )
 
@@ -221,6 +246,9 @@ async def _insert_messages(
                     "turn_id": turn_id,
                     "role": message.role,
                     "content": message.content,
+                    "tool_calls": _json_list(message.tool_calls),
+                    "tool_call_id": message.tool_call_id,
+                    "images": _json_list(message.images),
                     "tokens": message_tokens(message),
                 }
                 for offset, (turn_id, message) in enumerate(messages)
@@ -247,8 +275,9 @@ class SessionActivities:
         async with self._sessions.begin() as db:
             session = await _ensure_session(db, params)
             stored = await _turn_messages(db, params.session_id, params.turn_id)
-            question = stored.get("user")
-            if question is not None and question.content != params.content:
+            asked = params.new_messages()[-1]
+            question = stored.get(asked.role)
+            if question is not None and chat_message(question) != asked:
                 raise ApplicationError(
                     f"turn id {params.turn_id} was already used for a different message; "
                     "use a new idempotency key for a new turn",
@@ -273,7 +302,7 @@ class SessionActivities:
                 )
                 .order_by(Message.seq)
             )
-            history = [(m.seq, ChatMessage(role=m.role, content=m.content or "")) for m in rows]
+            history = [(m.seq, chat_message(m)) for m in rows]
             if question is None:
                 # Everything at or below the summary's cursor is older than the unsummarized rows.
                 seq = history[-1][0] + 1 if history else session.summarized_through_seq + 1
@@ -284,11 +313,16 @@ class SessionActivities:
                         for index, seed in enumerate(params.seed_messages)
                         if seed.role != "system"  # a system message became the system prompt
                     ]
-                new.append((params.turn_id, ChatMessage(role="user", content=params.content)))
+                # The last new message is keyed by the turn id itself (how a retry finds it).
+                added = params.new_messages()
+                new += [(f"{params.turn_id}#{index}", m) for index, m in enumerate(added[:-1])]
+                new.append((params.turn_id, added[-1]))
                 await _insert_messages(db, params.session_id, new, seq)
                 history += [(seq + offset, message) for offset, (_, message) in enumerate(new)]
 
         budget = context_budget(params.route, params.models, params.answer_tokens, settings)
+        if params.parameters is not None:  # tool definitions go with every call of the turn
+            budget = max(budget - tool_tokens(params.parameters), 64)
         fixed = sum(
             message_tokens(m) for m in build_context(session.system_prompt, session.summary, [])
         )
@@ -354,8 +388,13 @@ class SessionActivities:
                     turn_id=params.turn_id,
                     role="assistant",
                     content=params.text,
+                    tool_calls=_json_list(params.tool_calls),
                     tokens=params.usage.output_tokens
-                    or message_tokens(ChatMessage(role="assistant", content=params.text)),
+                    or message_tokens(
+                        ChatMessage(
+                            role="assistant", content=params.text, tool_calls=params.tool_calls
+                        )
+                    ),
                     model=params.model,
                     input_tokens=params.usage.input_tokens,
                     cost_usd=params.cost_usd,

@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.client import Client
 
-from api import approvals, batches, chat, console, files, jobs, models, sessions
+from api import approvals, batches, chat, console, files, jobs, messages, models, sessions
 from api.auth import authenticated_caller
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.load_shedding import LoadShedder
@@ -64,7 +64,7 @@ def create_app(
     # Every /v1 route needs a token, whatever its own role check (api/auth.py): a route that
     # forgets one is still closed. FastAPI verifies the token once per request.
     authenticated = [Depends(authenticated_caller)]
-    routers = (chat.router, sessions.router, jobs.router, approvals.router)
+    routers = (chat.router, messages.router, sessions.router, jobs.router, approvals.router)
     for router in (*routers, models.router, files.router, batches.router):
         app.include_router(router, dependencies=authenticated)
     # The reviewer console: HTML pages behind a session cookie (a reviewer token exchanged).

@@ -1,9 +1,10 @@
 """Who is calling: every ``/v1`` request must carry ``Authorization: Bearer <keel token>``.
 
 The openai SDK sends its ``api_key`` exactly so, so ``OpenAI(base_url=keel, api_key=<token>)``
-works as is. There is no unauthenticated mode: ``/healthz``, ``/openapi.json`` and ``/docs`` are
-the only open paths. The reviewer console (``/console``) authenticates its own way: a reviewer
-token exchanged for a session cookie (api/console/sessions.py). Tokens come from
+works as is; the anthropic SDK sends it as ``x-api-key: <token>``, which is read when there is
+no Authorization header. There is no unauthenticated mode: ``/healthz``, ``/openapi.json`` and
+``/docs`` are the only open paths. The reviewer console (``/console``) authenticates its own way:
+a reviewer token exchanged for a session cookie (api/console/sessions.py). Tokens come from
 ``keel token create`` (infra/api_tokens.py).
 
 - 401 (``authentication_error``): no token, not a keel token, unknown, revoked or expired.
@@ -47,6 +48,10 @@ def _refuse(status: int, message: str, code: str) -> ApiError:
 
 def _presented_token(request: Request) -> str:
     header = request.headers.get("authorization")
+    api_key = request.headers.get("x-api-key")
+    if (header is None or not header.strip()) and api_key and api_key.strip():
+        # The anthropic SDK sends its api_key as `x-api-key` (POST /v1/messages).
+        return api_key.strip()
     if header is None or not header.strip():
         raise _refuse(
             401,

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
+from activities.llm.capabilities import missing_capabilities
+from activities.sessions import chain_models
 from api.auth import client_caller
 from api.errors import ApiError, from_temporal
 from api.load_shedding import InFlight
@@ -29,6 +32,8 @@ from api.openai_schemas import (
     CompletionUsage,
     KeelExtension,
     ResponseMessage,
+    ResponseToolCall,
+    refuse,
 )
 from api.sse import (
     KEEP_ALIVE,
@@ -43,7 +48,13 @@ from api.state import (
     keel_api,
     request_priority,
 )
-from contracts.llm import ChatMessage, RequestPriority
+from contracts.llm import (
+    Capability,
+    ChatMessage,
+    LlmParameters,
+    RequestPriority,
+    required_capabilities,
+)
 from contracts.sessions import SESSION_ID_PATTERN
 from infra.input_limits import (
     InputTooLarge,
@@ -58,6 +69,7 @@ from infra.token_streams import read_events
 from services.api_tokens import VerifiedToken
 from services.chat_client import TurnRequest, new_session_id, run_turn, start_turn
 from services.session_reports import session_tenant
+from workflows.chat_session import TurnOutput
 
 router = APIRouter(tags=["chat"])
 
@@ -93,6 +105,12 @@ def check_request_text(model: str, messages: list[ChatMessage], settings: KeelSe
     try:
         for position, message in enumerate(messages):
             check_storable(message.content, f"messages[{position}].content")
+            for text in (
+                [message.tool_call_id or ""]
+                + [image.url for image in message.images]
+                + [f"{c.id}{c.name}{c.arguments}" for c in message.tool_calls]
+            ):
+                check_storable(text, f"messages[{position}]")
         check_prompt(
             [m.content for m in messages],
             PromptLimits.from_settings(settings),
@@ -105,6 +123,81 @@ def check_request_text(model: str, messages: list[ChatMessage], settings: KeelSe
         raise ApiError(400, str(error), param="messages", code="invalid_text") from None
 
 
+# The request field that asks for each capability, named in a refusal.
+CAPABILITY_PARAMETERS: dict[str, str] = {
+    Capability.TOOLS: "tools",
+    Capability.JSON_SCHEMA: "response_format",
+    Capability.IMAGES: "messages",
+    Capability.SEED: "seed",
+}
+
+
+def check_capabilities(
+    route: str | None,
+    models: list[str] | None,
+    messages: list[ChatMessage],
+    parameters: LlmParameters,
+    settings: KeelSettings,
+) -> None:
+    """400 naming the parameter when no model of the chain can honour the request; a chain
+    with some models that can is served by those (the others are skipped, audited)."""
+    needs = required_capabilities(messages, parameters)
+    chain = chain_models(route, models, settings)
+    if not needs or not chain:
+        return
+    missing = {model: missing_capabilities(model, needs, settings) for model in chain}
+    if any(not lacks for lacks in missing.values()):
+        return
+    model, lacks = chain[0], missing[chain[0]]
+    where = f"route {route or settings.default_route}" if not models else f"model {model}"
+    raise refuse(
+        f"{where} cannot honour {', '.join(CAPABILITY_PARAMETERS[c] for c in lacks)}: "
+        f"{model} does not support {', '.join(lacks)}"
+        + (", nor does any model of its fallback chain" if len(chain) > 1 else ""),
+        CAPABILITY_PARAMETERS[lacks[0]],
+    )
+
+
+@dataclass
+class TurnShape:
+    """A request's messages split as a turn takes them: the context it seeds a new session
+    with, and what the turn adds (a question's text, or tool results and images)."""
+
+    earlier: list[ChatMessage]
+    content: str
+    turn_messages: list[ChatMessage]
+
+
+def split_turn(messages: list[ChatMessage]) -> TurnShape:
+    last = messages[-1]
+    if last.role == "tool":
+        start = len(messages)
+        while start > 0 and messages[start - 1].role == "tool":
+            start -= 1
+        results = messages[start:]
+        caller = messages[start - 1] if start > 0 else None
+        if caller is not None:
+            asked = {call.id for call in caller.tool_calls}
+            unknown = [m.tool_call_id for m in results if m.tool_call_id not in asked]
+            if caller.role != "assistant" or unknown:
+                raise ApiError(
+                    400,
+                    "tool messages must answer the tool calls of the assistant message before "
+                    f"them (unknown tool_call_id: {', '.join(map(str, unknown)) or 'none'})",
+                    param="messages",
+                )
+        return TurnShape(messages[:start], "", results)
+    if last.role != "user" or not (last.content.strip() or last.images):
+        raise ApiError(
+            400,
+            "the last message must be a non-empty user message, or tool results",
+            param="messages",
+        )
+    if last.images:
+        return TurnShape(messages[:-1], "", [last])
+    return TurnShape(messages[:-1], last.content, [])
+
+
 def turn_request(
     body: ChatCompletionRequest,
     request: Request,
@@ -112,21 +205,52 @@ def turn_request(
     tenant: str,
     priority: RequestPriority,
 ) -> TurnRequest:
+    body.refuse_unsupported()
     messages = [m.to_chat_message(i) for i, m in enumerate(body.messages)]
     check_request_text(body.model, messages, settings)
-    question = messages[-1]
-    if question.role != "user" or not question.content.strip():
-        raise ApiError(400, "the last message must be a non-empty user message", param="messages")
-    session_id = request.headers.get(SESSION_HEADER) or body.session_id
+    parameters = body.parameters()
+    shape = split_turn(messages)
+    return build_turn_request(
+        body.model,
+        shape,
+        parameters,
+        request,
+        settings,
+        tenant,
+        priority,
+        session_id=request.headers.get(SESSION_HEADER) or body.session_id,
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature,
+        stream=body.stream,
+    )
+
+
+def build_turn_request(
+    model: str,
+    shape: TurnShape,
+    parameters: LlmParameters,
+    request: Request,
+    settings: KeelSettings,
+    tenant: str,
+    priority: RequestPriority,
+    *,
+    session_id: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    stream: bool,
+    system: list[str] | None = None,
+) -> TurnRequest:
+    """The turn of a chat session a request becomes (Chat Completions and Messages alike)."""
     if session_id is not None and not SESSION_ID_PATTERN.match(session_id):
         raise ApiError(
             400,
             "session id: 1-150 characters of letters, digits, '_', '.', ':' or '-'",
             param="session_id",
         )
-    route, models = _route_or_models(body.model, settings)
-    system = [m.content for m in messages[:-1] if m.role == "system"]
-    seed: list[ChatMessage] = [m for m in messages[:-1] if m.role != "system"]
+    route, models = _route_or_models(model, settings)
+    check_capabilities(route, models, shape.earlier + shape.turn_messages, parameters, settings)
+    system = (system or []) + [m.content for m in shape.earlier if m.role == "system"]
+    seed: list[ChatMessage] = [m for m in shape.earlier if m.role != "system"]
     idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
     if session_id is None and idempotency_key:
         # A stateless request retried with its key must land on the same one-turn session.
@@ -136,15 +260,18 @@ def turn_request(
         session_id_for_turn = session_id or new_session_id()
     fields: dict[str, object] = {
         "session_id": session_id_for_turn,
-        "content": question.content,
+        "content": shape.content,
+        "turn_messages": shape.turn_messages,
+        # A plain text turn carries no parameters: the same turn as before they existed.
+        "parameters": parameters if parameters != LlmParameters() else None,
         "tenant": tenant,
         "seed_messages": seed,
         "system_prompt": "\n\n".join(system) or None,
         "route": route,
         "models": models,
-        "max_tokens": body.max_completion_tokens or body.max_tokens,
-        "temperature": body.temperature,
-        "stream": body.stream,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "stream": stream,
         "priority": priority,
         "single_turn": session_id is None,
     }
@@ -155,6 +282,12 @@ def turn_request(
     except ValidationError as error:
         problem = error.errors()[0]
         raise ApiError(400, f"{problem['loc'][0]}: {problem['msg']}") from None
+
+
+def finish_reason(output: TurnOutput) -> str:
+    if output.tool_calls:
+        return "tool_calls"
+    return output.finish_reason or "stop"
 
 
 def _last_event_id(request: Request) -> int:
@@ -217,8 +350,11 @@ async def _answer(
             model=output.model or body.model,
             choices=[
                 Choice(
-                    message=ResponseMessage(content=output.text),
-                    finish_reason=output.finish_reason or "stop",
+                    message=ResponseMessage(
+                        content=output.text or (None if output.tool_calls else ""),
+                        tool_calls=[ResponseToolCall.of(c) for c in output.tool_calls] or None,
+                    ),
+                    finish_reason=finish_reason(output),
                 )
             ],
             usage=CompletionUsage(
@@ -233,7 +369,10 @@ async def _answer(
                 replayed=output.replayed,
             ),
         )
-        return JSONResponse(completion.model_dump(exclude_none=True), headers=headers)
+        payload = completion.model_dump(exclude_none=True)
+        for choice in payload["choices"]:  # OpenAI sends `content: null` beside tool calls
+            choice["message"].setdefault("content", None)
+        return JSONResponse(payload, headers=headers)
 
     after_seq = _last_event_id(request)
     try:

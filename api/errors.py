@@ -118,6 +118,7 @@ _CALLER_FAULTS = {
     "prompt_too_large": "prompt_too_large",
     "content_policy": "content_policy_violation",
     "bad_request": "invalid_request",
+    "unsupported": "unsupported_parameter",
 }
 
 

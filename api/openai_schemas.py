@@ -1,7 +1,9 @@
 """The slice of OpenAI's Chat Completions wire format keel serves (requests in, responses out).
 
-Unknown request fields are accepted and ignored, as OpenAI-compatible servers do, so clients
-that send ``top_p`` or ``user`` keep working.
+Served completely or refused explicitly: every request field keel does not honour is a 400 that
+names it, except a short list of fields that change nothing about the answer (``user``,
+``metadata``), and fields sent at their neutral value (``logprobs: false``,
+``frequency_penalty: 0``...), which is what many clients send by default.
 """
 
 from __future__ import annotations
@@ -12,8 +14,43 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError
-from contracts.llm import MAX_OUTPUT_TOKENS, ChatMessage
+from contracts.llm import (
+    MAX_OUTPUT_TOKENS,
+    ChatMessage,
+    ImagePart,
+    LlmParameters,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
 from infra.input_limits import MAX_MODEL_NAME_LENGTH
+
+# Accepted and not forwarded: they identify or label the caller, the answer is the same.
+HARMLESS_FIELDS = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key"})
+# Fields keel does not honour, accepted only at the value that means "not used".
+NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "store": (None, False),
+    "modalities": (None, ["text"]),
+    "service_tier": (None, "auto", "default"),
+    "function_call": (None, "none"),
+    "functions": (None, []),
+}
+
+
+def refuse(message: str, param: str) -> ApiError:
+    return ApiError(400, message, param=param, code="unsupported_parameter")
+
+
+class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
 
 
 class ContentPart(BaseModel):
@@ -21,6 +58,18 @@ class ContentPart(BaseModel):
 
     type: str
     text: str | None = None
+    image_url: ImageUrl | None = None
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = "{}"
+
+
+class RequestToolCall(BaseModel):
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class RequestMessage(BaseModel):
@@ -28,35 +77,103 @@ class RequestMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[RequestToolCall] | None = None
+    tool_call_id: str | None = None
 
     def to_chat_message(self, position: int) -> ChatMessage:
-        if self.role in ("tool", "function"):
+        where = f"messages[{position}]"
+        for name, value in (self.model_extra or {}).items():
+            if value is not None and name != "refusal":
+                raise refuse(f"{where}.{name} is not supported by keel", f"{where}.{name}")
+        if self.role == "function":
             raise ApiError(
                 400,
-                f"messages[{position}]: role {self.role!r} is not supported by keel",
+                f"{where}: role 'function' (the legacy function-calling format) is not "
+                "supported by keel; send tool results as role 'tool'",
                 param=f"messages.{position}.role",
             )
+        images: list[ImagePart] = []
         if isinstance(self.content, list):
             texts = []
             for part in self.content:
-                if part.type != "text" or part.text is None:
+                if part.type == "text" and part.text is not None:
+                    texts.append(part.text)
+                elif part.type == "image_url" and part.image_url is not None:
+                    if self.role != "user":
+                        raise ApiError(
+                            400, f"{where}: images are accepted in user messages only",
+                            param=f"messages.{position}.content",
+                        )  # fmt: skip
+                    images.append(ImagePart(url=part.image_url.url, detail=part.image_url.detail))
+                else:
                     raise ApiError(
                         400,
-                        f"messages[{position}]: only text content parts are supported",
+                        f"{where}: content part type {part.type!r} is not supported by keel "
+                        "(text and image_url are)",
                         param=f"messages.{position}.content",
                     )
-                texts.append(part.text)
             content = "".join(texts)
         else:
             content = self.content or ""
+        if self.role == "tool":
+            if not self.tool_call_id:
+                raise ApiError(
+                    400, f"{where}: a tool message needs tool_call_id",
+                    param=f"messages.{position}.tool_call_id",
+                )  # fmt: skip
+            return ChatMessage(role="tool", content=content, tool_call_id=self.tool_call_id)
+        calls = [
+            ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
+            for call in self.tool_calls or []
+        ]
+        if calls and self.role != "assistant":
+            raise ApiError(
+                400, f"{where}: only assistant messages carry tool_calls",
+                param=f"messages.{position}.tool_calls",
+            )  # fmt: skip
         role = "system" if self.role == "developer" else self.role
-        return ChatMessage(role=role, content=content)
+        return ChatMessage(role=role, content=content, images=images, tool_calls=calls)
 
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     include_usage: bool = False
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ChatCompletionRequest(BaseModel):
@@ -73,15 +190,101 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1, description="keel answers with one choice.")
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     session_id: str | None = Field(
         default=None, description="keel: continue this chat session (or X-Keel-Session-Id)."
     )
 
+    def refuse_unsupported(self) -> None:
+        """400 for a field keel would otherwise ignore (see the module's doc)."""
+        for name, value in (self.model_extra or {}).items():
+            if name in HARMLESS_FIELDS:
+                continue
+            if name in NEUTRAL_VALUES and value in NEUTRAL_VALUES[name]:
+                continue
+            raise refuse(f"parameter {name!r} is not supported by keel", name)
+
+    def parameters(self) -> LlmParameters:
+        """Everything of the request that shapes the answer, except the length and the
+        temperature, which a turn carries itself."""
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stop) > 4:
+            raise ApiError(400, "stop: at most 4 sequences", param="stop")
+        tools = [
+            ToolSpec(
+                name=tool.function.name,
+                description=tool.function.description,
+                parameters=tool.function.parameters or {"type": "object", "properties": {}},
+                strict=tool.function.strict,
+            )
+            for tool in self.tools or []
+        ]
+        names = {tool.name for tool in tools}
+        if len(names) != len(tools):
+            raise ApiError(400, "tools: two tools have the same name", param="tools")
+        choice: ToolChoice | None = None
+        if isinstance(self.tool_choice, NamedToolChoice):
+            if self.tool_choice.function.name not in names:
+                raise ApiError(
+                    400,
+                    f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools",
+                    param="tool_choice",
+                )
+            choice = ToolChoice(mode="tool", name=self.tool_choice.function.name)
+        elif self.tool_choice is not None:
+            if self.tool_choice == "required" and not tools:
+                raise ApiError(400, "tool_choice 'required' needs tools", param="tool_choice")
+            choice = ToolChoice(mode=self.tool_choice)
+        fields: dict[str, Any] = {
+            "tools": tools,
+            "tool_choice": choice if tools else None,
+            "parallel_tool_calls": self.parallel_tool_calls if tools else None,
+            "stop": stop,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
+        fmt = self.response_format
+        if fmt is not None and fmt.type == "json_object":
+            fields["json_object"] = True
+        elif fmt is not None and fmt.type == "json_schema":
+            if fmt.json_schema is None:
+                raise ApiError(
+                    400,
+                    "response_format: type json_schema needs json_schema",
+                    param="response_format.json_schema",
+                )
+            fields["json_schema"] = fmt.json_schema.schema_ or {}
+            fields["json_schema_name"] = fmt.json_schema.name
+            fields["json_schema_strict"] = fmt.json_schema.strict
+        return LlmParameters.model_validate(fields)
+
+
+class ResponseFunction(BaseModel):
+    name: str
+    arguments: str
+
+
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ResponseFunction
+
+    @classmethod
+    def of(cls, call: ToolCall) -> ResponseToolCall:
+        return cls(id=call.id, function=ResponseFunction(name=call.name, arguments=call.arguments))
+
 
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None = None
+    tool_calls: list[ResponseToolCall] | None = None
 
 
 class Choice(BaseModel):

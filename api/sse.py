@@ -58,6 +58,7 @@ def _event_from_output(output: TurnOutput) -> StreamEvent:
             "input_tokens": output.usage.input_tokens,
             "output_tokens": output.usage.output_tokens,
             "cost_usd": str(output.cost_usd) if output.cost_usd is not None else None,
+            "tool_calls": [call.model_dump() for call in output.tool_calls],
         },
     )
 
@@ -158,6 +159,8 @@ class OpenAIStreamWriter:
         self.include_usage = include_usage
         self.attempt: str | None = None
         self.text = ""
+        # Tool calls streamed in the current attempt: index -> arguments sent so far.
+        self.tool_arguments: dict[int, str] = {}
 
     def _chunk(self, **fields: Any) -> dict[str, Any]:
         return completion_chunk(self.completion_id, self.model, **fields)
@@ -183,8 +186,8 @@ class OpenAIStreamWriter:
     def write(self, event: StreamEvent) -> list[str]:
         event_id = event.seq or None
         if event.type == StreamEventType.ATTEMPT:
-            restarted = bool(self.text)
-            self.attempt, self.text = event.attempt, ""
+            restarted = bool(self.text or self.tool_arguments)
+            self.attempt, self.text, self.tool_arguments = event.attempt, "", {}
             self.model = str(event.data.get("model") or self.model)
             if restarted:
                 return [sse(self._retry_marker(event.data.get("attempt")), event_id=event_id)]
@@ -192,6 +195,9 @@ class OpenAIStreamWriter:
         if event.type == StreamEventType.DELTA:
             if event.attempt != self.attempt:
                 return []  # an abandoned attempt still talking
+            if "tool_call" in event.data:
+                call = self._tool_piece(event.data["tool_call"])
+                return [sse(self._chunk(delta={"tool_calls": [call]}), event_id=event_id)]
             piece = str(event.data.get("text", ""))
             self.text += piece
             return [sse(self._chunk(delta={"content": piece}), event_id=event_id)]
@@ -202,9 +208,22 @@ class OpenAIStreamWriter:
         return [sse({"error": {"message": message, "type": "api_error", "code": code}},
                     event_id=event_id)]  # fmt: skip
 
+    def _tool_piece(self, piece: dict[str, Any]) -> dict[str, Any]:
+        """A tool-call delta in OpenAI's shape: the first piece of a call names it."""
+        index = int(piece.get("index", 0))
+        arguments = str(piece.get("arguments", ""))
+        out: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+        if index not in self.tool_arguments:
+            out["id"] = piece.get("id")
+            out["type"] = "function"
+            out["function"]["name"] = piece.get("name")
+        self.tool_arguments[index] = self.tool_arguments.get(index, "") + arguments
+        return out
+
     def _finish(self, event: StreamEvent, event_id: int | None) -> list[str]:
         final = str(event.data.get("text", ""))
         self.model = str(event.data.get("model") or self.model)
+        calls = event.data.get("tool_calls") or []
         lines = []
         if final != self.text:
             if final.startswith(self.text):
@@ -214,7 +233,20 @@ class OpenAIStreamWriter:
                 rest = final
             self.text = final
             lines.append(sse(self._chunk(delta={"content": rest})))
-        lines.append(sse(self._chunk(delta={}, finish_reason="stop"), event_id=event_id))
+        # The stored calls are authoritative: what the stream did not carry whole (a replayed
+        # turn, a stream resumed after its deltas were pruned) is sent now, whole.
+        for index, call in enumerate(calls):
+            sent = self.tool_arguments.get(index)
+            if sent == call["arguments"]:
+                continue
+            if sent is not None:  # cannot be taken back: say so to keel-aware clients
+                lines.append(sse(self._retry_marker(None)))
+                self.tool_arguments = {}
+            piece = {"index": index, "id": call["id"], "name": call["name"]}
+            piece["arguments"] = call["arguments"]
+            lines.append(sse(self._chunk(delta={"tool_calls": [self._tool_piece(piece)]})))
+        finish = "tool_calls" if calls else "stop"
+        lines.append(sse(self._chunk(delta={}, finish_reason=finish), event_id=event_id))
         if self.include_usage:
             prompt = int(event.data.get("input_tokens") or 0)
             completion = int(event.data.get("output_tokens") or 0)

@@ -51,6 +51,7 @@ from contracts.sessions import (
     StoreSummaryInput,
     TurnContext,
 )
+from contracts.tools import ToolInput, ToolOutput
 
 InputT = TypeVar("InputT")
 OutputT = TypeVar("OutputT")
@@ -67,6 +68,10 @@ class ActivityRef(Generic[InputT, OutputT]):
 
 
 NONE = type(None)
+
+# --- The example tool agent's tools (activities/example_tools.py, workflows/tool_agent.py) ------
+LOOK_UP_WEATHER = ActivityRef[ToolInput, ToolOutput]("look_up_weather", ToolInput, ToolOutput)
+SEND_EMAIL = ActivityRef[ToolInput, ToolOutput]("send_email", ToolInput, ToolOutput)
 
 # --- LLM calls (activities/llm/activities.py) and the audit trail (activities/audit_trail.py)
 PLAN_LLM_ROUTE = ActivityRef[LlmRequest, RoutePlan]("plan_llm_route", LlmRequest, RoutePlan)
@@ -169,6 +174,8 @@ ALL: tuple[ActivityRef[Any, Any], ...] = (
     METER_BATCH_SPEND,
     SET_BATCH_STATUS,
     RUN_BATCH_PAGE,
+    LOOK_UP_WEATHER,
+    SEND_EMAIL,
     PLAN_PROVIDER_CHUNKS,
     SUBMIT_PROVIDER_CHUNK,
     POLL_PROVIDER_CHUNK,

@@ -57,6 +57,11 @@ class ErrorClass(StrEnum):
     # Over keel's own prompt limit (KEEL_MAX_PROMPT_TOKENS): refused before any provider sees
     # it, and no model of the chain is asked (the limit is the same for all).
     PROMPT_TOO_LARGE = "prompt_too_large"
+    # The answer does not validate against the requested JSON schema, or a tool call's
+    # arguments against the tool's: retried, then the next model, never handed to the caller.
+    INVALID_OUTPUT = "invalid_output"
+    # The model cannot honour what the request needs (tools, a JSON schema, images).
+    UNSUPPORTED = "unsupported"
     UNKNOWN = "unknown"
 
     @property
@@ -77,6 +82,7 @@ _RETRYABLE = frozenset(
         ErrorClass.TIMEOUT,
         ErrorClass.CONNECTION,
         ErrorClass.STREAM_INTERRUPTED,
+        ErrorClass.INVALID_OUTPUT,
         ErrorClass.UNKNOWN,
     }
 )
@@ -100,21 +106,130 @@ def provider_for_model(model: str) -> tuple[str, str]:
     return ("anthropic" if model.startswith("claude") else "openai"), model
 
 
+class ToolCall(BaseModel):
+    """A model's request to call one tool; ``arguments`` is JSON text as the model wrote it."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+class ImagePart(BaseModel):
+    """An image in a user message: an http(s) URL, or a ``data:<type>;base64,...`` URL."""
+
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    # Added after histories were recorded: optional, with defaults that leave old payloads,
+    # their prompt hashes and their replays unchanged (see _NEW_MESSAGE_FIELDS).
+    images: list[ImagePart] = Field(default_factory=list)
+    # An assistant message that calls tools (its content may be empty).
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    # A ``tool`` message: the result of the call with this id.
+    tool_call_id: str | None = None
+
+    def counted_text(self) -> str:
+        """The text a tokenizer sees for this message: its content plus its tool calls."""
+        calls = "".join(f"\n{call.name}({call.arguments})" for call in self.tool_calls)
+        return self.content + calls
+
+    def canonical(self) -> dict[str, Any]:
+        return _without_defaults(self.model_dump(), _NEW_MESSAGE_FIELDS)
 
 
 # The most output tokens any request may ask for (every model's answer fits in it).
 MAX_OUTPUT_TOKENS = 200_000
 
 
+class ToolSpec(BaseModel):
+    """A function the model may call; ``parameters`` is the JSON schema of its arguments."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
+
+
+class ToolChoice(BaseModel):
+    """``auto`` (the model decides), ``none``, ``required`` (some tool) or ``tool`` (``name``)."""
+
+    mode: Literal["auto", "none", "required", "tool"] = "auto"
+    name: str | None = None
+
+
+class Capability(StrEnum):
+    """What a request may need from a model; a model of the chain lacking one is skipped."""
+
+    TOOLS = "tools"
+    JSON_SCHEMA = "json_schema"
+    IMAGES = "images"
+    SEED = "seed"
+
+
 class LlmParameters(BaseModel):
     max_tokens: int = Field(default=1024, ge=1, le=MAX_OUTPUT_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    # A JSON schema the answer must satisfy (OpenAI json_schema response format).
+    # A JSON schema the answer must satisfy (OpenAI json_schema response format); keel
+    # validates the answer against it (an invalid answer is a retried, classified error).
     json_schema: dict[str, Any] | None = None
     json_schema_name: str = "answer"
+    # Fields below were added after histories were recorded (see _NEW_PARAMETER_FIELDS).
+    json_schema_strict: bool | None = None
+    # OpenAI's json_object response format: any JSON object.
+    json_object: bool = False
+    tools: list[ToolSpec] = Field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    stop: list[str] = Field(default_factory=list, max_length=4)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    seed: int | None = None
+    # Validate a structured answer and tool calls (activities/llm/output_checks.py); off for a
+    # caller that handles an unreadable answer itself.
+    check_output: bool = True
+
+    def canonical(self) -> dict[str, Any]:
+        return _without_defaults(self.model_dump(), _NEW_PARAMETER_FIELDS)
+
+    def tool(self, name: str) -> ToolSpec | None:
+        return next((tool for tool in self.tools if tool.name == name), None)
+
+
+def _without_defaults(dumped: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    """``dumped`` without the fields added later while they hold their defaults: a request
+    that uses none of them hashes (prompt hash, cache key) as it did before they existed."""
+    return {k: v for k, v in dumped.items() if k not in added or v != added[k]}
+
+
+_NEW_MESSAGE_FIELDS: dict[str, Any] = {"images": [], "tool_calls": [], "tool_call_id": None}
+_NEW_PARAMETER_FIELDS: dict[str, Any] = {
+    "json_schema_strict": None,
+    "json_object": False,
+    "tools": [],
+    "tool_choice": None,
+    "parallel_tool_calls": None,
+    "stop": [],
+    "top_p": None,
+    "seed": None,
+    "check_output": True,
+}
+
+
+def required_capabilities(messages: list[ChatMessage], parameters: LlmParameters) -> set[str]:
+    """What a model must support to answer this request as asked."""
+    needs: set[str] = set()
+    if parameters.tools or any(m.tool_calls or m.role == "tool" for m in messages):
+        needs.add(Capability.TOOLS)
+    if parameters.json_schema is not None:
+        needs.add(Capability.JSON_SCHEMA)
+    if any(m.images for m in messages):
+        needs.add(Capability.IMAGES)
+    if parameters.seed is not None:
+        needs.add(Capability.SEED)
+    return needs
 
 
 class CallPolicy(BaseModel):
@@ -176,13 +291,16 @@ class LlmRequest(BaseModel):
     def prompt_hash(self, model: str) -> str:
         return prompt_hash(model, self.messages, self.parameters)
 
+    def required_capabilities(self) -> set[str]:
+        return required_capabilities(self.messages, self.parameters)
+
 
 def prompt_hash(model: str, messages: list[ChatMessage], parameters: LlmParameters) -> str:
     canonical = json.dumps(
         {
             "model": model,
-            "messages": [m.model_dump() for m in messages],
-            "parameters": parameters.model_dump(),
+            "messages": [m.canonical() for m in messages],
+            "parameters": parameters.canonical(),
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -195,6 +313,9 @@ class ModelCandidate(BaseModel):
     provider: str
     breaker_open: bool = False
     breaker_retry_in_seconds: float | None = None
+    # Why this model cannot answer the request as asked (e.g. "does not support tools"):
+    # the chain skips it with an audit row instead of sending it what it would drop.
+    unsupported: str | None = None
 
 
 class BudgetState(BaseModel):
@@ -277,6 +398,8 @@ class LlmAnswer(BaseModel):
     text: str
     model: str
     provider: str
+    # The tools the model asks to call (finish_reason "tool_calls"); empty for a text answer.
+    tool_calls: list[ToolCall] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     cost_usd: Decimal | None = None
     finish_reason: str | None = None

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, Field
 
-from contracts.llm import MAX_OUTPUT_TOKENS, ChatMessage, Usage
+from contracts.llm import MAX_OUTPUT_TOKENS, ChatMessage, LlmParameters, ToolCall, Usage
 
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,149}$")
 MAX_TURN_CHARS = 200_000
@@ -49,6 +49,12 @@ class TurnInput(BaseModel):
     content: str
     # Earlier messages the client sent with this turn; used only to seed a new session.
     seed_messages: list[ChatMessage] = Field(default_factory=list)
+    # The turn's new messages when they are more than one user text: tool results (answering
+    # the previous answer's tool calls), or a user message with images. ``content`` is then "".
+    turn_messages: list[ChatMessage] = Field(default_factory=list)
+    # What shapes this turn's answer besides its length and temperature: tools, tool choice,
+    # response format, stop, top_p, seed. None: a plain text answer.
+    parameters: LlmParameters | None = None
     route: str | None = None
     models: list[str] | None = None
     # Bounded as LlmParameters is: an unbounded value failed the turn's workflow task (the
@@ -76,6 +82,7 @@ class TurnOutput(BaseModel):
     attempts: int = 0
     fallback_used: bool = False
     finish_reason: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
 class ChatSessionOutput(BaseModel):
@@ -95,6 +102,7 @@ class StoredAnswer(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: Decimal | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
 class FoldPlan(BaseModel):
@@ -121,6 +129,14 @@ class PrepareTurnInput(BaseModel):
     models: list[str] | None = None
     answer_tokens: int
     stream_key: str | None = None
+    # See TurnInput.turn_messages; when set, ``content`` is "".
+    turn_messages: list[ChatMessage] = Field(default_factory=list)
+    # The turn's tools and response format: tool definitions take context with every call.
+    parameters: LlmParameters | None = None
+
+    def new_messages(self) -> list[ChatMessage]:
+        """What this turn adds to the conversation before the answer."""
+        return self.turn_messages or [ChatMessage(role="user", content=self.content)]
 
 
 class TurnContext(BaseModel):
@@ -150,6 +166,7 @@ class FinishTurnInput(BaseModel):
     usage: Usage
     cost_usd: Decimal | None = None
     stream_key: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
 class FailTurnInput(BaseModel):
@@ -172,8 +189,20 @@ def build_context(
     return messages + recent
 
 
+def transcript_line(message: ChatMessage) -> str:
+    """One message as the summarizer reads it, tool calls and results included."""
+    line = f"{message.role}: {message.content}"
+    if message.images:
+        line += f" [{len(message.images)} image(s)]"
+    for call in message.tool_calls:
+        line += f"\n{message.role}: [called {call.name}({call.arguments}), call id {call.id}]"
+    if message.role == "tool":
+        line = f"tool (result of call {message.tool_call_id}): {message.content}"
+    return line
+
+
 def summarization_prompt(plan: FoldPlan) -> list[ChatMessage]:
-    transcript = "\n".join(f"{m.role}: {m.content}" for m in plan.messages)
+    transcript = "\n".join(transcript_line(m) for m in plan.messages)
     earlier = f"Summary so far:\n{plan.previous_summary}\n\n" if plan.previous_summary else ""
     return [
         ChatMessage(

@@ -392,6 +392,23 @@ class KeelSettings(BaseSettings):
         "nothing. Unset: loopback for the zero-setup stack (no TEMPORAL_ADDRESS), else nothing.",
     )
 
+    image_fetch_allowed_destinations: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Non-public hosts keel may fetch image URLs from, when it must inline an "
+        "image for a provider that takes base64 (Anthropic): host names, addresses, CIDR "
+        "networks or `loopback`, comma-separated. Public addresses are always allowed.",
+    )
+    image_fetch_max_bytes: int = Field(
+        default=5 * 1024 * 1024, ge=1, description="Largest image keel fetches to inline."
+    )
+    image_fetch_timeout_seconds: float = Field(default=10, gt=0)
+    model_capabilities: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='What a model supports, for models keel does not know, e.g. {"my-llama": '
+        '["tools"]}: a model listed here supports only what is listed (tools, json_schema, '
+        "images, seed). A fallback model lacking what a request needs is skipped.",
+    )
+
     # --- Human oversight (approval gates) -------------------------------------------------
     reviewers: dict[str, list[str]] = Field(
         default_factory=dict,
@@ -485,7 +502,9 @@ class KeelSettings(BaseSettings):
     def _expand_home(cls, value: Any) -> Any:
         return Path(value).expanduser().resolve() if isinstance(value, (str, Path)) else value
 
-    @field_validator("callback_allowed_destinations", mode="before")
+    @field_validator(
+        "callback_allowed_destinations", "image_fetch_allowed_destinations", mode="before"
+    )
     @classmethod
     def _split_destinations(cls, value: Any) -> Any:
         if isinstance(value, str):  # "hooks.internal,10.1.0.0/16" (a JSON list is accepted too)
@@ -502,6 +521,12 @@ class KeelSettings(BaseSettings):
     def _check_destinations(cls, value: list[str] | None) -> list[str] | None:
         if value is not None:
             OutboundPolicy.parse("KEEL_CALLBACK_ALLOWED_DESTINATIONS", value)  # names a bad entry
+        return value
+
+    @field_validator("image_fetch_allowed_destinations")
+    @classmethod
+    def _check_image_destinations(cls, value: list[str]) -> list[str]:
+        OutboundPolicy.parse("KEEL_IMAGE_FETCH_ALLOWED_DESTINATIONS", value)
         return value
 
     @field_validator("codec_server_cors_origins", mode="before")

@@ -90,6 +90,11 @@ class Message(Base):
     turn_id: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(20))
     content: Mapped[str | None] = mapped_column(Text)
+    # An assistant message's tool calls ([{id, name, arguments}]); a tool message's call id;
+    # a user message's images ([{url, detail}]).
+    tool_calls: Mapped[list[Any] | None] = mapped_column(JSONB)
+    tool_call_id: Mapped[str | None] = mapped_column(String(200))
+    images: Mapped[list[Any] | None] = mapped_column(JSONB)
     tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     summarized: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     # Assistant messages: who answered, and what the answering call was billed.

@@ -11,8 +11,10 @@ Events of one stream, in order:
 - ``attempt``: an LLM attempt begins (``data``: attempt number, model). Anything streamed before
   it belongs to a failed attempt: discard it. Every later ``delta`` names the attempt it came
   from (``attempt``), so deltas of an abandoned attempt still running somewhere are ignorable.
-- ``delta``: text (``data.text``).
-- ``done``: the final text exactly as stored (``data.text``), plus usage and cost. Terminal.
+- ``delta``: text (``data.text``), or a piece of a tool call (``data.tool_call``: ``index``,
+  ``arguments``, and on its first piece ``id`` and ``name``).
+- ``done``: the final text exactly as stored (``data.text``) and tool calls
+  (``data.tool_calls``), plus usage and cost. Terminal.
 - ``error``: the turn failed (``data.message``, ``data.type``). Terminal.
 """
 
@@ -175,6 +177,20 @@ async def prune_streams(
 # --- Producing -------------------------------------------------------------------------------
 
 
+def _coalesced(last: dict[str, Any], data: dict[str, Any]) -> bool:
+    """Merge delta ``data`` into the waiting delta ``last`` when they continue each other: text
+    after text, or more arguments of the same tool call. False: they stay two events."""
+    if "tool_call" not in last and "tool_call" not in data:
+        last["text"] = last.get("text", "") + data.get("text", "")
+        return True
+    if "tool_call" in last and "tool_call" in data:
+        call, more = last["tool_call"], data["tool_call"]
+        if call.get("index") == more.get("index") and "name" not in more:
+            last["tool_call"] = {**call, "arguments": call["arguments"] + more["arguments"]}
+            return True
+    return False
+
+
 class StreamPublisher:
     """Writes one producer's events in order, never more than one write in flight.
 
@@ -214,8 +230,9 @@ class StreamPublisher:
             and last is not None
             and last.type == StreamEventType.DELTA
             and last.attempt == attempt
+            and _coalesced(last.data, data)
         ):
-            last.data["text"] = last.data.get("text", "") + data.get("text", "")
+            pass
         else:
             self._buffer.append(NewStreamEvent(type=type, attempt=attempt, data=dict(data)))
         self._wakeup.set()

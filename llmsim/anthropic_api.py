@@ -14,7 +14,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from llmsim.catalog import ModelSpec
-from llmsim.engine import Completion, JsonSchemaMode, OutputMode, Prompt, TextMode, ToolMode
+from llmsim.engine import (
+    Completion,
+    JsonSchemaMode,
+    OutputMode,
+    Prompt,
+    TextMode,
+    ToolMode,
+    auto_tool_choice,
+)
 from llmsim.faults import Fault, FaultKind
 from llmsim.openai_api import retry_headers
 from llmsim.pipeline import Answer, ApiError, Frame, ParsedRequest, ProviderAdapter
@@ -73,6 +81,16 @@ def _block_text(block: Any, where: str) -> tuple[str, int]:
     if kind in ("thinking", "redacted_thinking"):
         return "", 0
     return "", 0
+
+
+def _asks(message: Any) -> bool:
+    """A user turn with a question in it, not one that only hands back tool results."""
+    if not isinstance(message, dict) or message.get("role") != "user":
+        return False
+    content = message.get("content")
+    if isinstance(content, list):
+        return not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+    return True
 
 
 class AnthropicAdapter(ProviderAdapter):
@@ -221,13 +239,13 @@ class AnthropicAdapter(ProviderAdapter):
 
         return ParsedRequest(
             prompt=prompt,
-            mode=self._mode(body, tools),
+            mode=self._mode(body, tools, last_user if _asks(messages[-1]) else None),
             max_tokens=max_tokens,
             stop=stop,
             stream=body.get("stream") is True,
         )
 
-    def _mode(self, body: dict[str, Any], tools: list[Any]) -> OutputMode:
+    def _mode(self, body: dict[str, Any], tools: list[Any], question: str | None) -> OutputMode:
         by_name = {
             t["name"]: t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)
         }
@@ -240,6 +258,9 @@ class AnthropicAdapter(ProviderAdapter):
                 forced = str(choice.get("name"))
                 if forced not in by_name:
                     raise _invalid(f"tool_choice: tool '{forced}' not found in tools")
+        auto = choice is None or (isinstance(choice, dict) and choice.get("type") == "auto")
+        if forced is None and auto and question is not None:
+            forced = auto_tool_choice(by_name, question)
         if forced is not None:
             schema = by_name[forced].get("input_schema") or {"type": "object", "properties": {}}
             return ToolMode(name=forced, parameters=schema)

@@ -8,6 +8,7 @@ ignored, so the same request always gets the same answer.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,6 +48,32 @@ class ToolMode:
 
 
 OutputMode = TextMode | JsonSchemaMode | JsonObjectMode | ToolMode
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+# Words too common to say a tool fits a question.
+_STOP_WORDS = frozenset(
+    {"a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "get", "how", "i", "in"}
+    | {"is", "it", "me", "my", "of", "on", "or", "set", "the", "to", "what", "when", "where"}
+    | {"which", "who", "with", "you", "your"}
+)
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower().replace("_", " ")) if w not in _STOP_WORDS}
+
+
+def auto_tool_choice(tools: dict[str, dict[str, Any]], question: str) -> str | None:
+    """What a model choosing freely (``tool_choice: auto``) calls for ``question``: the tool
+    whose name and description share the most words with it, or none when no word is shared
+    (the model answers in text). Deterministic, so tests know which way it goes."""
+    asked = _words(question)
+    best, best_score = None, 0
+    for name, tool in tools.items():
+        score = len(asked & _words(f"{name} {tool.get('description') or ''}"))
+        if score > best_score:
+            best, best_score = name, score
+    return best
 
 
 @dataclass(frozen=True)

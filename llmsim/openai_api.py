@@ -23,13 +23,16 @@ from llmsim.engine import (
     Prompt,
     TextMode,
     ToolMode,
+    auto_tool_choice,
 )
 from llmsim.faults import Fault, FaultKind
 from llmsim.pipeline import Answer, ApiError, Frame, ParsedRequest, ProviderAdapter
 from llmsim.tokens import MESSAGE_OVERHEAD_TOKENS, count_tokens
 
 IMAGE_TOKENS = 85
-"""Charged per image part (OpenAI's low-detail price), since images carry no text."""
+"""Charged per low-detail image part (OpenAI's price), since images carry no text."""
+HIGH_DETAIL_IMAGE_TOKENS = 765
+"""Charged per image of any other detail: OpenAI's price of a 1024x1024 high-detail image."""
 
 SYSTEM_FINGERPRINT = "fp_llmsim"
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -78,7 +81,11 @@ def _content_text(content: Any, where: str) -> tuple[str, int]:
         kind = part.get("type")
         if kind in ("text", "input_text", "refusal"):
             texts.append(str(part.get("text") or part.get("refusal") or ""))
-        elif kind in ("image_url", "input_image", "file", "input_audio"):
+        elif kind == "image_url":
+            image = part.get("image_url")
+            low = isinstance(image, dict) and image.get("detail") == "low"
+            extra += IMAGE_TOKENS if low else HIGH_DETAIL_IMAGE_TOKENS
+        elif kind in ("input_image", "file", "input_audio"):
             extra += IMAGE_TOKENS
     return "\n".join(texts), extra
 
@@ -211,6 +218,7 @@ class OpenAIAdapter(ProviderAdapter):
         chain = hashlib.sha256(json.dumps(tools, sort_keys=True).encode())
         running = extra
         last_user = ""
+        unanswered: set[str] = set()
         for i, msg in enumerate(messages):
             where = f"messages[{i}]"
             if not isinstance(msg, dict):
@@ -228,6 +236,7 @@ class OpenAIAdapter(ProviderAdapter):
                     "invalid_value",
                     reason="invalid_request",
                 )
+            unanswered = self._check_tool_order(msg, str(role), unanswered, where)
             text, more = _content_text(msg.get("content"), where)
             for call in msg.get("tool_calls") or []:
                 fn = call.get("function") if isinstance(call, dict) else None
@@ -300,7 +309,7 @@ class OpenAIAdapter(ProviderAdapter):
         seed = body.get("seed")
         return ParsedRequest(
             prompt=prompt,
-            mode=self._mode(body, tools, texts),
+            mode=self._mode(body, tools, texts, str(messages[-1].get("role"))),
             max_tokens=max_tokens,
             stop=stop,
             stream=stream,
@@ -309,7 +318,39 @@ class OpenAIAdapter(ProviderAdapter):
             include_usage=include_usage,
         )
 
-    def _mode(self, body: dict[str, Any], tools: list[Any], texts: list[str]) -> OutputMode:
+    def _check_tool_order(
+        self, msg: dict[str, Any], role: str, unanswered: set[str], where: str
+    ) -> set[str]:
+        """OpenAI's rule: every tool call is answered by a ``tool`` message right after its
+        assistant message, and a ``tool`` message answers one of those calls. Returns the calls
+        still unanswered after ``msg``."""
+        if role == "tool":
+            call_id = msg.get("tool_call_id")
+            if call_id not in unanswered:
+                raise self.invalid_request(
+                    "Invalid parameter: messages with role 'tool' must be a response to a"
+                    " preceeding message with 'tool_calls'.",
+                    f"{where}.role",
+                )
+            return unanswered - {call_id}
+        if unanswered:
+            raise self.invalid_request(
+                "An assistant message with 'tool_calls' must be followed by tool messages"
+                " responding to each 'tool_call_id'. The following tool_call_ids did not have"
+                f" response messages: {', '.join(sorted(unanswered))}",
+                "messages",
+            )
+        if role == "assistant":
+            return {
+                str(call.get("id"))
+                for call in msg.get("tool_calls") or []
+                if isinstance(call, dict)
+            }
+        return set()
+
+    def _mode(
+        self, body: dict[str, Any], tools: list[Any], texts: list[str], last_role: str
+    ) -> OutputMode:
         choice = body.get("tool_choice")
         functions = {
             t["function"]["name"]: t["function"]
@@ -328,6 +369,8 @@ class OpenAIAdapter(ProviderAdapter):
                     f"Invalid value for 'tool_choice': function '{forced}' is not in 'tools'.",
                     "tool_choice",
                 )
+        elif choice in (None, "auto") and last_role == "user":
+            forced = auto_tool_choice(functions, texts[-1] if texts else "")
         if forced is not None:
             params = functions[forced].get("parameters") or {"type": "object", "properties": {}}
             return ToolMode(name=forced, parameters=params)

@@ -23,7 +23,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
 )
 
-from contracts.llm import MAX_OUTPUT_TOKENS, ChatMessage, RequestPriority
+from contracts.llm import MAX_OUTPUT_TOKENS, ChatMessage, LlmParameters, RequestPriority
 from contracts.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from contracts.sessions import SESSION_ID_PATTERN, session_workflow_id, turn_stream_key
 from infra.settings import KeelSettings
@@ -36,6 +36,10 @@ class TurnRequest(BaseModel):
     content: str
     tenant: str = "default"
     seed_messages: list[ChatMessage] = Field(default_factory=list)
+    # Tool results (or a user message with images) as this turn's input; ``content`` is "".
+    turn_messages: list[ChatMessage] = Field(default_factory=list)
+    # Tools, tool choice, response format, stop, top_p, seed (TurnInput.parameters).
+    parameters: LlmParameters | None = None
     system_prompt: str | None = None
     route: str | None = None
     models: list[str] | None = None
@@ -89,6 +93,8 @@ def _turn_input(request: TurnRequest) -> TurnInput:
     return TurnInput(
         content=request.content,
         seed_messages=request.seed_messages,
+        turn_messages=request.turn_messages,
+        parameters=request.parameters,
         route=request.route,
         models=request.models,
         max_tokens=request.max_tokens,

@@ -5,7 +5,7 @@ table by table, and what stays:
 
 | table | removed | kept |
 |---|---|---|
-| messages | content | role, seq, tokens, model, cost, times |
+| messages | content, tool_calls, images | role, seq, tokens, model, cost, times |
 | sessions (idle since the cutoff) | summary, system prompt | tenant, route, token counts |
 | stream_events | the rows (deltas, final text) | — (they are pruned after a day anyway) |
 | batch_items (finished) | request, response | status, model, error class, cost, times |
@@ -94,12 +94,12 @@ class _Target:
 _FINISHED_ITEM = "('ok', 'failed', 'skipped')"
 TARGETS = (
     _Target(
-        "messages.content",
+        "messages.content",  # with its tool calls and images
         "messages m",
-        "m.content IS NOT NULL",
+        "m.content IS NOT NULL OR m.tool_calls IS NOT NULL OR m.images IS NOT NULL",
         "m.created_at < :cutoff",
         "EXISTS (SELECT 1 FROM sessions s WHERE s.id = m.session_id AND s.tenant = :tenant)",
-        "SET content = NULL",
+        "SET content = NULL, tool_calls = NULL, images = NULL",
     ),
     # A summary is as old as its last fold, and folds move the session's updated_at.
     _Target(

@@ -17,6 +17,7 @@ from infra.database import dispose_engines, session_factory
 from infra.settings import KeelSettings, get_settings
 from infra.temporal_client import connect
 from services.asks import ledger_attempts, start_ask
+from starters.agent_demo import demo_tool_agent
 from starters.ask import print_answer
 from starters.audit import show_audit
 from starters.batch import run_demo_batch, run_demo_provider_batch
@@ -119,6 +120,9 @@ async def _demo_parts(settings: KeelSettings) -> None:
 
     _section("7. The reviewer console: a review waits for you in the browser")
     workflow_ids.append(await demo_console(settings))
+
+    _section("8. A durable agent: the model calls tools, each tool an activity")
+    workflow_ids.append(await demo_tool_agent(settings))
 
     _section("Done — the stack is still running")
     console.print(f"Temporal Web UI: {settings.web_ui_url}")

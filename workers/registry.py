@@ -13,6 +13,7 @@ from activities.batch.files import BatchFileLimits
 from activities.batch.items import BatchItemActivities
 from activities.batch.pages import BatchPageActivities
 from activities.batch.provider_batches import ProviderBatchActivities
+from activities.example_tools import ExampleToolActivities
 from activities.jobs import JobActivities
 from activities.llm.activities import LlmActivities
 from activities.llm.providers import ProviderClients
@@ -28,6 +29,7 @@ from workflows.chat_session import ChatSessionWorkflow
 from workflows.document_review import DocumentReviewWorkflow
 from workflows.jobs import JobWorkflow
 from workflows.provider_batch import ProviderBatchWorkflow
+from workflows.tool_agent import ToolAgentWorkflow
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,20 @@ def queue_contents(
     approvals = ApprovalActivities(settings, sessions).all()
     if queue == settings.interactive_task_queue:
         return QueueContents(
-            workflows=[AskWorkflow, ChatSessionWorkflow, JobWorkflow, DocumentReviewWorkflow],
+            workflows=[
+                AskWorkflow,
+                ChatSessionWorkflow,
+                JobWorkflow,
+                DocumentReviewWorkflow,
+                ToolAgentWorkflow,
+            ],
             activities=[
                 *llm,
                 *SessionActivities(settings, sessions).all(),
                 *JobActivities(settings, sessions, resolver).all(),
                 *approvals,
                 *PublishingActivities(settings, sessions).all(),
+                *ExampleToolActivities().all(),
             ],
             max_concurrent_activities=200,
         )

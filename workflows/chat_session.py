@@ -65,8 +65,19 @@ def _output(session_id: str, turn_id: str, stored: StoredAnswer, **fields: objec
             "message_seq": stored.message_seq,
             "usage": Usage(input_tokens=stored.input_tokens, output_tokens=stored.output_tokens),
             "cost_usd": stored.cost_usd,
+            "tool_calls": stored.tool_calls,
             **fields,
         }
+    )
+
+
+def _turn_parameters(params: TurnInput, answer_tokens: int) -> LlmParameters:
+    """The call's parameters: the turn's shape (tools, response format...) with its length and
+    temperature. A turn recorded before ``parameters`` existed carries None: the same request
+    as before, so its replay schedules the same call."""
+    shape = params.parameters.model_dump() if params.parameters is not None else {}
+    return LlmParameters.model_validate(
+        {**shape, "max_tokens": answer_tokens, "temperature": params.temperature}
     )
 
 
@@ -136,7 +147,7 @@ class ChatSessionWorkflow:
 
     @turn.validator
     def _validate_turn(self, params: TurnInput) -> None:
-        if not params.content.strip():
+        if not params.content.strip() and not params.turn_messages:
             raise ValueError("a turn needs a non-empty message")
         if len(params.content) > MAX_TURN_CHARS:
             raise ValueError(f"a turn's message is limited to {MAX_TURN_CHARS} characters")
@@ -161,6 +172,8 @@ class ChatSessionWorkflow:
                 models=models,
                 answer_tokens=answer_tokens,
                 stream_key=stream_key,
+                turn_messages=params.turn_messages,
+                parameters=params.parameters,
             ),
             **LOCAL_RECORD,
         )
@@ -175,9 +188,7 @@ class ChatSessionWorkflow:
                     messages=build_context(context.system_prompt, summary, context.recent),
                     route=route,
                     models=models,
-                    parameters=LlmParameters(
-                        max_tokens=answer_tokens, temperature=params.temperature
-                    ),
+                    parameters=_turn_parameters(params, answer_tokens),
                     tenant=session.tenant,
                     purpose="chat",
                     stream_key=stream_key,
@@ -206,6 +217,7 @@ class ChatSessionWorkflow:
                 usage=answer.usage,
                 cost_usd=answer.cost_usd,
                 stream_key=stream_key,
+                tool_calls=answer.tool_calls,
             ),
             **LOCAL_RECORD,
         )

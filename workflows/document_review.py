@@ -342,6 +342,9 @@ class DocumentReviewWorkflow:
                     max_tokens=max_tokens,
                     json_schema=json_schema,
                     json_schema_name="self_check" if json_schema else "answer",
+                    # The review judges an unreadable self-check itself (a red flag for a
+                    # person), so keel hands it over instead of retrying it as invalid.
+                    check_output=False,
                 ),
                 tenant=self.params.tenant,
                 purpose=f"review.{purpose}",

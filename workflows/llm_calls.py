@@ -205,6 +205,20 @@ async def _try_chain(
                     "to_model": candidate.model,
                 },
             )
+        if candidate.unsupported is not None:
+            # Replay-safe without a patch: plans recorded before this field existed carry None,
+            # so their histories take the same path as before.
+            failed.append((candidate.model, ErrorClass.UNSUPPORTED.value))
+            await audit(
+                "llm.model_skipped",
+                request.tenant,
+                {
+                    "purpose": request.purpose,
+                    "model": candidate.model,
+                    "reason": candidate.unsupported,
+                },
+            )
+            continue
         if candidate.breaker_open:
             failed.append((candidate.model, ErrorClass.CIRCUIT_OPEN.value))
             continue

@@ -27,6 +27,7 @@ from activities.llm.budgets import (
     budget_states,
     estimate_cost,
 )
+from activities.llm.capabilities import unsupported_reason
 from activities.llm.errors import ClassifiedError
 from activities.llm.ledger import (
     earlier_attempts,
@@ -49,7 +50,7 @@ from activities.llm.pipeline import (
     to_application_error,
 )
 from activities.llm.pricing import price_usd
-from activities.llm.providers import ProviderClients, provider_for_model
+from activities.llm.providers import ProviderClients, ToolCallDelta, provider_for_model
 from activities.llm.routing import (
     RouteChoice,
     UnknownRouteError,
@@ -90,7 +91,7 @@ def _budget_refusal(
     budgets: list[BudgetState], candidates: list[ModelCandidate], request: LlmRequest
 ) -> BudgetExceededError | None:
     """Why the budget cannot cover the first model the chain would really call, if it can't."""
-    first = next((c for c in candidates if not c.breaker_open), None)
+    first = next((c for c in candidates if not c.breaker_open and not c.unsupported), None)
     if not budgets or first is None:
         return None
     _, model_name = provider_for_model(first.model)
@@ -100,8 +101,13 @@ def _budget_refusal(
 
 
 async def _candidates(
-    session: AsyncSession, models: list[str], config: circuit_breaker.BreakerConfig
+    session: AsyncSession,
+    models: list[str],
+    config: circuit_breaker.BreakerConfig,
+    request: LlmRequest,
+    settings: KeelSettings,
 ) -> list[ModelCandidate]:
+    needs = request.required_capabilities()
     candidates: list[ModelCandidate] = []
     for model in models:
         provider, _ = provider_for_model(model)
@@ -112,6 +118,7 @@ async def _candidates(
                 provider=provider,
                 breaker_open=state.state == "open" and (state.retry_in_seconds or 0) > 0,
                 breaker_retry_in_seconds=state.retry_in_seconds,
+                unsupported=unsupported_reason(model, needs, settings),
             )
         )
     return candidates
@@ -142,7 +149,7 @@ async def route_plan(
             )
     except UnknownRouteError as error:
         raise ApplicationError(str(error), type="UnknownRoute", non_retryable=True) from error
-    candidates = await _candidates(session, choice.models, config)
+    candidates = await _candidates(session, choice.models, config, request, settings)
     refusal = _budget_refusal(budgets, candidates, request)
     seen = {choice.route}
     # Out of budget under the downgrade policy: step down now, not after a refused call.
@@ -154,7 +161,7 @@ async def route_plan(
         named = choice.downgraded_from or choice.route
         choice = choose_route(target, request.purpose, settings, traffic_key)
         choice = RouteChoice(choice.route, choice.models, choice.chain, named, "budget_exhausted")
-        candidates = await _candidates(session, choice.models, config)
+        candidates = await _candidates(session, choice.models, config, request, settings)
         refusal = _budget_refusal(budgets, candidates, request)
     batch = request.call_class == CallClass.BATCH
     route = choice.route or None
@@ -341,8 +348,12 @@ async def _complete_chat(
         activity.heartbeat()
         stream.delta(delta)
 
+    async def on_tool_delta(delta: ToolCallDelta) -> None:
+        activity.heartbeat()
+        stream.tool_delta(delta.index, delta.id, delta.name, delta.arguments)
+
     async with stream:
-        failure = await call_provider(providers, attempt, retry.policy, on_delta)
+        failure = await call_provider(providers, attempt, retry.policy, on_delta, on_tool_delta)
     if failure is not None:
         await _record_failure(attempt, failure, config, sessions)
         raise _to_application_error(failure, model, retry)
@@ -379,6 +390,7 @@ async def _complete_chat(
         text=completion.text,
         model=model,
         provider=provider_name,
+        tool_calls=completion.tool_calls,
         usage=usage,
         cost_usd=cost,
         finish_reason=completion.finish_reason,

@@ -25,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.llm.pricing import price_usd
 from contracts.llm import BudgetState, LlmRequest, Usage
+from infra.prompt_tokens import prompt_tokens
 from infra.settings import KeelSettings
 from infra.tables import Budget
-from llmsim.tokens import count_message_tokens
 
 PERIODS = ("day", "month")
 
@@ -68,7 +68,7 @@ def estimated_usage(request: LlmRequest) -> Usage:
     """The most a call can be billed: the prompt counted generously (the simulator's rule, a
     little above real tokenizers) and every token of ``max_tokens`` generated."""
     return Usage(
-        input_tokens=count_message_tokens(m.content for m in request.messages),
+        input_tokens=prompt_tokens(request.messages, request.parameters),
         output_tokens=request.parameters.max_tokens,
     )
 

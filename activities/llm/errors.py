@@ -15,6 +15,7 @@ import anthropic
 import httpx2
 import openai
 
+from activities.llm.images import ImageRefused, ImageUnreachable
 from contracts.llm import ErrorClass
 from infra.structured_logging import redact_text
 
@@ -115,6 +116,10 @@ def classify(error: BaseException, *, stream_started: bool = False) -> Classifie
     A connection lost after the first token is a broken stream, not a failure to connect: its
     partial output was generated and is billed.
     """
+    if isinstance(error, ImageRefused):
+        return ClassifiedError(ErrorClass.BAD_REQUEST, redact_text(str(error))[:500])
+    if isinstance(error, ImageUnreachable):
+        return ClassifiedError(ErrorClass.CONNECTION, redact_text(str(error))[:500])
     if (
         stream_started
         and isinstance(error, (openai.APIConnectionError, anthropic.APIConnectionError))

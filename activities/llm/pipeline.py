@@ -46,8 +46,16 @@ from activities.llm.ledger import (
     SPEND_SHARDS,
     AttemptRecord,
 )
+from activities.llm.output_checks import check_output
 from activities.llm.pricing import price_usd
-from activities.llm.providers import Completion, OnDelta, Provider, estimate_tokens
+from activities.llm.providers import (
+    Completion,
+    OnDelta,
+    OnToolDelta,
+    Provider,
+    estimate_tokens,
+    ignore_tool_delta,
+)
 from contracts.llm import (
     AttemptInput,
     BudgetState,
@@ -60,6 +68,7 @@ from contracts.llm import (
 )
 from infra import metrics
 from infra.input_limits import InputTooLarge, check_prompt_tokens
+from infra.prompt_tokens import tool_texts
 from infra.settings import KeelSettings
 from infra.tracing import end_llm_call_span
 
@@ -105,7 +114,9 @@ def rate_limit_charges(
 def prompt_too_large(request: LlmRequest, settings: KeelSettings) -> ClassifiedError | None:
     try:
         check_prompt_tokens(
-            [m.content for m in request.messages], settings.max_prompt_tokens, "the prompt"
+            [m.counted_text() for m in request.messages] + tool_texts(request.parameters),
+            settings.max_prompt_tokens,
+            "the prompt",
         )
     except InputTooLarge as error:
         return ClassifiedError(ErrorClass.PROMPT_TOO_LARGE, str(error))
@@ -232,10 +243,10 @@ class Attempt:
 
 def estimated_usage_of(request: LlmRequest, completion: Completion) -> Usage:
     """Billed tokens for a call whose usage report never arrived (the stream broke first)."""
-    prompt = "".join(m.content for m in request.messages)
+    prompt = "".join(m.counted_text() for m in request.messages)
     return Usage(
         input_tokens=estimate_tokens(prompt),
-        output_tokens=estimate_tokens(completion.text),
+        output_tokens=estimate_tokens(completion.output_text),
     )
 
 
@@ -250,7 +261,7 @@ def failed_usage(request: LlmRequest, completion: Completion) -> Usage:
     """What a failed attempt is billed for: what the provider reported, or generated text."""
     if completion.usage_reported:
         return completion.usage
-    if completion.text:
+    if completion.output_text:
         return estimated_usage_of(request, completion)
     return Usage()  # nothing generated, nothing billed
 
@@ -263,11 +274,17 @@ def failed_cost(provider: str, model_name: str, usage: Usage) -> Decimal | None:
 
 
 async def call_provider(
-    providers: ProviderSource, attempt: Attempt, policy: CallPolicy, on_delta: OnDelta
+    providers: ProviderSource,
+    attempt: Attempt,
+    policy: CallPolicy,
+    on_delta: OnDelta,
+    on_tool_delta: OnToolDelta = ignore_tool_delta,
 ) -> ClassifiedError | None:
     """Stream the attempt's answer into ``attempt.completion``; None on success, else the
     failure, classified (every provider failure is, none escapes raw). The per-read timeout is
-    the heartbeat interval: no byte for that long means the stream stalled."""
+    the heartbeat interval: no byte for that long means the stream stalled. An answer that does
+    not match the requested JSON schema or tool parameters is a failure too (billed like any
+    failed attempt, then retried)."""
     call = attempt.call
     try:
         provider = providers.get(call.provider)
@@ -279,12 +296,13 @@ async def call_provider(
                 policy.heartbeat_seconds,
                 on_delta,
                 attempt.completion,
+                on_tool_delta,
             )
     except LookupError as error:
         return ClassifiedError(ErrorClass.AUTHENTICATION, str(error))
     except Exception as error:
         return classify(error, stream_started=attempt.completion.first_token_ms is not None)
-    return None
+    return check_output(call.request.parameters, attempt.completion)
 
 
 # --- Retries -------------------------------------------------------------------------------------

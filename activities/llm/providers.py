@@ -17,12 +17,30 @@ import anthropic
 import httpx2
 import openai
 
-from contracts.llm import ChatMessage, LlmParameters, Usage
+from activities.llm.images import ImageInliner, image_inliner
+from contracts.llm import ChatMessage, LlmParameters, ToolCall, ToolChoice, Usage
 from contracts.llm import provider_for_model as provider_for_model
 from infra.settings import KeelSettings
 
 SIMULATOR_API_KEY = "keel-simulator"
 OnDelta = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class ToolCallDelta:
+    """A piece of a streamed tool call: the first names it, later ones add argument text."""
+
+    index: int
+    arguments: str = ""
+    id: str | None = None
+    name: str | None = None
+
+
+OnToolDelta = Callable[[ToolCallDelta], Awaitable[None]]
+
+
+async def ignore_tool_delta(_: ToolCallDelta) -> None:
+    pass
 
 
 @dataclass
@@ -32,6 +50,30 @@ class Completion:
     usage_reported: bool = False
     finish_reason: str | None = None
     first_token_ms: int | None = None
+    # Tool calls by stream index, as their pieces arrive: [id, name, arguments so far].
+    tool_call_parts: dict[int, list[str]] = field(default_factory=dict)
+
+    def add_tool_delta(self, delta: ToolCallDelta) -> None:
+        parts = self.tool_call_parts.setdefault(delta.index, ["", "", ""])
+        if delta.id:
+            parts[0] = delta.id
+        if delta.name:
+            parts[1] = delta.name
+        parts[2] += delta.arguments
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(id=call_id, name=name, arguments=arguments or "{}")
+            for call_id, name, arguments in (
+                self.tool_call_parts[index] for index in sorted(self.tool_call_parts)
+            )
+        ]
+
+    @property
+    def output_text(self) -> str:
+        """What the model generated: its text and its tool calls' arguments (for usage)."""
+        return self.text + "".join(parts[2] for parts in self.tool_call_parts.values())
 
 
 class Provider(Protocol):
@@ -45,6 +87,7 @@ class Provider(Protocol):
         timeout_seconds: float,
         on_delta: OnDelta,
         partial: Completion,
+        on_tool_delta: OnToolDelta = ignore_tool_delta,
     ) -> Completion:
         """Stream a completion into ``partial`` (so a broken stream leaves what arrived)."""
         ...
@@ -83,25 +126,17 @@ class OpenAIProvider:
         timeout_seconds: float,
         on_delta: OnDelta,
         partial: Completion,
+        on_tool_delta: OnToolDelta = ignore_tool_delta,
     ) -> Completion:
         kwargs: dict[str, Any] = {
             "model": model,
-            "messages": [m.model_dump() for m in messages],
+            "messages": [openai_message(m) for m in messages],
             "max_completion_tokens": parameters.max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
             "timeout": _timeout(timeout_seconds),
+            **openai_options(parameters),
         }
-        if parameters.temperature is not None:
-            kwargs["temperature"] = parameters.temperature
-        if parameters.json_schema is not None:
-            kwargs["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {
-                    "name": parameters.json_schema_name,
-                    "schema": parameters.json_schema,
-                },
-            }
         started = time.perf_counter()
         # The SSE lines are read raw and each chunk decoded with json.loads: the SDK's typed
         # chunks cost ~70% of a batch worker's CPU (cProfile: model construction per chunk), and
@@ -136,6 +171,19 @@ class OpenAIProvider:
                             partial.first_token_ms = int((time.perf_counter() - started) * 1000)
                         partial.text += delta
                         await on_delta(delta)
+                    delta_fields = choice.get("delta") or {}
+                    for call in delta_fields.get("tool_calls") or ():
+                        if partial.first_token_ms is None:
+                            partial.first_token_ms = int((time.perf_counter() - started) * 1000)
+                        function = call.get("function") or {}
+                        piece = ToolCallDelta(
+                            index=call.get("index", 0),
+                            arguments=function.get("arguments") or "",
+                            id=call.get("id"),
+                            name=function.get("name"),
+                        )
+                        partial.add_tool_delta(piece)
+                        await on_tool_delta(piece)
                     if choice.get("finish_reason"):
                         partial.finish_reason = choice["finish_reason"]
         return partial
@@ -152,8 +200,9 @@ def _stream_error(error: object, request: httpx2.Request) -> openai.APIError:
 class AnthropicProvider:
     name = "anthropic"
 
-    def __init__(self, client: anthropic.AsyncAnthropic) -> None:
+    def __init__(self, client: anthropic.AsyncAnthropic, images: ImageInliner) -> None:
         self._client = client
+        self._images = images
 
     @property
     def client(self) -> anthropic.AsyncAnthropic:
@@ -168,41 +217,59 @@ class AnthropicProvider:
         timeout_seconds: float,
         on_delta: OnDelta,
         partial: Completion,
+        on_tool_delta: OnToolDelta = ignore_tool_delta,
     ) -> Completion:
         system = "\n\n".join(m.content for m in messages if m.role == "system")
-        turns = [{"role": m.role, "content": m.content} for m in messages if m.role != "system"]
-        if parameters.json_schema is not None:
-            # Anthropic has no response_format: ask for the schema in the system prompt.
-            system = (
-                f"{system}\n\nAnswer with one JSON object only, valid against this JSON schema:\n"
-                f"{json.dumps(parameters.json_schema)}"
-            ).strip()
+        turns = await anthropic_turns(messages, self._images)
         kwargs: dict[str, Any] = {
             "model": model,
             "messages": turns,
             "max_tokens": parameters.max_tokens,
             "timeout": _timeout(timeout_seconds),
+            **anthropic_options(parameters),
         }
         if system:
             kwargs["system"] = system
-        if parameters.temperature is not None:
-            # This SDK version takes no `temperature` argument; the API still accepts the field.
-            kwargs["extra_body"] = {"temperature": min(parameters.temperature, 1.0)}
         started = time.perf_counter()
         input_tokens = cached = 0
+        # Anthropic numbers content blocks; tool calls are numbered among themselves.
+        tool_index: dict[int, int] = {}
         async with self._client.messages.stream(**kwargs) as stream:
             async for event in stream:
                 if event.type == "message_start":
                     usage = event.message.usage
                     input_tokens = usage.input_tokens
                     cached = usage.cache_read_input_tokens or 0
+                elif event.type == "content_block_start" and event.content_block.type == "tool_use":
+                    tool_index[event.index] = len(tool_index)
+                    piece = ToolCallDelta(
+                        index=tool_index[event.index],
+                        id=event.content_block.id,
+                        name=event.content_block.name,
+                    )
+                    partial.add_tool_delta(piece)
+                    await on_tool_delta(piece)
                 elif event.type == "content_block_delta" and event.delta.type == "text_delta":
                     if partial.first_token_ms is None:
                         partial.first_token_ms = int((time.perf_counter() - started) * 1000)
                     partial.text += event.delta.text
                     await on_delta(event.delta.text)
+                elif (
+                    event.type == "content_block_delta"
+                    and event.delta.type == "input_json_delta"
+                    and event.index in tool_index
+                ):
+                    if partial.first_token_ms is None:
+                        partial.first_token_ms = int((time.perf_counter() - started) * 1000)
+                    piece = ToolCallDelta(
+                        index=tool_index[event.index], arguments=event.delta.partial_json
+                    )
+                    partial.add_tool_delta(piece)
+                    await on_tool_delta(piece)
                 elif event.type == "message_delta":
-                    partial.finish_reason = event.delta.stop_reason
+                    partial.finish_reason = ANTHROPIC_STOP_REASONS.get(
+                        event.delta.stop_reason or "", event.delta.stop_reason
+                    )
                     partial.usage = Usage(
                         input_tokens=input_tokens + cached,
                         output_tokens=event.usage.output_tokens,
@@ -210,6 +277,188 @@ class AnthropicProvider:
                     )
                     partial.usage_reported = True
         return partial
+
+
+# --- OpenAI wire format ----------------------------------------------------------------------
+
+
+def openai_message(message: ChatMessage) -> dict[str, Any]:
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    if message.role == "assistant" and message.tool_calls:
+        return {
+            "role": "assistant",
+            "content": message.content or None,
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in message.tool_calls
+            ],
+        }
+    if message.images:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
+        for image in message.images:
+            url: dict[str, Any] = {"url": image.url}
+            if image.detail:
+                url["detail"] = image.detail
+            parts.append({"type": "image_url", "image_url": url})
+        return {"role": message.role, "content": parts}
+    return {"role": message.role, "content": message.content}
+
+
+def openai_tool_choice(choice: ToolChoice) -> Any:
+    if choice.mode == "tool":
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode
+
+
+def openai_options(parameters: LlmParameters) -> dict[str, Any]:
+    """The request's optional fields, only those it sets (a field sent as null can be refused)."""
+    options: dict[str, Any] = {}
+    if parameters.temperature is not None:
+        options["temperature"] = parameters.temperature
+    if parameters.top_p is not None:
+        options["top_p"] = parameters.top_p
+    if parameters.seed is not None:
+        options["seed"] = parameters.seed
+    if parameters.stop:
+        options["stop"] = parameters.stop
+    if parameters.tools:
+        options["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    **({"description": tool.description} if tool.description else {}),
+                    "parameters": tool.parameters,
+                    **({"strict": tool.strict} if tool.strict is not None else {}),
+                },
+            }
+            for tool in parameters.tools
+        ]
+        if parameters.parallel_tool_calls is not None:
+            options["parallel_tool_calls"] = parameters.parallel_tool_calls
+    if parameters.tool_choice is not None:
+        options["tool_choice"] = openai_tool_choice(parameters.tool_choice)
+    if parameters.json_schema is not None:
+        schema: dict[str, Any] = {
+            "name": parameters.json_schema_name,
+            "schema": parameters.json_schema,
+        }
+        if parameters.json_schema_strict is not None:
+            schema["strict"] = parameters.json_schema_strict
+        options["response_format"] = {"type": "json_schema", "json_schema": schema}
+    elif parameters.json_object:
+        options["response_format"] = {"type": "json_object"}
+    return options
+
+
+# --- Anthropic wire format -------------------------------------------------------------------
+
+# Anthropic's stop reasons in OpenAI's words, which keel's answers use.
+ANTHROPIC_STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def _tool_input(arguments: str) -> Any:
+    try:
+        return json.loads(arguments or "{}")
+    except ValueError:
+        return {}
+
+
+async def anthropic_turns(
+    messages: list[ChatMessage], images: ImageInliner
+) -> list[dict[str, Any]]:
+    """Chat messages as Anthropic turns: tool results are ``tool_result`` blocks of a user turn,
+    an assistant's tool calls ``tool_use`` blocks, images base64 ``image`` blocks; consecutive
+    turns of one role are merged, since Anthropic alternates user and assistant."""
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system":
+            continue
+        blocks: list[dict[str, Any]] = []
+        if message.role == "tool":
+            role = "user"
+            blocks.append(
+                {
+                    "type": "tool_result",
+                    "tool_use_id": message.tool_call_id,
+                    "content": message.content,
+                }
+            )
+        else:
+            role = message.role
+            if message.content:
+                blocks.append({"type": "text", "text": message.content})
+            for image in message.images:
+                blocks.append({"type": "image", "source": await images.source(image.url)})
+            for call in message.tool_calls:
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call.id,
+                        "name": call.name,
+                        "input": _tool_input(call.arguments),
+                    }
+                )
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += blocks
+        else:
+            turns.append({"role": role, "content": blocks})
+    return turns
+
+
+def anthropic_options(parameters: LlmParameters) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    # This SDK version takes no `temperature` or `top_p` argument; the API accepts the fields.
+    extra: dict[str, Any] = {}
+    if parameters.temperature is not None:
+        extra["temperature"] = min(parameters.temperature, 1.0)
+    if parameters.top_p is not None:
+        extra["top_p"] = parameters.top_p
+    if extra:
+        options["extra_body"] = extra
+    if parameters.stop:
+        options["stop_sequences"] = parameters.stop
+    if parameters.tools:
+        options["tools"] = [
+            {
+                "name": tool.name,
+                **({"description": tool.description} if tool.description else {}),
+                "input_schema": tool.parameters,
+            }
+            for tool in parameters.tools
+        ]
+    choice: dict[str, Any] | None = None
+    if parameters.tool_choice is not None:
+        mode = parameters.tool_choice.mode
+        choice = {"type": {"required": "any"}.get(mode, mode)}
+        if mode == "tool":
+            choice["name"] = parameters.tool_choice.name
+    if parameters.tools and parameters.parallel_tool_calls is False:
+        choice = choice or {"type": "auto"}
+        if choice["type"] != "none":
+            choice["disable_parallel_tool_use"] = True
+    if choice is not None:
+        options["tool_choice"] = choice
+    # Structured outputs: Anthropic's output_config.format takes a JSON schema; a json_object
+    # request is the schema of any object.
+    if parameters.json_schema is not None:
+        options["output_config"] = {
+            "format": {"type": "json_schema", "schema": parameters.json_schema}
+        }
+    elif parameters.json_object:
+        options["output_config"] = {"format": {"type": "json_schema", "schema": {"type": "object"}}}
+    return options
 
 
 @lru_cache(maxsize=8)
@@ -244,11 +493,13 @@ def get_provider(name: str, settings: KeelSettings) -> Provider:
                 _anthropic_client(
                     settings.anthropic_base_url,
                     settings.anthropic_api_key.get_secret_value(),
-                )
+                ),
+                image_inliner(settings),
             )
         if settings.uses_simulator or settings.anthropic_base_url:
             return AnthropicProvider(
-                _anthropic_client(settings.anthropic_base_url or simulator, SIMULATOR_API_KEY)
+                _anthropic_client(settings.anthropic_base_url or simulator, SIMULATOR_API_KEY),
+                image_inliner(settings),
             )
         raise LookupError(
             "no Anthropic credentials: set ANTHROPIC_API_KEY, or route this call to another model"

@@ -11,7 +11,10 @@ from infra.tables import CachedResponse
 
 
 def cacheable(request: LlmRequest) -> bool:
-    return request.use_cache and request.parameters.temperature == 0
+    # The cache keeps an answer's text only: a call offering tools is never answered from it.
+    return (
+        request.use_cache and request.parameters.temperature == 0 and not request.parameters.tools
+    )
 
 
 async def lookup(session: AsyncSession, prompt_hash: str) -> CachedResponse | None:

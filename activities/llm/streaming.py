@@ -27,6 +27,15 @@ class AttemptStream:
     def delta(self, text: str) -> None:
         self._publisher.publish(StreamEventType.DELTA, {"text": text}, attempt=self.label)
 
+    def tool_delta(self, index: int, call_id: str | None, name: str | None, arguments: str) -> None:
+        """A piece of a tool call: the first of a call names it, later ones add arguments."""
+        piece: dict[str, object] = {"index": index, "arguments": arguments}
+        if call_id:
+            piece["id"] = call_id
+        if name:
+            piece["name"] = name
+        self._publisher.publish(StreamEventType.DELTA, {"tool_call": piece}, attempt=self.label)
+
     async def __aenter__(self) -> AttemptStream:
         await self._publisher.__aenter__()
         self._publisher.publish(
@@ -49,6 +58,9 @@ class NoStream:
     """Stands in for ``AttemptStream`` when nobody is watching."""
 
     def delta(self, text: str) -> None:
+        pass
+
+    def tool_delta(self, index: int, call_id: str | None, name: str | None, arguments: str) -> None:
         pass
 
     async def __aenter__(self) -> NoStream:

@@ -27,8 +27,10 @@ from activities.batch.files import BatchFileLimits, parse_lines
 from contracts.approvals import ApprovalMode, ApproveDecision, GateView, ReviewPolicy
 from contracts.batch import BatchOptions
 from contracts.jobs import JobInput, JobKind
+from contracts.llm import ChatMessage, LlmParameters, ToolSpec
 from contracts.provider_batch import ProviderBatchSettings
 from contracts.sessions import session_workflow_id
+from contracts.tools import ToolAgentInput
 from infra.database import session_factory
 from infra.settings import KeelSettings, get_settings
 from llmsim import SimServer
@@ -39,6 +41,7 @@ from workflows.approval_gate import APPROVE, STATUS_QUERY
 from workflows.ask import AskInput, AskWorkflow
 from workflows.document_review import DocumentReviewWorkflow, ReviewInput
 from workflows.jobs import JobWorkflow
+from workflows.tool_agent import ToolAgentWorkflow
 
 Scenario = Callable[[Client, KeelSettings, SimServer], Awaitable[WorkflowHandle]]
 
@@ -332,7 +335,71 @@ FROZEN_HISTORIES: dict[str, str] = {
     "ran before pages: a batch started before the upgrade finishes on it",
 }
 
+
+async def chat_tool_call_then_result(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """A turn answered with a tool call (streamed), then a turn handing back its result."""
+    lookup = ToolSpec(
+        name="look_up_weather",
+        description="Current weather of a city",
+        parameters={"type": "object", "properties": {"city": {"type": "string"}}},
+    )
+    session_id = f"replay-tools-{uuid.uuid4().hex[:8]}"
+    asked = await run_turn(
+        client,
+        settings,
+        TurnRequest(
+            session_id=session_id,
+            content="What is the weather in Oslo?",
+            models=["gpt-4o-mini"],
+            parameters=LlmParameters(tools=[lookup]),
+        ),
+    )
+    await run_turn(
+        client,
+        settings,
+        TurnRequest(
+            session_id=session_id,
+            content="",
+            turn_messages=[
+                ChatMessage(role="tool", tool_call_id=call.id, content="12 C, light rain")
+                for call in asked.tool_calls
+            ],
+            models=["gpt-4o-mini"],
+            parameters=LlmParameters(tools=[lookup]),
+        ),
+    )
+    return client.get_workflow_handle(session_workflow_id(session_id))
+
+
+async def tool_agent_approved(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """The example agent calls its sensitive tool: a person approves the call, it runs."""
+    async with session_factory().begin() as session:
+        await add_reviewer(session, "replay-operator", "operator", added_by="replay")
+    handle = await client.start_workflow(
+        ToolAgentWorkflow.run,
+        ToolAgentInput(
+            question="Send an email to Ana, my person of contact.", models=["gpt-4o-mini"]
+        ),
+        id=f"replay-agent-{uuid.uuid4().hex[:8]}",
+        task_queue=settings.interactive_task_queue,
+    )
+    for _ in range(240):  # the gate opens after the first model call
+        status = await handle.query(STATUS_QUERY, result_type=GateView)
+        if status.open_gate is not None:
+            break
+        await asyncio.sleep(0.25)
+    await handle.execute_update(APPROVE, ApproveDecision(reviewer="replay-operator"))
+    await handle.result()
+    return handle
+
+
 SCENARIOS: dict[str, Scenario] = {
+    "chat_tool_call_then_result": chat_tool_call_then_result,
+    "tool_agent_approved": tool_agent_approved,
     "review_gated_then_approved": review_gated_then_approved,
     "review_gated_reviewer_added_then_approved": review_gated_reviewer_added_then_approved,
     "ask_answered": ask_answered,

@@ -266,3 +266,71 @@ async def test_models_endpoint(oai: openai.AsyncOpenAI) -> None:
     assert model.id == "sim-tiny"
     with pytest.raises(openai.NotFoundError):
         await oai.models.retrieve("nope")
+
+
+async def test_a_tool_message_needs_its_call_and_a_call_needs_its_result(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "lookup", "arguments": "{}"},
+    }
+    with pytest.raises(openai.BadRequestError, match="must be a response to a preceeding"):
+        await oai.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[
+                {"role": "user", "content": "hi"},
+                {"role": "tool", "tool_call_id": "call_1", "content": "orphan"},
+            ],
+        )
+    with pytest.raises(openai.BadRequestError, match="did not have response messages: call_1"):
+        await oai.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},  # type: ignore[list-item]
+                {"role": "user", "content": "and?"},
+            ],
+        )
+
+
+async def test_automatic_tool_choice_calls_the_tool_that_fits_the_question(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather of a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        },
+        {
+            "type": "function",
+            "function": {
+                "name": "send_email",
+                "description": "Send an email",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        },
+    ]
+    weather = await oai.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "What's the weather in Paris?"}],
+        tools=tools,  # type: ignore[arg-type]
+    )
+    joke = await oai.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Tell me a joke."}],
+        tools=tools,  # type: ignore[arg-type]
+    )
+    (call,) = weather.choices[0].message.tool_calls or []
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert weather.choices[0].finish_reason == "tool_calls"
+    assert joke.choices[0].message.content and joke.choices[0].finish_reason == "stop"

@@ -87,6 +87,7 @@ from contracts.sessions import (
     StoreSummaryInput,
     TurnContext,
 )
+from contracts.tools import ToolInput, ToolOutput
 from contracts.traffic import BudgetPolicy
 
 # The registered activity names the mocks stand in for.
@@ -712,6 +713,27 @@ class PublishingMocks:
         return WebhookDelivery(host="hooks.example.test", status=200)
 
 
+class ToolMocks:
+    """The example agent's tools, ``look_up_weather`` and ``send_email``: each answers with
+    what it was asked, so a test sees which tool ran with which arguments."""
+
+    def __init__(self, calls: CallLog) -> None:
+        self._calls = calls
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.look_up_weather, self.send_email]
+
+    @activity.defn(name="look_up_weather")
+    async def look_up_weather(self, call: ToolInput) -> ToolOutput:
+        self._calls.add("look_up_weather", call)
+        return ToolOutput(content=f"weather asked for {call.arguments}")
+
+    @activity.defn(name="send_email")
+    async def send_email(self, call: ToolInput) -> ToolOutput:
+        self._calls.add("send_email", call)
+        return ToolOutput(content=f"email sent with {call.arguments}")
+
+
 class KeelMocks:
     """Every keel activity, mocked, sharing one call log; ``activities()`` is what a worker
     registers in place of the real ones."""
@@ -726,6 +748,7 @@ class KeelMocks:
         self.sessions = SessionMocks(self.log)
         self.jobs = JobMocks(self.log)
         self.publishing = PublishingMocks(self.log)
+        self.tools = ToolMocks(self.log)
 
     def activities(self) -> list[Callable[..., Any]]:
         return [
@@ -736,6 +759,7 @@ class KeelMocks:
             *self.sessions.activities(),
             *self.jobs.activities(),
             *self.publishing.activities(),
+            *self.tools.activities(),
         ]
 
     def inputs(self, name: str) -> list[Any]:

@@ -3,8 +3,8 @@
 Written before the provider sees anything, so a retried submission finds the provider's id (or
 looks it up) instead of submitting the chunk twice.
 
-Revision ID: 0011_provider_batches
-Revises: 0010_openai_files_batches
+Revision ID: 0012_provider_batches
+Revises: 0011_message_tools
 Create Date: 2026-12-06 11:30:00
 """
 
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0011_provider_batches"
-down_revision: str | None = "0010_openai_files_batches"
+revision: str = "0012_provider_batches"
+down_revision: str | None = "0011_message_tools"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,50 @@
+"""What each model can honour: tools, a JSON schema, images, a seed.
+
+A request needing something a model lacks is never sent to it (the provider would drop it or
+refuse it): the API refuses the request when no model of its chain can answer it, and the route
+planner marks such a model so the chain skips it with an audit row saying why.
+
+keel knows the limits of a few model families; any other model is taken to support everything
+its provider's API does (so a model unknown to keel is not refused for a guess), and
+KEEL_MODEL_CAPABILITIES states a model's capabilities exactly.
+"""
+
+from __future__ import annotations
+
+from contracts.llm import Capability, provider_for_model
+from infra.settings import KeelSettings
+
+EVERYTHING = frozenset(Capability)
+# Anthropic's Messages API has no seed.
+PROVIDER_CAPABILITIES = {
+    "openai": EVERYTHING,
+    "anthropic": EVERYTHING - {Capability.SEED},
+}
+# Families known to lack something (first matching prefix wins).
+KNOWN_LIMITS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("gpt-3.5", frozenset({Capability.TOOLS, Capability.SEED})),
+    ("gpt-4-", frozenset({Capability.TOOLS, Capability.SEED})),
+    ("claude-2", frozenset()),
+    ("claude-instant", frozenset()),
+)
+
+
+def model_capabilities(model: str, settings: KeelSettings) -> frozenset[str]:
+    provider, name = provider_for_model(model)
+    for key in (model, name):
+        if key in settings.model_capabilities:
+            return frozenset(settings.model_capabilities[key])
+    for prefix, capabilities in KNOWN_LIMITS:
+        if name.startswith(prefix):
+            return capabilities
+    return PROVIDER_CAPABILITIES.get(provider, EVERYTHING)
+
+
+def missing_capabilities(model: str, needs: set[str], settings: KeelSettings) -> list[str]:
+    return sorted(needs - model_capabilities(model, settings))
+
+
+def unsupported_reason(model: str, needs: set[str], settings: KeelSettings) -> str | None:
+    """Why ``model`` cannot answer a request with these needs, or None."""
+    missing = missing_capabilities(model, needs, settings)
+    return f"{model} does not support {', '.join(missing)}" if missing else None

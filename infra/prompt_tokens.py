@@ -1,0 +1,42 @@
+"""How many prompt tokens a request costs, counted generously (the simulator's rule, a little
+above real tokenizers): message text and tool calls, tool definitions, and images.
+
+Budgets reserve against this count, sessions fit their history into it and keel's prompt limit
+is checked with it, so a request with tools or images is never counted as if it had none.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from contracts.llm import ChatMessage, LlmParameters
+from llmsim.tokens import count_message_tokens, count_tokens
+
+# OpenAI bills a low-detail image 85 tokens and a 1024x1024 high-detail one 765; keel cannot
+# see the size before the provider does, so it counts the high-detail figure.
+LOW_DETAIL_IMAGE_TOKENS = 85
+IMAGE_TOKENS = 765
+
+
+def message_tokens(message: ChatMessage) -> int:
+    images = sum(
+        LOW_DETAIL_IMAGE_TOKENS if image.detail == "low" else IMAGE_TOKENS
+        for image in message.images
+    )
+    return count_message_tokens([message.counted_text()]) + images
+
+
+def tool_texts(parameters: LlmParameters) -> list[str]:
+    """The tool definitions as the text a provider counts (none: an empty list)."""
+    if not parameters.tools:
+        return []
+    return [json.dumps([tool.model_dump(exclude_none=True) for tool in parameters.tools])]
+
+
+def tool_tokens(parameters: LlmParameters) -> int:
+    return sum(count_tokens(text) for text in tool_texts(parameters))
+
+
+def prompt_tokens(messages: Iterable[ChatMessage], parameters: LlmParameters) -> int:
+    return sum(message_tokens(m) for m in messages) + tool_tokens(parameters)

@@ -1,0 +1,149 @@
+"""The official anthropic SDK, pointed at `keel api` (``POST /v1/messages``): a message, a stream,
+tools (forced, automatic, a tool-result turn, streamed) and a system prompt, each a durable turn
+of a chat session like a chat completion."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import anthropic
+import pytest
+from anthropic.types import MessageParam, ToolParam
+
+from contracts.sessions import session_workflow_id
+from llmsim import SimServer
+from services.api_tokens import IssuedToken
+from tests.helpers import ledger_rows
+from tests.sessions.conftest import stored_messages
+
+MODEL = "claude-3-5-haiku-latest"
+TOOLS: list[ToolParam] = [
+    {
+        "name": "get_weather",
+        "description": "Current weather of a city",
+        "input_schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    }
+]
+
+
+@pytest.fixture
+async def claude(keel_url: str, api_token: IssuedToken) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    # The SDK sends the keel token as `x-api-key`.
+    async with anthropic.AsyncAnthropic(
+        base_url=keel_url, api_key=api_token.secret, max_retries=0
+    ) as client:
+        yield client
+
+
+def session_of(headers: dict[str, str] | object) -> str:
+    return str(headers["x-keel-session-id"])  # type: ignore[index]
+
+
+async def test_a_message_with_a_system_prompt_is_a_stored_turn(
+    claude: anthropic.AsyncAnthropic, simulator: SimServer
+) -> None:
+    raw = await claude.messages.with_raw_response.create(
+        model=MODEL,
+        max_tokens=200,
+        system="Be brief.",
+        messages=[{"role": "user", "content": "Name a river."}],
+    )
+    message = await raw.parse()
+    assert message.type == "message" and message.role == "assistant"
+    assert message.stop_reason == "end_turn" and message.content[0].type == "text"
+    assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
+    session_id = session_of(raw.headers)
+    stored = await stored_messages(session_id)
+    assert [m.role for m in stored] == ["user", "assistant"]
+    assert stored[1].content == message.content[0].text
+    (row,) = await ledger_rows(session_workflow_id(session_id))
+    assert row.model == MODEL and row.outcome == "ok"
+
+
+async def test_a_streamed_message_ends_with_the_stored_text(
+    claude: anthropic.AsyncAnthropic, slow_simulator: SimServer
+) -> None:
+    async with claude.messages.stream(
+        model=MODEL,
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Describe a glacier."}],
+    ) as stream:
+        pieces = [text async for text in stream.text_stream]
+        final = await stream.get_final_message()
+    assert len(pieces) > 1 and final.content[0].type == "text"
+    assert "".join(pieces) == final.content[0].text and final.stop_reason == "end_turn"
+
+
+async def test_a_forced_tool_call_and_its_result_turn(
+    claude: anthropic.AsyncAnthropic, simulator: SimServer
+) -> None:
+    question: MessageParam = {"role": "user", "content": "Is it raining in Lyon?"}
+    called = await claude.messages.create(
+        model=MODEL,
+        max_tokens=200,
+        tools=TOOLS,
+        tool_choice={"type": "tool", "name": "get_weather"},
+        messages=[question],
+    )
+    (use,) = called.content
+    assert called.stop_reason == "tool_use" and use.type == "tool_use"
+    assert use.name == "get_weather" and isinstance(use.input["city"], str)
+    raw = await claude.messages.with_raw_response.create(
+        model=MODEL,
+        max_tokens=200,
+        tools=TOOLS,
+        messages=[
+            question,
+            {"role": "assistant", "content": [use.model_dump()]},  # type: ignore[misc, list-item]
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "rain"}],
+            },
+        ],
+    )
+    answered = await raw.parse()
+    assert answered.stop_reason == "end_turn" and answered.content[0].type == "text"
+    stored = await stored_messages(session_of(raw.headers))
+    assert [m.role for m in stored] == ["user", "assistant", "tool", "assistant"]
+    assert stored[1].tool_calls == [
+        {"id": use.id, "name": "get_weather", "arguments": json.dumps(use.input)}
+    ]
+    assert stored[2].tool_call_id == use.id and stored[2].content == "rain"
+
+
+async def test_automatic_tool_choice_streams_a_tool_use_block(
+    claude: anthropic.AsyncAnthropic, slow_simulator: SimServer
+) -> None:
+    async with claude.messages.stream(
+        model=MODEL,
+        max_tokens=200,
+        tools=TOOLS,
+        messages=[{"role": "user", "content": "What is the weather in Oslo?"}],
+    ) as stream:
+        json_pieces = [
+            event.delta.partial_json
+            async for event in stream
+            if event.type == "content_block_delta" and event.delta.type == "input_json_delta"
+        ]
+        final = await stream.get_final_message()
+    (use,) = [block for block in final.content if block.type == "tool_use"]
+    assert final.stop_reason == "tool_use" and use.name == "get_weather"
+    assert len(json_pieces) > 1 and json.loads("".join(json_pieces)) == use.input
+
+
+async def test_a_field_keel_cannot_honour_is_refused_by_name(
+    claude: anthropic.AsyncAnthropic, simulator: SimServer
+) -> None:
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await claude.messages.create(
+            model=MODEL,
+            max_tokens=200,
+            messages=[{"role": "user", "content": "Hi"}],
+            thinking={"type": "enabled", "budget_tokens": 1024},
+        )
+    assert "thinking" in str(refused.value)
