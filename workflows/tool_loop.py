@@ -14,9 +14,10 @@ Every step is in history: each LLM call (``ask_llm``: retries, fallbacks, budget
 each tool call (an activity with its own timeout and retry policy), so a worker that dies
 mid-loop resumes at the step it was on and no tool runs twice once it has succeeded. A tool
 marked ``sensitive`` runs only after a person approves that call at an approval gate
-(workflows/approval_gate.py); a refused call is answered to the model as refused, and the model
-goes on. The loop ends when the model answers without calling a tool, or fails with
-``ToolLoopStepLimit`` after ``max_steps`` model calls. Runs in workflow code: no I/O here.
+(workflows/approval_gate.py, in the run's tenant); a refused call is answered to the model as
+refused, and the model goes on; an edited call runs with the reviewer's arguments. The loop
+ends when the model answers without calling a tool, or fails with ``ToolLoopStepLimit`` after
+``max_steps`` model calls. Runs in workflow code: no I/O here.
 """
 
 from __future__ import annotations
