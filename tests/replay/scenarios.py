@@ -28,12 +28,13 @@ from contracts.approvals import ApprovalMode, ApproveDecision, EditDecision, Gat
 from contracts.batch import BatchOptions
 from contracts.jobs import JobInput, JobKind
 from contracts.llm import ChatMessage, LlmParameters, ToolSpec
+from contracts.provider_batch import ProviderBatchSettings
 from contracts.sessions import session_workflow_id
 from contracts.tools import ToolAgentInput
 from infra.database import session_factory
 from infra.settings import KeelSettings, get_settings
 from llmsim import SimServer
-from services.batches import submit_batch
+from services.batches import submit_batch, submit_provider_batch
 from services.budgets import change_budget
 from services.chat_client import TurnRequest, run_turn
 from workflows.approval_gate import APPROVE, EDIT, STATUS_QUERY
@@ -154,6 +155,45 @@ async def batch_pages_continued_as_new(
     )
     first_run = (await handle.describe()).run_id
     await handle.result()
+    return client.get_workflow_handle(handle.id, run_id=first_run)
+
+
+async def provider_batch_expired_then_live(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """A provider batch on both providers whose batches expire part-way: a second round for the
+    expired lines, then the rest continues as new as the live batch. The first run is recorded:
+    plan, submit, timers, polls, collects, the hand-over."""
+    before = sim.state.config.batch.model_dump()
+    sim.configure(batch={"processing_s": 2.0, "expire_after_s": 1.0})
+    lines = [
+        json.dumps(
+            {
+                "custom_id": f"p{n}",
+                "prompt": f"Item {n}",
+                "max_tokens": 16,
+                "model": "gpt-4o-mini" if n % 2 else "claude-3-5-haiku-latest",
+            }
+        )
+        for n in range(8)
+    ]
+    try:
+        handle = await submit_provider_batch(
+            client,
+            settings,
+            session_factory(),
+            list(parse_lines(lines, BatchFileLimits.from_settings(settings))),
+            batch_id=f"replay-{uuid.uuid4().hex[:8]}",
+            options=BatchOptions(),
+            source_name="replay.jsonl",
+            provider_settings=ProviderBatchSettings(
+                poll_initial_seconds=0.3, poll_max_seconds=0.6, max_rounds=2
+            ),
+        )
+        first_run = (await handle.describe()).run_id
+        await handle.result()
+    finally:
+        sim.configure(batch=before)
     return client.get_workflow_handle(handle.id, run_id=first_run)
 
 
@@ -398,6 +438,7 @@ SCENARIOS: dict[str, Scenario] = {
     "chat_two_turns_then_continued_as_new": chat_two_turns_then_continued_as_new,
     "job_ask": job_ask,
     "batch_pages_continued_as_new": batch_pages_continued_as_new,
+    "provider_batch_expired_then_live": provider_batch_expired_then_live,
     "ask_refused_by_budget": ask_refused_by_budget,
     "ask_downgraded_by_budget": ask_downgraded_by_budget,
     "ask_paused_by_budget": ask_paused_by_budget,
