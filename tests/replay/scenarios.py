@@ -24,7 +24,7 @@ from temporalio.client import (
 
 from activities.approvals import add_reviewer
 from activities.batch.files import BatchFileLimits, parse_lines
-from contracts.approvals import ApprovalMode, ApproveDecision, GateView, ReviewPolicy
+from contracts.approvals import ApprovalMode, ApproveDecision, EditDecision, GateView, ReviewPolicy
 from contracts.batch import BatchOptions
 from contracts.jobs import JobInput, JobKind
 from contracts.llm import ChatMessage, LlmParameters, ToolSpec
@@ -37,7 +37,7 @@ from llmsim import SimServer
 from services.batches import submit_batch, submit_provider_batch
 from services.budgets import change_budget
 from services.chat_client import TurnRequest, run_turn
-from workflows.approval_gate import APPROVE, STATUS_QUERY
+from workflows.approval_gate import APPROVE, EDIT, STATUS_QUERY
 from workflows.ask import AskInput, AskWorkflow
 from workflows.document_review import DocumentReviewWorkflow, ReviewInput
 from workflows.jobs import JobWorkflow
@@ -397,7 +397,36 @@ async def tool_agent_approved(
     return handle
 
 
+async def tool_agent_arguments_edited(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """A person edits the sensitive tool's arguments (the console's tool approvals): the tool
+    runs with them, behind the tool loop's patches (gate tenant, edited arguments)."""
+    async with session_factory().begin() as session:
+        await add_reviewer(session, "replay-operator-2", "operator", added_by="replay")
+    handle = await client.start_workflow(
+        ToolAgentWorkflow.run,
+        ToolAgentInput(
+            question="Send an email to Ana, my person of contact.",
+            models=["gpt-4o-mini"],
+            tenant="acme",
+        ),
+        id=f"replay-agent-{uuid.uuid4().hex[:8]}",
+        task_queue=settings.interactive_task_queue,
+    )
+    for _ in range(240):  # the gate opens after the first model call
+        status = await handle.query(STATUS_QUERY, result_type=GateView)
+        if status.open_gate is not None:
+            break
+        await asyncio.sleep(0.25)
+    edited = 'send_email({"to": "bob@example.com", "body": "Edited."})'
+    await handle.execute_update(EDIT, EditDecision(reviewer="replay-operator-2", text=edited))
+    await handle.result()
+    return handle
+
+
 SCENARIOS: dict[str, Scenario] = {
+    "tool_agent_arguments_edited": tool_agent_arguments_edited,
     "chat_tool_call_then_result": chat_tool_call_then_result,
     "tool_agent_approved": tool_agent_approved,
     "review_gated_then_approved": review_gated_then_approved,
