@@ -35,6 +35,13 @@ from contracts.batch import (
 )
 from contracts.jobs import CallbackDelivery, CallbackOutcome, JobRecord
 from contracts.llm import AttemptInput, LlmAnswer, LlmRequest, RoutePlan
+from contracts.provider_batch import (
+    ChunkInput,
+    ChunkState,
+    CollectResult,
+    PlanChunksInput,
+    PlanChunksResult,
+)
 from contracts.publishing import PublishInput, WebhookDelivery, WebhookInput
 from contracts.sessions import (
     FailTurnInput,
@@ -125,6 +132,23 @@ SET_BATCH_STATUS = ActivityRef[StatusInput, BatchCounts](
 # --- Batch pages (activities/batch/pages.py)
 RUN_BATCH_PAGE = ActivityRef[PageInput, PageResult]("run_batch_page", PageInput, PageResult)
 
+# --- Provider batches (activities/batch/provider_batches.py)
+PLAN_PROVIDER_CHUNKS = ActivityRef[PlanChunksInput, PlanChunksResult](
+    "plan_provider_chunks", PlanChunksInput, PlanChunksResult
+)
+SUBMIT_PROVIDER_CHUNK = ActivityRef[ChunkInput, ChunkState](
+    "submit_provider_chunk", ChunkInput, ChunkState
+)
+POLL_PROVIDER_CHUNK = ActivityRef[ChunkInput, ChunkState](
+    "poll_provider_chunk", ChunkInput, ChunkState
+)
+COLLECT_PROVIDER_CHUNK = ActivityRef[ChunkInput, CollectResult](
+    "collect_provider_chunk", ChunkInput, CollectResult
+)
+CANCEL_PROVIDER_CHUNK = ActivityRef[ChunkInput, ChunkState](
+    "cancel_provider_chunk", ChunkInput, ChunkState
+)
+
 ALL: tuple[ActivityRef[Any, Any], ...] = (
     PLAN_LLM_ROUTE,
     COMPLETE_CHAT,
@@ -152,4 +176,9 @@ ALL: tuple[ActivityRef[Any, Any], ...] = (
     RUN_BATCH_PAGE,
     LOOK_UP_WEATHER,
     SEND_EMAIL,
+    PLAN_PROVIDER_CHUNKS,
+    SUBMIT_PROVIDER_CHUNK,
+    POLL_PROVIDER_CHUNK,
+    COLLECT_PROVIDER_CHUNK,
+    CANCEL_PROVIDER_CHUNK,
 )

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contracts.approvals import ReviewPolicy
 from contracts.llm import CallPolicy, FallbackPolicy
+from contracts.provider_batch import ProviderBatchSettings
 from contracts.traffic import BudgetPolicy, RateLimit, RoutePolicy
 from infra.outbound_guard import OutboundPolicy
 
@@ -462,6 +463,11 @@ class KeelSettings(BaseSettings):
     )
     batch_budget_gate_hours: float = Field(
         default=72, gt=0, description="An undecided budget gate stops the batch after this long."
+    )
+    provider_batch: ProviderBatchSettings = Field(
+        default_factory=ProviderBatchSettings,
+        description="Provider batch mode (--via provider): first and longest wait between polls, "
+        "rounds for lines the provider failed or expired before they run live (JSON).",
     )
 
     # --- Input limits (infra/input_limits.py, api/request_limits.py) -----------------------

@@ -351,6 +351,49 @@ class BatchItem(Base):
     )
 
 
+class ProviderBatchChunk(Base):
+    """One provider batch (OpenAI Batch API, Anthropic Message Batches) carrying some of a keel
+    batch's items: written before anything is sent, so a retried submission finds it (and the
+    provider's id once known) instead of submitting twice."""
+
+    __tablename__ = "provider_batch_chunks"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "round", "seq"),
+        Index(None, "provider", "provider_batch_id", unique=True),
+    )
+
+    # "<batch id>.r<round>.c<seq>": also the metadata / custom-id key the provider sees.
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(String(200), ForeignKey("batches.id", ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    provider: Mapped[str] = mapped_column(String(50))
+    model: Mapped[str] = mapped_column(String(200))
+    # planned | submitting | submitted | ended | withdrawn (contracts.provider_batch.ChunkStatus)
+    status: Mapped[str] = mapped_column(String(20))
+    # The batch_items.line_no of each item the chunk carries (its provider custom id is "k<no>").
+    line_nos: Mapped[list[Any]] = mapped_column()
+    item_count: Mapped[int] = mapped_column(Integer)
+    request_bytes: Mapped[int] = mapped_column(BigInteger)
+    # The most the chunk can cost (every answer at max_tokens), reserved against the budget.
+    worst_case_usd: Mapped[Decimal | None] = mapped_column(USD)
+    provider_batch_id: Mapped[str | None] = mapped_column(String(200))
+    provider_file_id: Mapped[str | None] = mapped_column(String(200))
+    provider_status: Mapped[str | None] = mapped_column(String(30))
+    request_counts: Mapped[dict[str, Any] | None] = mapped_column()
+    succeeded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    returned: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cost_usd: Mapped[Decimal | None] = mapped_column(USD)
+    submit_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now(), onupdate=_now()
+    )
+
+
 class Budget(Base):
     __tablename__ = "budgets"
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from llmsim.config import CannedResponse
+from llmsim.config import BatchSimConfig, CannedResponse
 from llmsim.faults import PROFILES, FaultRule, ScriptedFault
 from llmsim.state import SimState
 
@@ -51,6 +51,7 @@ class ConfigUpdate(BaseModel):
     max_output_tokens: int | None = Field(default=None, ge=1)
     stream_chunk_tokens: int | None = Field(default=None, ge=1)
     prompt_cache: bool | None = None
+    batch: BatchSimConfig | None = None
 
     def changes(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.model_fields_set}
@@ -139,6 +140,24 @@ def admin_routes(state: SimState) -> list[Route]:
     async def get_config(request: Request) -> JSONResponse:
         return JSONResponse(state.config_view())
 
+    async def get_batches(request: Request) -> JSONResponse:
+        """Every batch created through either batch API since the last reset, oldest first."""
+        return JSONResponse(
+            {
+                "submissions": [
+                    {
+                        "provider": s.provider,
+                        "batch_id": s.batch_id,
+                        "created_at": s.created_at,
+                        "requests": s.requests,
+                        "metadata": s.metadata,
+                        "custom_ids": list(s.custom_ids),
+                    }
+                    for s in state.batches.submissions()
+                ]
+            }
+        )
+
     async def get_profiles(request: Request) -> JSONResponse:
         return JSONResponse({name: p.model_dump(mode="json") for name, p in PROFILES.items()})
 
@@ -154,4 +173,5 @@ def admin_routes(state: SimState) -> list[Route]:
         Route("/admin/config", post_config, methods=["POST"]),
         Route("/admin/config", get_config, methods=["GET"]),
         Route("/admin/profiles", get_profiles, methods=["GET"]),
+        Route("/admin/batches", get_batches, methods=["GET"]),
     ]

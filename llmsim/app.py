@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 
 from llmsim.admin import admin_routes
 from llmsim.anthropic_api import AnthropicAdapter
+from llmsim.batches import batch_routes
 from llmsim.catalog import ModelSpec
 from llmsim.connection import TransportCaptureMiddleware
 from llmsim.openai_api import OpenAIAdapter
@@ -135,6 +136,7 @@ def create_app(state: SimState) -> ASGIApp:
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),
+        *batch_routes(state.batches),
         Route("/v1/messages/count_tokens", count_message_tokens, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),

@@ -25,6 +25,26 @@ class CannedResponse(BaseModel):
     )
 
 
+class BatchSimConfig(BaseModel):
+    """How the simulated batch APIs (OpenAI Batch, Anthropic Message Batches) behave. A batch
+    keeps the settings it was created with, so a test can change them for the next batch only.
+
+    Lines are answered at an even pace over ``processing_s`` after ``validating_s``; a batch
+    whose processing would outlast ``expire_after_s`` expires then, with the lines not yet
+    answered reported expired, as the real APIs do after their 24 h window."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    validating_s: float = Field(default=0.0, ge=0, description="OpenAI's validating phase.")
+    processing_s: float = Field(default=1.0, ge=0, description="From in progress to ended.")
+    line_error_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of lines answered with a server error."
+    )
+    expire_after_s: float | None = Field(
+        default=None, ge=0, description="The batch expires this long after it started."
+    )
+
+
 class SimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -52,6 +72,7 @@ class SimConfig(BaseModel):
     prompt_cache: bool = Field(
         default=True, description="Report cached prompt tokens for repeated prompt prefixes."
     )
+    batch: BatchSimConfig = Field(default_factory=BatchSimConfig)
     access_log: bool = False
     log_level: str = "warning"
 

@@ -16,6 +16,7 @@ import uvicorn
 
 from llmsim.admin import ConfigUpdate
 from llmsim.app import create_app
+from llmsim.batches import Submission
 from llmsim.config import CannedResponse, SimConfig, load_profile_file
 from llmsim.faults import FaultKind, FaultProfile, FaultRule, ScriptedFault
 from llmsim.state import RequestRecord, SimState
@@ -246,6 +247,10 @@ class SimServer:
         """Every request to a known model since the last reset, oldest first: arrival time,
         conversation hash, fault and Retry-After (see llmsim.state.RequestRecord)."""
         return self.state.requests()
+
+    def batch_submissions(self) -> list[Submission]:
+        """Every batch created through either batch API since the last reset, oldest first."""
+        return self.state.batches.submissions()
 
     def reset(self) -> None:
         """Counters, stats and prompt cache cleared; faults and canned responses back to

@@ -89,6 +89,10 @@ class SimState:
         self.started_at = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Event | None = None
+        # Imported here: the batch APIs answer with the pipeline, which imports this module.
+        from llmsim.batches import BatchStore
+
+        self.batches = BatchStore(self)
 
     # --- lifecycle --------------------------------------------------------------------------
     def bind_loop(self) -> None:
@@ -292,6 +296,7 @@ class SimState:
             "max_output_tokens": cfg.max_output_tokens,
             "stream_chunk_tokens": cfg.stream_chunk_tokens,
             "prompt_cache": cfg.prompt_cache,
+            "batch": cfg.batch.model_dump(),
         }
 
     def reset(self) -> None:
@@ -304,3 +309,4 @@ class SimState:
             self._prompt_cache.clear()
             self.faults = FaultPlan(self._startup_faults)
             self.canned = [c.model_copy() for c in self._startup_canned]
+        self.batches.reset()

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
@@ -46,6 +46,7 @@ from activities.batch.items import (
     list_batches,
     openai_output_line,
 )
+from activities.batch.provider_batches import chunk_rows
 from contracts.approvals import ApproveDecision, EditDecision, RejectDecision
 from contracts.batch import (
     BatchInput,
@@ -54,11 +55,13 @@ from contracts.batch import (
     ControlRequest,
     RetryFailedAck,
 )
+from contracts.provider_batch import ProviderBatchInput, ProviderBatchSettings
 from contracts.search_attributes import tenant_search_attributes
 from infra.settings import KeelSettings
 from infra.tables import Batch
 from services.approval_client import DecisionSender, DecisionSent
 from workflows.batch import PagedBatchWorkflow
+from workflows.provider_batch import ProviderBatchWorkflow
 
 BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
 SCHEDULE_MEMO_CRON, SCHEDULE_MEMO_FILE = "keel_cron", "keel_file"
@@ -252,6 +255,105 @@ def batch_details(options: BatchOptions, source_name: str | None, *, retry: bool
     if options.max_failure_rate is not None:
         parts.append(f"Stops above a {options.max_failure_rate:.0%} failure rate.")
     return " ".join(parts)
+
+
+class BatchVia(StrEnum):
+    """How a batch's items reach the models: live calls (full price, as fast as the window
+    allows) or the providers' batch APIs (half price, results within 24 h)."""
+
+    LIVE = "live"
+    PROVIDER = "provider"
+
+
+DEADLINE_PATTERN = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def parse_deadline(text: str) -> timedelta:
+    """``--deadline 6h`` (s, m, h or d); ``InvalidBatchOptions`` otherwise."""
+    match = DEADLINE_PATTERN.match(text.strip())
+    if match is None:
+        raise InvalidBatchOptions(
+            f"invalid deadline {text!r}", "give a number and a unit: 90m, 6h, 1.5d"
+        )
+    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    seconds = float(match.group(1)) * unit
+    if seconds <= 0:
+        raise InvalidBatchOptions("the deadline must be in the future", "e.g. --deadline 6h")
+    return timedelta(seconds=seconds)
+
+
+async def submit_provider_batch(
+    client: Client,
+    settings: KeelSettings,
+    sessions: Sessions,
+    lines: Sequence[ParsedLine],
+    *,
+    batch_id: str,
+    options: BatchOptions,
+    source_name: str | None,
+    deadline: timedelta | None = None,
+    provider_settings: ProviderBatchSettings | None = None,
+) -> WorkflowHandle[ProviderBatchWorkflow, BatchResult]:
+    """Load validated lines into Postgres and start the batch through the providers' batch APIs
+    (``keel batch start --via provider``); what they cannot finish (by ``deadline``) runs live.
+
+    Raises ``BatchExistsError`` (before writing anything) when the id is taken."""
+    async with sessions.begin() as session:
+        if not await create_batch(session, batch_id, options, source_name=source_name):
+            raise BatchExistsError(batch_id)
+        await insert_items(session, batch_id, lines)
+    params = ProviderBatchInput(
+        batch_id=batch_id,
+        options=options,
+        settings=provider_settings or settings.provider_batch,
+        deadline=datetime.now(UTC) + deadline if deadline is not None else None,
+    )
+    return await client.start_workflow(
+        ProviderBatchWorkflow.run,
+        params,
+        id=batch_workflow_id(batch_id),
+        task_queue=settings.batch_task_queue,
+        search_attributes=tenant_search_attributes(options.tenant, "batch"),
+    )
+
+
+async def provider_chunks_of(sessions: Sessions, batch_id: str) -> list[ProviderChunkReport]:
+    """The batch's provider batches (none for a live batch), oldest first."""
+    async with sessions() as session:
+        rows = await chunk_rows(session, batch_id)
+    return [
+        ProviderChunkReport(
+            chunk_id=row.id,
+            provider=row.provider,
+            model=row.model,
+            items=row.item_count,
+            status=row.status,
+            provider_batch_id=row.provider_batch_id,
+            provider_status=row.provider_status,
+            request_counts=row.request_counts or {},
+            succeeded=row.succeeded,
+            failed=row.failed,
+            returned=row.returned,
+            cost_usd=row.cost_usd,
+        )
+        for row in rows
+    ]
+
+
+@dataclass(frozen=True)
+class ProviderChunkReport:
+    chunk_id: str
+    provider: str
+    model: str
+    items: int
+    status: str
+    provider_batch_id: str | None
+    provider_status: str | None
+    request_counts: dict[str, int]
+    succeeded: int
+    failed: int
+    returned: int
+    cost_usd: Decimal | None
 
 
 # --- Progress -----------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
-from contracts.llm import LedgerOutcome
+from activities.batch.provider_batches import PROVIDER_BATCH_RUN
+from activities.llm.pricing import price_usd
+from contracts.llm import LedgerOutcome, Usage, provider_for_model
 from infra.tables import LlmCall
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -66,12 +68,27 @@ class CostRow:
 
 
 @dataclass
+class BatchSaving:
+    """What the provider batch lines in the window cost, against the live price of the same
+    tokens (lines of models the price table does not know are left out of both)."""
+
+    lines: int
+    batch_cost_usd: Decimal
+    live_cost_usd: Decimal
+
+    @property
+    def saved_usd(self) -> Decimal:
+        return self.live_cost_usd - self.batch_cost_usd
+
+
+@dataclass
 class CostReport:
     grouping: CostGrouping
     since: datetime
     until: datetime | None
     tenant: str | None
     rows: list[CostRow]
+    batch_saving: BatchSaving | None = None
 
     @property
     def total(self) -> CostRow:
@@ -137,4 +154,54 @@ async def cost_report(
     async with sessions() as session:
         result = await session.execute(statement)
         rows = [CostRow(**{**row._mapping, "key": str(row.key)}) for row in result]
-    return CostReport(grouping, since, until, tenant, rows)
+        saving = await batch_saving(session, since, until, tenant)
+    return CostReport(grouping, since, until, tenant, rows, saving)
+
+
+async def batch_saving(
+    session: AsyncSession,
+    since: datetime,
+    until: datetime | None = None,
+    tenant: str | None = None,
+    workflow_id: str | None = None,
+) -> BatchSaving | None:
+    """Provider batch lines (ledger rows of run ``provider-batch``) priced at live prices too."""
+    statement = (
+        select(
+            LlmCall.provider,
+            LlmCall.model,
+            func.count().label("lines"),
+            func.sum(LlmCall.input_tokens).label("input_tokens"),
+            func.sum(LlmCall.output_tokens).label("output_tokens"),
+            func.sum(LlmCall.cached_tokens).label("cached_tokens"),
+            func.sum(LlmCall.cost_usd).label("cost_usd"),
+        )
+        .where(
+            LlmCall.run_id == PROVIDER_BATCH_RUN,
+            LlmCall.outcome == LedgerOutcome.OK.value,
+            LlmCall.cost_usd.is_not(None),
+            LlmCall.created_at >= since,
+        )
+        .group_by(LlmCall.provider, LlmCall.model)
+    )
+    if until is not None:
+        statement = statement.where(LlmCall.created_at < until)
+    if tenant is not None:
+        statement = statement.where(LlmCall.tenant == tenant)
+    if workflow_id is not None:
+        statement = statement.where(LlmCall.workflow_id == workflow_id)
+    lines, batch, live = 0, Decimal(0), Decimal(0)
+    for row in await session.execute(statement):
+        _, name = provider_for_model(row.model)
+        usage = Usage(
+            input_tokens=row.input_tokens,
+            output_tokens=row.output_tokens,
+            cached_tokens=row.cached_tokens,
+        )
+        live_price = price_usd(row.provider, name, usage)
+        if live_price is None:
+            continue
+        lines += row.lines
+        batch += Decimal(row.cost_usd)
+        live += live_price
+    return BatchSaving(lines, batch, live) if lines else None

@@ -54,7 +54,9 @@ from services.batches import (
     BatchControl,
     BatchError,
     BatchSchedule,
+    BatchVia,
     BudgetDecision,
+    ProviderChunkReport,
     ScheduleNotFound,
     batch_options,
     batch_schedules,
@@ -63,14 +65,18 @@ from services.batches import (
     create_batch_schedule,
     delete_batch_schedule,
     money,
+    parse_deadline,
     pause_batch_schedule,
+    provider_chunks_of,
     recent_reports,
     report_of,
     retry_failed_items,
     send_budget_decision,
     submit_batch,
+    submit_provider_batch,
     write_results,
 )
+from services.costs import batch_saving
 from starters.approvals import EXIT_CODES
 from starters.output import console, error_console, fail, workflow_link
 
@@ -235,6 +241,17 @@ def start(
     strict: bool = typer.Option(False, help="Refuse the file if any line is malformed."),
     tenant: str = typer.Option("default"),
     watch: bool = typer.Option(False, "--watch", help="Follow progress until the batch ends."),
+    via: BatchVia = typer.Option(
+        BatchVia.LIVE,
+        "--via",
+        help="live: calls now, full price. provider: the providers' batch APIs, half price, "
+        "within 24 h (what they cannot finish runs live).",
+    ),
+    deadline: str | None = typer.Option(
+        None,
+        help="--via provider: what the provider has not finished by then (e.g. 6h) is cancelled "
+        "there and run live.",
+    ),
 ) -> None:
     """Validate FILE, load its items into Postgres and start the batch."""
     settings = get_settings()
@@ -244,20 +261,38 @@ def start(
     options = _options(
         settings, tenant, concurrency, route, model, budget_usd, max_failure_rate, strict
     )
+    if deadline is not None and via is not BatchVia.PROVIDER:
+        fail("--deadline applies to --via provider only", "add --via provider, or drop it")
+    try:
+        provider_deadline = parse_deadline(deadline) if deadline is not None else None
+    except BatchError as refused:
+        _fail(refused)
     lines = _read_and_validate(file, strict, settings)
 
     async def go() -> None:
         client = await connect(settings)
         try:
-            await submit_batch(
-                client,
-                settings,
-                session_factory(),
-                lines,
-                batch_id=batch_id,
-                options=options,
-                source_name=str(file),
-            )
+            if via is BatchVia.PROVIDER:
+                await submit_provider_batch(
+                    client,
+                    settings,
+                    session_factory(),
+                    lines,
+                    batch_id=batch_id,
+                    options=options,
+                    source_name=str(file),
+                    deadline=provider_deadline,
+                )
+            else:
+                await submit_batch(
+                    client,
+                    settings,
+                    session_factory(),
+                    lines,
+                    batch_id=batch_id,
+                    options=options,
+                    source_name=str(file),
+                )
         except BatchError as refused:
             _fail(refused)
         _print_next_steps(settings, batch_id)
@@ -310,7 +345,9 @@ def _gate_hint(report: BatchReport) -> str | None:
     )
 
 
-def print_report(settings: KeelSettings, report: BatchReport) -> None:
+def print_report(
+    settings: KeelSettings, report: BatchReport, chunks: list[ProviderChunkReport] | None = None
+) -> None:
     counts = report.counts
     status = report.status + (f" — {report.status_reason}" if report.status_reason else "")
     console.print(f"[bold]batch {report.id}[/]  {status}", highlight=False)
@@ -326,6 +363,20 @@ def print_report(settings: KeelSettings, report: BatchReport) -> None:
     )
     budget = f" of {money(report.budget_usd)} budget" if report.budget_usd is not None else ""
     console.print(f"  cost   {money(report.spent_usd)}{budget} (ledger, every attempt)")
+    for chunk in chunks or []:
+        counts_text = ", ".join(f"{k} {v}" for k, v in chunk.request_counts.items() if v)
+        console.print(
+            f"  provider batch {chunk.chunk_id}: {chunk.provider} {chunk.model} · "
+            f"{chunk.items} items · {chunk.status}"
+            + (
+                f" · {chunk.provider_batch_id} {chunk.provider_status or ''}"
+                if chunk.provider_batch_id
+                else ""
+            )
+            + (f" ({counts_text})" if counts_text else "")
+            + (f" · {money(chunk.cost_usd)}" if chunk.cost_usd is not None else ""),
+            highlight=False,
+        )
     console.print(f"  {workflow_link(settings, report.workflow_id)}")
     hint = _gate_hint(report)
     if hint:
@@ -380,7 +431,7 @@ async def _watch(settings: KeelSettings, batch_id: str, interval: float = 1.0) -
                 break
             await asyncio.sleep(interval)
             report = await _report(batch_id)
-    print_report(settings, report)
+    print_report(settings, report, await provider_chunks_of(session_factory(), batch_id))
     return report
 
 
@@ -397,7 +448,8 @@ def status(
         if watch:
             await _watch(settings, batch_id, interval)
         else:
-            print_report(settings, await _report(batch_id))
+            report = await _report(batch_id)
+            print_report(settings, report, await provider_chunks_of(session_factory(), batch_id))
 
     _run(go())
 
@@ -720,4 +772,51 @@ async def run_demo_batch(settings: KeelSettings, items: int = 40) -> str:
     )
     _print_next_steps(settings, batch_id)
     await _watch(settings, batch_id, interval=0.5)
+    return batch_id
+
+
+async def run_demo_provider_batch(settings: KeelSettings, items: int = 12) -> str:
+    """A small batch through the providers' batch APIs (the simulator's), half on OpenAI and half
+    on Anthropic; prints its provider batches and what it cost against live prices."""
+    lines = [
+        json.dumps(
+            {
+                "custom_id": f"pdemo-{n}",
+                "prompt": DEMO_QUESTIONS[n % len(DEMO_QUESTIONS)],
+                "model": "gpt-4o-mini" if n % 2 else "claude-3-5-haiku-latest",
+                "max_tokens": 48,
+            }
+        )
+        for n in range(items)
+    ]
+    parsed = list(parse_lines(lines, BatchFileLimits.from_settings(settings)))
+    batch_id = f"pdemo-{uuid.uuid4().hex[:6]}"
+    client = await connect(settings)
+    handle = await submit_provider_batch(
+        client,
+        settings,
+        session_factory(),
+        parsed,
+        batch_id=batch_id,
+        options=BatchOptions(),
+        source_name="demo-provider.jsonl",
+        provider_settings=settings.provider_batch.model_copy(
+            update={"poll_initial_seconds": 0.5, "poll_max_seconds": 2.0}
+        ),
+    )
+    console.print(f"started {batch_id} --via provider: waiting on timers, no worker slot held")
+    await handle.result()
+    report = await _report(batch_id)
+    print_report(settings, report, await provider_chunks_of(session_factory(), batch_id))
+    async with session_factory()() as session:
+        saving = await batch_saving(
+            session, datetime(2000, 1, 1, tzinfo=UTC), workflow_id=report.workflow_id
+        )
+    if saving is not None:
+        console.print(
+            f"[bold]provider batch: ${saving.batch_cost_usd:.6f} for {saving.lines} items; the "
+            f"same tokens live: ${saving.live_cost_usd:.6f} "
+            f"({saving.batch_cost_usd / saving.live_cost_usd:.0%} of live)[/]",
+            highlight=False,
+        )
     return batch_id

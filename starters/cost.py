@@ -59,6 +59,15 @@ def print_cost_report(report: CostReport) -> None:
         )
     if total.in_flight:
         console.print(f"[dim]{total.in_flight} attempt(s) still in flight: not billed yet[/]")
+    saving = report.batch_saving
+    if saving is not None:
+        share = saving.saved_usd / saving.live_cost_usd if saving.live_cost_usd else Decimal(0)
+        console.print(
+            f"provider batches: {saving.lines} line(s) cost ${_money(saving.batch_cost_usd)} "
+            f"against ${_money(saving.live_cost_usd)} live for the same tokens — saved "
+            f"${_money(saving.saved_usd)} ({share:.0%})",
+            highlight=False,
+        )
     if not report.rows:
         console.print("[dim]no LLM calls in this window; try --since 2020-01-01[/]")
 

@@ -20,7 +20,7 @@ from services.asks import ledger_attempts, start_ask
 from starters.agent_demo import demo_tool_agent
 from starters.ask import print_answer
 from starters.audit import show_audit
-from starters.batch import run_demo_batch
+from starters.batch import run_demo_batch, run_demo_provider_batch
 from starters.console_demo import console_url, demo_console
 from starters.output import console, fail, workflow_link
 from starters.review_demo import demo_review
@@ -101,6 +101,16 @@ async def _demo_parts(settings: KeelSettings) -> None:
     _section("4. A batch: JSONL items under a concurrency cap, exactly one result each")
     batch_id = await run_demo_batch(settings)
     workflow_ids.append(batch_workflow_id(batch_id))
+
+    _section("4b. The same through the providers' batch APIs (--via provider): half price")
+    if settings.uses_simulator:
+        provider_batch = await run_demo_provider_batch(settings)
+        workflow_ids.append(batch_workflow_id(provider_batch))
+    else:
+        console.print(
+            "[dim]skipped: real providers answer batches within 24 h; try it with "
+            "keel batch start FILE --via provider[/]"
+        )
 
     _section("5. Sessions and the HTTP API: a streamed chat turn and an async job")
     await demo_streaming_chat_and_job(settings)

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from rich.table import Table
 from sqlalchemy import select
 
-from activities.llm.pricing import price_per_million
+from activities.llm.pricing import (
+    PROVIDER_BATCH_DISCOUNT,
+    batch_price_per_million,
+    price_per_million,
+)
 from activities.llm.routing import PRIMARY, route_policy
 from contracts.llm import CircuitState, provider_for_model
 from infra.database import dispose_engines, session_factory
@@ -32,6 +36,8 @@ class RouteModelRow:
     input_per_million: str
     output_per_million: str
     breaker: str
+    # Provider batch mode's prices (keel batch start --via provider), "in/out".
+    batch_per_million: str = "unknown"
 
 
 async def _breakers(settings: KeelSettings) -> dict[tuple[str, str], str]:
@@ -61,6 +67,7 @@ async def route_rows(settings: KeelSettings) -> list[RouteModelRow]:
             for position, model in enumerate(models, start=1):
                 provider, name = provider_for_model(model)
                 prices = price_per_million(provider, name)
+                batch = batch_price_per_million(provider, name)
                 rows.append(
                     RouteModelRow(
                         route=route,
@@ -72,6 +79,10 @@ async def route_rows(settings: KeelSettings) -> list[RouteModelRow]:
                         input_per_million=f"{prices[0]:.2f}" if prices else "unknown",
                         output_per_million=f"{prices[1]:.2f}" if prices else "unknown",
                         breaker=breakers.get((provider, model), "closed"),
+                        batch_per_million=f"{batch[0]:.3f}/{batch[1]:.3f}"
+                        + (" *" if batch[2] != "genai-prices" else "")
+                        if batch
+                        else "unknown",
                     )
                 )
     return rows
@@ -85,6 +96,7 @@ def print_routes(settings: KeelSettings, rows: list[RouteModelRow]) -> None:
         table.add_column(column)
     table.add_column("$/1M in", justify="right")
     table.add_column("$/1M out", justify="right")
+    table.add_column("batch in/out", justify="right")
     table.add_column("breaker")
     previous_route = None
     for row in rows:
@@ -100,6 +112,7 @@ def print_routes(settings: KeelSettings, rows: list[RouteModelRow]) -> None:
             row.provider,
             row.input_per_million,
             row.output_per_million,
+            row.batch_per_million,
             breaker,
             end_section=False,
         )
@@ -117,6 +130,13 @@ def print_routes(settings: KeelSettings, rows: list[RouteModelRow]) -> None:
                 f"[dim]{route} → {policy.downgrade_to} when a budget runs below "
                 f"{settings.budget_downgrade_below:.0%} or out{purposes}[/]"
             )
+    discounts = ", ".join(
+        f"{provider} {1 - share:.0%} off" for provider, share in PROVIDER_BATCH_DISCOUNT.items()
+    )
+    console.print(
+        f"[dim]batch: --via provider prices (genai-prices' batch prices; * the providers' "
+        f"documented discount where it has none: {discounts})[/]"
+    )
     if settings.rate_limits:
         limits = Table(title="rate limits (shared by every worker)", title_justify="left")
         for column in ("scope", "requests/min", "tokens/min", "burst"):

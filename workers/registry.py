@@ -12,6 +12,7 @@ from activities.audit_trail import AuditActivities
 from activities.batch.files import BatchFileLimits
 from activities.batch.items import BatchItemActivities
 from activities.batch.pages import BatchPageActivities
+from activities.batch.provider_batches import ProviderBatchActivities
 from activities.example_tools import ExampleToolActivities
 from activities.jobs import JobActivities
 from activities.llm.activities import LlmActivities
@@ -27,6 +28,7 @@ from workflows.batch_v1 import BatchWorkflow
 from workflows.chat_session import ChatSessionWorkflow
 from workflows.document_review import DocumentReviewWorkflow
 from workflows.jobs import JobWorkflow
+from workflows.provider_batch import ProviderBatchWorkflow
 from workflows.tool_agent import ToolAgentWorkflow
 
 
@@ -79,8 +81,14 @@ def queue_contents(
     pages = BatchPageActivities(settings, sessions, providers)
     return QueueContents(
         # BatchWorkflow (per-item, frozen) stays until the batches it started have finished.
-        workflows=[PagedBatchWorkflow, BatchWorkflow],
-        activities=[*llm, *batch_items.all(), *pages.all(), *approvals],
+        workflows=[PagedBatchWorkflow, BatchWorkflow, ProviderBatchWorkflow],
+        activities=[
+            *llm,
+            *batch_items.all(),
+            *pages.all(),
+            *ProviderBatchActivities(settings, sessions, providers).all(),
+            *approvals,
+        ],
         max_concurrent_activities=400,
     )
 

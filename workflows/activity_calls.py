@@ -124,6 +124,16 @@ BATCH_FILE_LOAD = ActivityOptions(
     retry_policy=_BATCH_RETRY,
 )
 
+# A provider batch API call (upload + create, status, results, cancel): retried until the
+# provider answers, each attempt bounded; the results download heartbeats as it writes.
+PROVIDER_BATCH_CALL = ActivityOptions(
+    start_to_close_timeout=timedelta(minutes=10),
+    heartbeat_timeout=timedelta(minutes=2),
+    retry_policy=RetryPolicy(
+        maximum_interval=timedelta(minutes=2),
+        non_retryable_error_types=["ProviderUnavailable"],
+    ),
+)
 
 # A batch page (activities/batch/pages.py): it heartbeats every second whatever its calls do, so
 # a dead worker's page is retried after 30 s (a margin for a busy event loop; an attempt that

@@ -14,9 +14,10 @@ Every step is in history: each LLM call (``ask_llm``: retries, fallbacks, budget
 each tool call (an activity with its own timeout and retry policy), so a worker that dies
 mid-loop resumes at the step it was on and no tool runs twice once it has succeeded. A tool
 marked ``sensitive`` runs only after a person approves that call at an approval gate
-(workflows/approval_gate.py); a refused call is answered to the model as refused, and the model
-goes on. The loop ends when the model answers without calling a tool, or fails with
-``ToolLoopStepLimit`` after ``max_steps`` model calls. Runs in workflow code: no I/O here.
+(workflows/approval_gate.py, in the run's tenant); a refused call is answered to the model as
+refused, and the model goes on; an edited call runs with the reviewer's arguments. The loop
+ends when the model answers without calling a tool, or fails with ``ToolLoopStepLimit`` after
+``max_steps`` model calls. Runs in workflow code: no I/O here.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from contracts.activities import ActivityRef
-    from contracts.approvals import GateRequest
+    from contracts.approvals import GateRequest, GateStatus
     from contracts.llm import ChatMessage, LlmAnswer, LlmRequest, ToolCall, ToolSpec
     from contracts.tools import ToolInput, ToolOutput
     from workflows.activity_calls import ActivityOptions, call
@@ -104,7 +105,9 @@ async def run_tool_loop(
         for position, tool_call in enumerate(answer.tool_calls):
             # The LLM activity validated the name and arguments against the offered tools.
             tool = by_name[tool_call.name]
-            content = await _run(tool, tool_call, f"tool-{step}-{position}", approval, result)
+            content = await _run(
+                tool, tool_call, f"tool-{step}-{position}", approval, result, request.tenant
+            )
             messages.append(ChatMessage(role="tool", tool_call_id=tool_call.id, content=content))
     raise ToolLoopStepLimit(
         f"the model still called tools after {max_steps} steps "
@@ -114,18 +117,46 @@ async def run_tool_loop(
     )
 
 
+EDITED_ARGUMENTS_PATCH = "tool-loop-runs-edited-arguments"
+GATE_TENANT_PATCH = "tool-loop-gate-in-run-tenant"
+
+
+def tool_gate_draft(name: str, arguments: str) -> str:
+    """What a reviewer sees at a tool call's gate: ``name({...arguments})``."""
+    return f"{name}({arguments})"
+
+
+def edited_arguments(name: str, text: str) -> dict[str, object] | None:
+    """The arguments of a reviewer's edit: ``name({...})`` as the draft shows it, or the bare
+    JSON object; None when the text is neither (the console refuses such an edit before it is
+    sent; ``keel approve --edit`` does not know the text is a tool call's)."""
+    text = text.strip()
+    if text.startswith(f"{name}(") and text.endswith(")"):
+        text = text[len(name) + 1 : -1]
+    try:
+        arguments = json.loads(text)
+    except ValueError:
+        return None
+    return arguments if isinstance(arguments, dict) else None
+
+
 async def _run(
     tool: WorkflowTool,
     tool_call: ToolCall,
     gate_name: str,
     approval: ToolApproval | None,
     result: ToolLoopResult,
+    tenant: str,
 ) -> str:
+    edited_by_reviewer = False
     if tool.sensitive and approval is not None:
+        # Gates opened before this change were the default tenant's; replay keeps them so.
+        tenant_of_gate = tenant if workflow.patched(GATE_TENANT_PATCH) else "default"
         outcome = await approval.gate.request(
             GateRequest(
                 gate=gate_name,
-                draft=f"{tool_call.name}({tool_call.arguments})",
+                tenant=tenant_of_gate,
+                draft=tool_gate_draft(tool_call.name, tool_call.arguments),
                 reason=f"{tool_call.name} is a sensitive tool: a person approves each call",
                 role=approval.role,
                 subject=f"tool call {tool_call.name}",
@@ -136,6 +167,24 @@ async def _run(
             result.refused.append(tool_call.name)
             why = f": {outcome.reason}" if outcome.reason else ""
             return f"A reviewer refused this call of {tool_call.name}{why}. Do not retry it."
+        # Runs that decided an edit before this change ran the model's arguments: replaying
+        # them must schedule the same activity input, hence the patch.
+        if (
+            outcome.status == GateStatus.EDITED
+            and outcome.final is not None
+            and workflow.patched(EDITED_ARGUMENTS_PATCH)
+        ):
+            arguments = edited_arguments(tool_call.name, outcome.final)
+            if arguments is None:
+                result.refused.append(tool_call.name)
+                return (
+                    f"A reviewer's edit of this call of {tool_call.name} was not a JSON object "
+                    "of arguments, so it did not run. Do not retry it."
+                )
+            tool_call = tool_call.model_copy(
+                update={"arguments": json.dumps(arguments, ensure_ascii=False)}
+            )
+            edited_by_reviewer = True
     output = await call(
         tool.activity,
         ToolInput(
@@ -145,4 +194,7 @@ async def _run(
         **tool.options,
     )
     result.tools_called.append(tool_call.name)
+    if edited_by_reviewer:
+        # The model asked with other arguments: it must not take this result for its own call's.
+        return f"A reviewer changed the arguments to {tool_call.arguments}. {output.content}"
     return output.content

@@ -113,6 +113,11 @@ class OpenAIProvider:
     def __init__(self, client: openai.AsyncOpenAI) -> None:
         self._client = client
 
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client (the provider batch API uses its Files and Batches)."""
+        return self._client
+
     async def complete(
         self,
         model: str,
@@ -198,6 +203,11 @@ class AnthropicProvider:
     def __init__(self, client: anthropic.AsyncAnthropic, images: ImageInliner) -> None:
         self._client = client
         self._images = images
+
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        """The SDK client (the provider batch API uses its Message Batches)."""
+        return self._client
 
     async def complete(
         self,

@@ -23,24 +23,65 @@ from activities.approvals import pending_gates, reviewer_roles
 from infra.audit_chain import ChainReport, verify_trail
 from infra.tables import Approval, AuditEvent, LlmCall
 from workflows.document_review import ReviewInput
+from workflows.tool_loop import edited_arguments, tool_gate_draft
 
 MAX_SOURCE_CHARS = 20_000
 
 
 class GateKind(StrEnum):
-    """What a gate asks. ``TOOL`` is the seam for the gateway's durable tool loops (a tool call
-    waiting for approval): nothing opens such gates yet, so the console has no page for them."""
+    """What a gate asks."""
 
     REVIEW = "review"  # a draft to publish (DocumentReview)
     BUDGET = "budget"  # a batch over its budget: raise it, or stop
-    TOOL = "tool"
+    TOOL = "tool"  # a sensitive tool's call in a durable tool loop (workflows/tool_loop.py)
+
+
+TOOL_SUBJECT = "tool call "
 
 
 def kind_of(gate: Approval) -> GateKind:
-    # Batch budget gates are named budget-N by workflows/batch.py; there is no kind column.
+    # Batch budget gates are named budget-N by workflows/batch.py, tool calls' gates tool-S-P
+    # with subject "tool call NAME" by workflows/tool_loop.py; there is no kind column.
     if gate.gate.startswith("budget-"):
         return GateKind.BUDGET
+    if gate.gate.startswith("tool-") and (gate.subject or "").startswith(TOOL_SUBJECT):
+        return GateKind.TOOL
     return GateKind.REVIEW
+
+
+@dataclass(frozen=True)
+class ToolCallView:
+    """A tool call waiting at its gate: the tool and its arguments as the model wrote them."""
+
+    name: str
+    arguments: dict[str, Any] | None  # None: the draft's arguments are not a JSON object
+    arguments_text: str  # pretty JSON, or the draft's text as it is
+
+    @classmethod
+    def of(cls, gate: Approval) -> ToolCallView:
+        name = (gate.subject or "").removeprefix(TOOL_SUBJECT)
+        draft = gate.draft or ""
+        arguments = edited_arguments(name, draft)
+        if arguments is None:
+            return cls(name, None, draft)
+        return cls(name, arguments, json.dumps(arguments, indent=2, ensure_ascii=False))
+
+
+def tool_edit_text(asked: ToolCallView, text: str) -> str:
+    """A reviewer's edited arguments as the gate's edit text (``name({...})``, the draft's
+    form); ValueError saying what is wrong with them."""
+    try:
+        arguments = json.loads(text)
+    except ValueError as bad:
+        raise ValueError(f"The edited arguments are not valid JSON: {bad}.") from None
+    if not isinstance(arguments, dict):
+        raise ValueError(
+            f"The edited arguments must be a JSON object ({{...}}), not a "
+            f"{type(arguments).__name__}."
+        )
+    if arguments == asked.arguments:
+        raise ValueError("These are the arguments the model asked for: approve them instead.")
+    return tool_gate_draft(asked.name, json.dumps(arguments, ensure_ascii=False))
 
 
 @dataclass(frozen=True)
@@ -153,6 +194,7 @@ class GatePage:
     source: str | None = None
     source_note: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    tool: ToolCallView | None = None
 
 
 async def tenant_gate(
@@ -232,6 +274,8 @@ async def gate_page(
     )
     if page.kind == GateKind.REVIEW:
         await _attach_source(client, page)
+    elif page.kind == GateKind.TOOL:
+        page.tool = ToolCallView.of(gate)
     return page
 
 

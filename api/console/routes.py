@@ -29,11 +29,14 @@ from api.console.queries import (
     AGE_CHOICES,
     GateKind,
     QueueFilter,
+    ToolCallView,
     draft_diff,
     gate_page,
+    kind_of,
     payload_text,
     reviewer_queue,
     tenant_gate,
+    tool_edit_text,
     trail_page,
 )
 from api.console.sessions import (
@@ -326,7 +329,7 @@ async def queue(
         {
             "cards": cards,
             "roles": roles,
-            "kinds": [GateKind.REVIEW, GateKind.BUDGET],
+            "kinds": [GateKind.REVIEW, GateKind.BUDGET, GateKind.TOOL],
             "ages": list(AGE_CHOICES),
             "wanted": {"role": role or "", "kind": kind or "", "age": age or ""},
             "live_query": urlencode(
@@ -388,6 +391,10 @@ async def _gate_response(
     if shown.status == GateStatus.EDITED.value and shown.final is not None:
         final_diff = draft_diff(shown.draft or "", shown.final)
     preview = draft_diff(shown.draft or "", edited) if edited is not None else None
+    if page.tool is not None:
+        preview = None  # the arguments are edited as pretty JSON: a diff to one line says little
+        if edited is None:
+            edited = page.tool.arguments_text
     return _page(
         "gate.html",
         {
@@ -497,6 +504,15 @@ async def decide(request: Request) -> Response:
             request, reviewer, workflow_id, gate_name, status=400,
             error=f"Unknown action {action[:40]!r}.", form=form,
         )  # fmt: skip
+    if action == "edit" and kind_of(row) == GateKind.TOOL:
+        # The editor holds the arguments as JSON; the gate's text is the call, as its draft.
+        try:
+            form["text"] = tool_edit_text(ToolCallView.of(row), form.get("text", ""))
+        except ValueError as bad:
+            return await _gate_response(
+                request, reviewer, workflow_id, gate_name, status=400, error=str(bad),
+                form=form, edited=form.get("text", ""),
+            )  # fmt: skip
     decision = _decision(action, reviewer.reviewer, gate_name, form)
     if isinstance(decision, str):
         return await _gate_response(

@@ -5,6 +5,8 @@ dev server; the workflow goes on, and the trail names the reviewer."""
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,11 +17,13 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from contracts.approvals import ApprovalMode, ApproveDecision, GateRequest, ReviewPolicy
+from contracts.tools import ToolAgentInput, ToolInput
 from services.approval_client import DecisionSender
 from tests.approvals.records import pending_gate, seed_reviewers
 from tests.approvals.reviews import published, start_review
 from tests.console.conftest import PHONE, ConsoleRig, Page, reviewer_token
 from tests.helpers import audit_events
+from workflows.tool_agent import ToolAgentWorkflow
 
 pytestmark = pytest.mark.slow
 
@@ -257,3 +261,63 @@ async def test_a_session_ends_with_its_token(page: Page, console: ConsoleRig) ->
     await asyncio.sleep(3.5)
     await page.open("/console/queue")
     assert (await page.path()).startswith("/console/sign-in")
+
+
+async def test_a_tool_call_is_edited_in_the_console_and_runs_with_the_edited_arguments(
+    page: Page, console: ConsoleRig, tmp_path: Path
+) -> None:
+    await seed_reviewers(olga="operator")
+    olga = await reviewer_token("olga")
+    agent = await console.client.start_workflow(
+        ToolAgentWorkflow.run,
+        ToolAgentInput(
+            question="Send an email to Ana, my person of contact.",
+            models=["gpt-4o-mini"],
+            tenant="acme",
+        ),
+        id=f"agent-{uuid.uuid4().hex[:10]}",
+        task_queue=console.settings.interactive_task_queue,
+    )
+    asked = await pending_gate(agent.id, "tool-1-0")
+    assert asked.tenant == "acme"
+    await page.sign_in(olga)
+
+    # The queue lists it as a tool call; its page shows the tool, its arguments and why.
+    card = f"li[data-gate-key='{agent.id}/tool-1-0']"
+    assert "tool call" in (await page.text(card)).lower()
+    await page.click(f"{card} h2 a")
+    await page.wait_for(lambda d: d.find_elements(By.ID, "tool-arguments"), what="tool gate")
+    assert await page.text("#tool-name") == "send_email"
+    model_arguments = json.loads(await page.text("#tool-arguments"))
+    assert set(model_arguments) == {"to", "body"}
+    assert "send_email is a sensitive tool" in await page.text("#tool-why")
+    await page.screenshot("console-tool-gate", tmp_path)
+
+    # Bad JSON is refused with a clear error, and nothing is decided.
+    await page.fill("#edit-text", '{"to": "bob@example.com",')
+    await page.click("button[value=edit]")
+    await page.wait_for(lambda d: d.find_elements(By.ID, "decision-error"), what="the error")
+    assert "not valid JSON" in await page.text("#decision-error")
+    assert (await pending_gate(agent.id, "tool-1-0")).status == "pending"
+
+    edited = {"to": "bob@example.com", "body": "Edited by the reviewer."}
+    await page.fill("#edit-text", json.dumps(edited))
+    await page.click("button[value=edit]")
+    await page.wait_for(lambda d: "recorded=edit" in d.current_url, what="the edit")
+    assert "Approved with edits by olga" in await page.text("#decided")
+
+    result = await agent.result()
+    assert result.tools_called == ["send_email"] and not result.refused
+    sent: list[ToolInput] = []
+    async for event in agent.fetch_history_events():
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            scheduled = event.activity_task_scheduled_event_attributes
+            if scheduled.activity_type.name == "send_email":
+                sent.extend(
+                    await console.client.data_converter.decode(
+                        scheduled.input.payloads, [ToolInput]
+                    )
+                )
+    assert [call.arguments for call in sent] == [edited]
+    (row,) = [e for e in await audit_events(agent.id) if e.event_type == "approval.edited"]
+    assert row.actor == "olga"

@@ -31,6 +31,7 @@ EXPECTED_TABLES = {
     "api_tokens",
     "audit_chain_heads",
     "console_sessions",
+    "provider_batch_chunks",
     "openai_files",
     "openai_batches",
 }

@@ -24,19 +24,20 @@ from temporalio.client import (
 
 from activities.approvals import add_reviewer
 from activities.batch.files import BatchFileLimits, parse_lines
-from contracts.approvals import ApprovalMode, ApproveDecision, GateView, ReviewPolicy
+from contracts.approvals import ApprovalMode, ApproveDecision, EditDecision, GateView, ReviewPolicy
 from contracts.batch import BatchOptions
 from contracts.jobs import JobInput, JobKind
 from contracts.llm import ChatMessage, LlmParameters, ToolSpec
+from contracts.provider_batch import ProviderBatchSettings
 from contracts.sessions import session_workflow_id
 from contracts.tools import ToolAgentInput
 from infra.database import session_factory
 from infra.settings import KeelSettings, get_settings
 from llmsim import SimServer
-from services.batches import submit_batch
+from services.batches import submit_batch, submit_provider_batch
 from services.budgets import change_budget
 from services.chat_client import TurnRequest, run_turn
-from workflows.approval_gate import APPROVE, STATUS_QUERY
+from workflows.approval_gate import APPROVE, EDIT, STATUS_QUERY
 from workflows.ask import AskInput, AskWorkflow
 from workflows.document_review import DocumentReviewWorkflow, ReviewInput
 from workflows.jobs import JobWorkflow
@@ -154,6 +155,45 @@ async def batch_pages_continued_as_new(
     )
     first_run = (await handle.describe()).run_id
     await handle.result()
+    return client.get_workflow_handle(handle.id, run_id=first_run)
+
+
+async def provider_batch_expired_then_live(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """A provider batch on both providers whose batches expire part-way: a second round for the
+    expired lines, then the rest continues as new as the live batch. The first run is recorded:
+    plan, submit, timers, polls, collects, the hand-over."""
+    before = sim.state.config.batch.model_dump()
+    sim.configure(batch={"processing_s": 2.0, "expire_after_s": 1.0})
+    lines = [
+        json.dumps(
+            {
+                "custom_id": f"p{n}",
+                "prompt": f"Item {n}",
+                "max_tokens": 16,
+                "model": "gpt-4o-mini" if n % 2 else "claude-3-5-haiku-latest",
+            }
+        )
+        for n in range(8)
+    ]
+    try:
+        handle = await submit_provider_batch(
+            client,
+            settings,
+            session_factory(),
+            list(parse_lines(lines, BatchFileLimits.from_settings(settings))),
+            batch_id=f"replay-{uuid.uuid4().hex[:8]}",
+            options=BatchOptions(),
+            source_name="replay.jsonl",
+            provider_settings=ProviderBatchSettings(
+                poll_initial_seconds=0.3, poll_max_seconds=0.6, max_rounds=2
+            ),
+        )
+        first_run = (await handle.describe()).run_id
+        await handle.result()
+    finally:
+        sim.configure(batch=before)
     return client.get_workflow_handle(handle.id, run_id=first_run)
 
 
@@ -357,7 +397,36 @@ async def tool_agent_approved(
     return handle
 
 
+async def tool_agent_arguments_edited(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """A person edits the sensitive tool's arguments (the console's tool approvals): the tool
+    runs with them, behind the tool loop's patches (gate tenant, edited arguments)."""
+    async with session_factory().begin() as session:
+        await add_reviewer(session, "replay-operator-2", "operator", added_by="replay")
+    handle = await client.start_workflow(
+        ToolAgentWorkflow.run,
+        ToolAgentInput(
+            question="Send an email to Ana, my person of contact.",
+            models=["gpt-4o-mini"],
+            tenant="acme",
+        ),
+        id=f"replay-agent-{uuid.uuid4().hex[:8]}",
+        task_queue=settings.interactive_task_queue,
+    )
+    for _ in range(240):  # the gate opens after the first model call
+        status = await handle.query(STATUS_QUERY, result_type=GateView)
+        if status.open_gate is not None:
+            break
+        await asyncio.sleep(0.25)
+    edited = 'send_email({"to": "bob@example.com", "body": "Edited."})'
+    await handle.execute_update(EDIT, EditDecision(reviewer="replay-operator-2", text=edited))
+    await handle.result()
+    return handle
+
+
 SCENARIOS: dict[str, Scenario] = {
+    "tool_agent_arguments_edited": tool_agent_arguments_edited,
     "chat_tool_call_then_result": chat_tool_call_then_result,
     "tool_agent_approved": tool_agent_approved,
     "review_gated_then_approved": review_gated_then_approved,
@@ -369,6 +438,7 @@ SCENARIOS: dict[str, Scenario] = {
     "chat_two_turns_then_continued_as_new": chat_two_turns_then_continued_as_new,
     "job_ask": job_ask,
     "batch_pages_continued_as_new": batch_pages_continued_as_new,
+    "provider_batch_expired_then_live": provider_batch_expired_then_live,
     "ask_refused_by_budget": ask_refused_by_budget,
     "ask_downgraded_by_budget": ask_downgraded_by_budget,
     "ask_paused_by_budget": ask_paused_by_budget,

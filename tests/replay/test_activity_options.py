@@ -12,7 +12,12 @@ from google.protobuf.duration_pb2 import Duration
 from temporalio.api.history.v1 import ActivityTaskScheduledEventAttributes
 from temporalio.client import WorkflowHistory
 
-from workflows.activity_calls import BATCH_DATABASE, PUBLISH, ActivityOptions
+from workflows.activity_calls import (
+    BATCH_DATABASE,
+    PROVIDER_BATCH_CALL,
+    PUBLISH,
+    ActivityOptions,
+)
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -22,6 +27,9 @@ OPTIONS_OF: dict[str, ActivityOptions] = {
     "claim_batch_items": BATCH_DATABASE,
     "record_batch_item_outcomes": BATCH_DATABASE,
     "publish_document": PUBLISH,
+    "plan_provider_chunks": BATCH_DATABASE,
+    "submit_provider_chunk": PROVIDER_BATCH_CALL,
+    "collect_provider_chunk": PROVIDER_BATCH_CALL,
 }
 # What the server records for a retry policy field the workflow left unset.
 SERVER_DEFAULT_INITIAL_INTERVAL = timedelta(seconds=1)

@@ -73,6 +73,15 @@ from contracts.llm import (
     Usage,
     provider_for_model,
 )
+from contracts.provider_batch import (
+    ChunkInput,
+    ChunkRef,
+    ChunkState,
+    ChunkStatus,
+    CollectResult,
+    PlanChunksInput,
+    PlanChunksResult,
+)
 from contracts.publishing import (
     PublishInput,
     WebhookDelivery,
@@ -87,6 +96,7 @@ from contracts.sessions import (
     StoreSummaryInput,
     TurnContext,
 )
+from contracts.tools import ToolInput, ToolOutput
 from contracts.traffic import BudgetPolicy
 
 # The registered activity names the mocks stand in for.
@@ -712,6 +722,114 @@ class PublishingMocks:
         return WebhookDelivery(host="hooks.example.test", status=200)
 
 
+class ToolMocks:
+    """The example agent's tools, ``look_up_weather`` and ``send_email``: each answers with
+    what it was asked, so a test sees which tool ran with which arguments."""
+
+    def __init__(self, calls: CallLog) -> None:
+        self._calls = calls
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.look_up_weather, self.send_email]
+
+    @activity.defn(name="look_up_weather")
+    async def look_up_weather(self, call: ToolInput) -> ToolOutput:
+        self._calls.add("look_up_weather", call)
+        return ToolOutput(content=f"weather asked for {call.arguments}")
+
+    @activity.defn(name="send_email")
+    async def send_email(self, call: ToolInput) -> ToolOutput:
+        self._calls.add("send_email", call)
+        return ToolOutput(content=f"email sent with {call.arguments}")
+
+
+class ProviderBatchMocks:
+    """Provider batch mode's activities over the batch mocks' in-memory items: one chunk takes
+    every pending item, the provider has it once submitted, it ends at the first poll and its
+    collection answers every item (``fail_custom_ids`` go back to pending, as lines a provider
+    failed do)."""
+
+    def __init__(self, calls: CallLog, batch: BatchMocks) -> None:
+        self._calls = calls
+        self._batch = batch
+        self._chunks: dict[str, list[FakeItem]] = {}
+        self.fail_custom_ids: set[str] = set()
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [
+            self.plan_provider_chunks,
+            self.submit_provider_chunk,
+            self.poll_provider_chunk,
+            self.collect_provider_chunk,
+            self.cancel_provider_chunk,
+        ]
+
+    def _state(self, chunk_id: str, status: ChunkStatus, ended: bool = False) -> ChunkState:
+        items = self._chunks[chunk_id]
+        return ChunkState(
+            chunk_id=chunk_id,
+            status=status,
+            provider_batch_id=f"pb-{chunk_id}",
+            provider_ended=ended,
+            done=len(items) if ended else 0,
+            total=len(items),
+        )
+
+    @activity.defn(name="plan_provider_chunks")
+    async def plan_provider_chunks(self, params: PlanChunksInput) -> PlanChunksResult:
+        self._calls.add("plan_provider_chunks", params)
+        pending = [i for i in self._batch.items.values() if i.status == "pending"]
+        if not pending:
+            return PlanChunksResult(chunks=[])
+        chunk_id = f"{params.batch_id}-r{params.round}"
+        self._chunks[chunk_id] = pending
+        for item in pending:
+            item.status = "running"
+        ref = ChunkRef(
+            chunk_id=chunk_id,
+            provider="openai",
+            model="gpt-4o-mini",
+            items=len(pending),
+            worst_case_usd=None,
+        )
+        return PlanChunksResult(chunks=[ref])
+
+    @activity.defn(name="submit_provider_chunk")
+    async def submit_provider_chunk(self, params: ChunkInput) -> ChunkState:
+        self._calls.add("submit_provider_chunk", params)
+        return self._state(params.chunk_id, ChunkStatus.SUBMITTED)
+
+    @activity.defn(name="poll_provider_chunk")
+    async def poll_provider_chunk(self, params: ChunkInput) -> ChunkState:
+        self._calls.add("poll_provider_chunk", params)
+        return self._state(params.chunk_id, ChunkStatus.SUBMITTED, ended=True)
+
+    @activity.defn(name="collect_provider_chunk")
+    async def collect_provider_chunk(self, params: ChunkInput) -> CollectResult:
+        self._calls.add("collect_provider_chunk", params)
+        succeeded = returned = 0
+        for item in self._chunks[params.chunk_id]:
+            if item.custom_id in self.fail_custom_ids:
+                item.status, returned = "pending", returned + 1
+            else:
+                item.status, succeeded = "done", succeeded + 1
+        return CollectResult(
+            chunk_id=params.chunk_id,
+            succeeded=succeeded,
+            failed=0,
+            returned=returned,
+            cost_usd=Decimal(0),
+        )
+
+    @activity.defn(name="cancel_provider_chunk")
+    async def cancel_provider_chunk(self, params: ChunkInput) -> ChunkState:
+        self._calls.add("cancel_provider_chunk", params)
+        for item in self._chunks[params.chunk_id]:
+            if item.status == "running":
+                item.status = "pending"
+        return self._state(params.chunk_id, ChunkStatus.WITHDRAWN)
+
+
 class KeelMocks:
     """Every keel activity, mocked, sharing one call log; ``activities()`` is what a worker
     registers in place of the real ones."""
@@ -726,6 +844,8 @@ class KeelMocks:
         self.sessions = SessionMocks(self.log)
         self.jobs = JobMocks(self.log)
         self.publishing = PublishingMocks(self.log)
+        self.tools = ToolMocks(self.log)
+        self.provider_batches = ProviderBatchMocks(self.log, self.batch)
 
     def activities(self) -> list[Callable[..., Any]]:
         return [
@@ -736,6 +856,8 @@ class KeelMocks:
             *self.sessions.activities(),
             *self.jobs.activities(),
             *self.publishing.activities(),
+            *self.tools.activities(),
+            *self.provider_batches.activities(),
         ]
 
     def inputs(self, name: str) -> list[Any]:
