@@ -86,7 +86,7 @@ async def test_keel_top_shows_live_figures_and_quits_on_q_and_ctrl_c(
     tenant = f"top-{uuid.uuid4().hex[:6]}"
     env = worker_environment(client, keel_settings, TERM="xterm-256color", NO_COLOR="1")
     start_top(tmux, env, tenant)
-    screen = await eventually(tmux.screen, lambda s: "approvals pending" in s, timeout=60)
+    screen = await eventually(tmux.screen, lambda s: "approvals pending" in s, timeout=120)
     assert figure(screen, "calls/s") == "0.00"
     assert f"{keel_settings.interactive_task_queue} activity" in screen
     assert "(none running)" in screen
@@ -99,17 +99,17 @@ async def test_keel_top_shows_live_figures_and_quits_on_q_and_ctrl_c(
             await start_ask(client, keel_settings, params, f"top-{uuid.uuid4().hex[:8]}")
         ).result()
     # Three calls in the last minute: 0.05/s; their latency and cost appear.
-    screen = await eventually(tmux.screen, lambda s: figure(s, "calls/s") == "0.05", timeout=30)
+    screen = await eventually(tmux.screen, lambda s: figure(s, "calls/s") == "0.05", timeout=90)
     assert figure(screen, "errors") == "0.0%"
     assert figure(screen, "p50").isdigit() and figure(screen, "p99").isdigit()
     assert figure(screen, "cost/hour") != "$0.0000"
     assert screen.split("keel top", 1)[1].split()[0] != first_clock  # refreshed every second
 
     tmux("send-keys", "-t", "top", "q")
-    assert await eventually(lambda: exit_code(tmux), lambda code: code is not None, timeout=20) == 0
+    assert await eventually(lambda: exit_code(tmux), lambda code: code is not None, timeout=60) == 0
     tmux("kill-session", "-t", "top")
 
     start_top(tmux, env, tenant)
-    await eventually(tmux.screen, lambda s: "approvals pending" in s, timeout=60)
+    await eventually(tmux.screen, lambda s: "approvals pending" in s, timeout=120)
     tmux("send-keys", "-t", "top", "C-c")
-    assert await eventually(lambda: exit_code(tmux), lambda code: code is not None, timeout=20) == 0
+    assert await eventually(lambda: exit_code(tmux), lambda code: code is not None, timeout=60) == 0
