@@ -235,6 +235,11 @@ def keel_settings(
     monkeypatch.setenv("KEEL_INTERACTIVE_TASK_QUEUE", f"keel-interactive-{suffix}")
     monkeypatch.setenv("KEEL_BATCH_TASK_QUEUE", f"keel-batch-{suffix}")
     monkeypatch.setenv("KEEL_LOG_FORMAT", "json")
+    # Tests stop workers with calls deliberately left in flight (hangs, paused pages, gates):
+    # the production drain (50 s / 110 s) would hold every such teardown that long. The SIGTERM
+    # test sets its own grace.
+    monkeypatch.setenv("KEEL_INTERACTIVE_SHUTDOWN_GRACE_SECONDS", "0.5")
+    monkeypatch.setenv("KEEL_BATCH_SHUTDOWN_GRACE_SECONDS", "0.5")
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
