@@ -229,8 +229,10 @@ async def test_timeouts_still_spend_the_error_budget(
     # Attempts are unlimited now; hangs must still end the model's turn after three. A hang ends
     # in the SDK's read timeout (the activity sees it) or in Temporal's heartbeat timeout (the
     # activity never does; the next attempt counts it from the ledger), whichever comes first.
+    # Three seconds, not one: the backup's healthy call must not miss a heartbeat on a busy
+    # machine (a one-second interval did, in a full suite, and the backup's turn ended too).
     policy = keel_settings.interactive_policy.model_copy(
-        update={"heartbeat_seconds": 1.0, "initial_interval_seconds": 0.1}
+        update={"heartbeat_seconds": 3.0, "initial_interval_seconds": 0.1}
     )
     settings = reconfigure(monkeypatch, KEEL_INTERACTIVE_POLICY=policy.model_dump_json())
     await keel_workers.start(settings)
