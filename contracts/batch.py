@@ -160,9 +160,17 @@ class ClaimedItem(BaseModel):
 
 
 class ReleaseInput(BaseModel):
+    """Items a claim took and will not answer go back in line.
+
+    Only items still ``running`` under ``claim_token`` are released: an item another claim has
+    taken since (a later page, a later run) is not this claim's to hand back. ``custom_ids``
+    narrows the release to those items of the claim; empty, every item still running under it
+    goes back (a page that ended without reporting). Without a token (a ``BatchWorkflow`` run
+    from before pages, whose buffer mixes several claims) the ids are released only if the
+    calling run claimed them (its claim tokens start with its run id)."""
+
     batch_id: str
-    custom_ids: list[str]
-    # Also every item still running under this claim (a page that ended without reporting).
+    custom_ids: list[str] = Field(default_factory=list)
     claim_token: str | None = None
 
 

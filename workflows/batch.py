@@ -244,11 +244,13 @@ class PagedBatchWorkflow:
         """Run one page and record what it reports. A pause, cancel or the tenant's budget
         running out cancels it: it finishes what is in flight and hands back the rest."""
         self._s.pages += 1
+        # The page claims its items under this token; only it hands them back.
+        token = f"{workflow.info().run_id}/page-{self._s.pages}"
         page = workflow.start_activity(
             RUN_BATCH_PAGE.name,
             PageInput(
                 batch_id=self._batch_id,
-                page_token=f"{workflow.info().run_id}/page-{self._s.pages}",
+                page_token=token,
                 options=self._options,
                 quota=quota,
                 slots=slots,
@@ -278,18 +280,14 @@ class PagedBatchWorkflow:
             # Cancelled before it could report: its unanswered items go back in line.
             await call(
                 RELEASE_BATCH_ITEMS,
-                ReleaseInput(
-                    batch_id=self._batch_id,
-                    custom_ids=[],
-                    claim_token=f"{workflow.info().run_id}/page-{self._s.pages}",
-                ),
+                ReleaseInput(batch_id=self._batch_id, claim_token=token),
                 **BATCH_DATABASE,
             )
             await self._recount()
             return
-        self._record_page(result)
+        self._record_page(result, token)
 
-    def _record_page(self, result: PageResult) -> None:
+    def _record_page(self, result: PageResult, token: str) -> None:
         self._s.items_taken += result.claimed
         self._s.counts = result.counts
         self._s.spent_usd = result.spent_usd
@@ -301,17 +299,18 @@ class PagedBatchWorkflow:
         elif result.stop == PageStop.FAILURE_RATE and self._s.stop_status is None:
             self._s.stop_status, self._s.stop_reason = "aborted", result.failure_reason
         for slow in result.slow:
-            self._launch_slow(slow)
+            self._launch_slow(slow, token)
 
     # --- The slow path: down the rest of the route, one call at a time -------------------------
 
-    def _launch_slow(self, slow: SlowItem) -> None:
+    def _launch_slow(self, slow: SlowItem, token: str) -> None:
+        """``token`` is the page's claim, under which the item stays running until answered."""
         self._slow_in_flight += 1
-        task = asyncio.create_task(self._run_slow(slow))
+        task = asyncio.create_task(self._run_slow(slow, token))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_slow(self, slow: SlowItem) -> None:
+    async def _run_slow(self, slow: SlowItem, token: str) -> None:
         item = slow.item
         # The rest of the chain, planned anew (breakers and budgets as they are now).
         request = item_llm_request(self._options, item.request).model_copy(
@@ -348,7 +347,9 @@ class PagedBatchWorkflow:
                 # Not the item's failure: it goes back in line and the batch waits at its gate.
                 await call(
                     RELEASE_BATCH_ITEMS,
-                    ReleaseInput(batch_id=self._batch_id, custom_ids=[item.custom_id]),
+                    ReleaseInput(
+                        batch_id=self._batch_id, custom_ids=[item.custom_id], claim_token=token
+                    ),
                     **BATCH_DATABASE,
                 )
                 self._slow_in_flight -= 1

@@ -553,15 +553,29 @@ class BatchItemActivities:
 
     @activity.defn(name="release_batch_items")
     async def release_batch_items(self, params: ReleaseInput) -> int:
-        """Claimed items the run will not start (it is about to continue-as-new) go back."""
+        """Claimed items the run will not answer go back: only those still running under the
+        claim (ReleaseInput), never items another claim has taken since."""
+        conditions = [
+            BatchItem.batch_id == params.batch_id,
+            BatchItem.status == ItemStatus.RUNNING.value,
+        ]
+        if params.claim_token is not None:
+            conditions.append(BatchItem.claim_token == params.claim_token)
+            if params.custom_ids:
+                conditions.append(BatchItem.custom_id.in_(params.custom_ids))
+        else:
+            if not params.custom_ids:
+                return 0
+            # A legacy caller names items of several claims: those the calling run made.
+            run_claims = f"{activity.info().workflow_run_id}/"
+            conditions += [
+                BatchItem.custom_id.in_(params.custom_ids),
+                func.starts_with(BatchItem.claim_token, run_claims),
+            ]
         async with self._sessions.begin() as session:
             result = await session.execute(
                 update(BatchItem)
-                .where(
-                    BatchItem.batch_id == params.batch_id,
-                    BatchItem.custom_id.in_(params.custom_ids),
-                    BatchItem.status == ItemStatus.RUNNING.value,
-                )
+                .where(*conditions)
                 .values(status="pending", claim_token=None, run_count=BatchItem.run_count - 1)
             )
             return int(result.rowcount)  # type: ignore[attr-defined]

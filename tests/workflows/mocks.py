@@ -452,9 +452,17 @@ class BatchMocks:
     async def release_batch_items(self, params: ReleaseInput) -> int:
         self._calls.add("release_batch_items", params)
         released = 0
-        chosen = [self.items[custom_id] for custom_id in params.custom_ids]
         if params.claim_token is not None:
-            chosen += [i for i in self.items.values() if i.claim_token == params.claim_token]
+            chosen = [i for i in self.items.values() if i.claim_token == params.claim_token]
+            if params.custom_ids:
+                chosen = [i for i in chosen if i.custom_id in params.custom_ids]
+        else:
+            run_claims = f"{activity.info().workflow_run_id}/"
+            chosen = [
+                self.items[custom_id]
+                for custom_id in params.custom_ids
+                if (self.items[custom_id].claim_token or "").startswith(run_claims)
+            ]
         for item in chosen:
             if item.status == "running":
                 item.status, item.claim_token = "pending", None

@@ -215,3 +215,29 @@ async def test_continue_as_new_carries_the_state_and_runs_each_item_once(rig: Ri
     assert final_status(rig).budget_usd == Decimal("100")
     assert rig.mocks.audit.types(handle.id).count("batch.started") == 1
     assert result.spent_usd == Decimal("0.060")
+
+
+async def test_a_slow_item_the_tenant_budget_refuses_goes_back_under_its_page_claim(
+    rig: Rig,
+) -> None:
+    rig.mocks.batch.load(*PROMPTS)
+    # Item 2 fails on model-a in the page; the tenant's budget refuses it on model-b.
+    rig.mocks.llm.fail_when = lambda call: (
+        ErrorClass.SERVER_ERROR
+        if call.model == "model-a" and call.request.messages[-1].content.endswith("2")
+        else None
+    )
+    rig.mocks.llm.calls_refused_for_budget = {"model-b"}
+
+    handle = await start_batch(rig, "slow-refused", concurrency=5)
+
+    async def released() -> bool:
+        return bool(rig.mocks.inputs("release_batch_items"))
+
+    await eventually(released, "the refused slow item to go back")
+    (release,) = rig.mocks.inputs("release_batch_items")
+    (page,) = pages(rig)
+    # Released as the page's claim: only the page's own hold on the item is given up.
+    assert (release.custom_ids, release.claim_token) == (["item-2"], page.page_token)
+    assert rig.mocks.batch.items["item-2"].status == "pending"
+    await handle.terminate()
