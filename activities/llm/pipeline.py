@@ -472,33 +472,83 @@ async def _take_rate_limits(
     pending: list[int],
     settings: KeelSettings,
 ) -> list[int]:
+    """Charge the admitted attempts to the shared limits, each in full. The group's charges are
+    taken together (one statement per limiter); a group that does not fit as a whole is taken
+    one attempt at a time, in order, so the first ones go and the rest are throttled. An
+    attempt no bucket could ever admit is refused on its own, not retried."""
     if not settings.rate_limits or not pending:
         return pending
+    max_wait = rate_limit_max_wait(attempts[pending[0]].call.request, settings)
+    fitting: list[int] = []
     for index in pending:
         attempt = attempts[index]
         attempt.charges = rate_limit_charges(
             attempt.call.request, attempt.call.provider, attempt.model_name, settings
         )
-    combined = _combined(attempts[index].charges for index in pending)
-    max_wait = rate_limit_max_wait(attempts[pending[0]].call.request, settings)
-    try:
-        wait = await rate_limits.acquire(session, combined, max_wait)
-    except rate_limits.RateLimitedError as error:
-        metrics.RATE_LIMIT_DEFERRED.labels(error.charge.scope, error.charge.unit).inc()
-        for index in pending:
-            attempts[index].charges = []
-            results[index].refusal = Refusal(
-                ClassifiedError(
-                    ErrorClass.RATE_LIMITED,
-                    str(error),
-                    retry_after=timedelta(seconds=max(error.retry_in_seconds, 0.1)),
-                ),
-                LedgerOutcome.THROTTLED.value,
-            )
+        too_large = next((c for c in attempt.charges if not c.fits(max_wait)), None)
+        if too_large is None:
+            fitting.append(index)
+            continue
+        attempt.charges = []
+        results[index].refusal = Refusal(
+            ClassifiedError(
+                ErrorClass.BAD_REQUEST, str(rate_limits.ChargeTooLargeError(too_large, max_wait))
+            ),
+            LedgerOutcome.THROTTLED.value,
+        )
+    if not fitting:
         return []
-    for index in pending:
+    try:
+        wait = await rate_limits.acquire(
+            session, _combined(attempts[index].charges for index in fitting), max_wait
+        )
+    except (rate_limits.RateLimitedError, rate_limits.ChargeTooLargeError) as error:
+        if len(fitting) == 1 and isinstance(error, rate_limits.RateLimitedError):
+            _throttle(attempts, results, fitting, error)
+            return []
+        return await _take_one_by_one(session, attempts, results, fitting, max_wait)
+    for index in fitting:
         results[index].wait_seconds = wait
+    return fitting
+
+
+async def _take_one_by_one(
+    session: AsyncSession,
+    attempts: list[Attempt],
+    results: list[Admission],
+    pending: list[int],
+    max_wait: float,
+) -> list[int]:
+    """The group's attempts charged in order until one finds no slot; it and the rest wait
+    for theirs (FIFO: a later attempt never overtakes an earlier one)."""
+    for position, index in enumerate(pending):
+        try:
+            results[index].wait_seconds = await rate_limits.acquire(
+                session, attempts[index].charges, max_wait
+            )
+        except rate_limits.RateLimitedError as error:
+            _throttle(attempts, results, pending[position:], error)
+            return pending[:position]
     return pending
+
+
+def _throttle(
+    attempts: list[Attempt],
+    results: list[Admission],
+    indexes: list[int],
+    error: rate_limits.RateLimitedError,
+) -> None:
+    metrics.RATE_LIMIT_DEFERRED.labels(error.charge.scope, error.charge.unit).inc()
+    for index in indexes:
+        attempts[index].charges = []
+        results[index].refusal = Refusal(
+            ClassifiedError(
+                ErrorClass.RATE_LIMITED,
+                str(error),
+                retry_after=timedelta(seconds=max(error.retry_in_seconds, 0.1)),
+            ),
+            LedgerOutcome.THROTTLED.value,
+        )
 
 
 def _combined(charge_lists: Any) -> list[rate_limits.Charge]:

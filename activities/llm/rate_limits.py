@@ -8,6 +8,11 @@ agree. Callers queue FIFO into the future instead of polling, so a burst costs o
 call, never a thundering herd. A slot further away than the caller may wait is not taken: the
 attempt is retried later by Temporal (and the route may fall back to another provider).
 
+Every call is charged in full. A call bigger than the bucket (its burst) conforms once the
+part above the burst has been earned at the rate: it waits that long even from a full bucket.
+A call that would have to wait longer than it may, even then, can never be admitted: it is
+refused at once (``ChargeTooLargeError``) instead of being retried until its deadline.
+
 Why not Temporal's task-queue rate limit (``max_task_queue_activities_per_second``)? It is
 enforced by the server for all workers of a queue, but it counts activities, not tokens, and is
 per queue, not per provider: interactive and batch calls share a provider's quota from two
@@ -74,8 +79,18 @@ class Charge:
 
     @property
     def interval_seconds(self) -> float:
-        # A call bigger than the whole bucket still gets through, alone, once it is full.
-        return min(self.amount * 60.0 / self.per_minute, self.burst_seconds)
+        """The call's whole cost in seconds of the rate (never capped at the burst: a call
+        bigger than the bucket waits for the rest, so large calls are not under-counted)."""
+        return self.amount * 60.0 / self.per_minute
+
+    @property
+    def capacity(self) -> float:
+        """What a full bucket holds, in the charge's unit."""
+        return self.per_minute * self.burst_seconds / 60.0
+
+    def fits(self, max_wait_seconds: float) -> bool:
+        """Whether a full bucket admits the call within ``max_wait_seconds``."""
+        return self.interval_seconds <= self.burst_seconds + max_wait_seconds
 
     def parameters(self) -> dict[str, object]:
         return {
@@ -84,6 +99,21 @@ class Charge:
             "interval": self.interval_seconds,
             "tolerance": self.burst_seconds,
         }
+
+
+class ChargeTooLargeError(Exception):
+    """A call the limiter can never admit: more than a full bucket plus what the rate earns
+    while the call may wait. Not retryable (another model's limit may take it)."""
+
+    def __init__(self, charge: Charge, max_wait_seconds: float) -> None:
+        most = charge.capacity + charge.per_minute * max_wait_seconds / 60.0
+        super().__init__(
+            f"rate limit {charge.scope} ({charge.per_minute:g} {charge.unit}/min, a bucket of "
+            f"{charge.capacity:g}): this call needs {charge.amount:g} {charge.unit}, more than "
+            f"the {most:g} it can ever get within its {max_wait_seconds:g}s wait; raise the "
+            "limit's burst_seconds or lower the request's max_tokens"
+        )
+        self.charge = charge
 
 
 class RateLimitedError(Exception):
@@ -122,9 +152,14 @@ async def acquire(session: AsyncSession, charges: list[Charge], max_wait_seconds
     """Take a slot in every limiter; returns the seconds to wait before calling the provider.
 
     All or nothing: the slots are taken under a savepoint that is rolled back when one limiter
-    has no slot within ``max_wait_seconds`` (RateLimitedError says when it will)."""
+    has no slot within ``max_wait_seconds`` (RateLimitedError says when it will). A charge that
+    no bucket could admit within ``max_wait_seconds`` raises ChargeTooLargeError, taking
+    nothing."""
     if not charges:
         return 0.0
+    for charge in charges:
+        if not charge.fits(max_wait_seconds):
+            raise ChargeTooLargeError(charge, max_wait_seconds)
     wait = 0.0
     savepoint = await session.begin_nested()
     for charge in charges:

@@ -9,15 +9,25 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
+from activities.llm.pipeline import Admission, Attempt, AttemptKey, admit, breaker_config
 from activities.llm.rate_limits import (
     REQUESTS,
     TOKENS,
     Charge,
+    ChargeTooLargeError,
     RateLimitedError,
     acquire,
     refund_unused,
 )
-from contracts.llm import Usage
+from contracts.llm import (
+    AttemptInput,
+    CallClass,
+    ChatMessage,
+    ErrorClass,
+    LlmParameters,
+    LlmRequest,
+    Usage,
+)
 from infra.database import session_factory
 from infra.settings import KeelSettings
 from llmsim import SimServer
@@ -130,3 +140,69 @@ async def test_two_worker_processes_share_one_rate_limit(
     assert busiest <= 5, starts
     # 16 requests at 2/s after a burst of 2 need at least 7 s (per-process limiters: 3 s).
     assert (starts[-1] - starts[0]).total_seconds() >= 7 * 0.9
+
+
+async def test_a_call_bigger_than_the_bucket_is_charged_in_full_and_waits_for_the_rest(
+    keel_settings: KeelSettings,
+) -> None:
+    # 6000 tokens/min with a burst of 1 s: a full bucket holds 100 tokens.
+    big = Charge("openai", TOKENS, 250, per_minute=6000, burst_seconds=1)
+    # 150 of its 250 tokens are not in the bucket: they take 1.5 s of the rate to earn.
+    assert 1.3 < await take([big]) <= 1.5
+    # ... and the next caller queues behind all 250 (a bucket's worth would let it go at once).
+    assert 1.3 < await take([Charge("openai", TOKENS, 1, 6000, 1)]) <= 1.51
+
+
+async def test_a_call_no_bucket_could_admit_in_time_is_refused_at_once(
+    keel_settings: KeelSettings,
+) -> None:
+    huge = Charge("openai", TOKENS, 1000, per_minute=6000, burst_seconds=1)
+    # A full bucket (100) plus 2 s of the rate (200) can never hold 1000 tokens.
+    with pytest.raises(ChargeTooLargeError) as refused:
+        await take([huge], max_wait=2)
+    assert "needs 1000 tokens, more than the 300 it can ever get" in str(refused.value)
+    # It took nothing: the bucket is still full.
+    assert await take([Charge("openai", TOKENS, 100, 6000, 1)], max_wait=0) == 0
+
+
+def attempt_of(max_tokens: int, line: int) -> Attempt:
+    request = LlmRequest(
+        messages=[ChatMessage(role="user", content=f"item {line}")],
+        parameters=LlmParameters(max_tokens=max_tokens),
+        call_class=CallClass.BATCH,
+    )
+    call = AttemptInput(request=request, model=CHEAP, provider="openai")
+    return Attempt(AttemptKey("wf", "run", f"page/{line}", 1), call, CHEAP, f"hash-{line}")
+
+
+async def admitted(settings: KeelSettings, attempts: list[Attempt]) -> list[Admission]:
+    async with session_factory().begin() as session:
+        return await admit(session, attempts, settings, breaker_config(settings))
+
+
+async def test_a_group_of_attempts_is_charged_every_token_it_may_use(
+    keel_settings: KeelSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 60,000 tokens/min with a burst of 1 s: a full bucket holds 1,000 tokens.
+    settings = reconfigure(
+        monkeypatch,
+        KEEL_RATE_LIMITS='{"openai": {"tokens_per_minute": 60000, "burst_seconds": 1}}',
+        KEEL_RATE_LIMIT_MAX_WAIT_SECONDS="5",
+    )
+    # Three calls of ≈400 tokens each (a page's group): 1,200 tokens, 200 more than the bucket.
+    group = await admitted(settings, [attempt_of(390, line) for line in range(3)])
+    assert [a.refusal for a in group] == [None, None, None]
+    assert all(0.1 < a.wait_seconds < 0.4 for a in group)
+    # A group too large to take as a whole is taken in order: the first ones go, the rest wait.
+    crowd = await admitted(settings, [attempt_of(990, 10 + line) for line in range(10)])
+    went = [a for a in crowd if a.refusal is None]
+    throttled = [a.refusal for a in crowd if a.refusal is not None]
+    assert went and throttled and crowd[: len(went)] == went
+    assert {r.failure.error_class for r in throttled} == {ErrorClass.RATE_LIMITED}
+    assert all(r.failure.retry_after is not None for r in throttled)
+    # One call that never fits is refused for good, with what to change.
+    (alone,) = await admitted(settings, [attempt_of(9000, 99)])
+    assert alone.refusal is not None
+    assert alone.refusal.failure.error_class == ErrorClass.BAD_REQUEST
+    assert not alone.refusal.failure.retryable
+    assert "burst_seconds" in alone.refusal.failure.message
