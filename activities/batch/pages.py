@@ -88,6 +88,7 @@ from contracts.llm import (
     ErrorClass,
     LedgerOutcome,
     LlmRequest,
+    ModelCandidate,
     RoutePlan,
     Usage,
     provider_for_model,
@@ -528,14 +529,19 @@ class _Page:
         if plan.budget_refusal is not None:
             return _ItemEnd(tenant_refusal=plan.budget_refusal)
         failed: list[tuple[str, str]] = []
+        reasons: list[str] = []
         candidates = plan.candidates
         position = 0
-        # Models whose breaker is open are skipped, as ask_llm skips them.
-        while position < len(candidates) and candidates[position].breaker_open:
-            failed.append((candidates[position].model, ErrorClass.CIRCUIT_OPEN.value))
+        # Models that cannot take the item are skipped, as ask_llm skips them: one lacking what
+        # the request needs (tools, a JSON schema, images), one whose breaker is open.
+        while position < len(candidates) and (skip := _skipped(candidates[position])):
+            failed.append((candidates[position].model, skip[0].value))
+            reasons.append(skip[1])
             position += 1
         if position == len(candidates):
-            return self._failed_item(item, failed, ErrorClass.CIRCUIT_OPEN, "every breaker open")
+            last = ErrorClass(failed[-1][1]) if failed else ErrorClass.CIRCUIT_OPEN
+            message = f"no model of the route can take the item ({'; '.join(reasons)})"
+            return self._failed_item(item, failed, last, message)
         candidate = candidates[position]
         call = AttemptInput(
             request=request,
@@ -574,8 +580,11 @@ class _Page:
         )
 
     async def _plan_for(self, request: LlmRequest) -> RoutePlan:
-        """One plan per request shape and page (as the workflow planned one per claimed page)."""
-        key = f"{request.route}|{','.join(request.models or [])}"
+        """One plan per request shape and page (as the workflow planned one per claimed page).
+        The shape includes what the request needs from a model: the plan marks the models
+        lacking it, so items with other needs must not share it."""
+        needs = ",".join(sorted(request.required_capabilities()))
+        key = f"{request.route}|{','.join(request.models or [])}|{needs}"
         planning = self._plans.get(key)
         if planning is None:
             planning = asyncio.create_task(self._plan(request, key))
@@ -812,6 +821,15 @@ class _Page:
                 )
             )
             await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+def _skipped(candidate: ModelCandidate) -> tuple[ErrorClass, str] | None:
+    """Why the page does not call ``candidate`` for an item, or None."""
+    if candidate.unsupported is not None:
+        return ErrorClass.UNSUPPORTED, candidate.unsupported
+    if candidate.breaker_open:
+        return ErrorClass.CIRCUIT_OPEN, f"{candidate.model}: breaker open"
+    return None
 
 
 async def _no_delta(delta: str) -> None:
