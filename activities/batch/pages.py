@@ -143,9 +143,12 @@ _INTERRUPT = text(
        AND starts_with(activity_id, :prefix) AND outcome = 'in_flight'
     """
 )
+# started_at: a finished row's created_at is its end, so its latency is taken off.
 _EARLIER = text(
     """
-    SELECT activity_id, attempt, outcome, error_class FROM llm_calls
+    SELECT activity_id, attempt, outcome, error_class,
+           created_at - make_interval(secs => latency_ms / 1000.0) AS started_at
+      FROM llm_calls
      WHERE workflow_id = :workflow_id AND run_id = :run_id AND starts_with(activity_id, :prefix)
      ORDER BY activity_id, attempt
     """
@@ -261,6 +264,9 @@ class _Page:
         self._queue: deque[ClaimedItem] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._prior: dict[int, retries.PriorAttempts] = {}
+        # When each resumed item's first attempt started: its deadline runs from there, not from
+        # this attempt of the page (a retried page does not give its items more time).
+        self._first_started: dict[int, datetime] = {}
         self._cached: dict[str, response_cache.CachedResponse] = {}
         # One planning per request shape, shared by every item of that shape that asks at once.
         self._plans: dict[str, asyncio.Task[RoutePlan]] = {}
@@ -362,6 +368,8 @@ class _Page:
             for row in earlier:
                 line = int(row.activity_id.removeprefix(self._prefix))
                 rows.setdefault(line, []).append((row.attempt, row.outcome, row.error_class))
+                first = self._first_started.get(line)
+                self._first_started[line] = min(first or row.started_at, row.started_at)
             token = {"batch_id": page.batch_id, "token": page.page_token}
             resumed = list(await session.execute(_RESUME, token))
             self._claimed = int(await session.scalar(_CLAIMED_BEFORE, token) or 0)
@@ -604,13 +612,23 @@ class _Page:
         request = call.request
         policy = call_policy(request, self._settings)
         prior = self._prior.get(item.line_no, retries.PriorAttempts())
-        deadline = datetime.now(UTC) + timedelta(seconds=policy.schedule_to_close_seconds)
+        # The call's deadline, as Temporal's schedule-to-close is for one call activity: from the
+        # item's first attempt, kept across the page's own retries.
+        started = self._first_started.get(item.line_no) or datetime.now(UTC)
+        deadline = started + timedelta(seconds=policy.schedule_to_close_seconds)
         _, model_name = provider_for_model(call.model)
         prompt_hash = request.prompt_hash(call.model)
         if retries.error_budget_spent(prior, policy, deadline):
             last = prior.last_error_class or ErrorClass.TIMEOUT
             return last, f"{call.model}: {last.value}: {prior.attempts} failed attempts", False
         while True:
+            if datetime.now(UTC) >= deadline:
+                return (
+                    ErrorClass.TIMEOUT,
+                    f"{call.model}: {ErrorClass.TIMEOUT.value}: past the call's deadline "
+                    f"({policy.schedule_to_close_seconds:g}s from its first attempt)",
+                    False,
+                )
             attempt = Attempt(
                 AttemptKey(
                     self._workflow_id,
