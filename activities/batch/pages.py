@@ -2,9 +2,9 @@
 
 The page driver of the LLM call pipeline (activities/llm/pipeline.py): each item's call keeps
 every guarantee of ``complete_chat`` — the retry policy (backoff, attempts, Retry-After, the
-call's deadline), error classes, the shared breaker, budget reservations, shared rate limits, the
-response cache, one ledger row per attempt with its cost — but the database work is done for
-many items at once:
+call's deadline), error classes, the shared breaker, budget reservations, shared rate limits, one
+ledger row per attempt with its cost — but the database work is done for many items at once
+(batch items never ask for the response cache: it is opt-in per call, for temperature 0):
 
 * items are claimed a chunk per statement (the page claims more itself to keep its slots full);
 * attempts are admitted in groups (group commit): one transaction locks the tenant's budget once,
@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
 from activities.batch.items import count_items, ledger_spend
-from activities.llm import circuit_breaker, rate_limits, response_cache, retries
+from activities.llm import circuit_breaker, rate_limits, retries
 from activities.llm.activities import route_plan
 from activities.llm.errors import ClassifiedError
 from activities.llm.ledger import AttemptRecord
@@ -86,7 +86,6 @@ from contracts.llm import (
     AttemptInput,
     CallPolicy,
     ErrorClass,
-    LedgerOutcome,
     LlmRequest,
     ModelCandidate,
     RoutePlan,
@@ -267,7 +266,6 @@ class _Page:
         # When each resumed item's first attempt started: its deadline runs from there, not from
         # this attempt of the page (a retried page does not give its items more time).
         self._first_started: dict[int, datetime] = {}
-        self._cached: dict[str, response_cache.CachedResponse] = {}
         # One planning per request shape, shared by every item of that shape that asks at once.
         self._plans: dict[str, asyncio.Task[RoutePlan]] = {}
         self._breakers_lock = asyncio.Lock()
@@ -283,7 +281,6 @@ class _Page:
         self._stop = PageStop.NONE
         self._failure_reason: str | None = None
         self._tenant_refusal: str | None = None
-        self._refused: list[ClaimedItem] = []
         self._slow: list[SlowItem] = []
         self._answered = self._failed = 0
         counts = page.counts
@@ -449,7 +446,6 @@ class _Page:
                 )
             )
             items = sorted((self._claimed_item(row) for row in rows), key=lambda i: i.line_no)
-            await self._look_up_cache(session, items)
         self._claimed += len(items)
         self._exhausted = len(items) < limit
         self._queue.extend(items)
@@ -460,17 +456,6 @@ class _Page:
             line_no=row.line_no,
             request=ItemRequest.model_validate(row.request),
         )
-
-    async def _look_up_cache(self, session: AsyncSession, items: list[ClaimedItem]) -> None:
-        """One query for the page's cacheable items (temperature 0, cache asked for)."""
-        hashes: list[str] = []
-        for item in items:
-            if item.request.temperature != 0:
-                continue  # only temperature-0 calls are cached
-            request = item_llm_request(self._page.options, item.request)
-            if response_cache.cacheable(request) and request.models:
-                hashes.append(request.prompt_hash(request.models[0]))
-        self._cached.update(await response_cache.lookup_many(session, hashes))
 
     def _launch(self, item: ClaimedItem) -> None:
         task = asyncio.create_task(self._run_item(item))
@@ -515,7 +500,6 @@ class _Page:
         end = await self._answer(item)
         if end.tenant_refusal is not None:
             self._tenant_refusal = self._tenant_refusal or end.tenant_refusal
-            self._refused.append(item)
             return
         if end.slow is not None:
             self._slow.append(end.slow)
@@ -660,20 +644,6 @@ class _Page:
             self._complete(attempt.ledger_row("prompt_too_large", Usage(), None, too_large))
             attempt.observe("prompt_too_large", Usage(), None, too_large, timed=False)
             return _Tried(too_large)
-        hit = (
-            self._cached.get(attempt.prompt_hash)
-            if response_cache.cacheable(call.request)
-            else None
-        )
-        if hit is not None:
-            usage = Usage(input_tokens=hit.input_tokens, output_tokens=hit.output_tokens)
-            attempt.completion.text, attempt.completion.finish_reason = hit.text, hit.finish_reason
-            attempt.completion.usage, attempt.completion.usage_reported = usage, True
-            self._complete(attempt.ledger_row(LedgerOutcome.CACHED.value, usage, Decimal(0)))
-            attempt.observe(LedgerOutcome.CACHED.value, usage, Decimal(0), timed=False)
-            # $0, or unknown (null) for a model the price table does not know, as complete_chat.
-            known = price_usd(call.provider, attempt.model_name, usage) is not None
-            return _Tried(usage=usage, cost=Decimal(0) if known else None)
         await self._refresh_breakers(call.provider, call.model)
         admission = await self._admit(attempt)
         if admission.refusal is not None:

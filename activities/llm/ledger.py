@@ -86,21 +86,6 @@ def spend_shard(record: AttemptRecord) -> int:
     return zlib.crc32(f"{record.workflow_id}/{record.activity_id}".encode()) % SPEND_SHARDS
 
 
-async def record_attempt_started(session: AsyncSession, record: AttemptRecord) -> None:
-    """Write the attempt's row before the provider sees the request (outcome ``in_flight``).
-
-    A later attempt of the same activity finding earlier rows still in flight knows their worker
-    died mid-call: they are marked ``interrupted`` (their tokens are unknown, so no cost)."""
-    await mark_interrupted(
-        session, record.workflow_id, record.run_id, record.activity_id, record.attempt
-    )
-    await session.execute(
-        insert(LlmCall)
-        .values(**{**_values(record), "outcome": IN_FLIGHT})
-        .on_conflict_do_nothing(index_elements=LEDGER_KEY)
-    )
-
-
 async def mark_interrupted(
     session: AsyncSession, workflow_id: str, run_id: str | None, activity_id: str, attempt: int
 ) -> None:

@@ -47,13 +47,3 @@ async def store(
         )
         .on_conflict_do_nothing(index_elements=["prompt_hash"])
     )
-
-
-async def lookup_many(session: AsyncSession, prompt_hashes: list[str]) -> dict[str, CachedResponse]:
-    """The cached answers of many prompts in one query (a page looks up what it claimed)."""
-    if not prompt_hashes:
-        return {}
-    result = await session.execute(
-        select(CachedResponse).where(CachedResponse.prompt_hash.in_(prompt_hashes))
-    )
-    return {row.prompt_hash: row for row in result.scalars()}
