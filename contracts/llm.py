@@ -89,6 +89,10 @@ _RETRYABLE = frozenset(
 
 NON_RETRYABLE_ERROR_TYPES = [c.error_type for c in ErrorClass if not c.retryable]
 
+# A content-policy refusal or a prompt over keel's limit is about the prompt, not the model: the
+# chain stops there, no other model is asked (ask_llm's chain and a batch page alike).
+CHAIN_STOPPERS = frozenset({ErrorClass.CONTENT_POLICY, ErrorClass.PROMPT_TOO_LARGE})
+
 
 def error_class_from_type(error_type: str | None) -> ErrorClass:
     for candidate in ErrorClass:

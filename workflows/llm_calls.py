@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.activities import COMPLETE_CHAT, PLAN_LLM_ROUTE, RECORD_AUDIT_EVENT
     from contracts.audit import AuditEventInput
     from contracts.llm import (
+        CHAIN_STOPPERS,
         NON_RETRYABLE_ERROR_TYPES,
         AttemptInput,
         CallPolicy,
@@ -39,10 +40,6 @@ with workflow.unsafe.imports_passed_through():
         call,
         call_local,
     )
-
-# A content-policy refusal or a prompt over keel's limit is about the prompt, not the model:
-# other models are not asked.
-CHAIN_STOPPERS = frozenset({ErrorClass.CONTENT_POLICY, ErrorClass.PROMPT_TOO_LARGE})
 
 
 class LlmChainExhausted(ApplicationError):

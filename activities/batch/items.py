@@ -46,6 +46,7 @@ from contracts.batch import (
     BeginRunResult,
     ClaimedItem,
     ClaimInput,
+    ItemOutcome,
     ItemRequest,
     ItemStatus,
     LoadFileInput,
@@ -258,7 +259,8 @@ _CLAIM = text(
 )
 
 
-# One statement for many outcomes (one round trip, and a real row count).
+# One statement for many outcomes (one round trip, and a real row count), only while the items
+# are running: a replayed write changes nothing, and no item has two results.
 _RECORD = text(
     """
     UPDATE batch_items AS item
@@ -272,6 +274,30 @@ _RECORD = text(
        AND item.status = 'running'
     """
 )
+
+
+def _outcome_row(outcome: ItemOutcome) -> dict[str, Any]:
+    return {
+        "custom_id": outcome.custom_id,
+        "status": outcome.status,
+        "response": outcome.response(),
+        "model": outcome.model,
+        "error_class": outcome.error_class,
+        "error_message": outcome.error_message,
+        "cost_usd": str(outcome.cost_usd) if outcome.cost_usd is not None else None,
+    }
+
+
+async def record_outcomes(session: AsyncSession, batch_id: str, outcomes: list[ItemOutcome]) -> int:
+    """Write each outcome to its item's row (the writer activity's and a page's flush); how many
+    items took theirs."""
+    if not outcomes:
+        return 0
+    result = await session.execute(
+        _RECORD,
+        {"batch_id": batch_id, "outcomes": json.dumps([_outcome_row(o) for o in outcomes])},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 # --- Reports (the CLI) --------------------------------------------------------------------------
@@ -584,30 +610,14 @@ class BatchItemActivities:
     async def record_batch_item_outcomes(self, params: RecordOutcomesInput) -> RecordOutcomesResult:
         """Write each item's outcome to its row. Only a ``running`` item takes an outcome, so a
         replayed write is a no-op and no item ever has two results."""
-        outcomes = json.dumps(
-            [
-                {
-                    "custom_id": outcome.custom_id,
-                    "status": outcome.status,
-                    "response": outcome.response(),
-                    "model": outcome.model,
-                    "error_class": outcome.error_class,
-                    "error_message": outcome.error_message,
-                    "cost_usd": str(outcome.cost_usd) if outcome.cost_usd is not None else None,
-                }
-                for outcome in params.outcomes
-            ]
-        )
         async with self._sessions.begin() as session:
-            result = await session.execute(
-                _RECORD, {"batch_id": params.batch_id, "outcomes": outcomes}
-            )
+            recorded = await record_outcomes(session, params.batch_id, params.outcomes)
             spent = (
                 await ledger_spend(session, params.meter_workflow_id)
                 if params.meter_workflow_id
                 else None
             )
-        return RecordOutcomesResult(recorded=int(result.rowcount), spent_usd=spent)  # type: ignore[attr-defined]
+        return RecordOutcomesResult(recorded=recorded, spent_usd=spent)
 
     @activity.defn(name="meter_batch_spend")
     async def meter_batch_spend(self, params: MeterInput) -> Decimal:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,7 +40,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
-from activities.batch.items import count_items, ledger_spend
+from activities.batch.items import count_items, ledger_spend, record_outcomes
 from activities.llm import circuit_breaker, rate_limits, retries
 from activities.llm.activities import route_plan
 from activities.llm.errors import ClassifiedError
@@ -83,6 +82,7 @@ from contracts.batch_pacing import (
     failure_rate_crossed,
 )
 from contracts.llm import (
+    CHAIN_STOPPERS,
     AttemptInput,
     CallPolicy,
     ErrorClass,
@@ -100,9 +100,6 @@ FLUSH_SECONDS = 0.15
 FLUSH_ROWS = 250
 HEARTBEAT_SECONDS = 1.0
 BREAKER_REFRESH_SECONDS = 5.0
-# A content-policy refusal or a prompt over keel's limit is about the prompt, not the model: the
-# slow path would not ask other models either (workflows/llm_calls.py CHAIN_STOPPERS).
-CHAIN_STOPPERS = frozenset({ErrorClass.CONTENT_POLICY, ErrorClass.PROMPT_TOO_LARGE})
 
 # Take the next pending items in file order for this page (its token marks them running).
 _CLAIM = text(
@@ -152,20 +149,6 @@ _EARLIER = text(
      ORDER BY activity_id, attempt
     """
 )
-# Outcomes of many items in one statement, only while they are running (as the writer activity).
-_RECORD = text(
-    """
-    UPDATE batch_items AS item
-       SET status = o.status, response = o.response, model = o.model,
-           error_class = o.error_class, error_message = o.error_message, cost_usd = o.cost_usd,
-           finished_at = now(), updated_at = now()
-      FROM jsonb_to_recordset(CAST(:outcomes AS jsonb)) AS o(
-               custom_id text, status text, response jsonb, model text, error_class text,
-               error_message text, cost_usd numeric)
-     WHERE item.batch_id = :batch_id AND item.custom_id = o.custom_id
-       AND item.status = 'running'
-    """
-)
 _RELEASE = text(
     """
     UPDATE batch_items SET status = 'pending', claim_token = NULL, run_count = run_count - 1
@@ -173,18 +156,6 @@ _RELEASE = text(
        AND NOT custom_id = ANY(:keep)
     """
 )
-
-
-def _outcome_row(outcome: ItemOutcome) -> dict[str, Any]:
-    return {
-        "custom_id": outcome.custom_id,
-        "status": outcome.status,
-        "response": outcome.response(),
-        "model": outcome.model,
-        "error_class": outcome.error_class,
-        "error_message": outcome.error_message,
-        "cost_usd": str(outcome.cost_usd) if outcome.cost_usd is not None else None,
-    }
 
 
 class BatchPageActivities:
@@ -780,14 +751,7 @@ class _Page:
                 await circuit_breaker.record_failure(
                     session, provider, model, error_class, self._config
                 )
-            if pending.outcomes:
-                await session.execute(
-                    _RECORD,
-                    {
-                        "batch_id": self._page.batch_id,
-                        "outcomes": json.dumps([_outcome_row(o) for o in pending.outcomes]),
-                    },
-                )
+            await record_outcomes(session, self._page.batch_id, pending.outcomes)
 
     async def _heartbeat_loop(self) -> None:
         """Liveness and progress every second; the heartbeat is also how a cancellation from the
