@@ -36,7 +36,6 @@ from activities.llm.budgets import (
     BudgetExceededError,
     blocking_budget,
     budget_states,
-    estimate_cost,
     estimated_usage,
     lock_budgets,
 )
@@ -104,11 +103,11 @@ def rate_limit_max_wait(request: LlmRequest, settings: KeelSettings) -> float:
 
 
 def rate_limit_charges(
-    request: LlmRequest, provider: str, model_name: str, settings: KeelSettings
+    estimated: Usage, provider: str, model_name: str, settings: KeelSettings
 ) -> list[rate_limits.Charge]:
     if not settings.rate_limits:
         return []
-    return rate_limits.charges_for(provider, model_name, estimated_usage(request), settings)
+    return rate_limits.charges_for(provider, model_name, estimated, settings)
 
 
 def prompt_too_large(request: LlmRequest, settings: KeelSettings) -> ClassifiedError | None:
@@ -152,6 +151,15 @@ class Attempt:
     reserved_usd: Decimal | None = None
     # The shared rate limits this call was charged to (tokens at worst case, refunded after).
     charges: list[rate_limits.Charge] = field(default_factory=list)
+    _estimated: Usage | None = field(default=None, repr=False)
+
+    @property
+    def estimated_usage(self) -> Usage:
+        """The most the attempt can use (counted once: its budget reservation and its
+        rate-limit charge both start from it)."""
+        if self._estimated is None:
+            self._estimated = estimated_usage(self.call.request)
+        return self._estimated
 
     @property
     def latency_ms(self) -> int:
@@ -443,7 +451,7 @@ async def _reserve(
     for index in pending:
         attempt = attempts[index]
         call = attempt.call
-        worst_case = estimate_cost(call.provider, attempt.model_name, call.request)
+        worst_case = price_usd(call.provider, attempt.model_name, attempt.estimated_usage)
         needed = worst_case if worst_case is not None else Decimal(0)
         view = [
             state.model_copy(update={"reserved_usd": state.reserved_usd + taken})
@@ -483,7 +491,7 @@ async def _take_rate_limits(
     for index in pending:
         attempt = attempts[index]
         attempt.charges = rate_limit_charges(
-            attempt.call.request, attempt.call.provider, attempt.model_name, settings
+            attempt.estimated_usage, attempt.call.provider, attempt.model_name, settings
         )
         too_large = next((c for c in attempt.charges if not c.fits(max_wait)), None)
         if too_large is None:
