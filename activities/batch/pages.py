@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
 from activities.batch.items import count_items, ledger_spend, record_outcomes
-from activities.llm import circuit_breaker, rate_limits, retries
+from activities.llm import circuit_breaker, retries
 from activities.llm.activities import route_plan
 from activities.llm.errors import ClassifiedError
 from activities.llm.ledger import AttemptRecord
@@ -50,6 +50,7 @@ from activities.llm.pipeline import (
     Attempt,
     AttemptKey,
     BreakerView,
+    Finished,
     ProviderSource,
     admit,
     after_failure,
@@ -60,8 +61,10 @@ from activities.llm.pipeline import (
     failed_cost,
     failed_usage,
     failure_message,
+    observe_breakers,
     prompt_too_large,
     retry_decision,
+    settle,
     write_completed,
 )
 from activities.llm.pricing import price_usd
@@ -187,9 +190,8 @@ class _Pending:
     admissions: list[tuple[Attempt, asyncio.Future[Admission]]] = field(default_factory=list)
     completed: list[AttemptRecord] = field(default_factory=list)
     outcomes: list[ItemOutcome] = field(default_factory=list)
-    refunds: list[tuple[list[rate_limits.Charge], Usage]] = field(default_factory=list)
-    successes: set[tuple[str, str]] = field(default_factory=set)
-    failures: list[tuple[str, str, ErrorClass]] = field(default_factory=list)
+    # Attempts that finished, for the limiter refunds and the breakers (pipeline.settle).
+    finished: list[Finished] = field(default_factory=list)
 
     def rows(self) -> int:
         return len(self.completed) + len(self.outcomes)
@@ -623,22 +625,20 @@ class _Page:
             return _Tried(refusal.failure, budget_refused=refusal.budget is not None)
         if admission.wait_seconds > 0:
             await asyncio.sleep(admission.wait_seconds)
-            attempt.started = time.perf_counter()  # latency is the provider's, not the queue's
+            attempt.rate_limit_waited(admission.wait_seconds)
         failure = await call_provider(self._providers, attempt, policy, _no_delta)
         completion = attempt.completion
         if failure is None:
             usage = answered_usage(call.request, completion)
             cost = price_usd(call.provider, attempt.model_name, usage)
             self._complete(attempt.ledger_row("ok", usage, cost), cost)
-            self._pending.refunds.append((attempt.charges, usage))
-            self._pending.successes.add((call.provider, call.model))
+            self._pending.finished.append((attempt, usage, None))
             attempt.observe("ok", usage, cost)
             return _Tried(usage=usage, cost=cost)
         usage = failed_usage(call.request, completion)
         cost = failed_cost(call.provider, attempt.model_name, usage)
         self._complete(attempt.ledger_row("error", usage, cost, failure), cost)
-        self._pending.refunds.append((attempt.charges, usage))
-        self._pending.failures.append((call.provider, call.model, failure.error_class))
+        self._pending.finished.append((attempt, usage, failure))
         attempt.observe("error", usage, cost, failure)
         return _Tried(failure)
 
@@ -729,7 +729,7 @@ class _Page:
                 for (_, future), admission in zip(pending.admissions, admissions, strict=True):
                     if not future.done():
                         future.set_result(admission)
-            if pending.completed or pending.outcomes or pending.refunds:
+            if pending.completed or pending.outcomes or pending.finished:
                 await self._write_completions(pending)
         except BaseException as error:
             for _, future in pending.admissions:
@@ -743,15 +743,9 @@ class _Page:
         exactly when its attempt's row is."""
         async with self._sessions.begin() as session:
             await write_completed(session, pending.completed, self._prefix)
-            for charges, usage in pending.refunds:
-                await rate_limits.refund_unused(session, charges, usage)
-            for provider, model in sorted(pending.successes):
-                await circuit_breaker.record_success(session, provider, model)
-            for provider, model, error_class in pending.failures:
-                await circuit_breaker.record_failure(
-                    session, provider, model, error_class, self._config
-                )
+            changed = await settle(session, pending.finished, self._config)
             await record_outcomes(session, self._page.batch_id, pending.outcomes)
+        observe_breakers(changed)
 
     async def _heartbeat_loop(self) -> None:
         """Liveness and progress every second; the heartbeat is also how a cancellation from the

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.llm import circuit_breaker, rate_limits, response_cache, retries
+from activities.llm import circuit_breaker, response_cache, retries
 from activities.llm.budgets import (
     BudgetExceededError,
     blocking_budget,
@@ -45,8 +45,10 @@ from activities.llm.pipeline import (
     call_provider,
     failed_cost,
     failed_usage,
+    observe_breakers,
     prompt_too_large,
     retry_decision,
+    settle,
     to_application_error,
 )
 from activities.llm.pricing import price_usd
@@ -72,7 +74,6 @@ from contracts.llm import (
     Usage,
 )
 from contracts.traffic import BudgetPolicy
-from infra import metrics
 from infra.settings import KeelSettings
 from infra.tracing import llm_call_span
 
@@ -271,14 +272,13 @@ def _refusal_error(refusal: Refusal, model: str, retry: _RetryBudget) -> Excepti
     )
 
 
-async def _wait_for_rate_limit(wait_seconds: float, charges: list[rate_limits.Charge]) -> None:
+async def _wait_for_rate_limit(attempt: Attempt, wait_seconds: float) -> None:
     """Sleep until the call's slot comes up, heartbeating so the wait is not taken for a hang."""
     deadline = time.monotonic() + wait_seconds
     while (left := deadline - time.monotonic()) > 0:
         activity.heartbeat()
         await asyncio.sleep(min(left, 1.0))
-    for scope in {charge.scope for charge in charges}:
-        metrics.RATE_LIMIT_WAIT.labels(scope).observe(wait_seconds)
+    attempt.rate_limit_waited(wait_seconds)
 
 
 async def _complete_chat(
@@ -337,8 +337,7 @@ async def _complete_chat(
         attempt.observe(refusal.outcome, Usage(), None, refusal.failure, timed=False)
         raise _refusal_error(refusal, model, retry)
     if admission.wait_seconds > 0:
-        await _wait_for_rate_limit(admission.wait_seconds, attempt.charges)
-        attempt.started = time.perf_counter()  # latency is the provider's, not the queue's
+        await _wait_for_rate_limit(attempt, admission.wait_seconds)
 
     stream = open_attempt_stream(request.stream_key, model)
 
@@ -363,9 +362,7 @@ async def _complete_chat(
     cost = price_usd(provider_name, model_name, usage)
     async with sessions.begin() as session:
         await record_attempt(session, attempt.ledger_row("ok", usage, cost))
-        # Limiter rows before breaker rows, as in the admission transaction: no lock cycle.
-        await rate_limits.refund_unused(session, attempt.charges, usage)
-        await circuit_breaker.record_success(session, provider_name, model)
+        await settle(session, [(attempt, usage, None)], config)
         if response_cache.cacheable(request):
             await response_cache.store(
                 session,
@@ -410,13 +407,9 @@ async def _record_failure(
     cost = failed_cost(call.provider, attempt.model_name, usage)
     async with sessions.begin() as session:
         await record_attempt(session, attempt.ledger_row("error", usage, cost, failure))
-        await rate_limits.refund_unused(session, attempt.charges, usage)
-        new_state = await circuit_breaker.record_failure(
-            session, call.provider, call.model, failure.error_class, config
-        )
+        changed = await settle(session, [(attempt, usage, failure)], config)
     attempt.observe("error", usage, cost, failure)
-    if new_state is not None:
-        metrics.record_breaker_state(call.provider, call.model, new_state)
+    observe_breakers(changed)
     log.warning(
         "llm.call_failed",
         model=call.model,
@@ -424,7 +417,7 @@ async def _record_failure(
         status_code=failure.status_code,
         retryable=failure.retryable,
         retry_after_s=failure.retry_after.total_seconds() if failure.retry_after else None,
-        breaker=new_state,
+        breaker=changed[0][2] if changed else None,
     )
 
 
@@ -462,8 +455,6 @@ class LlmActivities:
     @activity.defn(name="complete_chat")
     async def complete_chat(self, call: AttemptInput) -> LlmAnswer:
         info = activity.info()
-        if call.fallback_from and info.attempt == 1:
-            metrics.LLM_FALLBACKS.labels(call.fallback_from, call.model).inc()
         with llm_call_span(
             call.model,
             {

@@ -165,6 +165,14 @@ class Attempt:
     def latency_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
 
+    def rate_limit_waited(self, seconds: float) -> None:
+        """The attempt waited ``seconds`` for its rate-limit slot (either driver, after its
+        wait): counted per limiter scope, and its latency starts now (it is the provider's,
+        not the queue's)."""
+        for scope in sorted({charge.scope for charge in self.charges}):
+            metrics.RATE_LIMIT_WAIT.labels(scope).observe(seconds)
+        self.started = time.perf_counter()
+
     def ledger_row(
         self,
         outcome: str,
@@ -203,8 +211,11 @@ class Attempt:
         failure: ClassifiedError | None = None,
         timed: bool = True,
     ) -> None:
-        """Count the finished attempt in the worker's metrics and on its trace span."""
+        """Count the finished attempt in the worker's metrics and on its trace span (the first
+        attempt on a model the chain fell back to counts the fallback)."""
         call, first_token_ms = self.call, self.completion.first_token_ms
+        if call.fallback_from and self.key.attempt == 1:
+            metrics.LLM_FALLBACKS.labels(call.fallback_from, call.model).inc()
         metrics.record_llm_attempt(
             metrics.AttemptMetrics(
                 provider=call.provider,
@@ -244,6 +255,45 @@ class Attempt:
                 },
                 failure.message if failure else None,
             )
+
+
+# --- After the attempt ---------------------------------------------------------------------------
+
+# An attempt that finished: how much it used, and its failure (None: answered).
+Finished = tuple[Attempt, Usage, ClassifiedError | None]
+# A breaker that changed state: (provider, model, new state).
+BreakerChange = tuple[str, str, str]
+
+
+async def settle(
+    session: AsyncSession, finished: list[Finished], config: circuit_breaker.BreakerConfig
+) -> list[BreakerChange]:
+    """What finished attempts leave behind besides their ledger rows, in the caller's transaction
+    and in admission's lock order (limiter rows before breaker rows: no lock cycle): the tokens
+    they were charged and did not use go back to the rate limits, and each model's breaker hears
+    how its calls went (one success per model, every failure). Both drivers call it; the
+    breakers that changed state go to ``observe_breakers`` once the transaction commits."""
+    for attempt, usage, _ in finished:
+        await rate_limits.refund_unused(session, attempt.charges, usage)
+    answered = {(a.call.provider, a.call.model) for a, _, failure in finished if failure is None}
+    for provider, model in sorted(answered):
+        await circuit_breaker.record_success(session, provider, model)
+    changed: list[BreakerChange] = []
+    for attempt, _, failure in finished:
+        if failure is None:
+            continue
+        call = attempt.call
+        state = await circuit_breaker.record_failure(
+            session, call.provider, call.model, failure.error_class, config
+        )
+        if state is not None:
+            changed.append((call.provider, call.model, state))
+    return changed
+
+
+def observe_breakers(changed: list[BreakerChange]) -> None:
+    for provider, model, state in changed:
+        metrics.record_breaker_state(provider, model, state)
 
 
 # --- Usage and cost ------------------------------------------------------------------------------
