@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.batch import (
         BatchInput,
         BatchResult,
+        BatchRunState,
         BatchStatus,
         ControlAck,
         ControlRequest,
@@ -227,17 +228,23 @@ class ProviderBatchWorkflow:
                     skip_pending=True,
                     skip_reason=f"not run: batch cancelled ({self._stop})",
                     final=True,
+                    budget_usd=self._budget,
                 ),
                 **BATCH_DATABASE,
             )
             status, reason = BatchStatus.CANCELLED.value, self._stop
         else:
+            # A pause holds on into the live run (the batch's row says so meanwhile).
+            paused = self._paused_by is not None
+            status_now = BatchStatus.PAUSED.value if paused else BatchStatus.RUNNING.value
+            reason_now = f"paused by {self._paused_by}" if paused else "provider batches done"
             counts = await call(
                 SET_BATCH_STATUS,
                 StatusInput(
                     batch_id=self._batch_id,
-                    status=BatchStatus.RUNNING.value,
-                    reason="provider batches done",
+                    status=status_now,
+                    reason=reason_now,
+                    budget_usd=self._budget,
                 ),
                 **BATCH_DATABASE,
             )
@@ -249,15 +256,31 @@ class ProviderBatchWorkflow:
                 )
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 # Same workflow id: one ledger, one budget (spend so far included), one set of
-                # controls; the live engine releases nothing (no item is claimed now).
+                # controls; the live engine releases nothing (no item is claimed now). It goes
+                # on from this run's state: the budget as raised, a pause, the gates' numbering.
                 workflow.continue_as_new(
-                    args=[BatchInput(batch_id=self._batch_id, options=self._options)],
+                    args=[
+                        BatchInput(
+                            batch_id=self._batch_id,
+                            options=self._options,
+                            state=BatchRunState(
+                                budget_usd=self._budget,
+                                gates_opened=self._gates_opened,
+                                status=status_now,
+                                reason=reason_now if paused else None,
+                                paused_by=self._paused_by,
+                            ),
+                        )
+                    ],
                     workflow=LIVE_BATCH_WORKFLOW,
                 )
             counts = await call(
                 SET_BATCH_STATUS,
                 StatusInput(
-                    batch_id=self._batch_id, status=BatchStatus.COMPLETED.value, final=True
+                    batch_id=self._batch_id,
+                    status=BatchStatus.COMPLETED.value,
+                    final=True,
+                    budget_usd=self._budget,
                 ),
                 **BATCH_DATABASE,
             )
@@ -390,7 +413,8 @@ class ProviderBatchWorkflow:
                 actor=", ".join(outcome.decided_by) or "keel",
             )
             await self._set_status(
-                BatchStatus.PAUSED.value if self._paused_by else BatchStatus.RUNNING.value, None
+                BatchStatus.PAUSED.value if self._paused_by else BatchStatus.RUNNING.value,
+                f"paused by {self._paused_by}" if self._paused_by else None,
             )
         elif not outcome.approved:
             self._stop = f"stopped at the budget gate: {describe(outcome)}"
@@ -401,7 +425,9 @@ class ProviderBatchWorkflow:
         self._status = status
         await call(
             SET_BATCH_STATUS,
-            StatusInput(batch_id=self._batch_id, status=status, reason=reason),
+            StatusInput(
+                batch_id=self._batch_id, status=status, reason=reason, budget_usd=self._budget
+            ),
             **BATCH_DATABASE,
         )
 

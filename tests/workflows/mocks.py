@@ -754,6 +754,8 @@ class ProviderBatchMocks:
         self._batch = batch
         self._chunks: dict[str, list[FakeItem]] = {}
         self.fail_custom_ids: set[str] = set()
+        # Each item's worst case at batch prices (None: unpriced, the budget lets it through).
+        self.worst_case_per_item: Decimal | None = None
 
     def activities(self) -> list[Callable[..., Any]]:
         return [
@@ -782,6 +784,7 @@ class ProviderBatchMocks:
         if not pending:
             return PlanChunksResult(chunks=[])
         chunk_id = f"{params.batch_id}-r{params.round}"
+        worst = self.worst_case_per_item
         self._chunks[chunk_id] = pending
         for item in pending:
             item.status = "running"
@@ -790,7 +793,7 @@ class ProviderBatchMocks:
             provider="openai",
             model="gpt-4o-mini",
             items=len(pending),
-            worst_case_usd=None,
+            worst_case_usd=None if worst is None else worst * len(pending),
         )
         return PlanChunksResult(chunks=[ref])
 
@@ -812,7 +815,7 @@ class ProviderBatchMocks:
             if item.custom_id in self.fail_custom_ids:
                 item.status, returned = "pending", returned + 1
             else:
-                item.status, succeeded = "done", succeeded + 1
+                item.status, succeeded = "ok", succeeded + 1
         return CollectResult(
             chunk_id=params.chunk_id,
             succeeded=succeeded,
