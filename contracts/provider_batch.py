@@ -101,6 +101,9 @@ class ChunkState(BaseModel):
     provider_ended: bool = False
     done: int = 0
     total: int = 0
+    # Not submitted: the tenant's budget (keel budget set) cannot cover the chunk's worst case.
+    # The chunk stays planned; the workflow asks at a tenant budget gate, then submits again.
+    budget_refusal: str | None = None
 
 
 class CollectResult(BaseModel):

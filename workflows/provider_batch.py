@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
         SET_BATCH_STATUS,
         SUBMIT_PROVIDER_CHUNK,
     )
-    from contracts.approvals import DefaultAction, GateRequest
+    from contracts.approvals import DefaultAction, GateOutcome, GateRequest
     from contracts.batch import (
         BatchInput,
         BatchResult,
@@ -141,13 +141,9 @@ class ProviderBatchWorkflow:
                 chunk = waiting[0]
                 if not await self._budget_allows(chunk):
                     break
-                state = await call(
-                    SUBMIT_PROVIDER_CHUNK,
-                    ChunkInput(chunk_id=chunk.chunk_id),
-                    **PROVIDER_BATCH_CALL,
-                    summary=f"submit {chunk.chunk_id}",
-                )
-                self._chunks[chunk.chunk_id] = state
+                state = await self._submit(chunk)
+                if state is None:
+                    break
                 waiting.popleft()
                 at_provider.append(chunk)
                 self._reserved[chunk.chunk_id] = chunk.worst_case_usd or Decimal(0)
@@ -198,6 +194,23 @@ class ProviderBatchWorkflow:
                         "cost_usd": str(collected.cost_usd),
                     },
                 )
+
+    async def _submit(self, chunk: ChunkRef) -> ChunkState | None:
+        """Submit the chunk; while the tenant's budget refuses it, ask at the tenant budget
+        gate (None: the batch stops, or was paused meanwhile)."""
+        while True:
+            state = await call(
+                SUBMIT_PROVIDER_CHUNK,
+                ChunkInput(chunk_id=chunk.chunk_id),
+                **PROVIDER_BATCH_CALL,
+                summary=f"submit {chunk.chunk_id}",
+            )
+            self._chunks[chunk.chunk_id] = state
+            if state.budget_refusal is None:
+                return state
+            await self._tenant_budget_gate(state.budget_refusal)
+            if not self._may_submit():
+                return None
 
     async def _withdraw(self, waiting: deque[ChunkRef], at_provider: list[ChunkRef]) -> None:
         """Cancel: chunks not yet submitted are withdrawn (items back to pending), those at the
@@ -383,26 +396,20 @@ class ProviderBatchWorkflow:
                 "chunk": chunk.chunk_id,
             },
         )
-        asking = asyncio.create_task(
-            self._approval.request(
-                GateRequest(
-                    gate=name,
-                    draft=f"{suggested:.2f}",
-                    reason=reason,
-                    role=self._options.budget_role,
-                    tenant=self._options.tenant,
-                    subject=f"batch {self._batch_id}: raise the budget to ${suggested:.2f}, "
-                    "or stop",
-                    deadline=self._options.budget_gate_deadline,
-                    default_action=DefaultAction.REJECT,
-                )
+        outcome = await self._ask(
+            GateRequest(
+                gate=name,
+                draft=f"{suggested:.2f}",
+                reason=reason,
+                role=self._options.budget_role,
+                tenant=self._options.tenant,
+                subject=f"batch {self._batch_id}: raise the budget to ${suggested:.2f}, or stop",
+                deadline=self._options.budget_gate_deadline,
+                default_action=DefaultAction.REJECT,
             )
         )
-        await workflow.wait_condition(lambda: asking.done() or self._stop is not None)
-        if not asking.done():
-            asking.cancel()
+        if outcome is None:
             return
-        outcome = asking.result()
         amount = _dollars(outcome.final) if outcome.approved else None
         if amount is not None and amount > self._budget:
             self._budget = amount
@@ -418,6 +425,60 @@ class ProviderBatchWorkflow:
             )
         elif not outcome.approved:
             self._stop = f"stopped at the budget gate: {describe(outcome)}"
+
+    async def _tenant_budget_gate(self, refusal: str) -> None:
+        """The tenant's budget (not the batch's) cannot cover a chunk: a person raises it
+        (``keel budget set``) and approves, and the chunk is offered again; or rejects, and the
+        batch stops. As the live engine's gate, named ``tenant-budget-N``."""
+        tenant = self._options.tenant
+        self._gates_opened += 1
+        name = f"tenant-budget-{self._gates_opened}"
+        reason = (
+            f"tenant budget: {refusal}. Raise it (keel budget set {tenant} --usd AMOUNT "
+            "--period day|month), then approve to go on; reject to stop the batch"
+        )
+        await self._set_status(BatchStatus.PAUSED.value, reason)
+        await audit(
+            "batch.tenant_budget_gate_opened",
+            tenant,
+            {"batch_id": self._batch_id, "gate": name, "refusal": refusal},
+        )
+        outcome = await self._ask(
+            GateRequest(
+                gate=name,
+                draft="resume",
+                reason=reason,
+                role=self._options.budget_role,
+                tenant=tenant,
+                subject=f"batch {self._batch_id}: tenant {tenant} is out of budget",
+                deadline=self._options.budget_gate_deadline,
+                default_action=DefaultAction.REJECT,
+            )
+        )
+        if outcome is None:
+            return
+        if outcome.approved:
+            await audit(
+                "batch.tenant_budget_resumed",
+                tenant,
+                {"batch_id": self._batch_id, "gate": name},
+                actor=", ".join(outcome.decided_by) or "keel",
+            )
+            await self._set_status(
+                BatchStatus.PAUSED.value if self._paused_by else BatchStatus.RUNNING.value,
+                f"paused by {self._paused_by}" if self._paused_by else None,
+            )
+        else:
+            self._stop = f"stopped at the tenant budget gate: {describe(outcome)}"
+
+    async def _ask(self, request: GateRequest) -> GateOutcome | None:
+        """The gate's outcome, or None when the batch was cancelled while it waited."""
+        asking = asyncio.create_task(self._approval.request(request))
+        await workflow.wait_condition(lambda: asking.done() or self._stop is not None)
+        if not asking.done():
+            asking.cancel()
+            return None
+        return asking.result()
 
     # --- Status ----------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.batch.provider_api import BatchApi, LineResult, Lookup, batch_api, request_bytes
+from activities.llm.budgets import blocking_budget, budget_states, lock_budgets
 from activities.llm.ledger import AttemptRecord, record_attempt
 from activities.llm.pricing import batch_price_usd
 from activities.llm.providers import ProviderClients
@@ -248,6 +249,12 @@ class ProviderBatchActivities:
                     await session.flush()
                     return _state(row)
             else:
+                # Checked and reserved in one transaction, under the tenant's budget lock: the
+                # next check (a live call's, another chunk's) sees this chunk's worst case.
+                refusal = await self._tenant_budget_refusal(session, row)
+                if refusal is not None:
+                    log.info("provider_batch.tenant_budget_refused", chunk=row.id)
+                    return _state(row).model_copy(update={"budget_refusal": refusal})
                 row.status = ChunkStatus.SUBMITTING.value
                 row.submit_started_at = func.now()
             line_nos = list(row.line_nos)
@@ -273,6 +280,30 @@ class ProviderBatchActivities:
             await session.refresh(row)
             log.info("provider_batch.submitted", chunk=row.id, batch=provider_id, items=len(lines))
             return _state(row)
+
+    async def _tenant_budget_refusal(
+        self, session: AsyncSession, row: ProviderBatchChunk
+    ) -> str | None:
+        """Why the tenant's budgets cannot cover the chunk at its worst, or None (as for a live
+        call: a chunk of unknown price goes through until a budget is spent)."""
+        batch = await session.get(Batch, row.batch_id)
+        assert batch is not None
+        if not await lock_budgets(session, batch.tenant):
+            return None
+        states = await budget_states(session, batch.tenant, self._settings)
+        blocking = blocking_budget(states, row.worst_case_usd)
+        if blocking is None:
+            return None
+        needs = (
+            f"up to ${row.worst_case_usd:.6f}"
+            if row.worst_case_usd is not None
+            else "an unpriced amount"
+        )
+        return (
+            f"{blocking.describe()}; provider batch {row.id} ({row.item_count} items on "
+            f"{row.model}) needs {needs}. Raise it with: keel budget set {blocking.tenant} "
+            f"--usd <amount> --period {blocking.period}"
+        )
 
     # --- Waiting ------------------------------------------------------------------------------
 

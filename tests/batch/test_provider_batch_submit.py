@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import select
+from temporalio.testing import ActivityEnvironment
 
 from activities.batch.files import BatchFileLimits, parse_lines
 from activities.batch.items import create_batch, insert_items
 from activities.batch.provider_api import batch_api
 from activities.batch.provider_batches import ProviderBatchActivities
+from activities.llm.budgets import budget_states
 from activities.llm.providers import ProviderClients
 from contracts.batch import BatchOptions, ItemRequest
-from contracts.llm import provider_for_model
+from contracts.llm import BudgetState, provider_for_model
 from contracts.provider_batch import ChunkInput, ChunkStatus, PlanChunksInput
 from infra.database import session_factory
 from infra.settings import KeelSettings
-from infra.tables import BatchItem, ProviderBatchChunk
+from infra.tables import BatchItem, Budget, ProviderBatchChunk
 from llmsim import SimServer
 from tests.batch.conftest import BACKUP, CHEAP, prompt_lines
 
@@ -67,3 +70,71 @@ async def test_a_retried_submission_finds_the_provider_batch_instead_of_submitti
     # And once more (a replayed activity): nothing new either.
     again = await activities.submit_provider_chunk(ChunkInput(chunk_id=chunk.chunk_id))
     assert again.provider_batch_id == made and len(simulator.batch_submissions()) == 1
+
+
+async def set_day_budget(tenant: str, usd: Decimal) -> None:
+    async with session_factory().begin() as session:
+        await session.merge(Budget(tenant=tenant, period="day", limit_usd=usd))
+
+
+async def tenant_budget(keel_settings: KeelSettings, tenant: str) -> BudgetState:
+    async with session_factory()() as session:
+        (state,) = await budget_states(session, tenant, keel_settings)
+        return state
+
+
+async def test_the_tenant_budget_limits_reserves_and_is_charged_by_provider_batches(
+    keel_settings: KeelSettings, simulator: SimServer
+) -> None:
+    """As for live calls: a chunk is sent only when the tenant's budgets cover its worst case;
+    at the provider it holds that much (a live call sees less left); collected, its real cost is
+    the tenant's spend and the reservation ends."""
+    sessions = session_factory()
+    batch_id = f"t{uuid.uuid4().hex[:8]}"
+    tenant = f"acme-{uuid.uuid4().hex[:6]}"
+    options = BatchOptions(tenant=tenant)
+    lines = parse_lines(prompt_lines(4), BatchFileLimits.from_settings(keel_settings))
+    async with sessions.begin() as session:
+        await create_batch(session, batch_id, options, source_name="t.jsonl")
+        await insert_items(session, batch_id, lines)
+    activities = ProviderBatchActivities(keel_settings, sessions, ProviderClients(keel_settings))
+    (chunk,) = (
+        await activities.plan_provider_chunks(
+            PlanChunksInput(batch_id=batch_id, options=options, round=0)
+        )
+    ).chunks
+    worst = chunk.worst_case_usd
+    assert worst is not None and worst > 0
+    await set_day_budget(tenant, worst / 2)
+    sent_before = len(simulator.batch_submissions())
+
+    refused = await activities.submit_provider_chunk(ChunkInput(chunk_id=chunk.chunk_id))
+
+    assert refused.status == ChunkStatus.PLANNED and refused.provider_batch_id is None
+    assert refused.budget_refusal is not None
+    assert f"keel budget set {tenant} --usd <amount> --period day" in refused.budget_refusal
+    assert len(simulator.batch_submissions()) == sent_before
+    assert (await tenant_budget(keel_settings, tenant)).reserved_usd == 0
+
+    await set_day_budget(tenant, worst * 3)
+    before = simulator.state.config.batch.model_dump()
+    simulator.configure(batch={"processing_s": 0})  # answered at once: ended at the first poll
+    try:
+        state = await activities.submit_provider_chunk(ChunkInput(chunk_id=chunk.chunk_id))
+    finally:
+        simulator.configure(batch=before)
+
+    assert state.status == ChunkStatus.SUBMITTED and state.budget_refusal is None
+    assert len(simulator.batch_submissions()) == sent_before + 1
+    reserved = await tenant_budget(keel_settings, tenant)
+    assert (reserved.reserved_usd, reserved.spent_usd) == (worst, 0)
+
+    ended = await activities.poll_provider_chunk(ChunkInput(chunk_id=chunk.chunk_id))
+    assert ended.provider_ended
+    collected = await ActivityEnvironment().run(
+        activities.collect_provider_chunk, ChunkInput(chunk_id=chunk.chunk_id)
+    )
+
+    charged = await tenant_budget(keel_settings, tenant)
+    assert collected.succeeded == 4 and collected.cost_usd > 0
+    assert (charged.reserved_usd, charged.spent_usd) == (0, collected.cost_usd)

@@ -756,6 +756,8 @@ class ProviderBatchMocks:
         self.fail_custom_ids: set[str] = set()
         # Each item's worst case at batch prices (None: unpriced, the budget lets it through).
         self.worst_case_per_item: Decimal | None = None
+        # Refusals the tenant's budget answers the next submissions with, in order.
+        self.tenant_refusals: list[str] = []
 
     def activities(self) -> list[Callable[..., Any]]:
         return [
@@ -800,6 +802,9 @@ class ProviderBatchMocks:
     @activity.defn(name="submit_provider_chunk")
     async def submit_provider_chunk(self, params: ChunkInput) -> ChunkState:
         self._calls.add("submit_provider_chunk", params)
+        if self.tenant_refusals:
+            refused = self._state(params.chunk_id, ChunkStatus.PLANNED)
+            return refused.model_copy(update={"budget_refusal": self.tenant_refusals.pop(0)})
         return self._state(params.chunk_id, ChunkStatus.SUBMITTED)
 
     @activity.defn(name="poll_provider_chunk")

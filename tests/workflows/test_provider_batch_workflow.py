@@ -16,6 +16,7 @@ from contracts.approvals import (
     EditDecision,
     GateStatus,
     OpenGateInput,
+    RejectDecision,
 )
 from contracts.batch import BatchOptions, BatchProgress, BatchResult, ControlRequest, StatusInput
 from contracts.provider_batch import ProviderBatchInput, ProviderBatchSettings
@@ -120,3 +121,48 @@ async def test_the_live_run_after_the_provider_rounds_keeps_budget_gates_and_pau
     assert (result.status, result.ok) == ("completed", 5)
     raised = final_status(rig).budget_usd
     assert raised is not None and raised > Decimal("0.0025")
+
+
+async def test_a_chunk_the_tenant_budget_refuses_waits_at_a_tenant_gate(rig: Rig) -> None:
+    rig.mocks.batch.load(*PROMPTS)
+    rig.mocks.provider_batches.tenant_refusals = ["budget acme/day: $1 spent of $1"]
+    handle = await start_provider_batch(rig, "tenant", tenant="acme")
+
+    await eventually(gate_opened(rig, "tenant-budget-1"), "the tenant budget gate")
+    paused = statuses(rig)[-1]
+    assert paused.status == "paused"
+    assert paused.reason is not None and "keel budget set acme" in paused.reason
+    # Nothing reached the provider: the chunk was refused before it was sent.
+    assert len(rig.mocks.inputs("submit_provider_chunk")) == 1
+    assert rig.mocks.inputs("poll_provider_chunk") == []
+    await handle.execute_update(
+        "approve",
+        ApproveDecision(reviewer="owner", gate="tenant-budget-1"),
+        result_type=DecisionReceipt,
+    )
+    result = await handle.result()
+
+    assert (result.status, result.ok) == ("completed", 5)
+    assert len(rig.mocks.inputs("submit_provider_chunk")) == 2
+    types = rig.mocks.audit.types(handle.id)
+    assert "batch.tenant_budget_gate_opened" in types and "batch.tenant_budget_resumed" in types
+
+
+async def test_rejecting_the_tenant_gate_stops_the_batch(rig: Rig) -> None:
+    rig.mocks.batch.load(*PROMPTS)
+    rig.mocks.provider_batches.tenant_refusals = ["budget acme/day: $1 spent of $1"]
+    handle = await start_provider_batch(rig, "tenant-stop", tenant="acme")
+
+    await eventually(gate_opened(rig, "tenant-budget-1"), "the tenant budget gate")
+    await handle.execute_update(
+        "reject",
+        RejectDecision(reviewer="owner", reason="not this month"),
+        result_type=DecisionReceipt,
+    )
+    result = await handle.result()
+
+    assert (result.status, result.skipped) == ("cancelled", 5)
+    assert result.reason is not None and result.reason.startswith("stopped at the tenant budget")
+    # The refused chunk was withdrawn (its items back in line, then skipped), never sent.
+    assert len(rig.mocks.inputs("cancel_provider_chunk")) == 1
+    assert rig.mocks.inputs("poll_provider_chunk") == []
