@@ -5,12 +5,15 @@ It reads top to bottom like the process:
 
 1. plan a round: the pending items grouped by provider and model, split at each provider's
    limits (chunks, rows in ``provider_batch_chunks``; the workflow holds only their ids);
-2. submit each chunk once its worst case fits the budget (else wait at the budget gate), unless
-   paused (unsubmitted chunks are held) or past the deadline;
+2. submit each chunk once its worst case fits the batch's budget and the tenant's (else wait at
+   the budget gate or the tenant budget gate), unless paused (unsubmitted chunks are held) or
+   past the deadline;
 3. wait with timers, backing off between polls — no worker slot is held while the provider works,
    and a timer survives restarts of workers, the Temporal server and Postgres;
 4. collect each ended chunk: answers into ``batch_items`` and the ledger at batch prices; lines
-   the provider failed, expired or cancelled go back to pending;
+   the provider failed, expired or cancelled go back to pending; once lines it refused cross
+   ``--max-failure-rate``, the batch stops there, aborted as a live batch would be (nothing more
+   is submitted, nothing runs live);
 5. another round for those while rounds and the deadline allow; at the deadline, what the
    provider has not finished is cancelled there (its answered lines are still collected);
 6. anything still pending runs live: the run continues as new as the live
@@ -41,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from contracts.approvals import DefaultAction, GateOutcome, GateRequest
     from contracts.batch import (
+        BatchCounts,
         BatchInput,
         BatchResult,
         BatchRunState,
@@ -51,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         RetryFailedAck,
         StatusInput,
     )
+    from contracts.batch_pacing import failure_rate_crossed
     from contracts.provider_batch import (
         ChunkInput,
         ChunkRef,
@@ -65,6 +70,8 @@ with workflow.unsafe.imports_passed_through():
 # The live engine's registered name: what is left after the provider rounds continues as it.
 LIVE_BATCH_WORKFLOW = "PagedBatchWorkflow"
 REFUSED = "BatchControlRefused"
+# workflow.patched id: --max-failure-rate is judged after each collected chunk.
+FAILURE_RATE_PATCH = "provider-batch-max-failure-rate"
 
 
 def _refusal(message: str) -> ApplicationError:
@@ -92,7 +99,9 @@ class ProviderBatchWorkflow:
         self._options = params.options
         self._budget = params.options.budget_usd
         self._paused_by: str | None = None
+        # Set once: why the batch stops, and the status it finishes with (cancelled, aborted).
         self._stop: str | None = None
+        self._stop_status = BatchStatus.CANCELLED.value
         self._wake = False
         self._status = BatchStatus.RUNNING.value
         # Worst cases of the chunks at the provider and not yet collected (the budget's
@@ -101,6 +110,11 @@ class ProviderBatchWorkflow:
         self._spent = Decimal(0)
         self._gates_opened = 0
         self._rounds = 0
+        # For --max-failure-rate: items that ran (answered or failed as invalid by a provider)
+        # and of those failed, malformed lines excluded (as the live engine counts them).
+        self._ran = 0
+        self._ran_failed = 0
+        self._runnable = 0
         self._chunks: dict[str, ChunkState] = {}
         self._cancelled_at_provider = False
         self._approval = ApprovalGate()
@@ -109,7 +123,10 @@ class ProviderBatchWorkflow:
 
     @workflow.run
     async def run(self, params: ProviderBatchInput) -> BatchResult:
-        await self._set_status(BatchStatus.RUNNING.value, "provider batch")
+        counts = await self._set_status(BatchStatus.RUNNING.value, "provider batch")
+        self._ran = counts.ok + counts.failed - counts.invalid
+        self._ran_failed = counts.failed - counts.invalid
+        self._runnable = counts.total - counts.invalid
         round_no = 0
         while self._stop is None and round_no < params.settings.max_rounds:
             if self._past_deadline():
@@ -181,6 +198,8 @@ class ProviderBatchWorkflow:
                 at_provider.remove(chunk)
                 self._reserved.pop(chunk.chunk_id, None)
                 self._spent += collected.cost_usd
+                self._ran += collected.succeeded + collected.failed
+                self._ran_failed += collected.failed
                 await audit(
                     "batch.provider_chunk_ended",
                     self._options.tenant,
@@ -194,6 +213,7 @@ class ProviderBatchWorkflow:
                         "cost_usd": str(collected.cost_usd),
                     },
                 )
+                self._check_failure_rate()
 
     async def _submit(self, chunk: ChunkRef) -> ChunkState | None:
         """Submit the chunk; while the tenant's budget refuses it, ask at the tenant budget
@@ -211,6 +231,17 @@ class ProviderBatchWorkflow:
             await self._tenant_budget_gate(state.budget_refusal)
             if not self._may_submit():
                 return None
+
+    def _check_failure_rate(self) -> None:
+        """--max-failure-rate, as the live engine judges it: once crossed, no more chunks are
+        submitted, those at the provider are cancelled there, and the batch finishes aborted
+        (what is left is skipped, not run live)."""
+        reason = failure_rate_crossed(
+            self._options.max_failure_rate, self._ran, self._ran_failed, self._runnable
+        )
+        # Runs begun before this rule went on as they were (their histories say so).
+        if reason is not None and self._stop is None and workflow.patched(FAILURE_RATE_PATCH):
+            self._stop_status, self._stop = BatchStatus.ABORTED.value, reason
 
     async def _withdraw(self, waiting: deque[ChunkRef], at_provider: list[ChunkRef]) -> None:
         """Cancel: chunks not yet submitted are withdrawn (items back to pending), those at the
@@ -236,16 +267,16 @@ class ProviderBatchWorkflow:
                 SET_BATCH_STATUS,
                 StatusInput(
                     batch_id=self._batch_id,
-                    status=BatchStatus.CANCELLED.value,
+                    status=self._stop_status,
                     reason=self._stop,
                     skip_pending=True,
-                    skip_reason=f"not run: batch cancelled ({self._stop})",
+                    skip_reason=f"not run: batch {self._stop_status} ({self._stop})",
                     final=True,
                     budget_usd=self._budget,
                 ),
                 **BATCH_DATABASE,
             )
-            status, reason = BatchStatus.CANCELLED.value, self._stop
+            status, reason = self._stop_status, self._stop
         else:
             # A pause holds on into the live run (the batch's row says so meanwhile).
             paused = self._paused_by is not None
@@ -482,9 +513,9 @@ class ProviderBatchWorkflow:
 
     # --- Status ----------------------------------------------------------------------------------
 
-    async def _set_status(self, status: str, reason: str | None) -> None:
+    async def _set_status(self, status: str, reason: str | None) -> BatchCounts:
         self._status = status
-        await call(
+        return await call(
             SET_BATCH_STATUS,
             StatusInput(
                 batch_id=self._batch_id, status=status, reason=reason, budget_usd=self._budget
@@ -496,6 +527,7 @@ class ProviderBatchWorkflow:
         return self._stop is not None or self._status in (
             BatchStatus.COMPLETED.value,
             BatchStatus.CANCELLED.value,
+            BatchStatus.ABORTED.value,
         )
 
     # --- Controls: the live batch's names and shapes, so `keel batch pause|resume|cancel` work --

@@ -754,6 +754,8 @@ class ProviderBatchMocks:
         self._batch = batch
         self._chunks: dict[str, list[FakeItem]] = {}
         self.fail_custom_ids: set[str] = set()
+        # Lines the provider refuses as invalid: failed for good (not pending again).
+        self.invalid_custom_ids: set[str] = set()
         # Each item's worst case at batch prices (None: unpriced, the budget lets it through).
         self.worst_case_per_item: Decimal | None = None
         # Refusals the tenant's budget answers the next submissions with, in order.
@@ -815,16 +817,18 @@ class ProviderBatchMocks:
     @activity.defn(name="collect_provider_chunk")
     async def collect_provider_chunk(self, params: ChunkInput) -> CollectResult:
         self._calls.add("collect_provider_chunk", params)
-        succeeded = returned = 0
+        succeeded = failed = returned = 0
         for item in self._chunks[params.chunk_id]:
             if item.custom_id in self.fail_custom_ids:
                 item.status, returned = "pending", returned + 1
+            elif item.custom_id in self.invalid_custom_ids:
+                item.status, failed = "failed", failed + 1
             else:
                 item.status, succeeded = "ok", succeeded + 1
         return CollectResult(
             chunk_id=params.chunk_id,
             succeeded=succeeded,
-            failed=0,
+            failed=failed,
             returned=returned,
             cost_usd=Decimal(0),
         )

@@ -166,3 +166,30 @@ async def test_rejecting_the_tenant_gate_stops_the_batch(rig: Rig) -> None:
     # The refused chunk was withdrawn (its items back in line, then skipped), never sent.
     assert len(rig.mocks.inputs("cancel_provider_chunk")) == 1
     assert rig.mocks.inputs("poll_provider_chunk") == []
+
+
+async def test_crossing_the_max_failure_rate_aborts_instead_of_another_round(rig: Rig) -> None:
+    rig.mocks.batch.load(*(f"q{n}" for n in range(25)))
+    # 15 lines refused as invalid, 5 failed by the provider (pending again), 5 answered.
+    rig.mocks.provider_batches.invalid_custom_ids = {f"item-{n}" for n in range(1, 16)}
+    rig.mocks.provider_batches.fail_custom_ids = {f"item-{n}" for n in range(16, 21)}
+    handle = await start_provider_batch(rig, "abort", max_failure_rate=0.5)
+    result = await handle.result()
+
+    assert (result.status, result.ok, result.failed, result.skipped) == ("aborted", 5, 15, 5)
+    assert result.reason is not None
+    assert result.reason.startswith("failure rate 75.0% crossed the limit of 50.0%")
+    assert final_status(rig).status == "aborted" and final_status(rig).skip_pending
+    # No second round and no live run for the lines the provider failed: they were skipped.
+    assert len(rig.mocks.inputs("plan_provider_chunks")) == 1
+    assert rig.mocks.inputs("begin_batch_run") == []
+    assert rig.mocks.audit.types(handle.id)[-1] == "batch.aborted"
+
+
+async def test_under_the_max_failure_rate_the_rounds_go_on(rig: Rig) -> None:
+    rig.mocks.batch.load(*(f"q{n}" for n in range(25)))
+    rig.mocks.provider_batches.invalid_custom_ids = {"item-1", "item-2"}
+    handle = await start_provider_batch(rig, "under", max_failure_rate=0.5)
+    result = await handle.result()
+
+    assert (result.status, result.ok, result.failed) == ("completed", 23, 2)
