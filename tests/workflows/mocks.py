@@ -745,9 +745,10 @@ class ToolMocks:
 
 class ProviderBatchMocks:
     """Provider batch mode's activities over the batch mocks' in-memory items: one chunk takes
-    every pending item, the provider has it once submitted, it ends at the first poll and its
-    collection answers every item (``fail_custom_ids`` go back to pending, as lines a provider
-    failed do)."""
+    every pending item, the provider has it once submitted, it ends at poll ``polls_to_end`` (or
+    the first poll after a cancel) and its collection answers every item (``fail_custom_ids`` go
+    back to pending, as lines a provider failed do; ``invalid_custom_ids`` fail). A chunk cancelled
+    before it was submitted is withdrawn: its items go back to pending."""
 
     def __init__(self, calls: CallLog, batch: BatchMocks) -> None:
         self._calls = calls
@@ -760,6 +761,10 @@ class ProviderBatchMocks:
         self.worst_case_per_item: Decimal | None = None
         # Refusals the tenant's budget answers the next submissions with, in order.
         self.tenant_refusals: list[str] = []
+        self.polls_to_end = 1
+        self._submitted: set[str] = set()
+        self._cancelled: set[str] = set()
+        self._polls: dict[str, int] = {}
 
     def activities(self) -> list[Callable[..., Any]]:
         return [
@@ -807,12 +812,15 @@ class ProviderBatchMocks:
         if self.tenant_refusals:
             refused = self._state(params.chunk_id, ChunkStatus.PLANNED)
             return refused.model_copy(update={"budget_refusal": self.tenant_refusals.pop(0)})
+        self._submitted.add(params.chunk_id)
         return self._state(params.chunk_id, ChunkStatus.SUBMITTED)
 
     @activity.defn(name="poll_provider_chunk")
     async def poll_provider_chunk(self, params: ChunkInput) -> ChunkState:
         self._calls.add("poll_provider_chunk", params)
-        return self._state(params.chunk_id, ChunkStatus.SUBMITTED, ended=True)
+        polls = self._polls[params.chunk_id] = self._polls.get(params.chunk_id, 0) + 1
+        ended = polls >= self.polls_to_end or params.chunk_id in self._cancelled
+        return self._state(params.chunk_id, ChunkStatus.SUBMITTED, ended=ended)
 
     @activity.defn(name="collect_provider_chunk")
     async def collect_provider_chunk(self, params: ChunkInput) -> CollectResult:
@@ -836,6 +844,9 @@ class ProviderBatchMocks:
     @activity.defn(name="cancel_provider_chunk")
     async def cancel_provider_chunk(self, params: ChunkInput) -> ChunkState:
         self._calls.add("cancel_provider_chunk", params)
+        if params.chunk_id in self._submitted:  # cancelled at the provider: collected later
+            self._cancelled.add(params.chunk_id)
+            return self._state(params.chunk_id, ChunkStatus.SUBMITTED)
         for item in self._chunks[params.chunk_id]:
             if item.status == "running":
                 item.status = "pending"

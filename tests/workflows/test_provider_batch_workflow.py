@@ -6,6 +6,7 @@ or the live path; the budget gate holds a chunk; and the hand-over to the live e
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from decimal import Decimal
 
 from temporalio.client import WorkflowHandle
@@ -20,7 +21,7 @@ from contracts.approvals import (
 )
 from contracts.batch import BatchOptions, BatchProgress, BatchResult, ControlRequest, StatusInput
 from contracts.provider_batch import ProviderBatchInput, ProviderBatchSettings
-from tests.workflows.conftest import Rig, eventually
+from tests.workflows.conftest import Rig, eventually, timers
 from workflows.batch import PagedBatchWorkflow
 from workflows.provider_batch import ProviderBatchWorkflow
 
@@ -60,6 +61,98 @@ def gate_opened(rig: Rig, name: str) -> Callable[[], Awaitable[bool]]:
         return name in gates(rig)
 
     return check
+
+
+async def test_one_chunk_answers_every_item_waiting_on_a_timer(rig: Rig) -> None:
+    rig.mocks.batch.load(*PROMPTS)
+    handle = await start_provider_batch(rig, "happy", tenant="acme")
+    result = await handle.result()
+
+    assert (result.status, result.total, result.ok, result.failed) == ("completed", 5, 5, 0)
+    assert result.reason is None and result.runs == 1
+    # Round 1 found nothing pending: done.
+    plans = rig.mocks.inputs("plan_provider_chunks")
+    assert [(p.round, p.options.tenant) for p in plans] == [(0, "acme"), (1, "acme")]
+    chunk = "happy-r0"
+    for name in ("submit", "poll", "collect"):
+        assert [c.chunk_id for c in rig.mocks.inputs(f"{name}_provider_chunk")] == [chunk]
+    # It waited on a durable timer (no activity held a slot) and never went live.
+    started, fired = await timers(handle)
+    assert started[0] == timedelta(seconds=1) and fired >= 1
+    assert rig.mocks.inputs("begin_batch_run") == []
+    assert final_status(rig).status == "completed" and not final_status(rig).skip_pending
+    ended = rig.mocks.audit.of_type("batch.provider_chunk_ended")
+    assert [(e.payload["chunk"], e.payload["succeeded"]) for e in ended] == [(chunk, 5)]
+    assert rig.mocks.audit.types(handle.id)[-1] == "batch.completed"
+
+
+async def test_lines_the_provider_failed_go_back_to_pending_then_run_live(rig: Rig) -> None:
+    rig.mocks.batch.load(*PROMPTS)
+    rig.mocks.provider_batches.fail_custom_ids = {"item-2"}
+    handle = await start_provider_batch(
+        rig, "returned", settings=QUICK.model_copy(update={"max_rounds": 2})
+    )
+    result = await handle.result()
+
+    # Round 0 answered four; item-2 went back to pending, round 1 took it alone and failed it
+    # again; with no rounds left the live engine answered it, in the same workflow id.
+    assert (result.status, result.ok, result.failed) == ("completed", 5, 0)
+    plans = rig.mocks.inputs("plan_provider_chunks")
+    assert [p.round for p in plans] == [0, 1]
+    collected = [c.chunk_id for c in rig.mocks.inputs("collect_provider_chunk")]
+    assert collected == ["returned-r0", "returned-r1"]
+    (live_page,) = rig.mocks.inputs("run_batch_page")
+    assert live_page.counts.pending == 1
+    assert rig.mocks.batch.items["item-2"].outcomes[0].text == "model-a answers: question 2"
+    (handover,) = rig.mocks.audit.of_type("batch.provider_to_live")
+    assert (handover.payload["items"], handover.payload["rounds"]) == (1, 2)
+
+
+async def test_rejecting_the_budget_gate_withdraws_the_unsent_chunk(rig: Rig) -> None:
+    rig.mocks.batch.load(*PROMPTS)
+    rig.mocks.provider_batches.worst_case_per_item = Decimal("0.01")
+    handle = await start_provider_batch(rig, "over", budget_usd=Decimal("0.02"))
+
+    await eventually(gate_opened(rig, "budget-1"), "the budget gate")
+    opened: OpenGateInput = rig.mocks.inputs("open_approval_gate")[0]
+    assert opened.draft == "0.05"  # the chunk's worst case
+    await handle.execute_update(
+        "reject", RejectDecision(reviewer="owner", reason="too dear"), result_type=DecisionReceipt
+    )
+    result = await handle.result()
+
+    assert (result.status, result.ok, result.skipped) == ("cancelled", 0, 5)
+    assert result.reason is not None and result.reason.startswith("stopped at the budget gate")
+    assert rig.mocks.inputs("submit_provider_chunk") == []
+    assert [c.chunk_id for c in rig.mocks.inputs("cancel_provider_chunk")] == ["over-r0"]
+
+
+async def test_cancel_cancels_the_chunk_at_the_provider_and_keeps_its_answers(rig: Rig) -> None:
+    rig.mocks.batch.load(*PROMPTS)
+    rig.mocks.provider_batches.polls_to_end = 100
+    slow = ProviderBatchSettings(poll_initial_seconds=3600, poll_max_seconds=3600)
+    handle = await start_provider_batch(rig, "cancel", settings=slow)
+
+    async def submitted() -> bool:
+        return bool(rig.mocks.inputs("submit_provider_chunk"))
+
+    await eventually(submitted, "the chunk's submission")
+    ack = await handle.execute_update(
+        ProviderBatchWorkflow.cancel, ControlRequest(by="ops", reason="wrong file")
+    )
+    assert (ack.status, ack.in_flight) == ("cancelling", 1)
+    result = await handle.result()
+
+    assert result.status == "cancelled" and result.reason == "cancelled by ops: wrong file"
+    assert [c.chunk_id for c in rig.mocks.inputs("cancel_provider_chunk")] == ["cancel-r0"]
+    # The cancel cut the first wait short; once the provider ended the cancelled chunk, what it
+    # had answered was collected (and kept), nothing ran live.
+    started, fired = await timers(handle)
+    assert (started, fired) == ([timedelta(seconds=3600)] * 2, 1)
+    assert [c.chunk_id for c in rig.mocks.inputs("collect_provider_chunk")] == ["cancel-r0"]
+    assert (result.ok, result.skipped) == (5, 0)
+    assert rig.mocks.inputs("begin_batch_run") == []
+    assert final_status(rig).skip_pending
 
 
 async def test_the_live_run_after_the_provider_rounds_keeps_budget_gates_and_pause(
