@@ -13,10 +13,12 @@ Exactly once, across retries and crashes:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -52,6 +54,29 @@ log = structlog.get_logger(__name__)
 # Ledger rows of provider batch lines: run_id says which path billed them (keel cost tells them
 # apart by it), activity_id is "<chunk>/<item custom id>".
 PROVIDER_BATCH_RUN = "provider-batch"
+# While a submission uploads, a collection downloads and writes (each may take minutes for a
+# chunk of 50,000 lines), the activity heartbeats this often: well inside its heartbeat timeout
+# (workflows/activity_calls.py), and it is how a cancellation reaches it.
+HEARTBEAT_SECONDS = 10.0
+
+
+@contextlib.asynccontextmanager
+async def heartbeating(progress: Callable[[], object] = lambda: None) -> AsyncIterator[None]:
+    """Heartbeat (with ``progress()``) at once and every ``HEARTBEAT_SECONDS`` while the block
+    runs, whether it is awaiting the provider or writing to Postgres."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat(progress())
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    beating = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
 
 
 def chunk_id_of(batch_id: str, round_no: int, seq: int) -> str:
@@ -240,7 +265,8 @@ class ProviderBatchActivities:
                 return _state(row)
             api = self._api(row.provider)
             if row.status == ChunkStatus.SUBMITTING.value:
-                found = await api.find(await _lookup(session, row))
+                async with heartbeating():
+                    found = await api.find(await _lookup(session, row))
                 if found is not None:
                     log.warning("provider_batch.found_after_retry", chunk=row.id, batch=found)
                     row.provider_batch_id = found
@@ -269,7 +295,8 @@ class ProviderBatchActivities:
             lines = [(line_no, ItemRequest.model_validate(raw)) for line_no, raw in items]
         lines.sort(key=lambda line: line[0])
         _, name = provider_for_model(model)
-        provider_id, file_id = await api.submit(params.chunk_id, name, lines)
+        async with heartbeating():
+            provider_id, file_id = await api.submit(params.chunk_id, name, lines)
         async with self._sessions.begin() as session:
             row = await _chunk(session, params.chunk_id, lock=True)
             row.provider_batch_id = provider_id
@@ -340,94 +367,97 @@ class ProviderBatchActivities:
             )
         results: dict[int, LineResult] = {}
         refused: LineResult | None = None
-        async for line in self._api(provider).results(provider_id):
-            if line.line_no < 0:
-                refused = line
-            else:
-                results[line.line_no] = line
-            activity.heartbeat(len(results))
-        async with self._sessions.begin() as session:
-            row = await _chunk(session, params.chunk_id, lock=True)
-            if row.status == ChunkStatus.ENDED.value:
-                return _collected(row)
-            batch = await session.get(Batch, row.batch_id)
-            assert batch is not None
-            held = await session.execute(
-                select(BatchItem.line_no, BatchItem.custom_id, BatchItem.request).where(
-                    BatchItem.batch_id == row.batch_id,
-                    BatchItem.claim_token == row.id,
-                    BatchItem.status == "running",
-                )
-            )
-            succeeded = failed = returned = 0
-            cost = Decimal(0)
-            back: list[int] = []
-            _, name = provider_for_model(row.model)
-            for line_no, custom_id, raw in held:
-                found = results.get(line_no) or refused
-                if found is None or (not found.ok and found.retryable):
-                    back.append(line_no)
-                    returned += 1
-                    if found is not None and found.error_class not in ("expired", "cancelled"):
-                        await self._ledger(session, row, batch, custom_id, raw, found, None)
-                    continue
-                line = found
-                line_cost = batch_price_usd(row.provider, name, line.usage) if line.usage else None
-                await self._ledger(session, row, batch, custom_id, raw, line, line_cost)
-                if line.ok:
-                    succeeded += 1
-                    cost += line_cost or 0
-                    values: dict[str, Any] = {
-                        "status": "ok",
-                        "response": {
-                            "text": line.text,
-                            "model": row.model,
-                            "provider": row.provider,
-                            "finish_reason": line.finish_reason,
-                            "usage": (line.usage or Usage()).model_dump(),
-                            "attempts": 1,
-                            "failed_models": [],
-                            "provider_batch_id": provider_id,
-                        },
-                        "cost_usd": line_cost,
-                        "error_class": None,
-                        "error_message": None,
-                    }
+        # Reading tens of thousands of lines and writing them takes a while: heartbeat all along.
+        async with heartbeating(lambda: len(results)):
+            async for line in self._api(provider).results(provider_id):
+                if line.line_no < 0:
+                    refused = line
                 else:
-                    failed += 1
-                    values = {
-                        "status": "failed",
-                        "error_class": line.error_class,
-                        "error_message": line.error_message,
-                    }
-                await session.execute(
-                    update(BatchItem)
-                    .where(
+                    results[line.line_no] = line
+            async with self._sessions.begin() as session:
+                row = await _chunk(session, params.chunk_id, lock=True)
+                if row.status == ChunkStatus.ENDED.value:
+                    return _collected(row)
+                batch = await session.get(Batch, row.batch_id)
+                assert batch is not None
+                held = await session.execute(
+                    select(BatchItem.line_no, BatchItem.custom_id, BatchItem.request).where(
                         BatchItem.batch_id == row.batch_id,
-                        BatchItem.line_no == line_no,
                         BatchItem.claim_token == row.id,
                         BatchItem.status == "running",
                     )
-                    .values(model=row.model, finished_at=func.now(), **values)
                 )
-            if back:
-                await session.execute(
-                    update(BatchItem)
-                    .where(
-                        BatchItem.batch_id == row.batch_id,
-                        BatchItem.line_no.in_(back),
-                        BatchItem.claim_token == row.id,
-                        BatchItem.status == "running",
+                succeeded = failed = returned = 0
+                cost = Decimal(0)
+                back: list[int] = []
+                _, name = provider_for_model(row.model)
+                for line_no, custom_id, raw in held:
+                    found = results.get(line_no) or refused
+                    if found is None or (not found.ok and found.retryable):
+                        back.append(line_no)
+                        returned += 1
+                        if found is not None and found.error_class not in ("expired", "cancelled"):
+                            await self._ledger(session, row, batch, custom_id, raw, found, None)
+                        continue
+                    line = found
+                    line_cost = (
+                        batch_price_usd(row.provider, name, line.usage) if line.usage else None
                     )
-                    .values(status="pending", claim_token=None)
-                )
-            row.status = ChunkStatus.ENDED.value
-            row.succeeded, row.failed, row.returned = succeeded, failed, returned
-            row.cost_usd = cost
-            row.ended_at = func.now()
-            await session.flush()
-            await session.refresh(row)
-            return _collected(row)
+                    await self._ledger(session, row, batch, custom_id, raw, line, line_cost)
+                    if line.ok:
+                        succeeded += 1
+                        cost += line_cost or 0
+                        values: dict[str, Any] = {
+                            "status": "ok",
+                            "response": {
+                                "text": line.text,
+                                "model": row.model,
+                                "provider": row.provider,
+                                "finish_reason": line.finish_reason,
+                                "usage": (line.usage or Usage()).model_dump(),
+                                "attempts": 1,
+                                "failed_models": [],
+                                "provider_batch_id": provider_id,
+                            },
+                            "cost_usd": line_cost,
+                            "error_class": None,
+                            "error_message": None,
+                        }
+                    else:
+                        failed += 1
+                        values = {
+                            "status": "failed",
+                            "error_class": line.error_class,
+                            "error_message": line.error_message,
+                        }
+                    await session.execute(
+                        update(BatchItem)
+                        .where(
+                            BatchItem.batch_id == row.batch_id,
+                            BatchItem.line_no == line_no,
+                            BatchItem.claim_token == row.id,
+                            BatchItem.status == "running",
+                        )
+                        .values(model=row.model, finished_at=func.now(), **values)
+                    )
+                if back:
+                    await session.execute(
+                        update(BatchItem)
+                        .where(
+                            BatchItem.batch_id == row.batch_id,
+                            BatchItem.line_no.in_(back),
+                            BatchItem.claim_token == row.id,
+                            BatchItem.status == "running",
+                        )
+                        .values(status="pending", claim_token=None)
+                    )
+                row.status = ChunkStatus.ENDED.value
+                row.succeeded, row.failed, row.returned = succeeded, failed, returned
+                row.cost_usd = cost
+                row.ended_at = func.now()
+                await session.flush()
+                await session.refresh(row)
+                return _collected(row)
 
     async def _ledger(
         self,
