@@ -19,11 +19,12 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -58,6 +59,8 @@ PROVIDER_BATCH_RUN = "provider-batch"
 # chunk of 50,000 lines), the activity heartbeats this often: well inside its heartbeat timeout
 # (workflows/activity_calls.py), and it is how a cancellation reaches it.
 HEARTBEAT_SECONDS = 10.0
+# How far a provider's clock and Postgres's may disagree, for the lookup after a crash.
+LOOKUP_CLOCK_MARGIN = timedelta(hours=1)
 
 
 @contextlib.asynccontextmanager
@@ -506,6 +509,7 @@ class ProviderBatchActivities:
                 found = await self._api(row.provider).find(await _lookup(session, row))
                 if found is not None:
                     row.provider_batch_id, row.status = found, ChunkStatus.SUBMITTED.value
+                    row.submitted_at = func.now()
             if (
                 row.status == ChunkStatus.PLANNED.value
                 or row.status == ChunkStatus.SUBMITTING.value
@@ -563,13 +567,21 @@ async def _chunk(session: AsyncSession, chunk_id: str, lock: bool = False) -> Pr
 
 
 async def _lookup(session: AsyncSession, row: ProviderBatchChunk) -> Lookup:
+    """What finds the chunk's batch at its provider. The ids other chunks hold matter only for
+    batches created since this chunk's submission began (older ones are skipped by their
+    creation time): an id stored before then, less a margin for the clocks, cannot be one."""
+    assert row.submit_started_at is not None
     known = await session.execute(
         select(ProviderBatchChunk.provider_batch_id).where(
             ProviderBatchChunk.provider == row.provider,
             ProviderBatchChunk.provider_batch_id.is_not(None),
+            ProviderBatchChunk.id != row.id,
+            or_(
+                ProviderBatchChunk.submitted_at.is_(None),
+                ProviderBatchChunk.submitted_at >= row.submit_started_at - LOOKUP_CLOCK_MARGIN,
+            ),
         )
     )
-    assert row.submit_started_at is not None
     return Lookup(
         chunk_key=row.id,
         first_line_no=min(row.line_nos),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +20,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.batch.files import BatchFileLimits, parse_lines
 from activities.batch.items import create_batch, insert_items
 from activities.batch.provider_api import LineResult, Lookup, batch_api
-from activities.batch.provider_batches import ProviderBatchActivities
+from activities.batch.provider_batches import ProviderBatchActivities, _lookup
 from activities.llm.budgets import budget_states
 from activities.llm.providers import ProviderClients
 from contracts.batch import BatchOptions, ItemRequest
@@ -215,3 +215,43 @@ async def test_a_long_upload_and_download_heartbeat_all_along(
         activities.collect_provider_chunk, ChunkInput(chunk_id=chunk.chunk_id)
     )
     assert collected.succeeded == 3
+
+
+async def test_the_lookup_after_a_crash_reads_only_ids_stored_since_the_submission_began(
+    keel_settings: KeelSettings,
+) -> None:
+    """Anthropic's lookup skips batches other chunks hold; only those stored since this chunk's
+    submission began (less a margin for the clocks) can be among the batches it looks at."""
+    sessions = session_factory()
+    batch_id = f"l{uuid.uuid4().hex[:8]}"
+    tag = uuid.uuid4().hex[:8]
+    now = datetime.now(UTC)
+    async with sessions.begin() as session:
+        await create_batch(session, batch_id, BatchOptions(), source_name="t.jsonl")
+        for seq, (provider_id, stored_at) in enumerate(
+            [
+                (f"old-{tag}", now - timedelta(days=3)),
+                (f"recent-{tag}", now - timedelta(minutes=5)),
+                (f"unstamped-{tag}", None),
+            ]
+        ):
+            session.add(
+                ProviderBatchChunk(
+                    id=f"{batch_id}.r0.c{seq}", batch_id=batch_id, round=0, seq=seq,
+                    provider="anthropic", model=BACKUP, status=ChunkStatus.SUBMITTED.value,
+                    line_nos=[seq], item_count=1, request_bytes=1,
+                    provider_batch_id=provider_id, submitted_at=stored_at,
+                )
+            )  # fmt: skip
+        crashed = ProviderBatchChunk(
+            id=f"{batch_id}.r0.c9", batch_id=batch_id, round=0, seq=9, provider="anthropic",
+            model=BACKUP, status=ChunkStatus.SUBMITTING.value, line_nos=[9, 10], item_count=2,
+            request_bytes=1, submit_started_at=now - timedelta(minutes=10),
+        )  # fmt: skip
+        session.add(crashed)
+        await session.flush()
+        lookup = await _lookup(session, crashed)
+
+    assert (lookup.chunk_key, lookup.first_line_no, lookup.size) == (crashed.id, 9, 2)
+    mine = {i for i in lookup.known_ids if i.endswith(tag)}
+    assert mine == {f"recent-{tag}", f"unstamped-{tag}"}
