@@ -32,7 +32,7 @@ from temporalio.exceptions import ApplicationError
 from activities.batch.provider_api import BatchApi, LineResult, Lookup, batch_api, request_bytes
 from activities.llm.budgets import blocking_budget, budget_states, lock_budgets
 from activities.llm.ledger import AttemptRecord, record_attempt
-from activities.llm.pricing import batch_price_usd
+from activities.llm.pricing import price_usd
 from activities.llm.providers import ProviderClients
 from contracts.batch import BatchOptions, ItemRequest, batch_workflow_id
 from contracts.llm import LedgerOutcome, Usage, provider_for_model
@@ -101,7 +101,7 @@ def worst_case_usd(provider: str, model: str, request: ItemRequest) -> Decimal |
     """The most a line can cost at batch prices: its prompt and an answer of max_tokens."""
     prompt = count_message_tokens(m.content for m in request.messages)
     usage = Usage(input_tokens=prompt, output_tokens=request.parameters().max_tokens)
-    return batch_price_usd(provider, model, usage)
+    return price_usd(provider, model, usage, batch=True)
 
 
 def _state(row: ProviderBatchChunk, ended: bool = False) -> ChunkState:
@@ -403,9 +403,8 @@ class ProviderBatchActivities:
                             await self._ledger(session, row, batch, custom_id, raw, found, None)
                         continue
                     line = found
-                    line_cost = (
-                        batch_price_usd(row.provider, name, line.usage) if line.usage else None
-                    )
+                    usage = line.usage
+                    line_cost = price_usd(row.provider, name, usage, batch=True) if usage else None
                     await self._ledger(session, row, batch, custom_id, raw, line, line_cost)
                     if line.ok:
                         succeeded += 1
