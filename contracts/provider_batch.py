@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -84,8 +83,6 @@ class PlanChunksInput(BaseModel):
 
 class PlanChunksResult(BaseModel):
     chunks: list[ChunkRef]
-    # Items no provider batch can take (no batch API for their provider): they run live.
-    unbatchable: int = 0
 
 
 class ChunkInput(BaseModel):
@@ -101,6 +98,9 @@ class ChunkState(BaseModel):
     provider_ended: bool = False
     done: int = 0
     total: int = 0
+    # Not submitted: the tenant's budget (keel budget set) cannot cover the chunk's worst case.
+    # The chunk stays planned; the workflow asks at a tenant budget gate, then submits again.
+    budget_refusal: str | None = None
 
 
 class CollectResult(BaseModel):
@@ -111,22 +111,3 @@ class CollectResult(BaseModel):
     # or the live path.
     returned: int
     cost_usd: Decimal
-
-
-class WithdrawInput(BaseModel):
-    batch_id: str
-    # Skip the chunk's items (cancel) rather than returning them to pending (deadline, pause).
-    skip: bool = False
-    reason: str | None = None
-
-
-ProviderPhase = Literal["provider", "live", "finished"]
-
-
-class ProviderBatchResult(BaseModel):
-    batch_id: str
-    status: str
-    reason: str | None
-    chunks: int
-    rounds: int
-    live_items: int

@@ -13,8 +13,9 @@ from rich.table import Table
 from sqlalchemy import select
 
 from activities.llm.pricing import (
+    GENAI_PRICES,
     PROVIDER_BATCH_DISCOUNT,
-    batch_price_per_million,
+    batch_price_source,
     price_per_million,
 )
 from activities.llm.routing import PRIMARY, route_policy
@@ -67,7 +68,8 @@ async def route_rows(settings: KeelSettings) -> list[RouteModelRow]:
             for position, model in enumerate(models, start=1):
                 provider, name = provider_for_model(model)
                 prices = price_per_million(provider, name)
-                batch = batch_price_per_million(provider, name)
+                batch = price_per_million(provider, name, batch=True)
+                batch_source = batch_price_source(provider, name)
                 rows.append(
                     RouteModelRow(
                         route=route,
@@ -80,7 +82,7 @@ async def route_rows(settings: KeelSettings) -> list[RouteModelRow]:
                         output_per_million=f"{prices[1]:.2f}" if prices else "unknown",
                         breaker=breakers.get((provider, model), "closed"),
                         batch_per_million=f"{batch[0]:.3f}/{batch[1]:.3f}"
-                        + (" *" if batch[2] != "genai-prices" else "")
+                        + (" *" if batch_source != GENAI_PRICES else "")
                         if batch
                         else "unknown",
                     )

@@ -5,12 +5,15 @@ It reads top to bottom like the process:
 
 1. plan a round: the pending items grouped by provider and model, split at each provider's
    limits (chunks, rows in ``provider_batch_chunks``; the workflow holds only their ids);
-2. submit each chunk once its worst case fits the budget (else wait at the budget gate), unless
-   paused (unsubmitted chunks are held) or past the deadline;
+2. submit each chunk once its worst case fits the batch's budget and the tenant's (else wait at
+   the budget gate or the tenant budget gate), unless paused (unsubmitted chunks are held) or
+   past the deadline;
 3. wait with timers, backing off between polls — no worker slot is held while the provider works,
    and a timer survives restarts of workers, the Temporal server and Postgres;
 4. collect each ended chunk: answers into ``batch_items`` and the ledger at batch prices; lines
-   the provider failed, expired or cancelled go back to pending;
+   the provider failed, expired or cancelled go back to pending; once lines it refused cross
+   ``--max-failure-rate``, the batch stops there, aborted as a live batch would be (nothing more
+   is submitted, nothing runs live);
 5. another round for those while rounds and the deadline allow; at the deadline, what the
    provider has not finished is cancelled there (its answered lines are still collected);
 6. anything still pending runs live: the run continues as new as the live
@@ -39,10 +42,12 @@ with workflow.unsafe.imports_passed_through():
         SET_BATCH_STATUS,
         SUBMIT_PROVIDER_CHUNK,
     )
-    from contracts.approvals import DefaultAction, GateRequest
+    from contracts.approvals import DefaultAction, GateOutcome, GateRequest
     from contracts.batch import (
+        BatchCounts,
         BatchInput,
         BatchResult,
+        BatchRunState,
         BatchStatus,
         ControlAck,
         ControlRequest,
@@ -50,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         RetryFailedAck,
         StatusInput,
     )
+    from contracts.batch_pacing import failure_rate_crossed
     from contracts.provider_batch import (
         ChunkInput,
         ChunkRef,
@@ -64,6 +70,8 @@ with workflow.unsafe.imports_passed_through():
 # The live engine's registered name: what is left after the provider rounds continues as it.
 LIVE_BATCH_WORKFLOW = "PagedBatchWorkflow"
 REFUSED = "BatchControlRefused"
+# workflow.patched id: --max-failure-rate is judged after each collected chunk.
+FAILURE_RATE_PATCH = "provider-batch-max-failure-rate"
 
 
 def _refusal(message: str) -> ApplicationError:
@@ -91,7 +99,9 @@ class ProviderBatchWorkflow:
         self._options = params.options
         self._budget = params.options.budget_usd
         self._paused_by: str | None = None
+        # Set once: why the batch stops, and the status it finishes with (cancelled, aborted).
         self._stop: str | None = None
+        self._stop_status = BatchStatus.CANCELLED.value
         self._wake = False
         self._status = BatchStatus.RUNNING.value
         # Worst cases of the chunks at the provider and not yet collected (the budget's
@@ -100,6 +110,11 @@ class ProviderBatchWorkflow:
         self._spent = Decimal(0)
         self._gates_opened = 0
         self._rounds = 0
+        # For --max-failure-rate: items that ran (answered or failed as invalid by a provider)
+        # and of those failed, malformed lines excluded (as the live engine counts them).
+        self._ran = 0
+        self._ran_failed = 0
+        self._runnable = 0
         self._chunks: dict[str, ChunkState] = {}
         self._cancelled_at_provider = False
         self._approval = ApprovalGate()
@@ -108,7 +123,10 @@ class ProviderBatchWorkflow:
 
     @workflow.run
     async def run(self, params: ProviderBatchInput) -> BatchResult:
-        await self._set_status(BatchStatus.RUNNING.value, "provider batch")
+        counts = await self._set_status(BatchStatus.RUNNING.value, "provider batch")
+        self._ran = counts.ok + counts.failed - counts.invalid
+        self._ran_failed = counts.failed - counts.invalid
+        self._runnable = counts.total - counts.invalid
         round_no = 0
         while self._stop is None and round_no < params.settings.max_rounds:
             if self._past_deadline():
@@ -140,13 +158,9 @@ class ProviderBatchWorkflow:
                 chunk = waiting[0]
                 if not await self._budget_allows(chunk):
                     break
-                state = await call(
-                    SUBMIT_PROVIDER_CHUNK,
-                    ChunkInput(chunk_id=chunk.chunk_id),
-                    **PROVIDER_BATCH_CALL,
-                    summary=f"submit {chunk.chunk_id}",
-                )
-                self._chunks[chunk.chunk_id] = state
+                state = await self._submit(chunk)
+                if state is None:
+                    break
                 waiting.popleft()
                 at_provider.append(chunk)
                 self._reserved[chunk.chunk_id] = chunk.worst_case_usd or Decimal(0)
@@ -184,6 +198,8 @@ class ProviderBatchWorkflow:
                 at_provider.remove(chunk)
                 self._reserved.pop(chunk.chunk_id, None)
                 self._spent += collected.cost_usd
+                self._ran += collected.succeeded + collected.failed
+                self._ran_failed += collected.failed
                 await audit(
                     "batch.provider_chunk_ended",
                     self._options.tenant,
@@ -197,6 +213,35 @@ class ProviderBatchWorkflow:
                         "cost_usd": str(collected.cost_usd),
                     },
                 )
+                self._check_failure_rate()
+
+    async def _submit(self, chunk: ChunkRef) -> ChunkState | None:
+        """Submit the chunk; while the tenant's budget refuses it, ask at the tenant budget
+        gate (None: the batch stops, or was paused meanwhile)."""
+        while True:
+            state = await call(
+                SUBMIT_PROVIDER_CHUNK,
+                ChunkInput(chunk_id=chunk.chunk_id),
+                **PROVIDER_BATCH_CALL,
+                summary=f"submit {chunk.chunk_id}",
+            )
+            self._chunks[chunk.chunk_id] = state
+            if state.budget_refusal is None:
+                return state
+            await self._tenant_budget_gate(state.budget_refusal)
+            if not self._may_submit():
+                return None
+
+    def _check_failure_rate(self) -> None:
+        """--max-failure-rate, as the live engine judges it: once crossed, no more chunks are
+        submitted, those at the provider are cancelled there, and the batch finishes aborted
+        (what is left is skipped, not run live)."""
+        reason = failure_rate_crossed(
+            self._options.max_failure_rate, self._ran, self._ran_failed, self._runnable
+        )
+        # Runs begun before this rule went on as they were (their histories say so).
+        if reason is not None and self._stop is None and workflow.patched(FAILURE_RATE_PATCH):
+            self._stop_status, self._stop = BatchStatus.ABORTED.value, reason
 
     async def _withdraw(self, waiting: deque[ChunkRef], at_provider: list[ChunkRef]) -> None:
         """Cancel: chunks not yet submitted are withdrawn (items back to pending), those at the
@@ -222,22 +267,28 @@ class ProviderBatchWorkflow:
                 SET_BATCH_STATUS,
                 StatusInput(
                     batch_id=self._batch_id,
-                    status=BatchStatus.CANCELLED.value,
+                    status=self._stop_status,
                     reason=self._stop,
                     skip_pending=True,
-                    skip_reason=f"not run: batch cancelled ({self._stop})",
+                    skip_reason=f"not run: batch {self._stop_status} ({self._stop})",
                     final=True,
+                    budget_usd=self._budget,
                 ),
                 **BATCH_DATABASE,
             )
-            status, reason = BatchStatus.CANCELLED.value, self._stop
+            status, reason = self._stop_status, self._stop
         else:
+            # A pause holds on into the live run (the batch's row says so meanwhile).
+            paused = self._paused_by is not None
+            status_now = BatchStatus.PAUSED.value if paused else BatchStatus.RUNNING.value
+            reason_now = f"paused by {self._paused_by}" if paused else "provider batches done"
             counts = await call(
                 SET_BATCH_STATUS,
                 StatusInput(
                     batch_id=self._batch_id,
-                    status=BatchStatus.RUNNING.value,
-                    reason="provider batches done",
+                    status=status_now,
+                    reason=reason_now,
+                    budget_usd=self._budget,
                 ),
                 **BATCH_DATABASE,
             )
@@ -249,15 +300,31 @@ class ProviderBatchWorkflow:
                 )
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 # Same workflow id: one ledger, one budget (spend so far included), one set of
-                # controls; the live engine releases nothing (no item is claimed now).
+                # controls; the live engine releases nothing (no item is claimed now). It goes
+                # on from this run's state: the budget as raised, a pause, the gates' numbering.
                 workflow.continue_as_new(
-                    args=[BatchInput(batch_id=self._batch_id, options=self._options)],
+                    args=[
+                        BatchInput(
+                            batch_id=self._batch_id,
+                            options=self._options,
+                            state=BatchRunState(
+                                budget_usd=self._budget,
+                                gates_opened=self._gates_opened,
+                                status=status_now,
+                                reason=reason_now if paused else None,
+                                paused_by=self._paused_by,
+                            ),
+                        )
+                    ],
                     workflow=LIVE_BATCH_WORKFLOW,
                 )
             counts = await call(
                 SET_BATCH_STATUS,
                 StatusInput(
-                    batch_id=self._batch_id, status=BatchStatus.COMPLETED.value, final=True
+                    batch_id=self._batch_id,
+                    status=BatchStatus.COMPLETED.value,
+                    final=True,
+                    budget_usd=self._budget,
                 ),
                 **BATCH_DATABASE,
             )
@@ -360,26 +427,20 @@ class ProviderBatchWorkflow:
                 "chunk": chunk.chunk_id,
             },
         )
-        asking = asyncio.create_task(
-            self._approval.request(
-                GateRequest(
-                    gate=name,
-                    draft=f"{suggested:.2f}",
-                    reason=reason,
-                    role=self._options.budget_role,
-                    tenant=self._options.tenant,
-                    subject=f"batch {self._batch_id}: raise the budget to ${suggested:.2f}, "
-                    "or stop",
-                    deadline=self._options.budget_gate_deadline,
-                    default_action=DefaultAction.REJECT,
-                )
+        outcome = await self._ask(
+            GateRequest(
+                gate=name,
+                draft=f"{suggested:.2f}",
+                reason=reason,
+                role=self._options.budget_role,
+                tenant=self._options.tenant,
+                subject=f"batch {self._batch_id}: raise the budget to ${suggested:.2f}, or stop",
+                deadline=self._options.budget_gate_deadline,
+                default_action=DefaultAction.REJECT,
             )
         )
-        await workflow.wait_condition(lambda: asking.done() or self._stop is not None)
-        if not asking.done():
-            asking.cancel()
+        if outcome is None:
             return
-        outcome = asking.result()
         amount = _dollars(outcome.final) if outcome.approved else None
         if amount is not None and amount > self._budget:
             self._budget = amount
@@ -390,18 +451,75 @@ class ProviderBatchWorkflow:
                 actor=", ".join(outcome.decided_by) or "keel",
             )
             await self._set_status(
-                BatchStatus.PAUSED.value if self._paused_by else BatchStatus.RUNNING.value, None
+                BatchStatus.PAUSED.value if self._paused_by else BatchStatus.RUNNING.value,
+                f"paused by {self._paused_by}" if self._paused_by else None,
             )
         elif not outcome.approved:
             self._stop = f"stopped at the budget gate: {describe(outcome)}"
 
+    async def _tenant_budget_gate(self, refusal: str) -> None:
+        """The tenant's budget (not the batch's) cannot cover a chunk: a person raises it
+        (``keel budget set``) and approves, and the chunk is offered again; or rejects, and the
+        batch stops. As the live engine's gate, named ``tenant-budget-N``."""
+        tenant = self._options.tenant
+        self._gates_opened += 1
+        name = f"tenant-budget-{self._gates_opened}"
+        reason = (
+            f"tenant budget: {refusal}. Raise it (keel budget set {tenant} --usd AMOUNT "
+            "--period day|month), then approve to go on; reject to stop the batch"
+        )
+        await self._set_status(BatchStatus.PAUSED.value, reason)
+        await audit(
+            "batch.tenant_budget_gate_opened",
+            tenant,
+            {"batch_id": self._batch_id, "gate": name, "refusal": refusal},
+        )
+        outcome = await self._ask(
+            GateRequest(
+                gate=name,
+                draft="resume",
+                reason=reason,
+                role=self._options.budget_role,
+                tenant=tenant,
+                subject=f"batch {self._batch_id}: tenant {tenant} is out of budget",
+                deadline=self._options.budget_gate_deadline,
+                default_action=DefaultAction.REJECT,
+            )
+        )
+        if outcome is None:
+            return
+        if outcome.approved:
+            await audit(
+                "batch.tenant_budget_resumed",
+                tenant,
+                {"batch_id": self._batch_id, "gate": name},
+                actor=", ".join(outcome.decided_by) or "keel",
+            )
+            await self._set_status(
+                BatchStatus.PAUSED.value if self._paused_by else BatchStatus.RUNNING.value,
+                f"paused by {self._paused_by}" if self._paused_by else None,
+            )
+        else:
+            self._stop = f"stopped at the tenant budget gate: {describe(outcome)}"
+
+    async def _ask(self, request: GateRequest) -> GateOutcome | None:
+        """The gate's outcome, or None when the batch was cancelled while it waited."""
+        asking = asyncio.create_task(self._approval.request(request))
+        await workflow.wait_condition(lambda: asking.done() or self._stop is not None)
+        if not asking.done():
+            asking.cancel()
+            return None
+        return asking.result()
+
     # --- Status ----------------------------------------------------------------------------------
 
-    async def _set_status(self, status: str, reason: str | None) -> None:
+    async def _set_status(self, status: str, reason: str | None) -> BatchCounts:
         self._status = status
-        await call(
+        return await call(
             SET_BATCH_STATUS,
-            StatusInput(batch_id=self._batch_id, status=status, reason=reason),
+            StatusInput(
+                batch_id=self._batch_id, status=status, reason=reason, budget_usd=self._budget
+            ),
             **BATCH_DATABASE,
         )
 
@@ -409,6 +527,7 @@ class ProviderBatchWorkflow:
         return self._stop is not None or self._status in (
             BatchStatus.COMPLETED.value,
             BatchStatus.CANCELLED.value,
+            BatchStatus.ABORTED.value,
         )
 
     # --- Controls: the live batch's names and shapes, so `keel batch pause|resume|cancel` work --

@@ -13,22 +13,26 @@ Exactly once, across retries and crashes:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.batch.provider_api import BatchApi, LineResult, Lookup, batch_api, request_bytes
+from activities.llm.budgets import blocking_budget, budget_states, lock_budgets
 from activities.llm.ledger import AttemptRecord, record_attempt
-from activities.llm.pricing import batch_price_usd
+from activities.llm.pricing import price_usd
 from activities.llm.providers import ProviderClients
 from contracts.batch import BatchOptions, ItemRequest, batch_workflow_id
 from contracts.llm import LedgerOutcome, Usage, provider_for_model
@@ -51,6 +55,31 @@ log = structlog.get_logger(__name__)
 # Ledger rows of provider batch lines: run_id says which path billed them (keel cost tells them
 # apart by it), activity_id is "<chunk>/<item custom id>".
 PROVIDER_BATCH_RUN = "provider-batch"
+# While a submission uploads, a collection downloads and writes (each may take minutes for a
+# chunk of 50,000 lines), the activity heartbeats this often: well inside its heartbeat timeout
+# (workflows/activity_calls.py), and it is how a cancellation reaches it.
+HEARTBEAT_SECONDS = 10.0
+# How far a provider's clock and Postgres's may disagree, for the lookup after a crash.
+LOOKUP_CLOCK_MARGIN = timedelta(hours=1)
+
+
+@contextlib.asynccontextmanager
+async def heartbeating(progress: Callable[[], object] = lambda: None) -> AsyncIterator[None]:
+    """Heartbeat (with ``progress()``) at once and every ``HEARTBEAT_SECONDS`` while the block
+    runs, whether it is awaiting the provider or writing to Postgres."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat(progress())
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    beating = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
 
 
 def chunk_id_of(batch_id: str, round_no: int, seq: int) -> str:
@@ -72,7 +101,7 @@ def worst_case_usd(provider: str, model: str, request: ItemRequest) -> Decimal |
     """The most a line can cost at batch prices: its prompt and an answer of max_tokens."""
     prompt = count_message_tokens(m.content for m in request.messages)
     usage = Usage(input_tokens=prompt, output_tokens=request.parameters().max_tokens)
-    return batch_price_usd(provider, model, usage)
+    return price_usd(provider, model, usage, batch=True)
 
 
 def _state(row: ProviderBatchChunk, ended: bool = False) -> ChunkState:
@@ -239,7 +268,8 @@ class ProviderBatchActivities:
                 return _state(row)
             api = self._api(row.provider)
             if row.status == ChunkStatus.SUBMITTING.value:
-                found = await api.find(await _lookup(session, row))
+                async with heartbeating():
+                    found = await api.find(await _lookup(session, row))
                 if found is not None:
                     log.warning("provider_batch.found_after_retry", chunk=row.id, batch=found)
                     row.provider_batch_id = found
@@ -248,6 +278,12 @@ class ProviderBatchActivities:
                     await session.flush()
                     return _state(row)
             else:
+                # Checked and reserved in one transaction, under the tenant's budget lock: the
+                # next check (a live call's, another chunk's) sees this chunk's worst case.
+                refusal = await self._tenant_budget_refusal(session, row)
+                if refusal is not None:
+                    log.info("provider_batch.tenant_budget_refused", chunk=row.id)
+                    return _state(row).model_copy(update={"budget_refusal": refusal})
                 row.status = ChunkStatus.SUBMITTING.value
                 row.submit_started_at = func.now()
             line_nos = list(row.line_nos)
@@ -262,7 +298,8 @@ class ProviderBatchActivities:
             lines = [(line_no, ItemRequest.model_validate(raw)) for line_no, raw in items]
         lines.sort(key=lambda line: line[0])
         _, name = provider_for_model(model)
-        provider_id, file_id = await api.submit(params.chunk_id, name, lines)
+        async with heartbeating():
+            provider_id, file_id = await api.submit(params.chunk_id, name, lines)
         async with self._sessions.begin() as session:
             row = await _chunk(session, params.chunk_id, lock=True)
             row.provider_batch_id = provider_id
@@ -273,6 +310,30 @@ class ProviderBatchActivities:
             await session.refresh(row)
             log.info("provider_batch.submitted", chunk=row.id, batch=provider_id, items=len(lines))
             return _state(row)
+
+    async def _tenant_budget_refusal(
+        self, session: AsyncSession, row: ProviderBatchChunk
+    ) -> str | None:
+        """Why the tenant's budgets cannot cover the chunk at its worst, or None (as for a live
+        call: a chunk of unknown price goes through until a budget is spent)."""
+        batch = await session.get(Batch, row.batch_id)
+        assert batch is not None
+        if not await lock_budgets(session, batch.tenant):
+            return None
+        states = await budget_states(session, batch.tenant, self._settings)
+        blocking = blocking_budget(states, row.worst_case_usd)
+        if blocking is None:
+            return None
+        needs = (
+            f"up to ${row.worst_case_usd:.6f}"
+            if row.worst_case_usd is not None
+            else "an unpriced amount"
+        )
+        return (
+            f"{blocking.describe()}; provider batch {row.id} ({row.item_count} items on "
+            f"{row.model}) needs {needs}. Raise it with: keel budget set {blocking.tenant} "
+            f"--usd <amount> --period {blocking.period}"
+        )
 
     # --- Waiting ------------------------------------------------------------------------------
 
@@ -309,94 +370,96 @@ class ProviderBatchActivities:
             )
         results: dict[int, LineResult] = {}
         refused: LineResult | None = None
-        async for line in self._api(provider).results(provider_id):
-            if line.line_no < 0:
-                refused = line
-            else:
-                results[line.line_no] = line
-            activity.heartbeat(len(results))
-        async with self._sessions.begin() as session:
-            row = await _chunk(session, params.chunk_id, lock=True)
-            if row.status == ChunkStatus.ENDED.value:
-                return _collected(row)
-            batch = await session.get(Batch, row.batch_id)
-            assert batch is not None
-            held = await session.execute(
-                select(BatchItem.line_no, BatchItem.custom_id, BatchItem.request).where(
-                    BatchItem.batch_id == row.batch_id,
-                    BatchItem.claim_token == row.id,
-                    BatchItem.status == "running",
-                )
-            )
-            succeeded = failed = returned = 0
-            cost = Decimal(0)
-            back: list[int] = []
-            _, name = provider_for_model(row.model)
-            for line_no, custom_id, raw in held:
-                found = results.get(line_no) or refused
-                if found is None or (not found.ok and found.retryable):
-                    back.append(line_no)
-                    returned += 1
-                    if found is not None and found.error_class not in ("expired", "cancelled"):
-                        await self._ledger(session, row, batch, custom_id, raw, found, None)
-                    continue
-                line = found
-                line_cost = batch_price_usd(row.provider, name, line.usage) if line.usage else None
-                await self._ledger(session, row, batch, custom_id, raw, line, line_cost)
-                if line.ok:
-                    succeeded += 1
-                    cost += line_cost or 0
-                    values: dict[str, Any] = {
-                        "status": "ok",
-                        "response": {
-                            "text": line.text,
-                            "model": row.model,
-                            "provider": row.provider,
-                            "finish_reason": line.finish_reason,
-                            "usage": (line.usage or Usage()).model_dump(),
-                            "attempts": 1,
-                            "failed_models": [],
-                            "provider_batch_id": provider_id,
-                        },
-                        "cost_usd": line_cost,
-                        "error_class": None,
-                        "error_message": None,
-                    }
+        # Reading tens of thousands of lines and writing them takes a while: heartbeat all along.
+        async with heartbeating(lambda: len(results)):
+            async for line in self._api(provider).results(provider_id):
+                if line.line_no < 0:
+                    refused = line
                 else:
-                    failed += 1
-                    values = {
-                        "status": "failed",
-                        "error_class": line.error_class,
-                        "error_message": line.error_message,
-                    }
-                await session.execute(
-                    update(BatchItem)
-                    .where(
+                    results[line.line_no] = line
+            async with self._sessions.begin() as session:
+                row = await _chunk(session, params.chunk_id, lock=True)
+                if row.status == ChunkStatus.ENDED.value:
+                    return _collected(row)
+                batch = await session.get(Batch, row.batch_id)
+                assert batch is not None
+                held = await session.execute(
+                    select(BatchItem.line_no, BatchItem.custom_id, BatchItem.request).where(
                         BatchItem.batch_id == row.batch_id,
-                        BatchItem.line_no == line_no,
                         BatchItem.claim_token == row.id,
                         BatchItem.status == "running",
                     )
-                    .values(model=row.model, finished_at=func.now(), **values)
                 )
-            if back:
-                await session.execute(
-                    update(BatchItem)
-                    .where(
-                        BatchItem.batch_id == row.batch_id,
-                        BatchItem.line_no.in_(back),
-                        BatchItem.claim_token == row.id,
-                        BatchItem.status == "running",
+                succeeded = failed = returned = 0
+                cost = Decimal(0)
+                back: list[int] = []
+                _, name = provider_for_model(row.model)
+                for line_no, custom_id, raw in held:
+                    found = results.get(line_no) or refused
+                    if found is None or (not found.ok and found.retryable):
+                        back.append(line_no)
+                        returned += 1
+                        if found is not None and found.error_class not in ("expired", "cancelled"):
+                            await self._ledger(session, row, batch, custom_id, raw, found, None)
+                        continue
+                    line = found
+                    usage = line.usage
+                    line_cost = price_usd(row.provider, name, usage, batch=True) if usage else None
+                    await self._ledger(session, row, batch, custom_id, raw, line, line_cost)
+                    if line.ok:
+                        succeeded += 1
+                        cost += line_cost or 0
+                        values: dict[str, Any] = {
+                            "status": "ok",
+                            "response": {
+                                "text": line.text,
+                                "model": row.model,
+                                "provider": row.provider,
+                                "finish_reason": line.finish_reason,
+                                "usage": (line.usage or Usage()).model_dump(),
+                                "attempts": 1,
+                                "failed_models": [],
+                                "provider_batch_id": provider_id,
+                            },
+                            "cost_usd": line_cost,
+                            "error_class": None,
+                            "error_message": None,
+                        }
+                    else:
+                        failed += 1
+                        values = {
+                            "status": "failed",
+                            "error_class": line.error_class,
+                            "error_message": line.error_message,
+                        }
+                    await session.execute(
+                        update(BatchItem)
+                        .where(
+                            BatchItem.batch_id == row.batch_id,
+                            BatchItem.line_no == line_no,
+                            BatchItem.claim_token == row.id,
+                            BatchItem.status == "running",
+                        )
+                        .values(model=row.model, finished_at=func.now(), **values)
                     )
-                    .values(status="pending", claim_token=None)
-                )
-            row.status = ChunkStatus.ENDED.value
-            row.succeeded, row.failed, row.returned = succeeded, failed, returned
-            row.cost_usd = cost
-            row.ended_at = func.now()
-            await session.flush()
-            await session.refresh(row)
-            return _collected(row)
+                if back:
+                    await session.execute(
+                        update(BatchItem)
+                        .where(
+                            BatchItem.batch_id == row.batch_id,
+                            BatchItem.line_no.in_(back),
+                            BatchItem.claim_token == row.id,
+                            BatchItem.status == "running",
+                        )
+                        .values(status="pending", claim_token=None)
+                    )
+                row.status = ChunkStatus.ENDED.value
+                row.succeeded, row.failed, row.returned = succeeded, failed, returned
+                row.cost_usd = cost
+                row.ended_at = func.now()
+                await session.flush()
+                await session.refresh(row)
+                return _collected(row)
 
     async def _ledger(
         self,
@@ -445,6 +508,7 @@ class ProviderBatchActivities:
                 found = await self._api(row.provider).find(await _lookup(session, row))
                 if found is not None:
                     row.provider_batch_id, row.status = found, ChunkStatus.SUBMITTED.value
+                    row.submitted_at = func.now()
             if (
                 row.status == ChunkStatus.PLANNED.value
                 or row.status == ChunkStatus.SUBMITTING.value
@@ -502,13 +566,21 @@ async def _chunk(session: AsyncSession, chunk_id: str, lock: bool = False) -> Pr
 
 
 async def _lookup(session: AsyncSession, row: ProviderBatchChunk) -> Lookup:
+    """What finds the chunk's batch at its provider. The ids other chunks hold matter only for
+    batches created since this chunk's submission began (older ones are skipped by their
+    creation time): an id stored before then, less a margin for the clocks, cannot be one."""
+    assert row.submit_started_at is not None
     known = await session.execute(
         select(ProviderBatchChunk.provider_batch_id).where(
             ProviderBatchChunk.provider == row.provider,
             ProviderBatchChunk.provider_batch_id.is_not(None),
+            ProviderBatchChunk.id != row.id,
+            or_(
+                ProviderBatchChunk.submitted_at.is_(None),
+                ProviderBatchChunk.submitted_at >= row.submit_started_at - LOOKUP_CLOCK_MARGIN,
+            ),
         )
     )
-    assert row.submit_started_at is not None
     return Lookup(
         chunk_key=row.id,
         first_line_no=min(row.line_nos),

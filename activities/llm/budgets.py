@@ -12,6 +12,10 @@ short — in practice nothing.
 
 The reservation ends when the row is completed (its real cost is metered in the same statement)
 or, for an attempt whose worker died, when it is older than the longest an attempt may run.
+
+Provider batches (``keel batch start --via provider``) reserve too: a chunk at its provider holds
+its worst case (``provider_batch_chunks.worst_case_usd``) from the transaction that checked it and
+marked it ``submitting`` until the one that collects its results (and meters their cost) ends it.
 """
 
 from __future__ import annotations
@@ -45,9 +49,17 @@ SELECT b.tenant, b.period, b.limit_usd,
        COALESCE((SELECT SUM(c.reserved_usd) FROM llm_calls c
                   WHERE c.tenant = b.tenant AND c.outcome = 'in_flight'
                     AND c.created_at > now() - make_interval(secs => :reservation_ttl)), 0)
+       + COALESCE((SELECT SUM(p.worst_case_usd) FROM provider_batch_chunks p
+                     JOIN batches t ON t.id = p.batch_id
+                    WHERE t.tenant = b.tenant AND p.status IN ('submitting', 'submitted')
+                      AND p.submit_started_at > now() - make_interval(
+                          hours => :provider_reservation_hours)), 0)
            AS reserved_usd
   FROM budgets b
 """
+# A provider batch ends within 24 hours (the providers' completion window) and is collected soon
+# after; a chunk still "submitted" later than this belongs to a batch whose workflow is gone.
+PROVIDER_RESERVATION_HOURS = 26
 _STATUS_OF_TENANT = text(_STATUS + " WHERE b.tenant = :tenant ORDER BY b.period")
 _STATUS_OF_ALL = text(_STATUS + " ORDER BY b.tenant, b.period")
 # Rows locked in one order, so two checks of one tenant never deadlock.
@@ -124,7 +136,10 @@ async def budget_states(
     session: AsyncSession, tenant: str | None, settings: KeelSettings
 ) -> list[BudgetState]:
     """Every budget of ``tenant`` (all tenants: None) as it stands; reads, never locks."""
-    parameters: dict[str, object] = {"reservation_ttl": reservation_ttl_seconds(settings)}
+    parameters: dict[str, object] = {
+        "reservation_ttl": reservation_ttl_seconds(settings),
+        "provider_reservation_hours": PROVIDER_RESERVATION_HOURS,
+    }
     if tenant is None:
         return _states(await session.execute(_STATUS_OF_ALL, parameters))
     parameters["tenant"] = tenant

@@ -31,7 +31,10 @@ def _known(provider: str, model: str) -> bool:
     return True
 
 
-def price_usd(provider: str, model: str, usage: Usage) -> Decimal | None:
+def price_usd(provider: str, model: str, usage: Usage, *, batch: bool = False) -> Decimal | None:
+    """What a call cost; ``batch``: a line of a provider batch (``keel batch start --via
+    provider``), at genai-prices' batch price, else the live price times the provider's
+    documented discount. None: a model the price table does not know (warned about once)."""
     if not _known(provider, model):
         if (provider, model) not in _warned:
             _warned.add((provider, model))
@@ -44,32 +47,50 @@ def price_usd(provider: str, model: str, usage: Usage) -> Decimal | None:
             )
         return None
     # genai-prices counts cache reads inside input_tokens, as both providers report them.
-    calculation = calc_price(
-        PriceUsage(
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cached_tokens or None,
-        ),
-        model_ref=model,
-        provider_id=provider,
+    priced = PriceUsage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cached_tokens or None,
     )
-    return Decimal(calculation.total_price).quantize(Decimal("0.00000001"))
+    if batch and batch_price_source(provider, model) == GENAI_PRICES:
+        return _quantized(_total(provider, model, priced, BATCH_PRICE_CONTEXT))
+    live = _quantized(_total(provider, model, priced))
+    return _quantized(live * _discount(provider)) if batch else live
 
 
-def price_per_million(provider: str, model: str) -> tuple[Decimal, Decimal] | None:
-    """Dollars per million input and output tokens at the base tier (None: unknown model)."""
+def price_per_million(
+    provider: str, model: str, *, batch: bool = False
+) -> tuple[Decimal, Decimal] | None:
+    """Dollars per million input and output tokens at the base tier (None: unknown model);
+    ``batch``: at provider batch prices (where from: ``batch_price_source``)."""
     if not _known(provider, model):
         return None
+    context = (
+        BATCH_PRICE_CONTEXT
+        if batch and batch_price_source(provider, model) == GENAI_PRICES
+        else None
+    )
+    share = _discount(provider) if batch and context is None else Decimal(1)
     # Priced on a thousand tokens, so long-context tiers do not leak into the list price.
     per_thousand = [
-        calc_price(
-            PriceUsage(input_tokens=tokens_in, output_tokens=tokens_out),
-            model_ref=model,
-            provider_id=provider,
-        ).total_price
+        _total(
+            provider, model, PriceUsage(input_tokens=tokens_in, output_tokens=tokens_out), context
+        )
+        * share
         for tokens_in, tokens_out in ((1000, 0), (0, 1000))
     ]
-    return Decimal(per_thousand[0]) * 1000, Decimal(per_thousand[1]) * 1000
+    return per_thousand[0] * 1000, per_thousand[1] * 1000
+
+
+def _total(
+    provider: str, model: str, usage: PriceUsage, context: dict[str, str] | None = None
+) -> Decimal:
+    calculation = calc_price(usage, model_ref=model, provider_id=provider, price_context=context)
+    return Decimal(calculation.total_price)
+
+
+def _quantized(amount: Decimal) -> Decimal:
+    return amount.quantize(Decimal("0.00000001"))
 
 
 # --- Provider batch prices ----------------------------------------------------------------------
@@ -85,6 +106,13 @@ batch price of its own for the model; the one place keel states it (``keel route
 BATCH_PRICE_CONTEXT = {"processing": "batch"}
 
 
+GENAI_PRICES, DOCUMENTED_DISCOUNT = "genai-prices", "documented discount"
+
+
+def _discount(provider: str) -> Decimal:
+    return PROVIDER_BATCH_DISCOUNT.get(provider, Decimal(1))
+
+
 @lru_cache(maxsize=512)
 def batch_price_source(provider: str, model: str) -> str | None:
     """Where a model's batch price comes from: ``genai-prices`` when its table has a batch price
@@ -92,46 +120,6 @@ def batch_price_source(provider: str, model: str) -> str | None:
     if not _known(provider, model):
         return None
     probe = PriceUsage(input_tokens=1_000_000, output_tokens=1_000_000)
-    live = calc_price(probe, model_ref=model, provider_id=provider).total_price
-    batch = calc_price(
-        probe, model_ref=model, provider_id=provider, price_context=BATCH_PRICE_CONTEXT
-    ).total_price
-    return "genai-prices" if batch < live else "documented discount"
-
-
-def batch_price_usd(provider: str, model: str, usage: Usage) -> Decimal | None:
-    """What a provider batch line cost: genai-prices' batch price, else the live price times the
-    provider's documented discount (None: unknown model, as for live calls)."""
-    source = batch_price_source(provider, model)
-    if source is None:
-        return price_usd(provider, model, usage)
-    if source == "genai-prices":
-        calculation = calc_price(
-            PriceUsage(
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cached_tokens or None,
-            ),
-            model_ref=model,
-            provider_id=provider,
-            price_context=BATCH_PRICE_CONTEXT,
-        )
-        return Decimal(calculation.total_price).quantize(Decimal("0.00000001"))
-    live = price_usd(provider, model, usage)
-    if live is None:
-        return None
-    discount = PROVIDER_BATCH_DISCOUNT.get(provider, Decimal(1))
-    return (live * discount).quantize(Decimal("0.00000001"))
-
-
-def batch_price_per_million(provider: str, model: str) -> tuple[Decimal, Decimal, str] | None:
-    """Batch dollars per million input and output tokens, and where the price comes from."""
-    source = batch_price_source(provider, model)
-    if source is None:
-        return None
-    per_thousand = [
-        batch_price_usd(provider, model, Usage(input_tokens=tokens_in, output_tokens=tokens_out))
-        or Decimal(0)
-        for tokens_in, tokens_out in ((1000, 0), (0, 1000))
-    ]
-    return per_thousand[0] * 1000, per_thousand[1] * 1000, source
+    live = _total(provider, model, probe)
+    batch = _total(provider, model, probe, BATCH_PRICE_CONTEXT)
+    return GENAI_PRICES if batch < live else DOCUMENTED_DISCOUNT

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -33,6 +33,8 @@ class GateKind(StrEnum):
 
     REVIEW = "review"  # a draft to publish (DocumentReview)
     BUDGET = "budget"  # a batch over its budget: raise it, or stop
+    # A batch its tenant's budget (keel budget set) holds: raise that, then resume; or stop.
+    TENANT_BUDGET = "tenant-budget"
     TOOL = "tool"  # a sensitive tool's call in a durable tool loop (workflows/tool_loop.py)
 
 
@@ -40,8 +42,11 @@ TOOL_SUBJECT = "tool call "
 
 
 def kind_of(gate: Approval) -> GateKind:
-    # Batch budget gates are named budget-N by workflows/batch.py, tool calls' gates tool-S-P
-    # with subject "tool call NAME" by workflows/tool_loop.py; there is no kind column.
+    # Batch budget gates are named budget-N and tenant budget gates tenant-budget-N by
+    # workflows/batch.py and workflows/provider_batch.py, tool calls' gates tool-S-P with subject
+    # "tool call NAME" by workflows/tool_loop.py; there is no kind column.
+    if gate.gate.startswith("tenant-budget-"):
+        return GateKind.TENANT_BUDGET
     if gate.gate.startswith("budget-"):
         return GateKind.BUDGET
     if gate.gate.startswith("tool-") and (gate.subject or "").startswith(TOOL_SUBJECT):
@@ -112,9 +117,10 @@ AGE_CHOICES: dict[str, timedelta] = {
 }
 
 
-async def _requested_roles(
-    session: AsyncSession, gates: Sequence[Approval]
-) -> dict[tuple[str, str | None, str], tuple[str, list[str]]]:
+RequestedRoles = dict[tuple[str, str | None, str], tuple[str, list[str]]]
+
+
+async def _requested_roles(session: AsyncSession, gates: Sequence[Approval]) -> RequestedRoles:
     """Each gate's first role and escalation roles, from its ``approval.requested`` row (one
     query for the whole queue)."""
     if not gates:
@@ -127,7 +133,12 @@ async def _requested_roles(
             ),
         )
     )
-    found: dict[tuple[str, str | None, str], tuple[str, list[str]]] = {}
+    return _roles_requested((r.workflow_id, r.run_id, r.payload) for r in rows)
+
+
+def _roles_requested(rows: Iterable[tuple[str, str | None, dict[str, Any]]]) -> RequestedRoles:
+    """(workflow id, run id, payload) of ``approval.requested`` rows → each gate's roles."""
+    found: RequestedRoles = {}
     for workflow_id, run_id, payload in rows:
         later = [str(step["role"]) for step in payload.get("escalation") or [] if "role" in step]
         found[(workflow_id, run_id, str(payload.get("gate")))] = (str(payload.get("role")), later)
@@ -248,7 +259,7 @@ async def gate_page(
     decisions = [
         e
         for e in events
-        if e.event_type.startswith("approval.") or e.event_type.startswith("batch.budget")
+        if e.event_type.startswith(("approval.", "batch.budget", "batch.tenant_budget"))
     ]
     cost, unknown = (
         await session.execute(
@@ -258,7 +269,10 @@ async def gate_page(
             ).where(LlmCall.workflow_id == workflow_id)
         )
     ).one()
-    requested = await _requested_roles(session, [gate])
+    # The run's trail, read above, holds the gate's approval.requested row: no second query.
+    requested = _roles_requested(
+        (e.workflow_id, e.run_id, e.payload) for e in events if e.event_type == "approval.requested"
+    )
     first, later = requested.get(
         (gate.workflow_id, gate.run_id, gate.gate), (gate.required_role, [])
     )

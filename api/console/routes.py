@@ -97,6 +97,7 @@ def _since(moment: datetime, now: datetime) -> str:
 _KIND_LABELS = {
     GateKind.REVIEW: "draft review",
     GateKind.BUDGET: "batch budget",
+    GateKind.TENANT_BUDGET: "tenant budget",
     GateKind.TOOL: "tool call",
 }
 _STATUS_TEXT = {
@@ -329,7 +330,7 @@ async def queue(
         {
             "cards": cards,
             "roles": roles,
-            "kinds": [GateKind.REVIEW, GateKind.BUDGET, GateKind.TOOL],
+            "kinds": list(GateKind),
             "ages": list(AGE_CHOICES),
             "wanted": {"role": role or "", "kind": kind or "", "age": age or ""},
             "live_query": urlencode(
@@ -503,6 +504,12 @@ async def decide(request: Request) -> Response:
         return await _gate_response(
             request, reviewer, workflow_id, gate_name, status=400,
             error=f"Unknown action {action[:40]!r}.", form=form,
+        )  # fmt: skip
+    if action == "edit" and kind_of(row) == GateKind.TENANT_BUDGET:
+        return await _gate_response(
+            request, reviewer, workflow_id, gate_name, status=400, form=form,
+            error="A tenant budget gate has no amount to edit: raise the tenant's budget "
+            "(keel budget set), then resume the batch; or stop it.",
         )  # fmt: skip
     if action == "edit" and kind_of(row) == GateKind.TOOL:
         # The editor holds the arguments as JSON; the gate's text is the call, as its draft.

@@ -20,13 +20,15 @@ from temporalio.worker import Worker
 from activities.approvals import add_reviewer
 from activities.batch.files import BatchFileLimits, parse_lines
 from activities.batch.provider_batches import PROVIDER_BATCH_RUN
+from activities.llm.budgets import budget_states
 from activities.llm.pricing import price_usd
+from contracts.approvals import ApproveDecision
 from contracts.batch import BatchOptions, BatchResult, ControlRequest
 from contracts.llm import Usage, provider_for_model
 from contracts.provider_batch import ProviderBatchSettings
 from infra.database import session_factory
 from infra.settings import KeelSettings
-from infra.tables import LlmCall, ProviderBatchChunk
+from infra.tables import Budget, LlmCall, ProviderBatchChunk
 from llmsim import SimServer
 from services.batches import (
     BatchControl,
@@ -281,6 +283,56 @@ async def test_a_chunk_whose_worst_case_does_not_fit_waits_at_the_budget_gate_un
     assert (result.status, result.ok) == ("completed", 4)
     assert len(sim.batch_submissions()) == 1
     assert result.spent_usd <= Decimal(report.pending_gate_draft)
+
+
+async def test_a_spent_tenant_budget_holds_the_provider_batch_at_a_tenant_gate(
+    client: Client, keel_settings: KeelSettings, batch_worker: Worker, sim: SimServer
+) -> None:
+    """As a live batch does: the tenant's budget (keel budget set) limits what is sent to the
+    provider, and what the provider batch cost is the tenant's spend."""
+    async with session_factory().begin() as session:
+        await add_reviewer(session, "alice", "batch-owner", added_by="test")
+    tenant = f"acme-{uuid.uuid4().hex[:6]}"
+    await set_day_budget(tenant, Decimal("0.000001"))
+    batch_id, handle = await start_provider_batch(
+        client, keel_settings, prompt_lines(4), tenant=tenant
+    )
+
+    async def at_gate() -> bool:
+        return (await report_of(session_factory(), batch_id)).pending_gate == "tenant-budget-1"
+
+    await wait_until(at_gate, "the tenant budget gate")
+    report = await report_of(session_factory(), batch_id)
+    assert report.status == "paused"
+    assert f"keel budget set {tenant}" in (report.status_reason or "")
+    assert sim.batch_submissions() == []  # nothing was sent
+    assert await chunk_statuses(batch_id) == ["planned"]
+    await set_day_budget(tenant, Decimal("1"))
+    await handle.execute_update(
+        "approve", ApproveDecision(reviewer="alice", gate="tenant-budget-1")
+    )
+    result = await handle.result()
+
+    assert (result.status, result.ok) == ("completed", 4)
+    assert await chunk_statuses(batch_id) == ["ended"]
+    async with session_factory()() as session:
+        (budget,) = await budget_states(session, tenant, keel_settings)
+    assert budget.spent_usd == result.spent_usd > 0 and budget.reserved_usd == 0
+
+
+async def set_day_budget(tenant: str, usd: Decimal) -> None:
+    async with session_factory().begin() as session:
+        await session.merge(Budget(tenant=tenant, period="day", limit_usd=usd))
+
+
+async def chunk_statuses(batch_id: str) -> list[str]:
+    async with session_factory()() as session:
+        rows = await session.execute(
+            select(ProviderBatchChunk.status)
+            .where(ProviderBatchChunk.batch_id == batch_id)
+            .order_by(ProviderBatchChunk.round, ProviderBatchChunk.seq)
+        )
+        return list(rows.scalars())
 
 
 async def test_cancel_cancels_the_provider_batch_and_skips_what_it_did_not_answer(

@@ -34,7 +34,7 @@ from contracts.tools import ToolAgentInput
 from infra.database import session_factory
 from infra.settings import KeelSettings, get_settings
 from llmsim import SimServer
-from services.batches import submit_batch, submit_provider_batch
+from services.batches import report_of, submit_batch, submit_provider_batch
 from services.budgets import change_budget
 from services.chat_client import TurnRequest, run_turn
 from workflows.approval_gate import APPROVE, EDIT, STATUS_QUERY
@@ -195,6 +195,48 @@ async def provider_batch_expired_then_live(
     finally:
         sim.configure(batch=before)
     return client.get_workflow_handle(handle.id, run_id=first_run)
+
+
+async def provider_batch_tenant_gate_then_approved(
+    client: Client, settings: KeelSettings, sim: SimServer
+) -> WorkflowHandle:
+    """A provider batch whose tenant's budget is spent: its chunk waits unsent at the
+    tenant-budget-1 gate; the budget is raised and the owner approves; the chunk is submitted,
+    collected, and the batch completes."""
+    async with session_factory().begin() as session:
+        await add_reviewer(session, "replay-owner", "batch-owner", added_by="replay")
+    await change_budget(session_factory(), "replay-provider", "day", Decimal(0), "replay")
+    before = sim.state.config.batch.model_dump()
+    sim.configure(batch={"processing_s": 0.5})
+    lines = [
+        json.dumps({"custom_id": f"t{n}", "prompt": f"Item {n}", "max_tokens": 16})
+        for n in range(4)
+    ]
+    batch_id = f"replay-{uuid.uuid4().hex[:8]}"
+    try:
+        handle = await submit_provider_batch(
+            client,
+            settings,
+            session_factory(),
+            list(parse_lines(lines, BatchFileLimits.from_settings(settings))),
+            batch_id=batch_id,
+            options=BatchOptions(tenant="replay-provider", model="gpt-4o-mini"),
+            source_name="replay.jsonl",
+            provider_settings=ProviderBatchSettings(poll_initial_seconds=0.3, poll_max_seconds=0.6),
+        )
+        for _ in range(240):  # the gate opens once the chunk is refused
+            report = await report_of(session_factory(), batch_id)
+            if report.pending_gate == "tenant-budget-1":
+                break
+            await asyncio.sleep(0.25)
+        await change_budget(session_factory(), "replay-provider", "day", Decimal(1), "replay")
+        await handle.execute_update(
+            APPROVE, ApproveDecision(reviewer="replay-owner", gate="tenant-budget-1")
+        )
+        await handle.result()
+    finally:
+        sim.configure(batch=before)
+    return handle
 
 
 @contextmanager
@@ -439,6 +481,7 @@ SCENARIOS: dict[str, Scenario] = {
     "job_ask": job_ask,
     "batch_pages_continued_as_new": batch_pages_continued_as_new,
     "provider_batch_expired_then_live": provider_batch_expired_then_live,
+    "provider_batch_tenant_gate_then_approved": provider_batch_tenant_gate_then_approved,
     "ask_refused_by_budget": ask_refused_by_budget,
     "ask_downgraded_by_budget": ask_downgraded_by_budget,
     "ask_paused_by_budget": ask_paused_by_budget,

@@ -29,6 +29,7 @@ from workflows.batch_v1 import BatchWorkflow
 from workflows.chat_session import ChatSessionWorkflow
 from workflows.document_review import DocumentReviewWorkflow
 from workflows.jobs import JobWorkflow
+from workflows.provider_batch import ProviderBatchWorkflow
 
 KEEL_WORKFLOWS = [
     AskWorkflow,
@@ -37,6 +38,7 @@ KEEL_WORKFLOWS = [
     ChatSessionWorkflow,
     DocumentReviewWorkflow,
     JobWorkflow,
+    ProviderBatchWorkflow,
 ]
 
 

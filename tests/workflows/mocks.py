@@ -753,15 +753,26 @@ class ToolMocks:
 
 class ProviderBatchMocks:
     """Provider batch mode's activities over the batch mocks' in-memory items: one chunk takes
-    every pending item, the provider has it once submitted, it ends at the first poll and its
-    collection answers every item (``fail_custom_ids`` go back to pending, as lines a provider
-    failed do)."""
+    every pending item, the provider has it once submitted, it ends at poll ``polls_to_end`` (or
+    the first poll after a cancel) and its collection answers every item (``fail_custom_ids`` go
+    back to pending, as lines a provider failed do; ``invalid_custom_ids`` fail). A chunk cancelled
+    before it was submitted is withdrawn: its items go back to pending."""
 
     def __init__(self, calls: CallLog, batch: BatchMocks) -> None:
         self._calls = calls
         self._batch = batch
         self._chunks: dict[str, list[FakeItem]] = {}
         self.fail_custom_ids: set[str] = set()
+        # Lines the provider refuses as invalid: failed for good (not pending again).
+        self.invalid_custom_ids: set[str] = set()
+        # Each item's worst case at batch prices (None: unpriced, the budget lets it through).
+        self.worst_case_per_item: Decimal | None = None
+        # Refusals the tenant's budget answers the next submissions with, in order.
+        self.tenant_refusals: list[str] = []
+        self.polls_to_end = 1
+        self._submitted: set[str] = set()
+        self._cancelled: set[str] = set()
+        self._polls: dict[str, int] = {}
 
     def activities(self) -> list[Callable[..., Any]]:
         return [
@@ -790,6 +801,7 @@ class ProviderBatchMocks:
         if not pending:
             return PlanChunksResult(chunks=[])
         chunk_id = f"{params.batch_id}-r{params.round}"
+        worst = self.worst_case_per_item
         self._chunks[chunk_id] = pending
         for item in pending:
             item.status = "running"
@@ -798,33 +810,41 @@ class ProviderBatchMocks:
             provider="openai",
             model="gpt-4o-mini",
             items=len(pending),
-            worst_case_usd=None,
+            worst_case_usd=None if worst is None else worst * len(pending),
         )
         return PlanChunksResult(chunks=[ref])
 
     @activity.defn(name="submit_provider_chunk")
     async def submit_provider_chunk(self, params: ChunkInput) -> ChunkState:
         self._calls.add("submit_provider_chunk", params)
+        if self.tenant_refusals:
+            refused = self._state(params.chunk_id, ChunkStatus.PLANNED)
+            return refused.model_copy(update={"budget_refusal": self.tenant_refusals.pop(0)})
+        self._submitted.add(params.chunk_id)
         return self._state(params.chunk_id, ChunkStatus.SUBMITTED)
 
     @activity.defn(name="poll_provider_chunk")
     async def poll_provider_chunk(self, params: ChunkInput) -> ChunkState:
         self._calls.add("poll_provider_chunk", params)
-        return self._state(params.chunk_id, ChunkStatus.SUBMITTED, ended=True)
+        polls = self._polls[params.chunk_id] = self._polls.get(params.chunk_id, 0) + 1
+        ended = polls >= self.polls_to_end or params.chunk_id in self._cancelled
+        return self._state(params.chunk_id, ChunkStatus.SUBMITTED, ended=ended)
 
     @activity.defn(name="collect_provider_chunk")
     async def collect_provider_chunk(self, params: ChunkInput) -> CollectResult:
         self._calls.add("collect_provider_chunk", params)
-        succeeded = returned = 0
+        succeeded = failed = returned = 0
         for item in self._chunks[params.chunk_id]:
             if item.custom_id in self.fail_custom_ids:
                 item.status, returned = "pending", returned + 1
+            elif item.custom_id in self.invalid_custom_ids:
+                item.status, failed = "failed", failed + 1
             else:
-                item.status, succeeded = "done", succeeded + 1
+                item.status, succeeded = "ok", succeeded + 1
         return CollectResult(
             chunk_id=params.chunk_id,
             succeeded=succeeded,
-            failed=0,
+            failed=failed,
             returned=returned,
             cost_usd=Decimal(0),
         )
@@ -832,6 +852,9 @@ class ProviderBatchMocks:
     @activity.defn(name="cancel_provider_chunk")
     async def cancel_provider_chunk(self, params: ChunkInput) -> ChunkState:
         self._calls.add("cancel_provider_chunk", params)
+        if params.chunk_id in self._submitted:  # cancelled at the provider: collected later
+            self._cancelled.add(params.chunk_id)
+            return self._state(params.chunk_id, ChunkStatus.SUBMITTED)
         for item in self._chunks[params.chunk_id]:
             if item.status == "running":
                 item.status = "pending"
