@@ -18,16 +18,16 @@ from starlette.background import BackgroundTask
 
 from api.anthropic_schemas import STOP_REASONS, MessagesRequest, message_body, tool_use_block
 from api.auth import client_caller
-from api.chat import SSE_EVENT_SCHEMA, build_turn_request, check_request_text, split_turn
-from api.errors import ApiError, from_temporal
+from api.chat import SSE_EVENT_SCHEMA
+from api.errors import from_temporal
 from api.load_shedding import InFlight
 from api.sse import KEEP_ALIVE, SSE_HEADERS, follow_turn, sse
 from api.state import IDEMPOTENCY_HEADER, SESSION_HEADER, KeelApi, keel_api, request_priority
+from api.turns import AskedTurn, checked_turn
 from contracts.llm import RequestPriority, ToolCall
 from infra.token_streams import StreamEvent, StreamEventType
 from services.api_tokens import VerifiedToken
 from services.chat_client import run_turn, start_turn
-from services.session_reports import session_tenant
 
 router = APIRouter(tags=["messages"])
 
@@ -167,26 +167,17 @@ async def _answer(
     in_flight: InFlight,
 ) -> JSONResponse | StreamingResponse:
     body.refuse_unsupported()
-    messages = body.chat_messages()
-    check_request_text(body.model, messages, api.settings)
-    turn = build_turn_request(
-        body.model,
-        split_turn(messages),
-        body.parameters(),
-        request,
-        api.settings,
-        caller.tenant,
-        priority,
+    asked = AskedTurn(
+        model=body.model,
+        messages=body.chat_messages(),
+        parameters=body.parameters(),
         session_id=request.headers.get(SESSION_HEADER),
         max_tokens=body.max_tokens,
         temperature=body.temperature,
         stream=body.stream,
         system=body.system_texts(),
     )
-    if not turn.single_turn:
-        owner = await session_tenant(turn.session_id)
-        if owner is not None and owner != caller.tenant:
-            raise ApiError(404, f"no session {turn.session_id}", code="session_not_found")
+    turn = await checked_turn(asked, request, api.settings, caller.tenant, priority)
     headers = {SESSION_HEADER: turn.session_id, IDEMPOTENCY_HEADER: turn.turn_id}
     message_id = f"msg_{turn.turn_id}"
     if not body.stream:

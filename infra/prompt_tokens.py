@@ -34,6 +34,16 @@ def tool_texts(parameters: LlmParameters) -> list[str]:
     return [json.dumps([tool.model_dump(exclude_none=True) for tool in parameters.tools])]
 
 
+def prompt_texts(
+    messages: Iterable[ChatMessage], parameters: LlmParameters, system: Iterable[str] = ()
+) -> list[str]:
+    """Every text of a request a provider reads as its prompt, one entry a message: the system
+    prompt(s), each message's text with its tool calls (a tool result is a ``tool`` message),
+    then the tool definitions (one entry for all). What keel's prompt limits are checked on, at
+    the API's door and again before a provider call."""
+    return [*system, *(m.counted_text() for m in messages), *tool_texts(parameters)]
+
+
 def tool_tokens(parameters: LlmParameters) -> int:
     return sum(count_tokens(text) for text in tool_texts(parameters))
 
