@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError
-from api.openai_schemas import refuse
+from api.openai_schemas import refuse, refuse_extra_fields
 from contracts.llm import (
     MAX_OUTPUT_TOKENS,
     ChatMessage,
@@ -26,6 +26,8 @@ from contracts.llm import (
 from infra.input_limits import MAX_MODEL_NAME_LENGTH
 
 HARMLESS_FIELDS = frozenset({"metadata"})
+# A billing hint to Anthropic's prompt cache, on blocks and tools: the answer is the same.
+CACHE_CONTROL = frozenset({"cache_control"})
 NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "top_k": (None,),
     "thinking": (None, {"type": "disabled"}),
@@ -67,9 +69,7 @@ class ContentBlock(BaseModel):
     is_error: bool | None = None
 
     def check_fields(self, where: str) -> None:
-        for name, value in (self.model_extra or {}).items():
-            if name != "cache_control" and value is not None:
-                raise refuse(f"{where}.{name} is not supported by keel", f"{where}.{name}")
+        refuse_extra_fields(self, where, CACHE_CONTROL)
 
 
 class AnthropicMessage(BaseModel):
@@ -144,6 +144,8 @@ class AnthropicTool(BaseModel):
 
 
 class AnthropicToolChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = None
     disable_parallel_tool_use: bool | None = None
@@ -153,10 +155,13 @@ class OutputFormat(BaseModel):
     type: Literal["json_schema"]
     schema_: dict[str, Any] = Field(alias="schema")
 
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
 
 
 class OutputConfig(BaseModel):
+    # `effort` and any other field keel cannot honour are refused by name.
+    model_config = ConfigDict(extra="allow")
+
     format: OutputFormat | None = None
 
 
@@ -192,10 +197,21 @@ class MessagesRequest(BaseModel):
                 continue
             raise refuse(f"parameter {name!r} is not supported by keel", name)
         for position, tool in enumerate(self.tools or []):
-            for name, value in (tool.model_extra or {}).items():
-                if name != "cache_control" and value is not None:
-                    where = f"tools.{position}.{name}"
-                    raise refuse(f"{where} is not supported by keel", where)
+            refuse_extra_fields(tool, f"tools.{position}", CACHE_CONTROL)
+        if isinstance(self.system, list):
+            for position, block in enumerate(self.system):
+                refuse_extra_fields(block, f"system.{position}", CACHE_CONTROL)
+        if self.output_config is not None:
+            refuse_extra_fields(self.output_config, "output_config")
+            refuse_extra_fields(self.output_config.format, "output_config.format")
+        if self.tool_choice is not None:
+            refuse_extra_fields(self.tool_choice, "tool_choice")
+            if self.tool_choice.type in ("any", "tool") and not self.tools:
+                raise ApiError(
+                    400,
+                    f"tool_choice {self.tool_choice.type!r} needs tools, and the request has none",
+                    param="tool_choice",
+                )
 
     def system_texts(self) -> list[str]:
         if isinstance(self.system, list):

@@ -46,6 +46,16 @@ def refuse(message: str, param: str) -> ApiError:
     return ApiError(400, message, param=param, code="unsupported_parameter")
 
 
+def refuse_extra_fields(
+    model: BaseModel | None, where: str, harmless: frozenset[str] = frozenset()
+) -> None:
+    """400 naming the first field of ``model`` (a model that allows extra fields) keel does not
+    know, unless it is null or ``harmless``: a field keel does not know would be dropped."""
+    for name, value in ((model.model_extra or {}) if model is not None else {}).items():
+        if name not in harmless and value is not None:
+            raise refuse(f"{where}.{name} is not supported by keel", f"{where}.{name}")
+
+
 class ImageUrl(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -142,6 +152,8 @@ class StreamOptions(BaseModel):
 
 
 class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow")  # refused by name (refuse_unsupported)
+
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
@@ -149,6 +161,8 @@ class FunctionDefinition(BaseModel):
 
 
 class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
     type: Literal["function"]
     function: FunctionDefinition
 
@@ -168,10 +182,12 @@ class JsonSchemaFormat(BaseModel):
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
 
 
 class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -210,6 +226,12 @@ class ChatCompletionRequest(BaseModel):
             if name in NEUTRAL_VALUES and value in NEUTRAL_VALUES[name]:
                 continue
             raise refuse(f"parameter {name!r} is not supported by keel", name)
+        for position, tool in enumerate(self.tools or []):
+            refuse_extra_fields(tool, f"tools[{position}]")
+            refuse_extra_fields(tool.function, f"tools[{position}].function")
+        if self.response_format is not None:
+            refuse_extra_fields(self.response_format, "response_format")
+            refuse_extra_fields(self.response_format.json_schema, "response_format.json_schema")
 
     def parameters(self) -> LlmParameters:
         """Everything of the request that shapes the answer, except the length and the

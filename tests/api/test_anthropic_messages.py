@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import anthropic
 import pytest
-from anthropic.types import MessageParam, ToolParam
+from anthropic.types import MessageParam, ToolChoiceParam, ToolParam
 
 from contracts.sessions import session_workflow_id
 from llmsim import SimServer
@@ -147,3 +147,57 @@ async def test_a_field_keel_cannot_honour_is_refused_by_name(
             thinking={"type": "enabled", "budget_tokens": 1024},
         )
     assert "thinking" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"output_config": {"effort": "low"}}, "output_config.effort"),
+        (
+            {"output_config": {"format": {"type": "json_schema", "schema": {}, "name": "x"}}},
+            "output_config.format.name",
+        ),
+        (
+            {"system": [{"type": "text", "text": "Be brief.", "citations": []}]},
+            "system.0.citations",
+        ),
+        ({"tool_choice": {"type": "any"}}, "tool_choice"),
+        ({"tool_choice": {"type": "tool", "name": "get_weather"}}, "tool_choice"),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "auto", "reason": "x"}},
+            "tool_choice.reason",
+        ),
+    ],
+)
+async def test_a_nested_field_keel_cannot_honour_is_refused_by_name(
+    extra: dict[str, object], param: str, claude: anthropic.AsyncAnthropic, simulator: SimServer
+) -> None:
+    """Inside the objects keel knows (output_config, system blocks, tool_choice) too: a field keel
+    would drop, or a tool_choice that asks for a tool when there are none, is a 400."""
+    requests_before = simulator.stats()["totals"]["requests"]
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await claude.messages.create(
+            model=MODEL,
+            max_tokens=200,
+            messages=[{"role": "user", "content": "Hi"}],
+            extra_body=extra,
+        )
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["error"]["param"] == param
+    assert param in refused.value.body["error"]["message"]
+    assert simulator.stats()["totals"]["requests"] == requests_before
+
+
+async def test_tool_choice_auto_or_none_without_tools_answers_in_text(
+    claude: anthropic.AsyncAnthropic, simulator: SimServer
+) -> None:
+    """Without tools, "auto" and "none" ask for what the model does anyway: answered."""
+    choices: list[ToolChoiceParam] = [{"type": "auto"}, {"type": "none"}]
+    for choice in choices:
+        message = await claude.messages.create(
+            model=MODEL,
+            max_tokens=200,
+            messages=[{"role": "user", "content": "Name a river."}],
+            tool_choice=choice,
+        )
+        assert message.stop_reason == "end_turn" and message.content[0].type == "text"

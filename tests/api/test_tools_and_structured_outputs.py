@@ -213,6 +213,19 @@ async def test_json_object_mode_answers_a_json_object(
         ({"logprobs": True}, "logprobs"),
         ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
         ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
+        # Fields keel's models do not know, inside known objects: refused, never dropped.
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}, "cache": True}]},
+            "tools[0].cache",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "examples": ["x"]}}]},
+            "tools[0].function.examples",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "v": 2}}},
+            "response_format.json_schema.v",
+        ),
     ],
 )
 async def test_a_parameter_keel_cannot_honour_is_refused_by_name(
