@@ -285,6 +285,7 @@ class ChatCompletionRequest(BaseModel):
             fields["json_schema"] = fmt.json_schema.schema_ or {}
             fields["json_schema_name"] = fmt.json_schema.name
             fields["json_schema_strict"] = fmt.json_schema.strict
+            fields["json_schema_description"] = fmt.json_schema.description
         return LlmParameters.model_validate(fields)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from pydantic import ValidationError
 
-from activities.llm.capabilities import missing_capabilities
+from activities.llm.capabilities import missing_capabilities, provider_refusals
 from activities.sessions import chain_models
 from api.errors import ApiError
 from api.openai_schemas import refuse
@@ -148,22 +148,30 @@ def check_capabilities(
     parameters: LlmParameters,
     settings: KeelSettings,
 ) -> None:
-    """400 naming the parameter when no model of the chain can honour the request; a chain
-    with some models that can is served by those (the others are skipped, audited)."""
+    """400 naming the parameter when no model of the chain can honour the request (it lacks a
+    capability, or its provider's API cannot carry a value); a chain with some models that can
+    is served by those (the others are skipped, audited)."""
     needs = required_capabilities(messages, parameters)
     chain = chain_models(route, models, settings)
-    if not needs or not chain:
+    if not chain:
         return
-    missing = {model: missing_capabilities(model, needs, settings) for model in chain}
-    if any(not lacks for lacks in missing.values()):
-        return
-    model, lacks = chain[0], missing[chain[0]]
+    problems: dict[str, tuple[list[str], list[str]]] = {}
+    for model in chain:
+        lacks = missing_capabilities(model, needs, settings)
+        refusals = provider_refusals(model, messages, parameters)
+        if not lacks and not refusals:
+            return
+        fields = [CAPABILITY_PARAMETERS[c] for c in lacks] + [field for field, _ in refusals]
+        reasons = [f"{model} does not support {', '.join(lacks)}"] if lacks else []
+        reasons += [why for _, why in refusals]
+        problems[model] = (fields, reasons)
+    model = chain[0]
+    fields, reasons = problems[model]
     where = f"route {route or settings.default_route}" if not models else f"model {model}"
     raise refuse(
-        f"{where} cannot honour {', '.join(CAPABILITY_PARAMETERS[c] for c in lacks)}: "
-        f"{model} does not support {', '.join(lacks)}"
+        f"{where} cannot honour {', '.join(fields)}: {'; '.join(reasons)}"
         + (", nor does any model of its fallback chain" if len(chain) > 1 else ""),
-        CAPABILITY_PARAMETERS[lacks[0]],
+        fields[0],
     )
 
 

@@ -179,6 +179,8 @@ class LlmParameters(BaseModel):
     json_schema_name: str = "answer"
     # Fields below were added after histories were recorded (see _NEW_PARAMETER_FIELDS).
     json_schema_strict: bool | None = None
+    # What the answer's format is for (OpenAI's json_schema.description), told to the model.
+    json_schema_description: str | None = None
     # OpenAI's json_object response format: any JSON object.
     json_object: bool = False
     tools: list[ToolSpec] = Field(default_factory=list)
@@ -207,6 +209,7 @@ def _without_defaults(dumped: dict[str, Any], added: dict[str, Any]) -> dict[str
 _NEW_MESSAGE_FIELDS: dict[str, Any] = {"images": [], "tool_calls": [], "tool_call_id": None}
 _NEW_PARAMETER_FIELDS: dict[str, Any] = {
     "json_schema_strict": None,
+    "json_schema_description": None,
     "json_object": False,
     "tools": [],
     "tool_choice": None,

@@ -11,7 +11,7 @@ KEEL_MODEL_CAPABILITIES states a model's capabilities exactly.
 
 from __future__ import annotations
 
-from contracts.llm import Capability, provider_for_model
+from contracts.llm import Capability, ChatMessage, LlmParameters, LlmRequest, provider_for_model
 from infra.settings import KeelSettings
 
 EVERYTHING = frozenset(Capability)
@@ -44,7 +44,31 @@ def missing_capabilities(model: str, needs: set[str], settings: KeelSettings) ->
     return sorted(needs - model_capabilities(model, settings))
 
 
-def unsupported_reason(model: str, needs: set[str], settings: KeelSettings) -> str | None:
-    """Why ``model`` cannot answer a request with these needs, or None."""
-    missing = missing_capabilities(model, needs, settings)
-    return f"{model} does not support {', '.join(missing)}" if missing else None
+def provider_refusals(
+    model: str, messages: list[ChatMessage], parameters: LlmParameters
+) -> list[tuple[str, str]]:
+    """What of a request ``model``'s provider API cannot carry, as (the request field, why):
+    sent anyway, it would be dropped or changed, so the model is not asked."""
+    provider, _ = provider_for_model(model)
+    if provider != "anthropic":
+        return []
+    refusals: list[tuple[str, str]] = []
+    if parameters.json_schema is not None and parameters.json_schema_description is not None:
+        refusals.append(
+            (
+                "response_format.json_schema.description",
+                "Anthropic's structured outputs take a schema without a description",
+            )
+        )
+    return refusals
+
+
+def unsupported_reason(model: str, request: LlmRequest, settings: KeelSettings) -> str | None:
+    """Why ``model`` cannot answer ``request`` as asked, or None."""
+    missing = missing_capabilities(model, request.required_capabilities(), settings)
+    reasons = [f"{model} does not support {', '.join(missing)}"] if missing else []
+    reasons += [
+        f"{model} cannot honour {field}: {why}"
+        for field, why in provider_refusals(model, request.messages, request.parameters)
+    ]
+    return "; ".join(reasons) or None

@@ -348,6 +348,8 @@ def openai_options(parameters: LlmParameters) -> dict[str, Any]:
             "name": parameters.json_schema_name,
             "schema": parameters.json_schema,
         }
+        if parameters.json_schema_description is not None:
+            schema["description"] = parameters.json_schema_description
         if parameters.json_schema_strict is not None:
             schema["strict"] = parameters.json_schema_strict
         options["response_format"] = {"type": "json_schema", "json_schema": schema}
