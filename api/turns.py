@@ -233,7 +233,14 @@ def build_turn_request(
         )
     parameters = asked.parameters
     route, models = _route_or_models(asked.model, settings)
-    check_capabilities(route, models, shape.earlier + shape.turn_messages, parameters, settings)
+    check_capabilities(
+        route,
+        models,
+        shape.earlier + shape.turn_messages,
+        # The call's parameters as the provider gets them: with the turn's temperature.
+        parameters.model_copy(update={"temperature": asked.temperature}),
+        settings,
+    )
     system = asked.system + [m.content for m in shape.earlier if m.role == "system"]
     seed: list[ChatMessage] = [m for m in shape.earlier if m.role != "system"]
     idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Literal
 
 import jsonschema
 import openai
@@ -374,3 +375,50 @@ async def test_a_json_schema_description_reaches_an_openai_model_and_is_refused_
     (skip,) = [e for e in events if e.event_type == "llm.model_skipped"]
     assert skip.payload["model"] == CLAUDE
     assert "json_schema.description" in skip.payload["reason"]
+
+
+PIXEL = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwAD"
+    "hgGAWjR9awAAAABJRU5ErkJggg=="
+)
+
+
+def image_question(detail: Literal["auto", "low", "high"]) -> list[ChatCompletionMessageParam]:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": PIXEL, "detail": detail}},
+            ],
+        }
+    ]
+
+
+async def test_what_an_anthropic_model_cannot_take_is_refused_not_changed(
+    keel_url: str, api_token: IssuedToken, simulator: SimServer
+) -> None:
+    """OpenAI's temperature goes up to 2 and its images carry a detail; Anthropic's temperature
+    stops at 1 and its images have no detail. Sent to a Claude model, such a request is a 400
+    naming the field (it was clamped to 1 and dropped); within Anthropic's range it is answered,
+    and a route whose first model is Claude is answered by the next model."""
+    question: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name a river."}]
+    async with openai_client(keel_url, api_token) as sdk:
+        with pytest.raises(openai.BadRequestError) as too_hot:
+            await sdk.chat.completions.create(model=CLAUDE, messages=question, temperature=1.5)
+        with pytest.raises(openai.BadRequestError) as detailed:
+            await sdk.chat.completions.create(model=CLAUDE, messages=image_question("high"))
+        warm = await sdk.chat.completions.create(model=CLAUDE, messages=question, temperature=1)
+        auto = await sdk.chat.completions.create(model=CLAUDE, messages=image_question("auto"))
+        skipped = await sdk.chat.completions.create(
+            model="claude-first", messages=question, temperature=1.5
+        )
+    assert too_hot.value.param == "temperature"
+    assert "at most 1 (the request asks 1.5)" in too_hot.value.message
+    assert detailed.value.param == "image_url.detail"
+    assert "image detail (the request asks high)" in detailed.value.message
+    assert warm.choices[0].message.content and auto.choices[0].message.content
+    assert warm.model == CLAUDE and auto.model == CLAUDE and skipped.model == MODEL
+    events = await audit_events(session_workflow_id(session_of(skipped)))
+    (skip,) = [e for e in events if e.event_type == "llm.model_skipped"]
+    assert skip.payload["model"] == CLAUDE and "temperature" in skip.payload["reason"]
