@@ -34,7 +34,19 @@ NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "service_tier": (None, "auto", "standard_only"),
 }
 # Anthropic's stop reasons for the finish reasons keel's answers carry.
-STOP_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}
+STOP_REASONS = {
+    "stop": "end_turn",
+    "tool_calls": "tool_use",
+    "length": "max_tokens",
+    "content_filter": "refusal",
+}
+
+
+def stop_reason(finish_reason: str | None, tool_calls: list[ToolCall]) -> str:
+    """The ``stop_reason`` of an answer (streamed or not) that ended for ``finish_reason``."""
+    if tool_calls:
+        return "tool_use"
+    return STOP_REASONS.get(finish_reason or "stop", "end_turn")
 
 
 class ImageSource(BaseModel):
@@ -268,7 +280,7 @@ def message_body(
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": "tool_use" if tool_calls else STOP_REASONS.get(finish_reason or "stop"),
+        "stop_reason": stop_reason(finish_reason, tool_calls),
         "stop_sequence": None,
         "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
     }

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from api.anthropic_schemas import STOP_REASONS, MessagesRequest, message_body, tool_use_block
+from api.anthropic_schemas import MessagesRequest, message_body, stop_reason, tool_use_block
 from api.auth import client_caller
 from api.chat import SSE_EVENT_SCHEMA
 from api.errors import from_temporal
@@ -120,7 +120,7 @@ class AnthropicStreamWriter:
                     {"index": index, "id": call.id, "name": call.name, "arguments": call.arguments}
                 )
         lines += self._close()
-        stop = "tool_use" if calls else STOP_REASONS["stop"]
+        stop = stop_reason(data.get("finish_reason"), calls)
         usage = {
             "input_tokens": int(data.get("input_tokens") or 0),
             "output_tokens": int(data.get("output_tokens") or 0),
