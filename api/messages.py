@@ -23,7 +23,7 @@ from api.errors import from_temporal
 from api.load_shedding import InFlight
 from api.sse import KEEP_ALIVE, SSE_HEADERS, follow_turn, sse
 from api.state import IDEMPOTENCY_HEADER, SESSION_HEADER, KeelApi, keel_api, request_priority
-from api.turns import AskedTurn, checked_turn
+from api.turns import MESSAGES_CAPABILITY_PARAMETERS, AskedTurn, checked_turn
 from contracts.llm import RequestPriority, ToolCall
 from infra.token_streams import StreamEvent, StreamEventType
 from services.api_tokens import VerifiedToken
@@ -176,6 +176,7 @@ async def _answer(
         temperature=body.temperature,
         stream=body.stream,
         system=body.system_texts(),
+        capability_parameters=MESSAGES_CAPABILITY_PARAMETERS,
     )
     turn = await checked_turn(asked, request, api.settings, caller.tenant, priority)
     headers = {SESSION_HEADER: turn.session_id, IDEMPOTENCY_HEADER: turn.turn_id}

@@ -41,6 +41,19 @@ from services.chat_client import TurnRequest, new_session_id
 from services.session_reports import session_tenant
 
 DEFAULT_MODEL_NAMES = frozenset({"keel", "default"})
+# The request field that asks for each capability, named in a refusal: in Chat Completions...
+CHAT_CAPABILITY_PARAMETERS: dict[str, str] = {
+    Capability.TOOLS: "tools",
+    Capability.JSON_SCHEMA: "response_format",
+    Capability.IMAGES: "messages",
+    Capability.SEED: "seed",
+}
+# ...and in Messages (which has no seed).
+MESSAGES_CAPABILITY_PARAMETERS: dict[str, str] = {
+    Capability.TOOLS: "tools",
+    Capability.JSON_SCHEMA: "output_config.format",
+    Capability.IMAGES: "messages",
+}
 
 
 @dataclass
@@ -57,6 +70,10 @@ class AskedTurn:
     # A system prompt given beside the messages (Anthropic's ``system``); Chat Completions
     # carries its system prompt as messages.
     system: list[str] = field(default_factory=list)
+    # The request field that asks for each capability in this wire format, named in a refusal.
+    capability_parameters: dict[str, str] = field(
+        default_factory=lambda: CHAT_CAPABILITY_PARAMETERS
+    )
 
 
 async def checked_turn(
@@ -132,21 +149,13 @@ def check_request_text(asked: AskedTurn, settings: KeelSettings) -> None:
         raise ApiError(400, str(error), param="messages", code="invalid_text") from None
 
 
-# The request field that asks for each capability, named in a refusal.
-CAPABILITY_PARAMETERS: dict[str, str] = {
-    Capability.TOOLS: "tools",
-    Capability.JSON_SCHEMA: "response_format",
-    Capability.IMAGES: "messages",
-    Capability.SEED: "seed",
-}
-
-
 def check_capabilities(
     route: str | None,
     models: list[str] | None,
     messages: list[ChatMessage],
     parameters: LlmParameters,
     settings: KeelSettings,
+    capability_parameters: dict[str, str] = CHAT_CAPABILITY_PARAMETERS,
 ) -> None:
     """400 naming the parameter when no model of the chain can honour the request (it lacks a
     capability, or its provider's API cannot carry a value); a chain with some models that can
@@ -161,7 +170,8 @@ def check_capabilities(
         refusals = provider_refusals(model, messages, parameters)
         if not lacks and not refusals:
             return
-        fields = [CAPABILITY_PARAMETERS[c] for c in lacks] + [field for field, _ in refusals]
+        fields = [capability_parameters.get(c, c) for c in lacks]
+        fields += [field for field, _ in refusals]
         reasons = [f"{model} does not support {', '.join(lacks)}"] if lacks else []
         reasons += [why for _, why in refusals]
         problems[model] = (fields, reasons)
@@ -240,6 +250,7 @@ def build_turn_request(
         # The call's parameters as the provider gets them: with the turn's temperature.
         parameters.model_copy(update={"temperature": asked.temperature}),
         settings,
+        asked.capability_parameters,
     )
     system = asked.system + [m.content for m in shape.earlier if m.role == "system"]
     seed: list[ChatMessage] = [m for m in shape.earlier if m.role != "system"]

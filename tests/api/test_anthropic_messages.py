@@ -12,8 +12,10 @@ import pytest
 from anthropic.types import MessageParam, ToolChoiceParam, ToolParam
 
 from contracts.sessions import session_workflow_id
+from infra.settings import KeelSettings
 from llmsim import SimServer
 from services.api_tokens import IssuedToken
+from tests.conftest import reconfigure
 from tests.helpers import ledger_rows
 from tests.sessions.conftest import stored_messages
 
@@ -29,6 +31,12 @@ TOOLS: list[ToolParam] = [
         },
     }
 ]
+
+
+@pytest.fixture
+def keel_settings(keel_settings: KeelSettings, monkeypatch: pytest.MonkeyPatch) -> KeelSettings:
+    """A model that supports nothing (no tools, no JSON schema)."""
+    return reconfigure(monkeypatch, KEEL_MODEL_CAPABILITIES=json.dumps({"old-model": []}))
 
 
 @pytest.fixture
@@ -201,3 +209,24 @@ async def test_tool_choice_auto_or_none_without_tools_answers_in_text(
             tool_choice=choice,
         )
         assert message.stop_reason == "end_turn" and message.content[0].type == "text"
+
+
+async def test_a_capability_refusal_names_the_messages_field_that_asks_for_it(
+    claude: anthropic.AsyncAnthropic, simulator: SimServer
+) -> None:
+    question: list[MessageParam] = [{"role": "user", "content": "Forecast for Oslo."}]
+    with pytest.raises(anthropic.BadRequestError) as structured:
+        await claude.messages.create(
+            model="old-model",
+            max_tokens=200,
+            messages=question,
+            output_config={"format": {"type": "json_schema", "schema": {"type": "object"}}},
+        )
+    with pytest.raises(anthropic.BadRequestError) as tools:
+        await claude.messages.create(
+            model="old-model", max_tokens=200, messages=question, tools=TOOLS
+        )
+    for refused, param in ((structured, "output_config.format"), (tools, "tools")):
+        assert isinstance(refused.value.body, dict)
+        error = refused.value.body["error"]
+        assert error["param"] == param and f"cannot honour {param}" in error["message"]
