@@ -11,12 +11,15 @@ import json
 from collections.abc import Iterable
 
 from contracts.llm import ChatMessage, LlmParameters
-from llmsim.tokens import count_message_tokens, count_tokens
 
-# OpenAI bills a low-detail image 85 tokens and a 1024x1024 high-detail one 765; keel cannot
-# see the size before the provider does, so it counts the high-detail figure.
-LOW_DETAIL_IMAGE_TOKENS = 85
-IMAGE_TOKENS = 765
+# The simulator's image prices, which are OpenAI's: keel cannot see an image's size before the
+# provider does, so an image that is not low-detail counts as a 1024x1024 high-detail one.
+from llmsim.tokens import (
+    IMAGE_TOKENS,
+    LOW_DETAIL_IMAGE_TOKENS,
+    count_message_tokens,
+    count_tokens,
+)
 
 
 def message_tokens(message: ChatMessage) -> int:
