@@ -27,7 +27,7 @@ from infra.settings import KeelSettings
 from infra.tables import OpenAiBatch, OpenAiFile
 from llmsim import SimServer
 from services.api_tokens import IssuedToken
-from services.openai_files import FileRefused, check_batch_file
+from services.openai_files import FileRefused, check_batch_file, checked_batch_lines
 from services.retention import parse_duration, purge_content
 from tests.api.tokens import http_client, openai_client
 from tests.batch.conftest import items_of
@@ -255,6 +255,12 @@ def test_a_file_over_a_limit_is_refused_naming_the_setting() -> None:
     content = requests_file(40)
     limits = BatchFileLimits.from_settings(KeelSettings())
     assert check_batch_file(content, limits) == 40
+    # What a batch runs: the same check, its lines parsed in the same pass.
+    lines = checked_batch_lines(content, limits)
+    assert [line.custom_id for line in lines] == [f"req-{n}" for n in range(40)]
+    assert all(line.request is not None and line.problem is None for line in lines)
+    with pytest.raises(FileRefused):
+        checked_batch_lines(content, replace(limits, items=39))
     with pytest.raises(FileRefused) as too_big:
         check_batch_file(content, replace(limits, file_bytes=len(content) - 1))
     assert too_big.value.status == 413 and "KEEL_MAX_BATCH_FILE_BYTES" in too_big.value.message
