@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError
-from api.openai_schemas import refuse, refuse_extra_fields
+from api.wire_checks import check_tools, refuse, refuse_extra_fields, refuse_unknown_parameters
 from contracts.llm import (
     MAX_OUTPUT_TOKENS,
     ChatMessage,
@@ -21,6 +21,7 @@ from contracts.llm import (
     LlmParameters,
     ToolCall,
     ToolChoice,
+    ToolName,
     ToolSpec,
 )
 from infra.input_limits import MAX_MODEL_NAME_LENGTH
@@ -150,7 +151,7 @@ def _result_text(block: ContentBlock, where: str) -> str:
 class AnthropicTool(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    name: ToolName
     description: str | None = None
     input_schema: dict[str, Any]
 
@@ -202,12 +203,7 @@ class MessagesRequest(BaseModel):
     output_config: OutputConfig | None = None
 
     def refuse_unsupported(self) -> None:
-        for name, value in (self.model_extra or {}).items():
-            if name in HARMLESS_FIELDS:
-                continue
-            if name in NEUTRAL_VALUES and value in NEUTRAL_VALUES[name]:
-                continue
-            raise refuse(f"parameter {name!r} is not supported by keel", name)
+        refuse_unknown_parameters(self.model_extra, HARMLESS_FIELDS, NEUTRAL_VALUES)
         for position, tool in enumerate(self.tools or []):
             refuse_extra_fields(tool, f"tools.{position}", CACHE_CONTROL)
         if isinstance(self.system, list):
@@ -238,19 +234,13 @@ class MessagesRequest(BaseModel):
             ToolSpec(name=t.name, description=t.description, parameters=t.input_schema)
             for t in self.tools or []
         ]
-        names = {tool.name for tool in tools}
         choice, parallel = None, None
         if self.tool_choice is not None and tools:
             mode = {"any": "required"}.get(self.tool_choice.type, self.tool_choice.type)
-            if mode == "tool" and self.tool_choice.name not in names:
-                raise ApiError(
-                    400,
-                    f"tool_choice names {self.tool_choice.name!r}, which is not in tools",
-                    param="tool_choice",
-                )
             choice = ToolChoice.model_validate({"mode": mode, "name": self.tool_choice.name})
             if self.tool_choice.disable_parallel_tool_use:
                 parallel = False
+        check_tools(tools, choice)
         fmt = self.output_config.format if self.output_config else None
         return LlmParameters(
             tools=tools,

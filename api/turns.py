@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from activities.llm.capabilities import missing_capabilities, provider_refusals
 from activities.sessions import chain_models
 from api.errors import ApiError
-from api.openai_schemas import refuse
 from api.state import IDEMPOTENCY_HEADER
+from api.wire_checks import refuse
 from contracts.llm import (
     Capability,
     ChatMessage,

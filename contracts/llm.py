@@ -10,7 +10,7 @@ import json
 from datetime import timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -145,10 +145,14 @@ class ChatMessage(BaseModel):
 MAX_OUTPUT_TOKENS = 200_000
 
 
+# A tool's name, as both providers' APIs take it.
+ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
 class ToolSpec(BaseModel):
     """A function the model may call; ``parameters`` is the JSON schema of its arguments."""
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    name: ToolName
     description: str | None = None
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     strict: bool | None = None

@@ -175,6 +175,8 @@ async def test_a_field_keel_cannot_honour_is_refused_by_name(
             {"tools": TOOLS, "tool_choice": {"type": "auto", "reason": "x"}},
             "tool_choice.reason",
         ),
+        # Checked as Chat Completions checks them (api/wire_checks.py).
+        ({"tools": [*TOOLS, *TOOLS]}, "tools"),
     ],
 )
 async def test_a_nested_field_keel_cannot_honour_is_refused_by_name(
