@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 from api.anthropic_schemas import MessagesRequest, message_body, stop_reason, tool_use_block
 from api.auth import client_caller
 from api.chat import SSE_EVENT_SCHEMA
-from api.errors import from_temporal
+from api.errors import ANTHROPIC_ERROR_RESPONSES, from_temporal
 from api.load_shedding import InFlight
 from api.sse import KEEP_ALIVE, SSE_HEADERS, follow_turn, sse
 from api.state import IDEMPOTENCY_HEADER, SESSION_HEADER, KeelApi, keel_api, request_priority
@@ -139,7 +139,10 @@ class AnthropicStreamWriter:
     "/v1/messages",
     # An Anthropic `message` object; with `stream: true`, Anthropic's SSE events.
     response_model=dict[str, Any],
-    responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}},
+    responses={
+        200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
+        **ANTHROPIC_ERROR_RESPONSES,
+    },
 )
 async def create_message(
     body: MessagesRequest,

@@ -232,3 +232,37 @@ async def test_a_capability_refusal_names_the_messages_field_that_asks_for_it(
         assert isinstance(refused.value.body, dict)
         error = refused.value.body["error"]
         assert error["param"] == param and f"cannot honour {param}" in error["message"]
+
+
+async def test_errors_come_in_anthropics_shape_naming_the_field(
+    claude: anthropic.AsyncAnthropic, keel_url: str, simulator: SimServer
+) -> None:
+    """A refusal, a request that fails validation and a bad token are all answered as Anthropic
+    answers them (``{"type": "error", "error": {"type", "message"}}``), keel's ``param`` kept."""
+    question: list[MessageParam] = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await claude.messages.create(
+            model=MODEL, max_tokens=200, messages=question, extra_body={"top_k": 5}
+        )
+    with pytest.raises(anthropic.BadRequestError) as invalid:
+        await claude.messages.create(model=MODEL, max_tokens=0, messages=question)
+    async with anthropic.AsyncAnthropic(
+        base_url=keel_url, api_key="not-a-keel-token", max_retries=0
+    ) as stranger:
+        with pytest.raises(anthropic.AuthenticationError) as unauthenticated:
+            await stranger.messages.create(model=MODEL, max_tokens=200, messages=question)
+    assert refused.value.body == {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "parameter 'top_k' is not supported by keel",
+            "param": "top_k",
+            "code": "unsupported_parameter",
+        },
+    }
+    assert isinstance(invalid.value.body, dict) and invalid.value.body["type"] == "error"
+    assert invalid.value.body["error"]["type"] == "invalid_request_error"
+    assert invalid.value.body["error"]["param"] == "max_tokens"
+    assert isinstance(unauthenticated.value.body, dict)
+    assert unauthenticated.value.body["type"] == "error"
+    assert unauthenticated.value.body["error"]["type"] == "authentication_error"
