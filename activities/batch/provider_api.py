@@ -111,7 +111,7 @@ def openai_body(model: str, request: ItemRequest) -> dict[str, Any]:
 
 def anthropic_params(model: str, request: ItemRequest) -> dict[str, Any]:
     """The Messages params of a line, as the live path sends them (system apart, a JSON schema
-    asked for in the system prompt, temperature capped at 1)."""
+    asked for in the system prompt)."""
     parameters = request.parameters()
     system = "\n\n".join(m.content for m in request.messages if m.role == "system")
     if parameters.json_schema is not None:
@@ -132,7 +132,9 @@ def anthropic_params(model: str, request: ItemRequest) -> dict[str, Any]:
     if system:
         params["system"] = system
     if parameters.temperature is not None:
-        params["temperature"] = min(parameters.temperature, 1.0)
+        # Never clamped: above Anthropic's 1 the provider refuses the line, and the item fails
+        # saying so, instead of being answered at another temperature than asked.
+        params["temperature"] = parameters.temperature
     return params
 
 
