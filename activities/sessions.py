@@ -217,7 +217,11 @@ def _json_list(items: list[ToolCall] | list[ImagePart]) -> list[Any] | None:
     return [item.model_dump(exclude_none=True) for item in items] or None
 
 
-def _done_event(answer: StoredAnswer, turn_id: str) -> NewStreamEvent:
+def _done_event(
+    answer: StoredAnswer, turn_id: str, finish_reason: str | None = None
+) -> NewStreamEvent:
+    """The stream's last event: the stored answer, and why it ended (None: a retried turn
+    answered from Postgres, which stores no finish reason; it reads as "stop")."""
     return NewStreamEvent(
         type=StreamEventType.DONE,
         data={
@@ -229,6 +233,7 @@ def _done_event(answer: StoredAnswer, turn_id: str) -> NewStreamEvent:
             "output_tokens": answer.output_tokens,
             "cost_usd": str(answer.cost_usd) if answer.cost_usd is not None else None,
             "tool_calls": [call.model_dump() for call in answer.tool_calls],
+            "finish_reason": finish_reason,
         },
     )
 
@@ -408,7 +413,8 @@ class SessionActivities:
             stored = _stored_answer(message)
             # In the same transaction as the message: the stream's final text is the stored text.
             if params.stream_key and not await has_terminal_event(db, params.stream_key):
-                await append_events(db, params.stream_key, [_done_event(stored, params.turn_id)])
+                done = _done_event(stored, params.turn_id, params.finish_reason)
+                await append_events(db, params.stream_key, [done])
         if random.random() < PRUNE_ONE_TURN_IN:  # off the stream's path: after the commit
             async with self._sessions.begin() as db:
                 await prune_streams(db, timedelta(hours=settings.stream_retention_hours))

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError
-from api.openai_schemas import refuse
+from api.wire_checks import check_tools, refuse, refuse_extra_fields, refuse_unknown_parameters
 from contracts.llm import (
     MAX_OUTPUT_TOKENS,
     ChatMessage,
@@ -21,18 +21,33 @@ from contracts.llm import (
     LlmParameters,
     ToolCall,
     ToolChoice,
+    ToolName,
     ToolSpec,
 )
 from infra.input_limits import MAX_MODEL_NAME_LENGTH
 
 HARMLESS_FIELDS = frozenset({"metadata"})
+# A billing hint to Anthropic's prompt cache, on blocks and tools: the answer is the same.
+CACHE_CONTROL = frozenset({"cache_control"})
 NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "top_k": (None,),
     "thinking": (None, {"type": "disabled"}),
     "service_tier": (None, "auto", "standard_only"),
 }
 # Anthropic's stop reasons for the finish reasons keel's answers carry.
-STOP_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}
+STOP_REASONS = {
+    "stop": "end_turn",
+    "tool_calls": "tool_use",
+    "length": "max_tokens",
+    "content_filter": "refusal",
+}
+
+
+def stop_reason(finish_reason: str | None, tool_calls: list[ToolCall]) -> str:
+    """The ``stop_reason`` of an answer (streamed or not) that ended for ``finish_reason``."""
+    if tool_calls:
+        return "tool_use"
+    return STOP_REASONS.get(finish_reason or "stop", "end_turn")
 
 
 class ImageSource(BaseModel):
@@ -67,9 +82,7 @@ class ContentBlock(BaseModel):
     is_error: bool | None = None
 
     def check_fields(self, where: str) -> None:
-        for name, value in (self.model_extra or {}).items():
-            if name != "cache_control" and value is not None:
-                raise refuse(f"{where}.{name} is not supported by keel", f"{where}.{name}")
+        refuse_extra_fields(self, where, CACHE_CONTROL)
 
 
 class AnthropicMessage(BaseModel):
@@ -138,12 +151,14 @@ def _result_text(block: ContentBlock, where: str) -> str:
 class AnthropicTool(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    name: ToolName
     description: str | None = None
     input_schema: dict[str, Any]
 
 
 class AnthropicToolChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = None
     disable_parallel_tool_use: bool | None = None
@@ -153,10 +168,13 @@ class OutputFormat(BaseModel):
     type: Literal["json_schema"]
     schema_: dict[str, Any] = Field(alias="schema")
 
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
 
 
 class OutputConfig(BaseModel):
+    # `effort` and any other field keel cannot honour are refused by name.
+    model_config = ConfigDict(extra="allow")
+
     format: OutputFormat | None = None
 
 
@@ -185,17 +203,23 @@ class MessagesRequest(BaseModel):
     output_config: OutputConfig | None = None
 
     def refuse_unsupported(self) -> None:
-        for name, value in (self.model_extra or {}).items():
-            if name in HARMLESS_FIELDS:
-                continue
-            if name in NEUTRAL_VALUES and value in NEUTRAL_VALUES[name]:
-                continue
-            raise refuse(f"parameter {name!r} is not supported by keel", name)
+        refuse_unknown_parameters(self.model_extra, HARMLESS_FIELDS, NEUTRAL_VALUES)
         for position, tool in enumerate(self.tools or []):
-            for name, value in (tool.model_extra or {}).items():
-                if name != "cache_control" and value is not None:
-                    where = f"tools.{position}.{name}"
-                    raise refuse(f"{where} is not supported by keel", where)
+            refuse_extra_fields(tool, f"tools.{position}", CACHE_CONTROL)
+        if isinstance(self.system, list):
+            for position, block in enumerate(self.system):
+                refuse_extra_fields(block, f"system.{position}", CACHE_CONTROL)
+        if self.output_config is not None:
+            refuse_extra_fields(self.output_config, "output_config")
+            refuse_extra_fields(self.output_config.format, "output_config.format")
+        if self.tool_choice is not None:
+            refuse_extra_fields(self.tool_choice, "tool_choice")
+            if self.tool_choice.type in ("any", "tool") and not self.tools:
+                raise ApiError(
+                    400,
+                    f"tool_choice {self.tool_choice.type!r} needs tools, and the request has none",
+                    param="tool_choice",
+                )
 
     def system_texts(self) -> list[str]:
         if isinstance(self.system, list):
@@ -210,19 +234,13 @@ class MessagesRequest(BaseModel):
             ToolSpec(name=t.name, description=t.description, parameters=t.input_schema)
             for t in self.tools or []
         ]
-        names = {tool.name for tool in tools}
         choice, parallel = None, None
         if self.tool_choice is not None and tools:
             mode = {"any": "required"}.get(self.tool_choice.type, self.tool_choice.type)
-            if mode == "tool" and self.tool_choice.name not in names:
-                raise ApiError(
-                    400,
-                    f"tool_choice names {self.tool_choice.name!r}, which is not in tools",
-                    param="tool_choice",
-                )
             choice = ToolChoice.model_validate({"mode": mode, "name": self.tool_choice.name})
             if self.tool_choice.disable_parallel_tool_use:
                 parallel = False
+        check_tools(tools, choice)
         fmt = self.output_config.format if self.output_config else None
         return LlmParameters(
             tools=tools,
@@ -252,7 +270,7 @@ def message_body(
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": "tool_use" if tool_calls else STOP_REASONS.get(finish_reason or "stop"),
+        "stop_reason": stop_reason(finish_reason, tool_calls),
         "stop_sequence": None,
         "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
     }

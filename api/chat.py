@@ -11,17 +11,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
-from activities.llm.capabilities import missing_capabilities
-from activities.sessions import chain_models
 from api.auth import client_caller
 from api.errors import ApiError, from_temporal
 from api.load_shedding import InFlight
@@ -33,7 +28,6 @@ from api.openai_schemas import (
     KeelExtension,
     ResponseMessage,
     ResponseToolCall,
-    refuse,
 )
 from api.sse import (
     KEEP_ALIVE,
@@ -48,32 +42,16 @@ from api.state import (
     keel_api,
     request_priority,
 )
-from contracts.llm import (
-    Capability,
-    ChatMessage,
-    LlmParameters,
-    RequestPriority,
-    required_capabilities,
-)
-from contracts.sessions import SESSION_ID_PATTERN
-from infra.input_limits import (
-    InputTooLarge,
-    PromptLimits,
-    UnstorableText,
-    check_model_name,
-    check_prompt,
-    check_storable,
-)
+from api.turns import AskedTurn, checked_turn
+from contracts.llm import RequestPriority
 from infra.settings import KeelSettings
 from infra.token_streams import read_events
 from services.api_tokens import VerifiedToken
-from services.chat_client import TurnRequest, new_session_id, run_turn, start_turn
-from services.session_reports import session_tenant
+from services.chat_client import TurnRequest, run_turn, start_turn
 from workflows.chat_session import TurnOutput
 
 router = APIRouter(tags=["chat"])
 
-DEFAULT_MODEL_NAMES = frozenset({"keel", "default"})
 SSE_EVENT_SCHEMA = {
     "type": "object",
     "required": ["data"],
@@ -85,120 +63,7 @@ SSE_EVENT_SCHEMA = {
 }
 
 
-def _route_or_models(model: str, settings: KeelSettings) -> tuple[str | None, list[str] | None]:
-    """``model`` names a keel route (its fallback chain answers), ``keel`` (the default route),
-    or one model."""
-    if model in settings.routes:
-        return model, None
-    if model in DEFAULT_MODEL_NAMES:
-        return None, None
-    return None, [model]
-
-
-def check_request_text(model: str, messages: list[ChatMessage], settings: KeelSettings) -> None:
-    """400 for messages over keel's prompt limits, or text keel cannot store (checked before
-    anything starts, so a refused request leaves nothing behind)."""
-    try:
-        check_model_name(model)
-    except UnstorableText as error:
-        raise ApiError(400, str(error), param="model", code="invalid_model") from None
-    try:
-        for position, message in enumerate(messages):
-            check_storable(message.content, f"messages[{position}].content")
-            for text in (
-                [message.tool_call_id or ""]
-                + [image.url for image in message.images]
-                + [f"{c.id}{c.name}{c.arguments}" for c in message.tool_calls]
-            ):
-                check_storable(text, f"messages[{position}]")
-        check_prompt(
-            [m.content for m in messages],
-            PromptLimits.from_settings(settings),
-            "the prompt (all messages)",
-            text_checked=True,
-        )
-    except InputTooLarge as error:
-        raise ApiError(400, str(error), param="messages", code="prompt_too_large") from None
-    except UnstorableText as error:
-        raise ApiError(400, str(error), param="messages", code="invalid_text") from None
-
-
-# The request field that asks for each capability, named in a refusal.
-CAPABILITY_PARAMETERS: dict[str, str] = {
-    Capability.TOOLS: "tools",
-    Capability.JSON_SCHEMA: "response_format",
-    Capability.IMAGES: "messages",
-    Capability.SEED: "seed",
-}
-
-
-def check_capabilities(
-    route: str | None,
-    models: list[str] | None,
-    messages: list[ChatMessage],
-    parameters: LlmParameters,
-    settings: KeelSettings,
-) -> None:
-    """400 naming the parameter when no model of the chain can honour the request; a chain
-    with some models that can is served by those (the others are skipped, audited)."""
-    needs = required_capabilities(messages, parameters)
-    chain = chain_models(route, models, settings)
-    if not needs or not chain:
-        return
-    missing = {model: missing_capabilities(model, needs, settings) for model in chain}
-    if any(not lacks for lacks in missing.values()):
-        return
-    model, lacks = chain[0], missing[chain[0]]
-    where = f"route {route or settings.default_route}" if not models else f"model {model}"
-    raise refuse(
-        f"{where} cannot honour {', '.join(CAPABILITY_PARAMETERS[c] for c in lacks)}: "
-        f"{model} does not support {', '.join(lacks)}"
-        + (", nor does any model of its fallback chain" if len(chain) > 1 else ""),
-        CAPABILITY_PARAMETERS[lacks[0]],
-    )
-
-
-@dataclass
-class TurnShape:
-    """A request's messages split as a turn takes them: the context it seeds a new session
-    with, and what the turn adds (a question's text, or tool results and images)."""
-
-    earlier: list[ChatMessage]
-    content: str
-    turn_messages: list[ChatMessage]
-
-
-def split_turn(messages: list[ChatMessage]) -> TurnShape:
-    last = messages[-1]
-    if last.role == "tool":
-        start = len(messages)
-        while start > 0 and messages[start - 1].role == "tool":
-            start -= 1
-        results = messages[start:]
-        caller = messages[start - 1] if start > 0 else None
-        if caller is not None:
-            asked = {call.id for call in caller.tool_calls}
-            unknown = [m.tool_call_id for m in results if m.tool_call_id not in asked]
-            if caller.role != "assistant" or unknown:
-                raise ApiError(
-                    400,
-                    "tool messages must answer the tool calls of the assistant message before "
-                    f"them (unknown tool_call_id: {', '.join(map(str, unknown)) or 'none'})",
-                    param="messages",
-                )
-        return TurnShape(messages[:start], "", results)
-    if last.role != "user" or not (last.content.strip() or last.images):
-        raise ApiError(
-            400,
-            "the last message must be a non-empty user message, or tool results",
-            param="messages",
-        )
-    if last.images:
-        return TurnShape(messages[:-1], "", [last])
-    return TurnShape(messages[:-1], last.content, [])
-
-
-def turn_request(
+async def turn_request(
     body: ChatCompletionRequest,
     request: Request,
     settings: KeelSettings,
@@ -206,82 +71,16 @@ def turn_request(
     priority: RequestPriority,
 ) -> TurnRequest:
     body.refuse_unsupported()
-    messages = [m.to_chat_message(i) for i, m in enumerate(body.messages)]
-    check_request_text(body.model, messages, settings)
-    parameters = body.parameters()
-    shape = split_turn(messages)
-    return build_turn_request(
-        body.model,
-        shape,
-        parameters,
-        request,
-        settings,
-        tenant,
-        priority,
+    asked = AskedTurn(
+        model=body.model,
+        messages=[m.to_chat_message(i) for i, m in enumerate(body.messages)],
+        parameters=body.parameters(),
         session_id=request.headers.get(SESSION_HEADER) or body.session_id,
         max_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=body.temperature,
         stream=body.stream,
     )
-
-
-def build_turn_request(
-    model: str,
-    shape: TurnShape,
-    parameters: LlmParameters,
-    request: Request,
-    settings: KeelSettings,
-    tenant: str,
-    priority: RequestPriority,
-    *,
-    session_id: str | None,
-    max_tokens: int | None,
-    temperature: float | None,
-    stream: bool,
-    system: list[str] | None = None,
-) -> TurnRequest:
-    """The turn of a chat session a request becomes (Chat Completions and Messages alike)."""
-    if session_id is not None and not SESSION_ID_PATTERN.match(session_id):
-        raise ApiError(
-            400,
-            "session id: 1-150 characters of letters, digits, '_', '.', ':' or '-'",
-            param="session_id",
-        )
-    route, models = _route_or_models(model, settings)
-    check_capabilities(route, models, shape.earlier + shape.turn_messages, parameters, settings)
-    system = (system or []) + [m.content for m in shape.earlier if m.role == "system"]
-    seed: list[ChatMessage] = [m for m in shape.earlier if m.role != "system"]
-    idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
-    if session_id is None and idempotency_key:
-        # A stateless request retried with its key must land on the same one-turn session.
-        digest = hashlib.sha256(f"{tenant}\n{idempotency_key}".encode()).hexdigest()[:24]
-        session_id_for_turn = f"oneshot-{digest}"
-    else:
-        session_id_for_turn = session_id or new_session_id()
-    fields: dict[str, object] = {
-        "session_id": session_id_for_turn,
-        "content": shape.content,
-        "turn_messages": shape.turn_messages,
-        # A plain text turn carries no parameters: the same turn as before they existed.
-        "parameters": parameters if parameters != LlmParameters() else None,
-        "tenant": tenant,
-        "seed_messages": seed,
-        "system_prompt": "\n\n".join(system) or None,
-        "route": route,
-        "models": models,
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "stream": stream,
-        "priority": priority,
-        "single_turn": session_id is None,
-    }
-    if idempotency_key:
-        fields["turn_id"] = idempotency_key
-    try:
-        return TurnRequest.model_validate(fields)
-    except ValidationError as error:
-        problem = error.errors()[0]
-        raise ApiError(400, f"{problem['loc'][0]}: {problem['msg']}") from None
+    return await checked_turn(asked, request, settings, tenant, priority)
 
 
 def finish_reason(output: TurnOutput) -> str:
@@ -330,13 +129,7 @@ async def _answer(
     priority: RequestPriority,
     in_flight: InFlight,
 ) -> JSONResponse | StreamingResponse:
-    turn = turn_request(body, request, api.settings, caller.tenant, priority)
-    if not turn.single_turn:
-        # Another tenant's session answers as one that does not exist (the session workflow
-        # refuses the turn too; this check keeps it from learning the session exists).
-        owner = await session_tenant(turn.session_id)
-        if owner is not None and owner != caller.tenant:
-            raise ApiError(404, f"no session {turn.session_id}", code="session_not_found")
+    turn = await turn_request(body, request, api.settings, caller.tenant, priority)
     headers = {SESSION_HEADER: turn.session_id, IDEMPOTENCY_HEADER: turn.turn_id}
     completion_id = f"chatcmpl-{turn.turn_id}"
     if not body.stream:

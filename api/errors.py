@@ -2,6 +2,11 @@
 
     {"error": {"message": "...", "type": "invalid_request_error", "param": null, "code": null}}
 
+except on Anthropic's Messages API (``/v1/messages``), whose errors have Anthropic's shape, with
+the field keel refused (``param``) and its ``code`` kept beside the message:
+
+    {"type": "error", "error": {"type": "invalid_request_error", "message": "...", "param": ...}}
+
 No request ever gets a stack trace: unexpected errors are logged with a request id and answered
 with a 500 that names the id.
 """
@@ -9,7 +14,7 @@ with a 500 that names the id.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from fastapi import FastAPI, Request
@@ -42,6 +47,27 @@ _TYPE_BY_STATUS = {
 }
 
 
+# Anthropic's error types; any other status is an invalid request (4xx) or an api_error (5xx).
+_ANTHROPIC_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "rate_limit_error",
+        "api_error",
+        "overloaded_error",
+        "timeout_error",
+    }
+)
+ANTHROPIC_PATH = "/v1/messages"
+
+
+def speaks_anthropic(path: str) -> bool:
+    """Whether a request to ``path`` is answered in Anthropic's error shape."""
+    return path == ANTHROPIC_PATH or path.startswith(f"{ANTHROPIC_PATH}/")
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -54,6 +80,26 @@ class ErrorResponse(BaseModel):
 
     error: ErrorDetail
 
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+    param: str | None = None
+    code: str | None = None
+
+
+class AnthropicErrorResponse(BaseModel):
+    """Anthropic's error object: what the Messages API (``/v1/messages``) answers."""
+
+    type: Literal["error"] = "error"
+    error: AnthropicErrorDetail
+
+
+# The Messages API's own declaration, in Anthropic's shape.
+ANTHROPIC_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": AnthropicErrorResponse, "description": "Refused (Anthropic's shape)."},
+    "5XX": {"model": AnthropicErrorResponse, "description": "Failed (Anthropic's shape)."},
+}
 
 # Declared on every operation of the OpenAPI schema: what the API really answers when it
 # refuses a request (never FastAPI's default 422 body, which keel replaces with a 400).
@@ -96,8 +142,21 @@ class ApiError(Exception):
             }
         }
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def anthropic_body(self) -> dict[str, Any]:
+        """The error in Anthropic's shape (``param`` and ``code`` kept: they name the field)."""
+        if self.status == 413:
+            kind = "request_too_large"
+        elif self.error_type in _ANTHROPIC_TYPES:
+            kind = self.error_type
+        else:
+            kind = "api_error" if self.status >= 500 else "invalid_request_error"
+        error = {"type": kind, "message": self.message, "param": self.param, "code": self.code}
+        return {"type": "error", "error": error}
+
+    def response(self, path: str = "") -> JSONResponse:
+        """The response for a request to ``path``: in the shape of the API it called."""
+        body = self.anthropic_body() if speaks_anthropic(path) else self.body()
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 # A turn that failed in the workflow, by the ApplicationError type it failed with.
@@ -184,18 +243,20 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None]
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, error: ApiError) -> JSONResponse:
-        return error.response()
+    async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+        return error.response(request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(error)
-        return ApiError(400, message, param=param, code="invalid_request").response()
+        refusal = ApiError(400, message, param=param, code="invalid_request")
+        return refusal.response(request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         message = str(error.detail) if error.detail else "error"
-        return ApiError(error.status_code, message, headers=dict(error.headers or {})).response()
+        refusal = ApiError(error.status_code, message, headers=dict(error.headers or {}))
+        return refusal.response(request.url.path)
 
     app.add_middleware(NeverAStackTrace)
 
@@ -224,4 +285,4 @@ class NeverAStackTrace:
             api_error = from_temporal(error)
             if started:
                 return  # headers are out; the client sees the stream end
-            await api_error.response()(scope, receive, send)
+            await api_error.response(str(scope.get("path", "")))(scope, receive, send)

@@ -16,18 +16,18 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from api.anthropic_schemas import STOP_REASONS, MessagesRequest, message_body, tool_use_block
+from api.anthropic_schemas import MessagesRequest, message_body, stop_reason, tool_use_block
 from api.auth import client_caller
-from api.chat import SSE_EVENT_SCHEMA, build_turn_request, check_request_text, split_turn
-from api.errors import ApiError, from_temporal
+from api.chat import SSE_EVENT_SCHEMA
+from api.errors import ANTHROPIC_ERROR_RESPONSES, from_temporal
 from api.load_shedding import InFlight
 from api.sse import KEEP_ALIVE, SSE_HEADERS, follow_turn, sse
 from api.state import IDEMPOTENCY_HEADER, SESSION_HEADER, KeelApi, keel_api, request_priority
+from api.turns import MESSAGES_CAPABILITY_PARAMETERS, AskedTurn, checked_turn
 from contracts.llm import RequestPriority, ToolCall
 from infra.token_streams import StreamEvent, StreamEventType
 from services.api_tokens import VerifiedToken
 from services.chat_client import run_turn, start_turn
-from services.session_reports import session_tenant
 
 router = APIRouter(tags=["messages"])
 
@@ -120,7 +120,7 @@ class AnthropicStreamWriter:
                     {"index": index, "id": call.id, "name": call.name, "arguments": call.arguments}
                 )
         lines += self._close()
-        stop = "tool_use" if calls else STOP_REASONS["stop"]
+        stop = stop_reason(data.get("finish_reason"), calls)
         usage = {
             "input_tokens": int(data.get("input_tokens") or 0),
             "output_tokens": int(data.get("output_tokens") or 0),
@@ -139,7 +139,10 @@ class AnthropicStreamWriter:
     "/v1/messages",
     # An Anthropic `message` object; with `stream: true`, Anthropic's SSE events.
     response_model=dict[str, Any],
-    responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}},
+    responses={
+        200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
+        **ANTHROPIC_ERROR_RESPONSES,
+    },
 )
 async def create_message(
     body: MessagesRequest,
@@ -167,26 +170,18 @@ async def _answer(
     in_flight: InFlight,
 ) -> JSONResponse | StreamingResponse:
     body.refuse_unsupported()
-    messages = body.chat_messages()
-    check_request_text(body.model, messages, api.settings)
-    turn = build_turn_request(
-        body.model,
-        split_turn(messages),
-        body.parameters(),
-        request,
-        api.settings,
-        caller.tenant,
-        priority,
+    asked = AskedTurn(
+        model=body.model,
+        messages=body.chat_messages(),
+        parameters=body.parameters(),
         session_id=request.headers.get(SESSION_HEADER),
         max_tokens=body.max_tokens,
         temperature=body.temperature,
         stream=body.stream,
         system=body.system_texts(),
+        capability_parameters=MESSAGES_CAPABILITY_PARAMETERS,
     )
-    if not turn.single_turn:
-        owner = await session_tenant(turn.session_id)
-        if owner is not None and owner != caller.tenant:
-            raise ApiError(404, f"no session {turn.session_id}", code="session_not_found")
+    turn = await checked_turn(asked, request, api.settings, caller.tenant, priority)
     headers = {SESSION_HEADER: turn.session_id, IDEMPOTENCY_HEADER: turn.turn_id}
     message_id = f"msg_{turn.turn_id}"
     if not body.stream:

@@ -14,6 +14,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError
+from api.wire_checks import (
+    check_tools,
+    refuse,
+    refuse_extra_fields,
+    refuse_unknown_parameters,
+)
 from contracts.llm import (
     MAX_OUTPUT_TOKENS,
     ChatMessage,
@@ -21,6 +27,7 @@ from contracts.llm import (
     LlmParameters,
     ToolCall,
     ToolChoice,
+    ToolName,
     ToolSpec,
 )
 from infra.input_limits import MAX_MODEL_NAME_LENGTH
@@ -40,10 +47,6 @@ NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "function_call": (None, "none"),
     "functions": (None, []),
 }
-
-
-def refuse(message: str, param: str) -> ApiError:
-    return ApiError(400, message, param=param, code="unsupported_parameter")
 
 
 class ImageUrl(BaseModel):
@@ -142,13 +145,17 @@ class StreamOptions(BaseModel):
 
 
 class FunctionDefinition(BaseModel):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    model_config = ConfigDict(extra="allow")  # refused by name (refuse_unsupported)
+
+    name: ToolName
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
 class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
     type: Literal["function"]
     function: FunctionDefinition
 
@@ -168,10 +175,12 @@ class JsonSchemaFormat(BaseModel):
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
 
 
 class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -204,12 +213,13 @@ class ChatCompletionRequest(BaseModel):
 
     def refuse_unsupported(self) -> None:
         """400 for a field keel would otherwise ignore (see the module's doc)."""
-        for name, value in (self.model_extra or {}).items():
-            if name in HARMLESS_FIELDS:
-                continue
-            if name in NEUTRAL_VALUES and value in NEUTRAL_VALUES[name]:
-                continue
-            raise refuse(f"parameter {name!r} is not supported by keel", name)
+        refuse_unknown_parameters(self.model_extra, HARMLESS_FIELDS, NEUTRAL_VALUES)
+        for position, tool in enumerate(self.tools or []):
+            refuse_extra_fields(tool, f"tools[{position}]")
+            refuse_extra_fields(tool.function, f"tools[{position}].function")
+        if self.response_format is not None:
+            refuse_extra_fields(self.response_format, "response_format")
+            refuse_extra_fields(self.response_format.json_schema, "response_format.json_schema")
 
     def parameters(self) -> LlmParameters:
         """Everything of the request that shapes the answer, except the length and the
@@ -226,22 +236,14 @@ class ChatCompletionRequest(BaseModel):
             )
             for tool in self.tools or []
         ]
-        names = {tool.name for tool in tools}
-        if len(names) != len(tools):
-            raise ApiError(400, "tools: two tools have the same name", param="tools")
         choice: ToolChoice | None = None
         if isinstance(self.tool_choice, NamedToolChoice):
-            if self.tool_choice.function.name not in names:
-                raise ApiError(
-                    400,
-                    f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools",
-                    param="tool_choice",
-                )
             choice = ToolChoice(mode="tool", name=self.tool_choice.function.name)
         elif self.tool_choice is not None:
             if self.tool_choice == "required" and not tools:
                 raise ApiError(400, "tool_choice 'required' needs tools", param="tool_choice")
             choice = ToolChoice(mode=self.tool_choice)
+        check_tools(tools, choice)
         fields: dict[str, Any] = {
             "tools": tools,
             "tool_choice": choice if tools else None,
@@ -263,6 +265,7 @@ class ChatCompletionRequest(BaseModel):
             fields["json_schema"] = fmt.json_schema.schema_ or {}
             fields["json_schema_name"] = fmt.json_schema.name
             fields["json_schema_strict"] = fmt.json_schema.strict
+            fields["json_schema_description"] = fmt.json_schema.description
         return LlmParameters.model_validate(fields)
 
 

@@ -97,7 +97,7 @@ async def _too_large(size: str, limit: int, scope: Scope, receive: Receive, send
         # The rest of the body was never read: this connection cannot carry another request.
         headers={"Connection": "close"},
     )
-    await error.response()(scope, receive, send)
+    await error.response(str(scope.get("path", "")))(scope, receive, send)
 
 
 # Room for a multipart upload's framing (boundaries, part headers, the purpose field) beside

@@ -59,6 +59,7 @@ def _event_from_output(output: TurnOutput) -> StreamEvent:
             "output_tokens": output.usage.output_tokens,
             "cost_usd": str(output.cost_usd) if output.cost_usd is not None else None,
             "tool_calls": [call.model_dump() for call in output.tool_calls],
+            "finish_reason": output.finish_reason,
         },
     )
 
@@ -245,7 +246,8 @@ class OpenAIStreamWriter:
             piece = {"index": index, "id": call["id"], "name": call["name"]}
             piece["arguments"] = call["arguments"]
             lines.append(sse(self._chunk(delta={"tool_calls": [self._tool_piece(piece)]})))
-        finish = "tool_calls" if calls else "stop"
+        # As the non-streamed answer says it: tool calls, else the model's own reason.
+        finish = "tool_calls" if calls else str(event.data.get("finish_reason") or "stop")
         lines.append(sse(self._chunk(delta={}, finish_reason=finish), event_id=event_id))
         if self.include_usage:
             prompt = int(event.data.get("input_tokens") or 0)

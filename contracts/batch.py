@@ -46,6 +46,9 @@ class ItemRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     json_schema: dict[str, Any] | None = None
     json_schema_name: str = "answer"
+    # Stored only when set (rows are dumped without None), so older rows read the same.
+    json_schema_strict: bool | None = None
+    json_schema_description: str | None = None
     metadata: dict[str, Any] | None = None
 
     def parameters(self) -> LlmParameters:
@@ -55,6 +58,8 @@ class ItemRequest(BaseModel):
             temperature=self.temperature,
             json_schema=self.json_schema,
             json_schema_name=self.json_schema_name,
+            json_schema_strict=self.json_schema_strict,
+            json_schema_description=self.json_schema_description,
         )
 
 

@@ -10,7 +10,7 @@ import json
 from datetime import timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -149,10 +149,14 @@ class ChatMessage(BaseModel):
 MAX_OUTPUT_TOKENS = 200_000
 
 
+# A tool's name, as both providers' APIs take it.
+ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
 class ToolSpec(BaseModel):
     """A function the model may call; ``parameters`` is the JSON schema of its arguments."""
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    name: ToolName
     description: str | None = None
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     strict: bool | None = None
@@ -183,6 +187,8 @@ class LlmParameters(BaseModel):
     json_schema_name: str = "answer"
     # Fields below were added after histories were recorded (see _NEW_PARAMETER_FIELDS).
     json_schema_strict: bool | None = None
+    # What the answer's format is for (OpenAI's json_schema.description), told to the model.
+    json_schema_description: str | None = None
     # OpenAI's json_object response format: any JSON object.
     json_object: bool = False
     tools: list[ToolSpec] = Field(default_factory=list)
@@ -211,6 +217,7 @@ def _without_defaults(dumped: dict[str, Any], added: dict[str, Any]) -> dict[str
 _NEW_MESSAGE_FIELDS: dict[str, Any] = {"images": [], "tool_calls": [], "tool_call_id": None}
 _NEW_PARAMETER_FIELDS: dict[str, Any] = {
     "json_schema_strict": None,
+    "json_schema_description": None,
     "json_object": False,
     "tools": [],
     "tool_choice": None,

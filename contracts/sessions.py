@@ -167,6 +167,8 @@ class FinishTurnInput(BaseModel):
     cost_usd: Decimal | None = None
     stream_key: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)
+    # Why the answer ended ("stop", "length", "tool_calls"...), for the stream's `done` event.
+    finish_reason: str | None = None
 
 
 class FailTurnInput(BaseModel):

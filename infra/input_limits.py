@@ -88,12 +88,15 @@ def check_prompt(
     what: str = "the prompt",
     *,
     text_checked: bool = False,
+    message_count: int | None = None,
 ) -> None:
     """A prompt (its messages' texts, system prompt included) within every limit, or
     InputTooLarge naming the first one it passes; UnstorableText for text keel cannot store
-    (``text_checked``: the caller has already made sure it can be stored)."""
-    if len(texts) > limits.max_messages:
-        raise InputTooLarge(what, len(texts), limits.max_messages, "messages", "max_messages")
+    (``text_checked``: the caller has already made sure it can be stored). ``message_count``:
+    how many of the texts are messages, when the others (tool definitions) count in size only."""
+    messages = len(texts) if message_count is None else message_count
+    if messages > limits.max_messages:
+        raise InputTooLarge(what, messages, limits.max_messages, "messages", "max_messages")
     chars = sum(map(len, texts))
     if chars > limits.max_chars:
         raise InputTooLarge(what, chars, limits.max_chars, "characters", "max_prompt_chars")

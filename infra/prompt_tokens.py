@@ -11,12 +11,15 @@ import json
 from collections.abc import Iterable
 
 from contracts.llm import ChatMessage, LlmParameters
-from llmsim.tokens import count_message_tokens, count_tokens
 
-# OpenAI bills a low-detail image 85 tokens and a 1024x1024 high-detail one 765; keel cannot
-# see the size before the provider does, so it counts the high-detail figure.
-LOW_DETAIL_IMAGE_TOKENS = 85
-IMAGE_TOKENS = 765
+# The simulator's image prices, which are OpenAI's: keel cannot see an image's size before the
+# provider does, so an image that is not low-detail counts as a 1024x1024 high-detail one.
+from llmsim.tokens import (
+    IMAGE_TOKENS,
+    LOW_DETAIL_IMAGE_TOKENS,
+    count_message_tokens,
+    count_tokens,
+)
 
 
 def message_tokens(message: ChatMessage) -> int:
@@ -32,6 +35,16 @@ def tool_texts(parameters: LlmParameters) -> list[str]:
     if not parameters.tools:
         return []
     return [json.dumps([tool.model_dump(exclude_none=True) for tool in parameters.tools])]
+
+
+def prompt_texts(
+    messages: Iterable[ChatMessage], parameters: LlmParameters, system: Iterable[str] = ()
+) -> list[str]:
+    """Every text of a request a provider reads as its prompt, one entry a message: the system
+    prompt(s), each message's text with its tool calls (a tool result is a ``tool`` message),
+    then the tool definitions (one entry for all). What keel's prompt limits are checked on, at
+    the API's door and again before a provider call."""
+    return [*system, *(m.counted_text() for m in messages), *tool_texts(parameters)]
 
 
 def tool_tokens(parameters: LlmParameters) -> int:

@@ -155,6 +155,14 @@ class AnthropicAdapter(ProviderAdapter):
             raise _invalid("max_tokens: Field required")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise _invalid("max_tokens: Input should be a valid integer greater than or equal to 1")
+        temperature = body.get("temperature")
+        if temperature is not None and (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, int | float)
+            or not 0 <= temperature <= 1
+        ):
+            # Anthropic's range is 0-1 (OpenAI's is 0-2): a client that clamps nothing is told.
+            raise _invalid("temperature: Input should be less than or equal to 1")
         messages = body.get("messages")
         if not isinstance(messages, list):
             raise _invalid("messages: Field required")

@@ -27,12 +27,12 @@ from llmsim.engine import (
 )
 from llmsim.faults import Fault, FaultKind
 from llmsim.pipeline import Answer, ApiError, Frame, ParsedRequest, ProviderAdapter
-from llmsim.tokens import MESSAGE_OVERHEAD_TOKENS, count_tokens
-
-IMAGE_TOKENS = 85
-"""Charged per low-detail image part (OpenAI's price), since images carry no text."""
-HIGH_DETAIL_IMAGE_TOKENS = 765
-"""Charged per image of any other detail: OpenAI's price of a 1024x1024 high-detail image."""
+from llmsim.tokens import (
+    IMAGE_TOKENS,
+    LOW_DETAIL_IMAGE_TOKENS,
+    MESSAGE_OVERHEAD_TOKENS,
+    count_tokens,
+)
 
 SYSTEM_FINGERPRINT = "fp_llmsim"
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -84,9 +84,9 @@ def _content_text(content: Any, where: str) -> tuple[str, int]:
         elif kind == "image_url":
             image = part.get("image_url")
             low = isinstance(image, dict) and image.get("detail") == "low"
-            extra += IMAGE_TOKENS if low else HIGH_DETAIL_IMAGE_TOKENS
+            extra += LOW_DETAIL_IMAGE_TOKENS if low else IMAGE_TOKENS
         elif kind in ("input_image", "file", "input_audio"):
-            extra += IMAGE_TOKENS
+            extra += LOW_DETAIL_IMAGE_TOKENS
     return "\n".join(texts), extra
 
 

@@ -22,6 +22,11 @@ MESSAGE_OVERHEAD_TOKENS = 4
 """Tokens charged per message (and for a system prompt) on top of its text, like the
 role/separator tokens real chat formats add."""
 
+LOW_DETAIL_IMAGE_TOKENS = 85
+"""Tokens of an image sent with ``detail: low`` (OpenAI's price; images carry no text)."""
+IMAGE_TOKENS = 765
+"""Tokens of an image of any other detail: OpenAI's price of a 1024x1024 high-detail image."""
+
 
 def count_tokens(text: str) -> int:
     """Estimated number of tokens in ``text`` (see the module doc for the rule)."""

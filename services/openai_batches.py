@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import io
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from temporalio.client import Client
 
-from activities.batch.files import BatchFileLimits, ParsedLine, parse_lines, read_bounded_lines
+from activities.batch.files import BatchFileLimits, ParsedLine
 from activities.batch.items import BatchReport
 from contracts.batch import BatchStatus
 from infra.settings import KeelSettings
@@ -60,7 +59,7 @@ from services.openai_files import (
     FileNotFound,
     FilePurpose,
     FileRefused,
-    check_batch_file,
+    checked_batch_lines,
     create_result_file,
 )
 from workflows.batch import ControlRequest
@@ -224,9 +223,9 @@ def _batch_id(tenant: str, idempotency_key: str | None) -> str:
 
 
 def _parsed(content: bytes, limits: BatchFileLimits) -> list[ParsedLine]:
-    # Checked again: the limits may have changed since the upload, and a bad line never runs.
-    check_batch_file(content, limits)
-    return list(parse_lines(read_bounded_lines(io.BytesIO(content), limits), limits))
+    # Checked again, in the one parse: the limits may have changed since the upload, and a bad
+    # line never runs.
+    return checked_batch_lines(content, limits)
 
 
 async def create_openai_batch(

@@ -18,7 +18,7 @@ import hashlib
 import io
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -32,6 +32,7 @@ from activities.batch.files import (
     OPENAI_CHAT_URL,
     BatchFileLimits,
     BatchFileRefused,
+    ParsedLine,
     parse_lines,
     read_bounded_lines,
 )
@@ -146,6 +147,19 @@ def check_batch_file(content: bytes, limits: BatchFileLimits) -> int:
     line is not an OpenAI batch line keel can run, a ``custom_id`` repeats, or a limit is hit.
 
     Blocking (it parses the whole file): run it off the event loop."""
+    return _check_lines(content, limits, lambda _: None)
+
+
+def checked_batch_lines(content: bytes, limits: BatchFileLimits) -> list[ParsedLine]:
+    """The file's lines, parsed once, after the checks of ``check_batch_file`` (its errors)."""
+    lines: list[ParsedLine] = []
+    _check_lines(content, limits, lines.append)
+    return lines
+
+
+def _check_lines(
+    content: bytes, limits: BatchFileLimits, keep: Callable[[ParsedLine], None]
+) -> int:
     if len(content) > limits.file_bytes:
         raise FileRefused(
             f"the file is {len(content):,} bytes; the limit is {limits.file_bytes:,} bytes "
@@ -177,6 +191,8 @@ def check_batch_file(content: bytes, limits: BatchFileLimits) -> int:
                 first_line_of.setdefault(line.custom_id, line.line_no)
             if problem is not None:
                 problems.append(f"line {line.line_no}: {problem}")
+            elif not problems:  # once a line is bad, the file is refused: keep no more
+                keep(line)
     except BatchFileRefused as refused:
         raise FileRefused(str(refused), code="file_too_large", status=413) from None
     if problems:

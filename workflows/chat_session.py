@@ -220,6 +220,7 @@ class ChatSessionWorkflow:
                 cost_usd=answer.cost_usd,
                 stream_key=stream_key,
                 tool_calls=answer.tool_calls,
+                finish_reason=answer.finish_reason,
             ),
             **LOCAL_RECORD,
             summary=f"turn {turn_id} · store {answer.model} answer",

@@ -181,19 +181,37 @@ def _messages(raw: Any) -> list[ChatMessage]:
     return messages
 
 
-def _json_schema(response_format: Any) -> tuple[dict[str, Any] | None, str]:
+JSON_SCHEMA_FIELDS = frozenset({"name", "schema", "strict", "description"})
+
+
+def _json_schema(response_format: Any) -> dict[str, Any]:
+    """The ItemRequest fields of a ``response_format`` (none for text)."""
     if response_format is None:
-        return None, "answer"
+        return {}
     if not isinstance(response_format, dict):
         raise _LineError("'response_format' must be an object")
     kind = response_format.get("type")
     if kind == "text":
-        return None, "answer"
+        return {}
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
             raise _LineError("response_format json_schema needs a 'schema' object")
-        return spec["schema"], str(spec.get("name") or "answer")
+        unknown = sorted(set(spec) - JSON_SCHEMA_FIELDS)
+        if unknown:
+            raise _LineError(
+                f"response_format.json_schema field(s) {', '.join(unknown)} not supported"
+            )
+        if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+            raise _LineError("response_format.json_schema.strict must be true or false")
+        if spec.get("description") is not None and not isinstance(spec["description"], str):
+            raise _LineError("response_format.json_schema.description must be a string")
+        return {
+            "json_schema": spec["schema"],
+            "json_schema_name": str(spec.get("name") or "answer"),
+            "json_schema_strict": spec.get("strict"),
+            "json_schema_description": spec.get("description"),
+        }
     raise _LineError(f"response_format type {kind!r} is not supported (text, json_schema)")
 
 
@@ -221,15 +239,13 @@ def _from_openai(line: dict[str, Any], warnings: list[str]) -> ItemRequest:
         warnings.append(f"ignored body field(s): {', '.join(ignored)}")
     if not isinstance(body.get("model"), str) or not body["model"].strip():
         raise _LineError("body.model must be a model name")
-    schema, schema_name = _json_schema(body.get("response_format"))
     return ItemRequest(
         messages=_messages(body.get("messages")),
         model=body["model"],
         max_tokens=body.get("max_completion_tokens", body.get("max_tokens")),
         temperature=body.get("temperature"),
-        json_schema=schema,
-        json_schema_name=schema_name,
         metadata=body.get("metadata"),
+        **_json_schema(body.get("response_format")),
     )
 
 

@@ -16,7 +16,12 @@ from typing import Any, Literal, Protocol
 import anthropic
 import openai
 
-from activities.llm.providers import AnthropicProvider, OpenAIProvider, ProviderClients
+from activities.llm.providers import (
+    AnthropicProvider,
+    OpenAIProvider,
+    ProviderClients,
+    openai_options,
+)
 from contracts.batch import ItemRequest
 from contracts.llm import ErrorClass, Usage
 
@@ -99,23 +104,23 @@ def openai_body(model: str, request: ItemRequest) -> dict[str, Any]:
     }
     if parameters.temperature is not None:
         body["temperature"] = parameters.temperature
-    if parameters.json_schema is not None:
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": parameters.json_schema_name, "schema": parameters.json_schema},
-        }
+    if parameters.json_schema is not None:  # as the live path sends it (name, strict...)
+        body["response_format"] = openai_options(parameters)["response_format"]
     return body
 
 
 def anthropic_params(model: str, request: ItemRequest) -> dict[str, Any]:
     """The Messages params of a line, as the live path sends them (system apart, a JSON schema
-    asked for in the system prompt, temperature capped at 1)."""
+    asked for in the system prompt)."""
     parameters = request.parameters()
     system = "\n\n".join(m.content for m in request.messages if m.role == "system")
     if parameters.json_schema is not None:
+        purpose = (
+            f" ({parameters.json_schema_description})" if parameters.json_schema_description else ""
+        )
         system = (
-            f"{system}\n\nAnswer with one JSON object only, valid against this JSON schema:\n"
-            f"{json.dumps(parameters.json_schema)}"
+            f"{system}\n\nAnswer with one JSON object only{purpose}, valid against this JSON "
+            f"schema:\n{json.dumps(parameters.json_schema)}"
         ).strip()
     params: dict[str, Any] = {
         "model": model,
@@ -127,7 +132,9 @@ def anthropic_params(model: str, request: ItemRequest) -> dict[str, Any]:
     if system:
         params["system"] = system
     if parameters.temperature is not None:
-        params["temperature"] = min(parameters.temperature, 1.0)
+        # Never clamped: above Anthropic's 1 the provider refuses the line, and the item fails
+        # saying so, instead of being answered at another temperature than asked.
+        params["temperature"] = parameters.temperature
     return params
 
 

@@ -108,7 +108,6 @@ async def _candidates(
     request: LlmRequest,
     settings: KeelSettings,
 ) -> list[ModelCandidate]:
-    needs = request.required_capabilities()
     candidates: list[ModelCandidate] = []
     for model in models:
         provider, _ = provider_for_model(model)
@@ -119,7 +118,7 @@ async def _candidates(
                 provider=provider,
                 breaker_open=state.state == "open" and (state.retry_in_seconds or 0) > 0,
                 breaker_retry_in_seconds=state.retry_in_seconds,
-                unsupported=unsupported_reason(model, needs, settings),
+                unsupported=unsupported_reason(model, request, settings),
             )
         )
     return candidates

@@ -67,7 +67,7 @@ from contracts.llm import (
 )
 from infra import metrics
 from infra.input_limits import InputTooLarge, check_prompt_tokens
-from infra.prompt_tokens import tool_texts
+from infra.prompt_tokens import prompt_texts
 from infra.settings import KeelSettings
 from infra.tracing import end_llm_call_span
 
@@ -113,7 +113,7 @@ def rate_limit_charges(
 def prompt_too_large(request: LlmRequest, settings: KeelSettings) -> ClassifiedError | None:
     try:
         check_prompt_tokens(
-            [m.counted_text() for m in request.messages] + tool_texts(request.parameters),
+            prompt_texts(request.messages, request.parameters),
             settings.max_prompt_tokens,
             "the prompt",
         )

@@ -348,6 +348,8 @@ def openai_options(parameters: LlmParameters) -> dict[str, Any]:
             "name": parameters.json_schema_name,
             "schema": parameters.json_schema,
         }
+        if parameters.json_schema_description is not None:
+            schema["description"] = parameters.json_schema_description
         if parameters.json_schema_strict is not None:
             schema["strict"] = parameters.json_schema_strict
         options["response_format"] = {"type": "json_schema", "json_schema": schema}
@@ -422,7 +424,9 @@ def anthropic_options(parameters: LlmParameters) -> dict[str, Any]:
     # This SDK version takes no `temperature` or `top_p` argument; the API accepts the fields.
     extra: dict[str, Any] = {}
     if parameters.temperature is not None:
-        extra["temperature"] = min(parameters.temperature, 1.0)
+        # Above Anthropic's 1 the model is never asked (capabilities.provider_refusals); were it
+        # sent, Anthropic's own 400 would say so: never clamped into a different request.
+        extra["temperature"] = parameters.temperature
     if parameters.top_p is not None:
         extra["top_p"] = parameters.top_p
     if extra:

@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 
 import anthropic
 import pytest
-from anthropic.types import MessageParam, ToolParam
+from anthropic.types import MessageParam, ToolChoiceParam, ToolParam
 
 from contracts.sessions import session_workflow_id
+from infra.settings import KeelSettings
 from llmsim import SimServer
 from services.api_tokens import IssuedToken
+from tests.conftest import reconfigure
 from tests.helpers import ledger_rows
 from tests.sessions.conftest import stored_messages
 
@@ -29,6 +31,12 @@ TOOLS: list[ToolParam] = [
         },
     }
 ]
+
+
+@pytest.fixture
+def keel_settings(keel_settings: KeelSettings, monkeypatch: pytest.MonkeyPatch) -> KeelSettings:
+    """A model that supports nothing (no tools, no JSON schema)."""
+    return reconfigure(monkeypatch, KEEL_MODEL_CAPABILITIES=json.dumps({"old-model": []}))
 
 
 @pytest.fixture
@@ -147,3 +155,114 @@ async def test_a_field_keel_cannot_honour_is_refused_by_name(
             thinking={"type": "enabled", "budget_tokens": 1024},
         )
     assert "thinking" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"output_config": {"effort": "low"}}, "output_config.effort"),
+        (
+            {"output_config": {"format": {"type": "json_schema", "schema": {}, "name": "x"}}},
+            "output_config.format.name",
+        ),
+        (
+            {"system": [{"type": "text", "text": "Be brief.", "citations": []}]},
+            "system.0.citations",
+        ),
+        ({"tool_choice": {"type": "any"}}, "tool_choice"),
+        ({"tool_choice": {"type": "tool", "name": "get_weather"}}, "tool_choice"),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "auto", "reason": "x"}},
+            "tool_choice.reason",
+        ),
+        # Checked as Chat Completions checks them (api/wire_checks.py).
+        ({"tools": [*TOOLS, *TOOLS]}, "tools"),
+    ],
+)
+async def test_a_nested_field_keel_cannot_honour_is_refused_by_name(
+    extra: dict[str, object], param: str, claude: anthropic.AsyncAnthropic, simulator: SimServer
+) -> None:
+    """Inside the objects keel knows (output_config, system blocks, tool_choice) too: a field keel
+    would drop, or a tool_choice that asks for a tool when there are none, is a 400."""
+    requests_before = simulator.stats()["totals"]["requests"]
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await claude.messages.create(
+            model=MODEL,
+            max_tokens=200,
+            messages=[{"role": "user", "content": "Hi"}],
+            extra_body=extra,
+        )
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["error"]["param"] == param
+    assert param in refused.value.body["error"]["message"]
+    assert simulator.stats()["totals"]["requests"] == requests_before
+
+
+async def test_tool_choice_auto_or_none_without_tools_answers_in_text(
+    claude: anthropic.AsyncAnthropic, simulator: SimServer
+) -> None:
+    """Without tools, "auto" and "none" ask for what the model does anyway: answered."""
+    choices: list[ToolChoiceParam] = [{"type": "auto"}, {"type": "none"}]
+    for choice in choices:
+        message = await claude.messages.create(
+            model=MODEL,
+            max_tokens=200,
+            messages=[{"role": "user", "content": "Name a river."}],
+            tool_choice=choice,
+        )
+        assert message.stop_reason == "end_turn" and message.content[0].type == "text"
+
+
+async def test_a_capability_refusal_names_the_messages_field_that_asks_for_it(
+    claude: anthropic.AsyncAnthropic, simulator: SimServer
+) -> None:
+    question: list[MessageParam] = [{"role": "user", "content": "Forecast for Oslo."}]
+    with pytest.raises(anthropic.BadRequestError) as structured:
+        await claude.messages.create(
+            model="old-model",
+            max_tokens=200,
+            messages=question,
+            output_config={"format": {"type": "json_schema", "schema": {"type": "object"}}},
+        )
+    with pytest.raises(anthropic.BadRequestError) as tools:
+        await claude.messages.create(
+            model="old-model", max_tokens=200, messages=question, tools=TOOLS
+        )
+    for refused, param in ((structured, "output_config.format"), (tools, "tools")):
+        assert isinstance(refused.value.body, dict)
+        error = refused.value.body["error"]
+        assert error["param"] == param and f"cannot honour {param}" in error["message"]
+
+
+async def test_errors_come_in_anthropics_shape_naming_the_field(
+    claude: anthropic.AsyncAnthropic, keel_url: str, simulator: SimServer
+) -> None:
+    """A refusal, a request that fails validation and a bad token are all answered as Anthropic
+    answers them (``{"type": "error", "error": {"type", "message"}}``), keel's ``param`` kept."""
+    question: list[MessageParam] = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await claude.messages.create(
+            model=MODEL, max_tokens=200, messages=question, extra_body={"top_k": 5}
+        )
+    with pytest.raises(anthropic.BadRequestError) as invalid:
+        await claude.messages.create(model=MODEL, max_tokens=0, messages=question)
+    async with anthropic.AsyncAnthropic(
+        base_url=keel_url, api_key="not-a-keel-token", max_retries=0
+    ) as stranger:
+        with pytest.raises(anthropic.AuthenticationError) as unauthenticated:
+            await stranger.messages.create(model=MODEL, max_tokens=200, messages=question)
+    assert refused.value.body == {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "parameter 'top_k' is not supported by keel",
+            "param": "top_k",
+            "code": "unsupported_parameter",
+        },
+    }
+    assert isinstance(invalid.value.body, dict) and invalid.value.body["type"] == "error"
+    assert invalid.value.body["error"]["type"] == "invalid_request_error"
+    assert invalid.value.body["error"]["param"] == "max_tokens"
+    assert isinstance(unauthenticated.value.body, dict)
+    assert unauthenticated.value.body["type"] == "error"
+    assert unauthenticated.value.body["error"]["type"] == "authentication_error"

@@ -20,13 +20,14 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.batch.files import BatchFileLimits
-from contracts.batch import batch_workflow_id
+from activities.batch.provider_api import openai_body
+from contracts.batch import ItemRequest, batch_workflow_id
 from infra.database import DatabaseRole, session_factory
 from infra.settings import KeelSettings
 from infra.tables import OpenAiBatch, OpenAiFile
 from llmsim import SimServer
 from services.api_tokens import IssuedToken
-from services.openai_files import FileRefused, check_batch_file
+from services.openai_files import FileRefused, check_batch_file, checked_batch_lines
 from services.retention import parse_duration, purge_content
 from tests.api.tokens import http_client, openai_client
 from tests.batch.conftest import items_of
@@ -254,6 +255,12 @@ def test_a_file_over_a_limit_is_refused_naming_the_setting() -> None:
     content = requests_file(40)
     limits = BatchFileLimits.from_settings(KeelSettings())
     assert check_batch_file(content, limits) == 40
+    # What a batch runs: the same check, its lines parsed in the same pass.
+    lines = checked_batch_lines(content, limits)
+    assert [line.custom_id for line in lines] == [f"req-{n}" for n in range(40)]
+    assert all(line.request is not None and line.problem is None for line in lines)
+    with pytest.raises(FileRefused):
+        checked_batch_lines(content, replace(limits, items=39))
     with pytest.raises(FileRefused) as too_big:
         check_batch_file(content, replace(limits, file_bytes=len(content) - 1))
     assert too_big.value.status == 413 and "KEEL_MAX_BATCH_FILE_BYTES" in too_big.value.message
@@ -406,6 +413,65 @@ async def test_list_pages_newest_first_and_retries_with_a_key_create_nothing_twi
         assert (await finished(sdk, batch_id)).status == "completed"
     # One request per batch reached the provider: the retried creates started nothing.
     assert simulator.stats()["totals"]["requests"] == 3
+
+
+async def test_a_json_schema_lines_strict_and_description_are_kept_not_dropped(
+    sdk: openai.AsyncOpenAI, simulator: SimServer
+) -> None:
+    """A line's json_schema runs as the live API runs it: its strict flag and description are
+    part of the stored request (and so of the call); a json_schema field keel does not know is a
+    400 naming it."""
+    schema = {
+        "type": "object",
+        "properties": {"river": {"type": "string"}},
+        "required": ["river"],
+        "additionalProperties": False,
+    }
+    json_schema = {
+        "name": "river",
+        "description": "One river of the country asked about",
+        "schema": schema,
+        "strict": True,
+    }
+    line = batch_line(
+        "a",
+        "Name a river of France.",
+        response_format={"type": "json_schema", "json_schema": json_schema},
+    )
+    with pytest.raises(openai.BadRequestError) as refused:
+        await sdk.files.create(
+            file=(
+                "in.jsonl",
+                jsonl(
+                    [
+                        {
+                            **line,
+                            "body": {
+                                **line["body"],
+                                "response_format": {
+                                    "type": "json_schema",
+                                    "json_schema": {**json_schema, "examples": []},
+                                },
+                            },
+                        }
+                    ]
+                ),
+            ),
+            purpose="batch",
+        )
+    uploaded = await sdk.files.create(file=("in.jsonl", jsonl([line])), purpose="batch")
+    batch = await sdk.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert (await finished(sdk, batch.id)).status == "completed"
+    assert "response_format.json_schema field(s) examples" in refused.value.message
+    (item,) = await items_of(batch.id)
+    assert item.status == "ok"
+    request = ItemRequest.model_validate(item.request)
+    assert request.json_schema_strict is True
+    assert request.json_schema_description == "One river of the country asked about"
+    sent = openai_body(MODEL, request)["response_format"]["json_schema"]
+    assert sent == json_schema
 
 
 async def test_create_refuses_what_keel_cannot_run_naming_the_field(

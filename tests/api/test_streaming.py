@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import anthropic
 import pytest
+from anthropic.types import MessageParam
+from openai.types.chat import ChatCompletionMessageParam
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -150,3 +153,38 @@ async def test_the_openai_sdk_parses_a_stream_that_goes_quiet_after_a_broken_att
     assert restarts == 1
     assert text == stored.content
     assert simulator.stats()["models"][MODEL]["requests"] == 3  # reset, 429, answer
+
+
+async def test_a_streamed_answer_cut_at_max_tokens_finishes_with_length_like_a_plain_one(
+    keel_url: str, api_token: IssuedToken, simulator: SimServer
+) -> None:
+    question: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Describe a glacier in detail."}
+    ]
+    async with openai_client(keel_url, api_token) as sdk:
+        plain = await sdk.chat.completions.create(model=MODEL, messages=question, max_tokens=5)
+        stream = await sdk.chat.completions.create(
+            model=MODEL, messages=question, max_tokens=5, stream=True
+        )
+        finishes = [c.choices[0].finish_reason async for c in stream if c.choices]
+    assert plain.choices[0].finish_reason == "length"
+    assert [f for f in finishes if f is not None] == ["length"]
+
+
+async def test_an_anthropic_stream_cut_at_max_tokens_stops_with_max_tokens(
+    keel_url: str, api_token: IssuedToken, simulator: SimServer
+) -> None:
+    async with anthropic.AsyncAnthropic(
+        base_url=keel_url, api_key=api_token.secret, max_retries=0
+    ) as claude:
+        question: list[MessageParam] = [
+            {"role": "user", "content": "Describe a glacier in detail."}
+        ]
+        plain = await claude.messages.create(
+            model="claude-3-5-haiku-latest", max_tokens=5, messages=question
+        )
+        async with claude.messages.stream(
+            model="claude-3-5-haiku-latest", max_tokens=5, messages=question
+        ) as stream:
+            final = await stream.get_final_message()
+    assert plain.stop_reason == "max_tokens" and final.stop_reason == "max_tokens"

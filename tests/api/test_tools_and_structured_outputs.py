@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Literal
 
 import jsonschema
 import openai
 import pytest
 from openai.types.chat import (
     ChatCompletionFunctionToolParam,
+    ChatCompletionMessageParam,
     ChatCompletionUserMessageParam,
 )
+from openai.types.shared_params import ResponseFormatJSONSchema
 from pydantic import BaseModel
+from temporalio.client import Client
 
+from activities.llm.providers import openai_options
+from contracts.llm import AttemptInput, LlmParameters
 from contracts.sessions import session_workflow_id
 from infra.settings import KeelSettings
 from llmsim import SimServer
@@ -27,6 +33,7 @@ from tests.helpers import audit_events, ledger_rows
 from tests.sessions.conftest import stored_messages
 
 MODEL = "gpt-4o-mini"
+CLAUDE = "claude-3-5-haiku-latest"
 WEATHER_SCHEMA = {
     "type": "object",
     "properties": {
@@ -75,7 +82,13 @@ def keel_settings(keel_settings: KeelSettings, monkeypatch: pytest.MonkeyPatch) 
     """A route whose first model cannot do JSON schemas or tools, and a model that cannot."""
     return reconfigure(
         monkeypatch,
-        KEEL_ROUTES=json.dumps({**keel_settings.routes, "legacy-first": ["old-model", MODEL]}),
+        KEEL_ROUTES=json.dumps(
+            {
+                **keel_settings.routes,
+                "legacy-first": ["old-model", MODEL],
+                "claude-first": [CLAUDE, MODEL],
+            }
+        ),
         KEEL_MODEL_CAPABILITIES=json.dumps({"old-model": []}),
     )
 
@@ -213,6 +226,19 @@ async def test_json_object_mode_answers_a_json_object(
         ({"logprobs": True}, "logprobs"),
         ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
         ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
+        # Fields keel's models do not know, inside known objects: refused, never dropped.
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}, "cache": True}]},
+            "tools[0].cache",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "examples": ["x"]}}]},
+            "tools[0].function.examples",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "v": 2}}},
+            "response_format.json_schema.v",
+        ),
     ],
 )
 async def test_a_parameter_keel_cannot_honour_is_refused_by_name(
@@ -293,3 +319,106 @@ async def test_an_answer_that_does_not_validate_is_retried_and_never_handed_over
         ("ok", None),
     ]
     assert failed.value.status_code == 502 and "invalid_output" in failed.value.message
+
+
+async def provider_call_parameters(client: Client, workflow_id: str) -> list[LlmParameters]:
+    """The parameters of each model call the workflow made (its history, decoded)."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    found = []
+    for event in history.events:
+        scheduled = event.activity_task_scheduled_event_attributes
+        if event.HasField("activity_task_scheduled_event_attributes") and (
+            scheduled.activity_type.name == "complete_chat"
+        ):
+            (call,) = await client.data_converter.decode(scheduled.input.payloads, [AttemptInput])
+            found.append(call.request.parameters)
+    return found
+
+
+async def test_a_json_schema_description_reaches_an_openai_model_and_is_refused_for_claude(
+    client: Client, keel_url: str, api_token: IssuedToken, simulator: SimServer
+) -> None:
+    """OpenAI's models take a json_schema's description (sent on with the schema); Anthropic's
+    structured outputs have no place for it: a Claude model is refused by name, and a route
+    whose first model is Claude is answered by the next model that can honour it."""
+    response_format: ResponseFormatJSONSchema = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "forecast",
+            "description": "A weather forecast for one city",
+            "schema": Forecast.model_json_schema(),
+        },
+    }
+    question: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Forecast for Oslo."}]
+    async with openai_client(keel_url, api_token) as sdk:
+        answered = await sdk.chat.completions.create(
+            model=MODEL, messages=question, response_format=response_format
+        )
+        with pytest.raises(openai.BadRequestError) as refused:
+            await sdk.chat.completions.create(
+                model=CLAUDE, messages=question, response_format=response_format
+            )
+        skipped = await sdk.chat.completions.create(
+            model="claude-first", messages=question, response_format=response_format
+        )
+    Forecast.model_validate_json(answered.choices[0].message.content or "")
+    (parameters,) = await provider_call_parameters(
+        client, session_workflow_id(session_of(answered))
+    )
+    assert parameters.json_schema_description == "A weather forecast for one city"
+    sent = openai_options(parameters)["response_format"]["json_schema"]
+    assert sent["name"] == "forecast" and sent["description"] == "A weather forecast for one city"
+    assert refused.value.param == "response_format.json_schema.description"
+    assert "response_format.json_schema.description" in refused.value.message
+    assert skipped.model == MODEL
+    events = await audit_events(session_workflow_id(session_of(skipped)))
+    (skip,) = [e for e in events if e.event_type == "llm.model_skipped"]
+    assert skip.payload["model"] == CLAUDE
+    assert "json_schema.description" in skip.payload["reason"]
+
+
+PIXEL = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwAD"
+    "hgGAWjR9awAAAABJRU5ErkJggg=="
+)
+
+
+def image_question(detail: Literal["auto", "low", "high"]) -> list[ChatCompletionMessageParam]:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": PIXEL, "detail": detail}},
+            ],
+        }
+    ]
+
+
+async def test_what_an_anthropic_model_cannot_take_is_refused_not_changed(
+    keel_url: str, api_token: IssuedToken, simulator: SimServer
+) -> None:
+    """OpenAI's temperature goes up to 2 and its images carry a detail; Anthropic's temperature
+    stops at 1 and its images have no detail. Sent to a Claude model, such a request is a 400
+    naming the field (it was clamped to 1 and dropped); within Anthropic's range it is answered,
+    and a route whose first model is Claude is answered by the next model."""
+    question: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name a river."}]
+    async with openai_client(keel_url, api_token) as sdk:
+        with pytest.raises(openai.BadRequestError) as too_hot:
+            await sdk.chat.completions.create(model=CLAUDE, messages=question, temperature=1.5)
+        with pytest.raises(openai.BadRequestError) as detailed:
+            await sdk.chat.completions.create(model=CLAUDE, messages=image_question("high"))
+        warm = await sdk.chat.completions.create(model=CLAUDE, messages=question, temperature=1)
+        auto = await sdk.chat.completions.create(model=CLAUDE, messages=image_question("auto"))
+        skipped = await sdk.chat.completions.create(
+            model="claude-first", messages=question, temperature=1.5
+        )
+    assert too_hot.value.param == "temperature"
+    assert "at most 1 (the request asks 1.5)" in too_hot.value.message
+    assert detailed.value.param == "image_url.detail"
+    assert "image detail (the request asks high)" in detailed.value.message
+    assert warm.choices[0].message.content and auto.choices[0].message.content
+    assert warm.model == CLAUDE and auto.model == CLAUDE and skipped.model == MODEL
+    events = await audit_events(session_workflow_id(session_of(skipped)))
+    (skip,) = [e for e in events if e.event_type == "llm.model_skipped"]
+    assert skip.payload["model"] == CLAUDE and "temperature" in skip.payload["reason"]

@@ -6,6 +6,7 @@ live. Real dev server, real Postgres."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -388,3 +389,23 @@ async def test_lines_the_provider_failed_run_again_in_a_new_provider_batch(
     assert len(batch_rows) == sent
     assert sum(1 for r in batch_rows if r.outcome == "ok") + sim.stats()["totals"]["requests"] == 10
     assert all(r.cost_usd == 0 for r in batch_rows if r.outcome == "error")
+
+
+async def test_a_temperature_above_anthropics_range_fails_its_line_instead_of_being_clamped(
+    client: Client, keel_settings: KeelSettings, batch_worker: Worker, sim: SimServer
+) -> None:
+    """OpenAI's temperature goes up to 2, Anthropic's to 1: a Claude line asking 1.5 was sent
+    at 1. Now it is sent as asked, and the provider's refusal fails that line, saying why."""
+    lines = [
+        json.dumps(
+            {"custom_id": name, "prompt": "Name a river.", "model": BACKUP, "temperature": t}
+        )
+        for name, t in (("hot", 1.5), ("warm", 1.0))
+    ]
+    batch_id, handle = await start_provider_batch(client, keel_settings, lines)
+    result = await handle.result()
+    assert (result.total, result.ok, result.failed) == (2, 1, 1)
+    by_id = {item.custom_id: item for item in await items_of(batch_id)}
+    assert by_id["warm"].status == "ok"
+    assert by_id["hot"].status == "failed"
+    assert "temperature" in (by_id["hot"].error_message or "")

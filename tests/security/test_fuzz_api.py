@@ -63,12 +63,18 @@ def fuzz_profile(examples: int) -> Any:
 
 
 def assert_openai_error(status: int, body: bytes | str, where: str) -> None:
-    """A 4xx/5xx body is exactly OpenAI's error object."""
+    """A 4xx/5xx body is exactly OpenAI's error object — Anthropic's on the Messages API."""
     try:
         payload = json.loads(body)
     except ValueError:
         raise AssertionError(f"{where}: {status} with a non-JSON body {body[:200]!r}") from None
-    assert isinstance(payload, dict) and set(payload) == {"error"}, f"{where}: {payload}"
+    if "/v1/messages" in where:
+        assert isinstance(payload, dict) and set(payload) == {"type", "error"}, (
+            f"{where}: {payload}"
+        )
+        assert payload["type"] == "error", f"{where}: {payload}"
+    else:
+        assert set(payload) == {"error"}, f"{where}: {payload}"
     error = payload["error"]
     assert isinstance(error, dict) and set(error) == ERROR_FIELDS, f"{where}: {error}"
     assert isinstance(error["message"], str) and error["message"], f"{where}: {error}"

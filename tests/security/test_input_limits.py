@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import anthropic
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from sqlalchemy import func, select
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
@@ -241,7 +243,8 @@ async def test_an_oversized_prompt_is_a_clear_400_through_the_openai_sdk(
     assert chars.value.code == "prompt_too_large"
     assert isinstance(chars.value.body, dict)
     assert chars.value.body["message"] == (
-        "the prompt (all messages) is 1,001 characters; the limit is 1,000 characters "
+        "the prompt (system, messages and tools) is 1,001 characters; the limit is 1,000 "
+        "characters "
         "(raise it with KEEL_MAX_PROMPT_CHARS)"
     )
     assert "4 messages; the limit is 3 messages" in messages.value.message
@@ -274,6 +277,71 @@ async def test_text_keel_cannot_store_is_refused_with_its_location(
     assert surrogate.status_code == 400
     assert "unpaired surrogate (\\ud800)" in surrogate.json()["error"]["message"]
     assert model.status_code == 400 and model.json()["error"]["param"] == "model"
+    assert await count(ChatSession) == 0 and simulator_requests(simulator) == 0
+
+
+async def test_a_system_prompt_tools_and_tool_calls_count_toward_the_prompt_limit(
+    limited_api: str, api_token: IssuedToken, simulator: SimServer
+) -> None:
+    """What a provider reads as the prompt is what is limited, whichever wire format carries
+    it: Anthropic's ``system`` beside the messages, tool definitions and a tool call's
+    arguments count as much as message text."""
+    question: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    async with anthropic.AsyncAnthropic(
+        base_url=limited_api, api_key=api_token.secret, max_retries=0
+    ) as claude:
+        with pytest.raises(anthropic.BadRequestError) as system:
+            await claude.messages.create(
+                model="claude-3-5-haiku-latest",
+                max_tokens=50,
+                system="s" * 1000,
+                messages=[{"role": "user", "content": "hi"}],
+            )
+        with pytest.raises(anthropic.BadRequestError) as system_blocks:
+            await claude.messages.create(
+                model="claude-3-5-haiku-latest",
+                max_tokens=50,
+                system=[{"type": "text", "text": "!?" * 200}],  # 400 tokens, 800 characters
+                messages=[{"role": "user", "content": "hi"}],
+            )
+    async with openai_client(limited_api, api_token) as sdk:
+        with pytest.raises(openai.BadRequestError) as tools:
+            await sdk.chat.completions.create(
+                model=MODEL,
+                messages=question,
+                tools=[
+                    {
+                        "type": "function",
+                        "function": {"name": "lookup", "description": "d" * 1000},
+                    }
+                ],
+            )
+        with pytest.raises(openai.BadRequestError) as tool_call:
+            await sdk.chat.completions.create(
+                model=MODEL,
+                messages=[
+                    *question,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": "lookup", "arguments": "x" * 1000},
+                            }
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "call_1", "content": "found"},
+                ],
+            )
+    assert system.value.status_code == 400
+    assert "is 1,002 characters; the limit is 1,000" in system.value.message
+    assert "KEEL_MAX_PROMPT_CHARS" in system.value.message
+    assert "(estimated) is 409 tokens; the limit is 300" in system_blocks.value.message
+    assert tools.value.code == "prompt_too_large" and "KEEL_MAX_PROMPT_CHARS" in tools.value.message
+    assert tool_call.value.code == "prompt_too_large"
+    assert "characters; the limit is 1,000" in tool_call.value.message
+    # Refused before anything started: no session row, no model call.
     assert await count(ChatSession) == 0 and simulator_requests(simulator) == 0
 
 
