@@ -79,9 +79,14 @@ class Rig:
                 await handle.terminate(reason="test over")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def workflow_test_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server of this group's own, set up as the root ``time_skipping_env``.
+    """A time-skipping server of this module's own, set up as the root ``time_skipping_env``.
+
+    Per module, not per session: modules name their workflows alike (``batch-cancel`` in the
+    paged and the provider batch tests), and a second workflow under a completed one's id on
+    the same server could stop time skipping for the newer one (a provider batch's hour-long
+    poll timer then waited in real time until the test timed out).
 
     Not that shared one: the test server's clock is global and stops skipping while any workflow
     task is outstanding, so a workflow another group left running (its timer firing with no
