@@ -23,6 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -237,9 +238,19 @@ def simulator_server() -> Iterator[SimServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def simulator_startup_config(simulator_server: SimServer) -> dict[str, Any]:
+    return simulator_server.configure()
+
+
 @pytest.fixture
-def simulator(simulator_server: SimServer) -> SimServer:
+def simulator(simulator_server: SimServer, simulator_startup_config: dict[str, Any]) -> SimServer:
+    """The session's simulator as it started: faults, counters and live config (latency, seed,
+    batch timings). ``reset`` keeps live config, and a test that slowed the simulator (a batch
+    test's 1 s per call) slowed every later test in its process (a 60-turn session test: 7 s
+    alone, 160 s after the batch tests)."""
     simulator_server.reset()
+    simulator_server.configure(**simulator_startup_config)
     return simulator_server
 
 
