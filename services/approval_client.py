@@ -125,6 +125,22 @@ async def _gate_roles(gate: Approval) -> tuple[list[str], list[str]]:
     return [first, *later[: gate.escalation_level]], [first, *later]
 
 
+# How often a decision is sent again while the workflow replays up to a gate Postgres already
+# shows pending (see DecisionSender.send).
+GATE_OPENING_RETRY_SECONDS = 0.5
+
+
+def _gate_still_opening(
+    cause: BaseException | None, pending: Approval | None, gate_name: str | None
+) -> bool:
+    return (
+        isinstance(cause, ApplicationError)
+        and cause.type == RefusalType.NOT_WAITING.value
+        and pending is not None
+        and pending.gate == gate_name
+    )
+
+
 class DecisionSender:
     """Sends one decision; ``via`` (``cli`` or ``api``) and ``token_id`` go into refusal rows."""
 
@@ -198,11 +214,30 @@ class DecisionSender:
             await self._check_current_roles(description, audit_tenant, open_gate, action, decision)
 
         key = update_id(action, gate_name, decision) if gate_name else str(uuid.uuid4())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
         try:
-            receipt = await asyncio.wait_for(
-                handle.execute_update(action, decision, id=key, result_type=DecisionReceipt),
-                timeout=self.timeout,
-            )
+            while True:
+                try:
+                    receipt = await asyncio.wait_for(
+                        handle.execute_update(
+                            action, decision, id=key, result_type=DecisionReceipt
+                        ),
+                        timeout=max(deadline - loop.time(), 0.1),
+                    )
+                    break
+                except WorkflowUpdateFailedError as error:
+                    # Postgres shows the gate pending but the workflow says no gate is open:
+                    # a worker wrote the gate's row and died before its workflow task
+                    # completed, and the next worker is replaying up to the gate. It opens in
+                    # a moment: ask again rather than refuse a decision on a gate the
+                    # reviewer can see. (A rejected Update leaves no record: the id is free.)
+                    if _gate_still_opening(error.cause, open_gate, gate_name) and (
+                        loop.time() + GATE_OPENING_RETRY_SECONDS < deadline
+                    ):
+                        await asyncio.sleep(GATE_OPENING_RETRY_SECONDS)
+                        continue
+                    raise
         except WorkflowUpdateFailedError as error:
             cause = error.cause
             if isinstance(cause, ApplicationError) and cause.type in _REFUSAL_TYPES:
