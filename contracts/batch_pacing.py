@@ -45,6 +45,30 @@ def page_quota(slots: int, room: int) -> int:
     return max(0, min(slots * ITEMS_PER_SLOT, (room - EVENTS_PER_PAGE) // EVENTS_PER_SLOW_ITEM))
 
 
+def page_worst_slow_items(slots: int) -> int:
+    """Slow-path items one page can hand back: it stops claiming once it holds
+    ``min(slots, MAX_SLOW_ITEMS)`` of them, and the calls then in flight (at most ``slots``) may
+    fail too."""
+    return min(slots, MAX_SLOW_ITEMS) + slots
+
+
+def history_room_for_pages(length: int, limit: int, slow_in_flight: int) -> int:
+    """Events the run may still add before it must continue-as-new: the reserve, and the worst
+    case of the slow-path calls still running (a finished one's events are in ``length``)."""
+    return limit - length - EVENTS_RESERVE - slow_in_flight * EVENTS_PER_SLOW_ITEM
+
+
+def full_page_quota(slots: int, room: int) -> int:
+    """Items the next page may take: a full page (``ITEMS_PER_SLOT`` per slot) when the run's
+    history can absorb the most slow-path items any page hands back; else only as many items
+    as could all fall to the slow path (``page_quota``). A run's size is then bounded by its
+    pages' failures, not by the items they take: a 5,000-item batch is one run, not five, and
+    so not five drains of the page in flight."""
+    if room >= EVENTS_PER_PAGE + page_worst_slow_items(slots) * EVENTS_PER_SLOW_ITEM:
+        return slots * ITEMS_PER_SLOT
+    return page_quota(slots, room)
+
+
 def page_slots(concurrency: int, slow_in_flight: int) -> int:
     """Calls the next page may have in flight: the batch's cap less its slow-path calls."""
     return max(0, concurrency - slow_in_flight)

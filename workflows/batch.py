@@ -70,7 +70,9 @@ with workflow.unsafe.imports_passed_through():
         PAGE_SECONDS,
         budget_allows_one_more,
         failure_rate_crossed,
+        full_page_quota,
         history_room,
+        history_room_for_pages,
         page_quota,
         page_slots,
         suggested_budget,
@@ -89,6 +91,10 @@ with workflow.unsafe.imports_passed_through():
 
 OUTCOMES_PER_WRITE = 500
 REFUSED = "BatchControlRefused"
+# A run reserves history for the most slow-path items a page can hand back, not for every item
+# it took (2,000 -> 1 run instead of 2; 5,000 -> 1 instead of 5). Runs started before keep
+# the old reservation (workflow.patched).
+PAGES_RESERVE_THEIR_SLOW_CAP = "batch-pages-reserve-their-slow-cap"
 # What ask_llm raises when the tenant's own budget (keel budget set) cannot cover a call.
 TENANT_BUDGET_REFUSED = LlmFailureType.BUDGET_EXCEEDED
 
@@ -188,7 +194,7 @@ class PagedBatchWorkflow:
                         )
                     )
                     continue
-                quota = page_quota(slots, self._history_room())
+                quota = self._page_quota(slots)
                 if quota == 0:
                     await self._continue_as_new(params)
                 await self._run_page(slots, quota)
@@ -442,13 +448,17 @@ class PagedBatchWorkflow:
         if reason is not None and self._s.stop_status is None:
             self._s.stop_status, self._s.stop_reason = "aborted", reason
 
-    def _history_room(self) -> int:
+    def _page_quota(self, slots: int) -> int:
+        """Items the next page may take; 0: the run continues-as-new first."""
         info = workflow.info()
         if info.get_current_history_size() >= HISTORY_BYTES_LIMIT:
             return 0
-        return history_room(
-            info.get_current_history_length(), self._event_limit, self._s.items_taken
-        )
+        length = info.get_current_history_length()
+        if workflow.patched(PAGES_RESERVE_THEIR_SLOW_CAP):
+            room = history_room_for_pages(length, self._event_limit, self._slow_in_flight)
+            return full_page_quota(slots, room)
+        # Runs started before: every item taken reserved as if it could fall to the slow path.
+        return page_quota(slots, history_room(length, self._event_limit, self._s.items_taken))
 
     async def _continue_as_new(self, params: BatchInput) -> None:
         """Let the slow path finish and its outcomes land, then start a fresh run with the

@@ -10,11 +10,15 @@ from contracts.batch_pacing import (
     EVENTS_PER_SLOW_ITEM,
     EVENTS_RESERVE,
     ITEMS_PER_SLOT,
+    MAX_SLOW_ITEMS,
     budget_allows_one_more,
     failure_rate_crossed,
+    full_page_quota,
     history_room,
+    history_room_for_pages,
     page_quota,
     page_slots,
+    page_worst_slow_items,
     suggested_budget,
 )
 
@@ -34,6 +38,24 @@ def test_history_room_keeps_the_reserve_and_the_worst_case_of_items_taken() -> N
     quota = page_quota(200, history_room(length=12, limit=9000, items_taken=0))
     assert 1000 < quota < 1200
     assert page_quota(200, history_room(length=20, limit=9000, items_taken=quota)) == 0
+
+
+def test_a_run_reserves_history_for_a_pages_slow_cap_not_for_every_item_taken() -> None:
+    # A page stops claiming at min(slots, MAX_SLOW_ITEMS) slow items; its calls in flight may
+    # add one slot's worth more.
+    assert page_worst_slow_items(3) == 6
+    assert page_worst_slow_items(1000) == MAX_SLOW_ITEMS + 1000
+    # Only running slow-path calls are reserved; finished ones are in the history's length.
+    assert history_room_for_pages(length=50, limit=9000, slow_in_flight=0) == 9000 - 50 - 100
+    assert history_room_for_pages(length=50, limit=9000, slow_in_flight=10) == 8850 - 80
+    # At the default limit a run takes full pages, however many items they hold...
+    room = history_room_for_pages(length=12, limit=9000, slow_in_flight=0)
+    assert full_page_quota(200, room) == 200 * ITEMS_PER_SLOT
+    # ... until the worst page no longer fits: then as page_quota, every item reserved.
+    worst = EVENTS_PER_PAGE + page_worst_slow_items(200) * EVENTS_PER_SLOW_ITEM
+    assert full_page_quota(200, worst) == 200 * ITEMS_PER_SLOT
+    assert full_page_quota(200, worst - 1) == page_quota(200, worst - 1) < 200 * ITEMS_PER_SLOT
+    assert full_page_quota(200, EVENTS_PER_PAGE) == 0
 
 
 def test_slow_path_calls_hold_their_slots() -> None:

@@ -123,14 +123,16 @@ async def test_retryable_errors_are_retried_and_the_route_falls_back(
 async def test_continue_as_new_keeps_every_run_under_the_event_limit(
     client: Client, keel_settings: KeelSettings, batch_worker: Worker, simulator: SimServer
 ) -> None:
-    limit = 300
+    # The smallest limit: a full page's worst case (16 slow items) does not fit, so pages take
+    # only what could all fall to the slow path, and runs continue-as-new.
+    limit = 200
     batch_id, handle = await start_batch(
         client, keel_settings, prompt_lines(120), concurrency=8, history_event_limit=limit
     )
     result = await handle.result()
     assert (result.status, result.ok) == ("completed", 120)
     lengths = await run_histories(client, handle.id)
-    assert result.runs == len(lengths) >= 3
+    assert result.runs == len(lengths) >= 2
     assert max(lengths) <= limit
     items = await items_of(batch_id)
     assert all(i.status == "ok" and i.run_count == 1 for i in items)

@@ -18,6 +18,7 @@ from contracts.batch import (
     PageInput,
     StatusInput,
 )
+from contracts.batch_pacing import ITEMS_PER_SLOT
 from contracts.llm import CallClass, ErrorClass, FallbackPolicy
 from tests.workflows.conftest import Rig, eventually
 from workflows.batch import PagedBatchWorkflow
@@ -190,22 +191,23 @@ async def test_the_budget_gate_opens_between_pages_and_approval_goes_on(rig: Rig
 
 
 async def test_continue_as_new_carries_the_state_and_runs_each_item_once(rig: Rig) -> None:
-    prompts = [f"q{n}" for n in range(60)]
+    prompts = [f"q{n}" for n in range(200)]
     rig.mocks.batch.load(*prompts)
 
     handle = await rig.start(
         PagedBatchWorkflow.run,
         BatchInput(
             batch_id="long",
-            options=BatchOptions(concurrency=4, budget_usd=Decimal("100")),
-            # The smallest limit: a run keeps room for a dozen items failing to the slow path.
+            # The smallest limit, and more slots than a full page's worst case leaves room for
+            # (24 slow items): pages take only what could all fall to the slow path.
+            options=BatchOptions(concurrency=12, budget_usd=Decimal("100")),
             history_event_limit=200,
         ),
         workflow_id="batch-long",
     )
     result = await handle.result()
 
-    assert result.status == "completed" and result.ok == 60
+    assert result.status == "completed" and result.ok == 200
     assert result.runs >= 3
     assert len(rig.mocks.inputs("begin_batch_run")) == result.runs
     assert all(len(item.outcomes) == 1 for item in rig.mocks.batch.items.values())
@@ -214,7 +216,20 @@ async def test_continue_as_new_carries_the_state_and_runs_each_item_once(rig: Ri
     # The budget was carried to the last run, and the start was audited once.
     assert final_status(rig).budget_usd == Decimal("100")
     assert rig.mocks.audit.types(handle.id).count("batch.started") == 1
-    assert result.spent_usd == Decimal("0.060")
+    assert result.spent_usd == Decimal("0.200")
+
+
+async def test_at_the_default_limit_a_thousand_items_are_one_run_of_full_pages(rig: Rig) -> None:
+    rig.mocks.batch.load(*(f"q{n}" for n in range(1000)))
+    handle = await rig.start(
+        PagedBatchWorkflow.run,
+        BatchInput(batch_id="big", options=BatchOptions(concurrency=10, budget_usd=None)),
+    )
+    result = await handle.result()
+
+    assert (result.status, result.ok, result.runs) == ("completed", 1000, 1)
+    # A run reserves history for what a page can hand back, not for every item it takes.
+    assert [page.quota for page in pages(rig)][:2] == [10 * ITEMS_PER_SLOT] * 2
 
 
 async def test_a_slow_item_the_tenant_budget_refuses_goes_back_under_its_page_claim(
