@@ -182,14 +182,26 @@ async def check_callback_destination(url: str, api: KeelApi) -> None:
         raise ApiError(400, str(error), param="callback_url", code="invalid_callback_url") from None
 
 
-@router.post("/v1/jobs", status_code=202, response_model=JobView)
+@router.post(
+    "/v1/jobs",
+    status_code=202,
+    response_model=JobView,
+    responses={
+        200: {
+            "model": JobView,
+            "description": "A job with this id exists already: it is returned as it is now "
+            "(the same request sent again starts nothing).",
+        }
+    },
+)
 async def create_job(
     body: JobRequest,
     request: Request,
     api: KeelApi = Depends(keel_api),
     caller: VerifiedToken = Depends(client_caller),
 ) -> JSONResponse:
-    """Start a job; answers at once (202) with its id and where to poll."""
+    """Start a job; answers at once (202) with its id and where to poll; 200 with the existing
+    job when its id is taken."""
     check_tenant_field(caller, body.input.get("tenant"), "input.tenant")
     priority = request_priority(request)
     api.shedder.check(priority)
