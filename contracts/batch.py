@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contracts.approvals import DefaultAction, GateRequest
 from contracts.llm import CallClass, ChatMessage, FallbackPolicy, LlmParameters, LlmRequest, Usage
 
 
@@ -412,3 +413,24 @@ class ControlAck(BaseModel):
 class RetryFailedAck(BaseModel):
     reset: int
     message: str
+
+
+def tenant_budget_gate(
+    batch_id: str, options: BatchOptions, number: int, refusal: str
+) -> GateRequest:
+    """The gate a batch (live or provider) opens when its tenant's budget refuses a call:
+    ``tenant-budget-N``; a person raises the budget and approves, or rejects to stop."""
+    tenant = options.tenant
+    return GateRequest(
+        gate=f"tenant-budget-{number}",
+        draft="resume",
+        reason=(
+            f"tenant budget: {refusal}. Raise it (keel budget set {tenant} --usd AMOUNT "
+            "--period day|month), then approve to go on; reject to stop the batch"
+        ),
+        role=options.budget_role,
+        tenant=tenant,
+        subject=f"batch {batch_id}: tenant {tenant} is out of budget",
+        deadline=options.budget_gate_deadline,
+        default_action=DefaultAction.REJECT,
+    )

@@ -64,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         SlowItem,
         StatusInput,
         item_llm_request,
+        tenant_budget_gate,
     )
     from contracts.batch_pacing import (
         HISTORY_BYTES_LIMIT,
@@ -588,33 +589,15 @@ class PagedBatchWorkflow:
         a person raises the budget (``keel budget set``) and approves, or rejects to stop."""
         await workflow.wait_condition(lambda: self._slow_in_flight == 0)
         refusal = self._s.tenant_refusal or "the tenant's budget is spent"
-        tenant = self._options.tenant
         self._s.gates_opened += 1
-        name = f"tenant-budget-{self._s.gates_opened}"
-        reason = (
-            f"tenant budget: {refusal}. Raise it (keel budget set {tenant} --usd AMOUNT "
-            "--period day|month), then approve to go on; reject to stop the batch"
-        )
-        await self._set_status("paused", reason)
+        request = tenant_budget_gate(self._batch_id, self._options, self._s.gates_opened, refusal)
+        await self._set_status("paused", request.reason)
         await audit(
             "batch.tenant_budget_gate_opened",
-            tenant,
-            {"batch_id": self._batch_id, "gate": name, "refusal": refusal},
+            request.tenant,
+            {"batch_id": self._batch_id, "gate": request.gate, "refusal": refusal},
         )
-        asking = asyncio.create_task(
-            self._approval.request(
-                GateRequest(
-                    gate=name,
-                    draft="resume",
-                    reason=reason,
-                    role=self._options.budget_role,
-                    tenant=tenant,
-                    subject=f"batch {self._batch_id}: tenant {tenant} is out of budget",
-                    deadline=self._options.budget_gate_deadline,
-                    default_action=DefaultAction.REJECT,
-                )
-            )
-        )
+        asking = asyncio.create_task(self._approval.request(request))
         await workflow.wait_condition(lambda: asking.done() or self._stopping())
         if not asking.done():
             asking.cancel()
@@ -628,7 +611,10 @@ class PagedBatchWorkflow:
             self._s.tenant_refusal = None
             self._s.exhausted = False
             await audit(
-                "batch.tenant_budget_resumed", tenant, {"batch_id": self._batch_id}, actor=actor
+                "batch.tenant_budget_resumed",
+                request.tenant,
+                {"batch_id": self._batch_id},
+                actor=actor,
             )
             if self._s.paused_by is None and not self._stopping():
                 await self._set_status("running", None)

@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         MeterInput,
         RetryFailedAck,
         StatusInput,
+        tenant_budget_gate,
     )
     from contracts.batch_pacing import failure_rate_crossed
     from contracts.provider_batch import (
@@ -461,31 +462,16 @@ class ProviderBatchWorkflow:
         """The tenant's budget (not the batch's) cannot cover a chunk: a person raises it
         (``keel budget set``) and approves, and the chunk is offered again; or rejects, and the
         batch stops. As the live engine's gate, named ``tenant-budget-N``."""
-        tenant = self._options.tenant
         self._gates_opened += 1
-        name = f"tenant-budget-{self._gates_opened}"
-        reason = (
-            f"tenant budget: {refusal}. Raise it (keel budget set {tenant} --usd AMOUNT "
-            "--period day|month), then approve to go on; reject to stop the batch"
-        )
-        await self._set_status(BatchStatus.PAUSED.value, reason)
+        request = tenant_budget_gate(self._batch_id, self._options, self._gates_opened, refusal)
+        tenant, name = request.tenant, request.gate
+        await self._set_status(BatchStatus.PAUSED.value, request.reason)
         await audit(
             "batch.tenant_budget_gate_opened",
             tenant,
             {"batch_id": self._batch_id, "gate": name, "refusal": refusal},
         )
-        outcome = await self._ask(
-            GateRequest(
-                gate=name,
-                draft="resume",
-                reason=reason,
-                role=self._options.budget_role,
-                tenant=tenant,
-                subject=f"batch {self._batch_id}: tenant {tenant} is out of budget",
-                deadline=self._options.budget_gate_deadline,
-                default_action=DefaultAction.REJECT,
-            )
-        )
+        outcome = await self._ask(request)
         if outcome is None:
             return
         if outcome.approved:
