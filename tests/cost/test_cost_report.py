@@ -21,6 +21,7 @@ from infra.settings import KeelSettings
 from infra.tables import AuditEvent, CircuitBreaker, LlmCall
 from llmsim import SimServer
 from services.costs import CostGrouping, CostRow, cost_report
+from starters import output
 from starters.traffic_demo import DEMO_TENANT, demo_cost_and_traffic
 from tests.conftest import reconfigure
 from tests.cost.support import CHEAP, ask, keel_cli, requests_to
@@ -198,6 +199,9 @@ async def test_the_demo_shows_routes_a_refused_budget_and_the_spend(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # A terminal wide enough for the tables: captured output is 80 columns, where rich cuts
+    # model names to "gpt-4o-…" when a table's other cells run long.
+    monkeypatch.setattr(output.console, "width", 200)
     await ask(client, keel_settings, models=[CHEAP], tenant=TENANT)
     settings = reconfigure(monkeypatch, TEMPORAL_ADDRESS=client.service_client.config.target_host)
     (workflow_id,) = await demo_cost_and_traffic(settings)
