@@ -263,6 +263,56 @@ async def _insert_messages(
     )
 
 
+async def store_turn_answer(db: AsyncSession, params: FinishTurnInput) -> StoredAnswer:
+    """Store a turn's answer (once per turn: a second store returns the first) and end its
+    stream with the stored text, in the caller's transaction. Used by ``finish_turn`` and by
+    the LLM call itself, which stores its answer with its ledger row (``AnswerRecords``)."""
+    next_seq = (
+        select(func.coalesce(func.max(Message.seq), 0) + 1)
+        .where(Message.session_id == params.session_id)
+        .scalar_subquery()
+    )
+    inserted = await db.scalars(
+        insert(Message)
+        .values(
+            session_id=params.session_id,
+            seq=next_seq,
+            turn_id=params.turn_id,
+            role="assistant",
+            content=params.text,
+            tool_calls=_json_list(params.tool_calls),
+            tokens=params.usage.output_tokens
+            or message_tokens(
+                ChatMessage(role="assistant", content=params.text, tool_calls=params.tool_calls)
+            ),
+            model=params.model,
+            input_tokens=params.usage.input_tokens,
+            cost_usd=params.cost_usd,
+        )
+        .on_conflict_do_nothing(index_elements=["session_id", "turn_id", "role"])
+        .returning(Message)
+    )
+    message = inserted.one_or_none()
+    if message is None:  # a retried finish: the answer stored the first time stands
+        message = (await _turn_messages(db, params.session_id, params.turn_id))["assistant"]
+    stored = _stored_answer(message)
+    # In the same transaction as the message: the stream's final text is the stored text.
+    if params.stream_key and not await has_terminal_event(db, params.stream_key):
+        done = _done_event(stored, params.turn_id, params.finish_reason)
+        await append_events(db, params.stream_key, [done])
+    return stored
+
+
+async def prune_streams_now_and_then(
+    sessions: async_sessionmaker[AsyncSession], settings: KeelSettings
+) -> None:
+    """Delete old stream rows after about one turn in twenty (after the turn's commit: off the
+    stream's path)."""
+    if random.random() < PRUNE_ONE_TURN_IN:
+        async with sessions.begin() as db:
+            await prune_streams(db, timedelta(hours=settings.stream_retention_hours))
+
+
 class SessionActivities:
     """The chat-session activities with what they depend on: the worker's settings (context
     budgets, summary route, stream retention) and its database sessions."""
@@ -378,46 +428,9 @@ class SessionActivities:
 
     @activity.defn(name="finish_turn")
     async def finish_turn(self, params: FinishTurnInput) -> StoredAnswer:
-        settings = self._settings
-        next_seq = (
-            select(func.coalesce(func.max(Message.seq), 0) + 1)
-            .where(Message.session_id == params.session_id)
-            .scalar_subquery()
-        )
         async with self._sessions.begin() as db:
-            inserted = await db.scalars(
-                insert(Message)
-                .values(
-                    session_id=params.session_id,
-                    seq=next_seq,
-                    turn_id=params.turn_id,
-                    role="assistant",
-                    content=params.text,
-                    tool_calls=_json_list(params.tool_calls),
-                    tokens=params.usage.output_tokens
-                    or message_tokens(
-                        ChatMessage(
-                            role="assistant", content=params.text, tool_calls=params.tool_calls
-                        )
-                    ),
-                    model=params.model,
-                    input_tokens=params.usage.input_tokens,
-                    cost_usd=params.cost_usd,
-                )
-                .on_conflict_do_nothing(index_elements=["session_id", "turn_id", "role"])
-                .returning(Message)
-            )
-            message = inserted.one_or_none()
-            if message is None:  # a retried finish: the answer stored the first time stands
-                message = (await _turn_messages(db, params.session_id, params.turn_id))["assistant"]
-            stored = _stored_answer(message)
-            # In the same transaction as the message: the stream's final text is the stored text.
-            if params.stream_key and not await has_terminal_event(db, params.stream_key):
-                done = _done_event(stored, params.turn_id, params.finish_reason)
-                await append_events(db, params.stream_key, [done])
-        if random.random() < PRUNE_ONE_TURN_IN:  # off the stream's path: after the commit
-            async with self._sessions.begin() as db:
-                await prune_streams(db, timedelta(hours=settings.stream_retention_hours))
+            stored = await store_turn_answer(db, params)
+        await prune_streams_now_and_then(self._sessions, self._settings)
         return stored
 
     @activity.defn(name="fail_turn")

@@ -26,7 +26,8 @@ from temporalio.api.enums.v1 import EventType
 from devstack.ephemeral import EphemeralStack, ephemeral_stack
 from infra.database import session_factory
 from infra.tables import CircuitBreaker
-from workflows.ask import AskInput, AskWorkflow
+from services.asks import start_ask
+from workflows.ask import AskInput
 
 MODEL = "gpt-4o-mini"
 BROKEN = "gpt-4o"
@@ -59,13 +60,16 @@ async def direct_call(sdk: openai.AsyncOpenAI) -> None:
 
 
 async def keel_call(stack: EphemeralStack, models: list[str]) -> str:
+    """An ask as keel starts one (`keel ask`, services/asks.py), here from a process that runs
+    the interactive worker, as `keel api` and `keel dev up` do."""
     workflow_id = f"bench-{uuid.uuid4().hex[:12]}"
-    await stack.client.execute_workflow(
-        AskWorkflow.run,
+    handle = await start_ask(
+        stack.client,
+        stack.settings,
         AskInput(prompt=PROMPT, models=models, max_tokens=MAX_TOKENS),
-        id=workflow_id,
-        task_queue=stack.settings.interactive_task_queue,
+        workflow_id,
     )
+    await handle.result()
     return workflow_id
 
 

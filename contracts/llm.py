@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from contracts.audit import AuditEventInput
 from contracts.traffic import BudgetPolicy
 
 
@@ -384,6 +385,25 @@ class RoutePlan(BaseModel):
     pause_max_seconds: float = 86_400
 
 
+class TurnToStore(BaseModel):
+    """The chat turn an answer belongs to: stored in ``messages`` and its stream ended."""
+
+    session_id: str
+    turn_id: str
+    stream_key: str | None = None
+
+
+class AnswerRecords(BaseModel):
+    """What the call writes with its answer, in the transaction of its ledger row, so the
+    caller's own record of the answer (a local activity after the call) is off the path
+    between the provider's last token and the reply."""
+
+    # Stored as the turn's answer; the stream's `done` event carries the stored text.
+    turn: TurnToStore | None = None
+    # Appended to the audit trail with ``model`` and ``output_tokens`` of the answer added.
+    audit: AuditEventInput | None = None
+
+
 class AttemptInput(BaseModel):
     """One model's turn at answering (the activity retries it under the route's policy)."""
 
@@ -396,6 +416,8 @@ class AttemptInput(BaseModel):
     chain: str = "primary"
     # The model that failed (or was skipped) before this one, for the fallback metric.
     fallback_from: str | None = None
+    # Written with the answer if this attempt answers (None: the caller records it itself).
+    records: AnswerRecords | None = None
 
 
 class Usage(BaseModel):
@@ -403,6 +425,18 @@ class Usage(BaseModel):
     output_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+
+
+class StoredAnswer(BaseModel):
+    """An assistant message as stored in ``messages``."""
+
+    text: str
+    model: str | None = None
+    message_seq: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
 class LlmAnswer(BaseModel):
@@ -421,6 +455,10 @@ class LlmAnswer(BaseModel):
     latency_ms: int = 0
     # Models that failed before this answer, with their error classes, in order.
     failed_models: list[tuple[str, str]] = Field(default_factory=list)
+    # The call wrote its ``AnswerRecords``; ``stored``: the turn's answer as stored (a retried
+    # call finds the first answer stored, and that one stands).
+    records_written: bool = False
+    stored: StoredAnswer | None = None
 
 
 class LlmFailureType(StrEnum):

@@ -10,7 +10,16 @@ from decimal import Decimal
 
 from pydantic import BaseModel, Field
 
-from contracts.llm import MAX_OUTPUT_TOKENS, ChatMessage, LlmParameters, ToolCall, Usage
+from contracts.llm import (
+    MAX_OUTPUT_TOKENS,
+    ChatMessage,
+    LlmParameters,
+    ToolCall,
+    Usage,
+)
+
+# Defined with the LLM answer, which carries it when the call stored the turn's answer.
+from contracts.llm import StoredAnswer as StoredAnswer
 
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,149}$")
 MAX_TURN_CHARS = 200_000
@@ -91,18 +100,6 @@ class ChatSessionOutput(BaseModel):
 
 
 # --- Activities' inputs and outputs -------------------------------------------------------------
-
-
-class StoredAnswer(BaseModel):
-    """An assistant message as stored in ``messages``."""
-
-    text: str
-    model: str | None = None
-    message_seq: int
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: Decimal | None = None
-    tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
 class FoldPlan(BaseModel):

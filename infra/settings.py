@@ -106,6 +106,17 @@ class KeelSettings(BaseSettings):
     # cancels them (Temporal retries those elsewhere). Ten seconds under the grace its platform
     # gives it (deploy/kubernetes terminationGracePeriodSeconds, compose stop_grace_period: 60 s
     # interactive, 120 s batch) so the process exits 0 before it is killed.
+    workflow_sandbox: bool = Field(
+        default=False,
+        description=(
+            "Run workflow code in Temporal's sandbox on keel's workers. Off: keel's workflows "
+            "are proven sandbox-clean and deterministic by its test suite (the workflow tests "
+            "and the replay tests run them in the sandbox), and the sandbox costs each new "
+            "workflow about 5 ms of CPU to re-import its modules and each workflow task about "
+            "as much again to build payload contexts inside it (ARCHITECTURE.md, 'Workflow "
+            "sandbox'). On: for workflows of your own registered on keel's workers."
+        ),
+    )
     interactive_shutdown_grace_seconds: float = Field(
         default=50,
         gt=0,

@@ -14,6 +14,7 @@ from contracts.llm import LedgerOutcome
 from contracts.search_attributes import tenant_search_attributes
 from infra.settings import KeelSettings
 from infra.tables import LlmCall
+from infra.temporal_tuning import REQUEST_EAGER_WORKFLOW_START
 from workflows.ask import AskInput, AskOutput, AskWorkflow
 
 
@@ -29,6 +30,9 @@ async def start_ask(
         search_attributes=tenant_search_attributes(params.tenant, "ask"),
         static_summary=ask_summary(params),
         static_details=ask_details(params),
+        # The first workflow task comes back with the start when this client's process runs an
+        # interactive worker (infra/temporal_tuning.py); an ordinary start otherwise.
+        request_eager_start=REQUEST_EAGER_WORKFLOW_START,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio.plugin import SimplePlugin
-from temporalio.worker import WorkerConfig
+from temporalio.worker import UnsandboxedWorkflowRunner, WorkerConfig
 
 from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings
@@ -30,6 +30,7 @@ class KeelWorkerPlugin(SimplePlugin):
         contents = queue_contents(queue, settings, resolver)
         self.queue = queue
         self.max_concurrent_activities = contents.max_concurrent_activities
+        self.sandboxed = settings.workflow_sandbox
         super().__init__(
             "keel.KeelWorkerPlugin",
             workflows=list(contents.workflows),
@@ -51,6 +52,12 @@ class KeelWorkerPlugin(SimplePlugin):
             )
         config = super().configure_worker(config)
         config["max_concurrent_activities"] = self.max_concurrent_activities
+        if not self.sandboxed:
+            # keel's workflows run outside the sandbox in production: the workflow tests and
+            # the replay tests run every one of them inside it (their workers and replayers
+            # keep the SDK's default runner), so a non-deterministic call fails a test, not a
+            # worker (KeelSettings.workflow_sandbox).
+            config["workflow_runner"] = UnsandboxedWorkflowRunner()
         # Heartbeats reach the server at most this often (the SDK's default is 80% of the
         # heartbeat timeout, up to a minute): a batch page learns of a pause or cancel from the
         # answer to its heartbeat, so this bounds how long a page keeps starting calls after one.

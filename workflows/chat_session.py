@@ -23,8 +23,11 @@ from temporalio.exceptions import FailureError
 with workflow.unsafe.imports_passed_through():
     from contracts.activities import FAIL_TURN, FINISH_TURN, PREPARE_TURN, STORE_SUMMARY
     from contracts.llm import (
+        AnswerRecords,
+        LlmAnswer,
         LlmParameters,
         LlmRequest,
+        TurnToStore,
         Usage,
     )
     from contracts.sessions import (
@@ -45,6 +48,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.activity_calls import LOCAL_RECORD, call_local
     from workflows.llm_calls import ask_llm
+
+# Turns since this patch have their answer stored (and stream ended) by the LLM call itself,
+# in its ledger row's transaction; ``finish_turn`` runs only for an answer no call stored.
+TURN_STORED_BY_THE_CALL = "turn-stored-by-the-call"
 
 __all__ = [
     "ChatSessionInput",
@@ -184,6 +191,12 @@ class ChatSessionWorkflow:
             summary = context.summary
             if context.fold is not None:
                 summary = await self._fold(context.fold, params.priority_key)
+            records = None
+            if workflow.patched(TURN_STORED_BY_THE_CALL):
+                turn = TurnToStore(
+                    session_id=session.session_id, turn_id=turn_id, stream_key=stream_key
+                )
+                records = AnswerRecords(turn=turn)
             answer = await ask_llm(
                 LlmRequest(
                     messages=build_context(context.system_prompt, summary, context.recent),
@@ -194,7 +207,8 @@ class ChatSessionWorkflow:
                     purpose="chat",
                     stream_key=stream_key,
                     priority_key=params.priority_key,
-                )
+                ),
+                records=records,
             )
         except FailureError as error:
             if stream_key is not None:
@@ -209,7 +223,26 @@ class ChatSessionWorkflow:
                     summary=f"turn {turn_id} · failed",
                 )
             raise
-        stored = await call_local(
+        stored = answer.stored or await self._store_answer(turn_id, stream_key, answer)
+        return _output(
+            session.session_id,
+            turn_id,
+            stored,
+            summarized=context.fold is not None,
+            context_tokens=context.context_tokens,
+            budget_tokens=context.budget_tokens,
+            attempts=answer.attempts,
+            fallback_used=answer.fallback_used,
+            finish_reason=answer.finish_reason,
+        )
+
+    async def _store_answer(
+        self, turn_id: str, stream_key: str | None, answer: LlmAnswer
+    ) -> StoredAnswer:
+        """Store an answer no call stored (a fallback response, or a turn from before the
+        call stored its answer) and end its stream."""
+        session = self._params
+        return await call_local(
             FINISH_TURN,
             FinishTurnInput(
                 session_id=session.session_id,
@@ -224,17 +257,6 @@ class ChatSessionWorkflow:
             ),
             **LOCAL_RECORD,
             summary=f"turn {turn_id} · store {answer.model} answer",
-        )
-        return _output(
-            session.session_id,
-            turn_id,
-            stored,
-            summarized=context.fold is not None,
-            context_tokens=context.context_tokens,
-            budget_tokens=context.budget_tokens,
-            attempts=answer.attempts,
-            fallback_used=answer.fallback_used,
-            finish_reason=answer.finish_reason,
         )
 
     async def _fold(self, plan: FoldPlan, priority_key: int | None) -> str:

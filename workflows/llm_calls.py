@@ -9,6 +9,7 @@ Runs inside workflow code, so it only schedules activities and makes decisions; 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.llm import (
         CHAIN_STOPPERS,
         NON_RETRYABLE_ERROR_TYPES,
+        AnswerRecords,
         AttemptInput,
         CallPolicy,
         ErrorClass,
@@ -144,13 +146,26 @@ async def plan_route(request: LlmRequest) -> RoutePlan:
     return await _plan(request)
 
 
-async def ask_llm(request: LlmRequest, plan: RoutePlan | None = None) -> LlmAnswer:
+# What the answering call writes with its answer, given the models that failed before it.
+RecordsOf = Callable[[list[tuple[str, str]]], AnswerRecords]
+
+
+async def ask_llm(
+    request: LlmRequest,
+    plan: RoutePlan | None = None,
+    records: AnswerRecords | RecordsOf | None = None,
+) -> LlmAnswer:
     """Answer ``request`` with the first model in its route that succeeds.
 
     ``plan``: a recent ``plan_route`` of a request of the same shape, for callers making many
     such calls (a batch plans once per page instead of once per item: the planning local
     activity would otherwise hold the workflow task open for every item). Breakers and budget
-    reservations are still enforced per call by the call activity."""
+    reservations are still enforced per call by the call activity.
+
+    ``records``: what the model that answers writes with its answer, in its ledger row's
+    transaction, the same for every model or by the models that failed before it
+    (``answer.records_written`` says it did; not when the answer is the fallback policy's,
+    which the caller records itself)."""
     plan = plan or await _plan(request)
     failed: list[tuple[str, str]] = []
     routes_tried = {plan.route, plan.downgraded_from}
@@ -162,7 +177,7 @@ async def ask_llm(request: LlmRequest, plan: RoutePlan | None = None) -> LlmAnsw
                 plan.budget_blocking.model_dump(mode="json") if plan.budget_blocking else None,
             )
         else:
-            outcome = await _try_chain(request, plan, failed)
+            outcome = await _try_chain(request, plan, failed, records)
         if isinstance(outcome, LlmAnswer):
             return outcome
         if outcome is None:
@@ -193,7 +208,10 @@ async def ask_llm(request: LlmRequest, plan: RoutePlan | None = None) -> LlmAnsw
 
 
 async def _try_chain(
-    request: LlmRequest, plan: RoutePlan, failed: list[tuple[str, str]]
+    request: LlmRequest,
+    plan: RoutePlan,
+    failed: list[tuple[str, str]],
+    records: AnswerRecords | RecordsOf | None = None,
 ) -> LlmAnswer | _BudgetRefusal | None:
     """Each model of the plan in turn: the answer, a budget refusal, or None (exhausted)."""
     for position, candidate in enumerate(plan.candidates):
@@ -235,6 +253,7 @@ async def _try_chain(
                     route=plan.route,
                     chain=plan.chain,
                     fallback_from=failed[-1][0] if position > 0 else None,
+                    records=_records_for(records, failed),
                 ),
                 **llm_call_options(plan, workflow.patched(RATE_LIMITS_BOUNDED_BY_DEADLINE)),
                 summary=f"{candidate.model} · {request.purpose}",
@@ -258,6 +277,14 @@ async def _try_chain(
         answer.failed_models = failed
         return answer
     return None
+
+
+def _records_for(
+    records: AnswerRecords | RecordsOf | None, failed: list[tuple[str, str]]
+) -> AnswerRecords | None:
+    if records is None or isinstance(records, AnswerRecords):
+        return records
+    return records(list(failed))
 
 
 def _refusal_of(error: ActivityError) -> _BudgetRefusal:

@@ -21,6 +21,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.llm import circuit_breaker, response_cache, retries
+from activities.llm.answer_records import write_answer_records
 from activities.llm.budgets import (
     BudgetExceededError,
     blocking_budget,
@@ -61,6 +62,7 @@ from activities.llm.routing import (
     route_policy,
 )
 from activities.llm.streaming import open_attempt_stream
+from activities.sessions import prune_streams_now_and_then
 from contracts.llm import (
     AttemptInput,
     BudgetState,
@@ -280,6 +282,24 @@ async def _wait_for_rate_limit(attempt: Attempt, wait_seconds: float) -> None:
     attempt.rate_limit_waited(wait_seconds)
 
 
+class _ProgressHeartbeat:
+    """Heartbeats on streamed progress, at most every ``HEARTBEAT_EVERY_SECONDS``: a stream
+    delivers a chunk every few milliseconds, and the liveness signal needs one a second at most
+    (the SDK sends one to the server per throttle interval anyway); the call per chunk cost
+    about a millisecond per answer of 64 chunks."""
+
+    HEARTBEAT_EVERY_SECONDS = 0.2
+
+    def __init__(self) -> None:
+        self._last = float("-inf")
+
+    def progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.HEARTBEAT_EVERY_SECONDS:
+            self._last = now
+            activity.heartbeat()
+
+
 async def _complete_chat(
     call: AttemptInput,
     span: Span,
@@ -315,7 +335,7 @@ async def _complete_chat(
                 usage = Usage(input_tokens=hit.input_tokens, output_tokens=hit.output_tokens)
                 await record_attempt(session, attempt.ledger_row("cached", usage, Decimal(0)))
                 attempt.observe("cached", usage, Decimal(0), timed=False)
-                return LlmAnswer(
+                cached = LlmAnswer(
                     text=hit.text,
                     model=model,
                     provider=provider_name,
@@ -326,8 +346,12 @@ async def _complete_chat(
                     attempts=info.attempt,
                     latency_ms=attempt.latency_ms,
                 )
-        # Rows an earlier attempt's dead worker left in flight end now (see ledger.py).
-        await mark_interrupted(session, key.workflow_id, key.run_id, key.activity_id, key.attempt)
+                return await write_answer_records(session, call, cached)
+        if key.attempt > 1:  # the first attempt has no earlier one to close
+            # Rows an earlier attempt's dead worker left in flight end now (see ledger.py).
+            await mark_interrupted(
+                session, key.workflow_id, key.run_id, key.activity_id, key.attempt
+            )
         # Budget, rate limits, breaker and the in-flight row, in one transaction: the
         # reservation is visible to the next check the moment the budget lock is released.
         (admission,) = await admit(session, [attempt], settings, config)
@@ -340,14 +364,16 @@ async def _complete_chat(
 
     stream = open_attempt_stream(request.stream_key, model)
 
+    beat = _ProgressHeartbeat()
+
     async def on_delta(delta: str) -> None:
         # Progress is the liveness signal: a stream that stalls stops heartbeating and the
         # heartbeat timeout, not the much longer start-to-close, ends the attempt.
-        activity.heartbeat()
+        beat.progress()
         stream.delta(delta)
 
     async def on_tool_delta(delta: ToolCallDelta) -> None:
-        activity.heartbeat()
+        beat.progress()
         stream.tool_delta(delta.index, delta.id, delta.name, delta.arguments)
 
     async with stream:
@@ -359,6 +385,17 @@ async def _complete_chat(
     completion = attempt.completion
     usage = answered_usage(request, completion)
     cost = price_usd(provider_name, model_name, usage)
+    answer = LlmAnswer(
+        text=completion.text,
+        model=model,
+        provider=provider_name,
+        tool_calls=completion.tool_calls,
+        usage=usage,
+        cost_usd=cost,
+        finish_reason=completion.finish_reason,
+        attempts=info.attempt,
+        latency_ms=attempt.latency_ms,
+    )
     async with sessions.begin() as session:
         await record_attempt(session, attempt.ledger_row("ok", usage, cost))
         await settle(session, [(attempt, usage, None)], config)
@@ -373,6 +410,10 @@ async def _complete_chat(
                 usage.input_tokens,
                 usage.output_tokens,
             )
+        # The turn's answer and `done` event commit with the ledger row (answer_records.py).
+        answer = await write_answer_records(session, call, answer)
+    if call.records is not None and call.records.turn is not None:
+        await prune_streams_now_and_then(sessions, settings)
     attempt.observe("ok", usage, cost)
     log.info(
         "llm.call_succeeded",
@@ -382,17 +423,7 @@ async def _complete_chat(
         cost_usd=str(cost) if cost is not None else None,
         latency_ms=attempt.latency_ms,
     )
-    return LlmAnswer(
-        text=completion.text,
-        model=model,
-        provider=provider_name,
-        tool_calls=completion.tool_calls,
-        usage=usage,
-        cost_usd=cost,
-        finish_reason=completion.finish_reason,
-        attempts=info.attempt,
-        latency_ms=attempt.latency_ms,
-    )
+    return answer
 
 
 async def _record_failure(

@@ -12,8 +12,21 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import Date, cast, func, literal, select, update
+from sqlalchemy import (
+    Date,
+    Executable,
+    Integer,
+    Table,
+    bindparam,
+    cast,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -78,6 +91,18 @@ def _values(record: AttemptRecord) -> dict[str, object]:
     }
 
 
+def _core_table(table: object) -> Table:
+    """A mapped class's Core table (typed: ``__table__`` is any FromClause to mypy)."""
+    if not isinstance(table, Table):
+        raise TypeError(f"not a table: {table!r}")
+    return table
+
+
+VALUE_COLUMNS = tuple(
+    _values(AttemptRecord("", None, "", 0, "", None, "", "", "", Usage(), None, 0, None, False, ""))
+)
+
+
 # Concurrent completions of one tenant spread over this many rows per day (see TenantDailySpend).
 SPEND_SHARDS = 16
 
@@ -116,8 +141,20 @@ async def record_attempt(session: AsyncSession, record: AttemptRecord) -> None:
     The same statement adds the cost to the tenant's spend of the day: the row leaves
     ``in_flight`` (releasing its budget reservation) and its cost is metered in one step, so a
     budget check never sees both or neither, and the spend is counted exactly once."""
-    values = _values(record)
-    statement = insert(LlmCall).values(**values)
+    await session.execute(
+        _completion_statement(), {**_values(record), "shard": spend_shard(record)}
+    )
+
+
+@lru_cache(maxsize=1)
+def _completion_statement() -> Executable:
+    """``record_attempt``'s statement, built once with a parameter per value: building it per
+    call (its upsert's ``excluded`` columns, the spend CTE) cost more CPU than running it."""
+    values: dict[str, Any] = {name: bindparam(name) for name in VALUE_COLUMNS}
+    # Core tables, not the ORM classes: with parameters, an ORM insert runs as a bulk insert.
+    calls = _core_table(LlmCall.__table__)
+    spends = _core_table(TenantDailySpend.__table__)
+    statement = insert(calls).values(**values)
     completed = (
         statement.on_conflict_do_update(
             index_elements=LEDGER_KEY,
@@ -126,30 +163,29 @@ async def record_attempt(session: AsyncSession, record: AttemptRecord) -> None:
                 # created_at is when the attempt finished, as for rows inserted whole.
                 "created_at": func.now(),
             },
-            where=LlmCall.outcome == IN_FLIGHT,
+            where=calls.c.outcome == IN_FLIGHT,
         )
-        .returning(LlmCall.tenant, LlmCall.cost_usd, LlmCall.created_at)
+        .returning(calls.c.tenant, calls.c.cost_usd, calls.c.created_at)
         .cte("completed")
     )
-    spend = insert(TenantDailySpend).from_select(
+    spend = insert(spends).from_select(
         ["tenant", "day", "shard", "spent_usd", "calls"],
         select(
             completed.c.tenant,
             cast(func.timezone("UTC", completed.c.created_at), Date),
-            literal(spend_shard(record)),
+            bindparam("shard", type_=Integer),
             completed.c.cost_usd,
             literal(1),
         ).where(completed.c.cost_usd > 0),
     )
-    spend = spend.on_conflict_do_update(
+    return spend.on_conflict_do_update(
         index_elements=["tenant", "day", "shard"],
         set_={
-            "spent_usd": TenantDailySpend.spent_usd + spend.excluded.spent_usd,
-            "calls": TenantDailySpend.calls + spend.excluded.calls,
+            "spent_usd": spends.c.spent_usd + spend.excluded.spent_usd,
+            "calls": spends.c.calls + spend.excluded.calls,
             "updated_at": func.now(),
         },
     )
-    await session.execute(spend)
 
 
 async def earlier_attempts(

@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 import contracts.llm
 from infra.payload_codec import ENCRYPTED_ENCODING
@@ -104,3 +105,27 @@ async def test_a_keel_worker_refuses_a_client_without_keels_plugin_or_another_qu
             task_queue="elsewhere",
             plugins=[KeelWorkerPlugin(queue, keel_settings)],
         )
+
+
+async def test_keels_workers_run_workflows_outside_the_sandbox_unless_it_is_turned_on(
+    client: Client, keel_settings: KeelSettings
+) -> None:
+    """Production workers skip the sandbox's per-workflow cost; the workflow and replay tests
+    keep running keel's workflows inside it (their workers take the SDK's default runner)."""
+    queue = keel_settings.interactive_task_queue
+    keel = await keel_client(client, keel_settings)
+    production = build_worker(keel, queue, keel_settings)
+    assert isinstance(
+        production.config(active_config=True)["workflow_runner"], UnsandboxedWorkflowRunner
+    )
+    sandboxed_settings = keel_settings.model_copy(update={"workflow_sandbox": True})
+    # Another client: one client may not hold two workers of a queue.
+    sandboxed = build_worker(await keel_client(client, keel_settings), queue, sandboxed_settings)
+    assert isinstance(
+        sandboxed.config(active_config=True)["workflow_runner"], SandboxedWorkflowRunner
+    )
+    # What the workflow tests' workers get: the sandbox, with keel's passthroughs.
+    rig_like = Worker(keel, task_queue=f"plugin-{uuid.uuid4().hex[:8]}", workflows=[AskWorkflow])
+    runner = rig_like.config(active_config=True)["workflow_runner"]
+    assert isinstance(runner, SandboxedWorkflowRunner)
+    assert "contracts" in runner.restrictions.passthrough_modules

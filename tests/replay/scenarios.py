@@ -468,6 +468,11 @@ async def tool_agent_arguments_edited(
 
 
 SCENARIOS: dict[str, Scenario] = {
+    # Recorded after "ask-audits-with-the-call" / "turn-stored-by-the-call": the plan beside
+    # the start's audit, and the answer's records written by the call (the older histories of
+    # the same scenarios keep the paths from before the patches).
+    "ask_audited_with_the_call": ask_retried_then_fell_back,
+    "chat_turns_stored_by_the_call": chat_two_turns_then_continued_as_new,
     "tool_agent_arguments_edited": tool_agent_arguments_edited,
     "chat_tool_call_then_result": chat_tool_call_then_result,
     "tool_agent_approved": tool_agent_approved,

@@ -199,6 +199,9 @@ class LlmMocks:
         # Set: calls wait for it before answering (a test holds items in flight with it).
         self.hold: asyncio.Event | None = None
         self.holding = 0
+        # Where a call's ``AnswerRecords`` go (set by KeelMocks).
+        self.audit: AuditMocks | None = None
+        self.sessions: SessionMocks | None = None
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.plan_llm_route, self.complete_chat]
@@ -265,7 +268,7 @@ class LlmMocks:
             raise llm_failure(failure, call.model)
         workflow_id = activity.info().workflow_id or ""
         self.spent[workflow_id] = self.spent.get(workflow_id, Decimal(0)) + self.cost
-        return LlmAnswer(
+        answer = LlmAnswer(
             text=self.answer(call),
             model=call.model,
             provider=call.provider,
@@ -274,6 +277,36 @@ class LlmMocks:
             finish_reason="stop",
             attempts=activity.info().attempt,
         )
+        return self._write_records(call, answer)
+
+    def _write_records(self, call: AttemptInput, answer: LlmAnswer) -> LlmAnswer:
+        """What the real call writes with its answer (activities/llm/answer_records.py), into
+        the audit and session mocks (set by :class:`KeelMocks`)."""
+        records = call.records
+        if records is None:
+            return answer
+        if records.audit is not None and self.audit is not None:
+            payload = {
+                "model": answer.model,
+                **records.audit.payload,
+                "output_tokens": answer.usage.output_tokens,
+            }
+            self.audit.record(records.audit.model_copy(update={"payload": payload}))
+        stored = None
+        if records.turn is not None and self.sessions is not None:
+            turn = records.turn
+            stored = self.sessions.store(
+                FinishTurnInput(
+                    session_id=turn.session_id,
+                    turn_id=turn.turn_id,
+                    text=answer.text,
+                    model=answer.model,
+                    usage=answer.usage,
+                    cost_usd=answer.cost_usd,
+                    stream_key=turn.stream_key,
+                )
+            )
+        return answer.model_copy(update={"records_written": True, "stored": stored})
 
 
 class AuditMocks:
@@ -297,6 +330,10 @@ class AuditMocks:
 
     @activity.defn(name=RECORD_AUDIT_EVENT)
     async def record_audit_event(self, event: AuditEventInput) -> None:
+        self.record(event)
+
+    def record(self, event: AuditEventInput) -> None:
+        """An audit row, from the local activity or written by an LLM call with its answer."""
         self._calls.add(RECORD_AUDIT_EVENT, event)
 
 
@@ -618,6 +655,8 @@ class SessionMocks:
         self.messages: list[ChatMessage] = []
         self.summary: str | None = None
         self.answered: dict[str, StoredAnswer] = {}
+        # Every store of a turn's answer, by whichever activity.
+        self.stored_turns: list[FinishTurnInput] = []
         self.fold_before: set[str] = set()
         self._seq = itertools.count(1)
 
@@ -658,6 +697,11 @@ class SessionMocks:
     @activity.defn(name=FINISH_TURN)
     async def finish_turn(self, params: FinishTurnInput) -> StoredAnswer:
         self._calls.add(FINISH_TURN, params)
+        return self.store(params)
+
+    def store(self, params: FinishTurnInput) -> StoredAnswer:
+        """A turn's answer, stored once (by ``finish_turn`` or by the LLM call itself)."""
+        self.stored_turns.append(params)
         if params.turn_id not in self.answered:
             self.messages.append(ChatMessage(role="assistant", content=params.text))
             self.answered[params.turn_id] = StoredAnswer(
@@ -877,6 +921,7 @@ class KeelMocks:
         self.publishing = PublishingMocks(self.log)
         self.tools = ToolMocks(self.log)
         self.provider_batches = ProviderBatchMocks(self.log, self.batch)
+        self.llm.audit, self.llm.sessions = self.audit, self.sessions
 
     def activities(self) -> list[Callable[..., Any]]:
         return [

@@ -48,6 +48,15 @@ async def test_a_non_retryable_failure_falls_back_to_the_next_model(rig: Rig) ->
     assert completed.payload["model"] == "model-b"
     assert completed.payload["fallback_used"] is True
     assert completed.payload["failed_models"] == [["model-a", "model_not_found"]]
+    # The answering call wrote that row with its ledger row: each attempt carried its own
+    # (what failed before it), and no local activity ran after the answer.
+    assert result.answer.records_written
+    carried = [a.records.audit for a in attempts if a.records and a.records.audit]
+    assert [(r.event_type, r.payload["fallback_used"]) for r in carried] == [
+        ("ask.completed", False),
+        ("ask.completed", True),
+    ]
+    assert completed.event_key == carried[1].event_key
 
 
 async def test_a_retryable_failure_is_retried_on_the_same_model(rig: Rig) -> None:
@@ -118,6 +127,7 @@ async def test_an_exhausted_chain_answers_with_the_fallback_response(rig: Rig) -
     ]
     completed = rig.mocks.audit.of_type("ask.completed")[0].payload
     assert completed["fallback_response"] is True and completed["model"] == "fallback"
+    assert not result.answer.records_written  # no model answered: the workflow wrote the row
 
 
 async def test_an_exhausted_chain_fails_the_workflow_naming_each_model(rig: Rig) -> None:

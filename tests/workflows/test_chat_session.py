@@ -16,6 +16,7 @@ from temporalio.exceptions import ApplicationError
 from contracts.llm import (
     ChatMessage,
     ErrorClass,
+    TurnToStore,
 )
 from contracts.sessions import (
     ChatSessionInput,
@@ -70,7 +71,14 @@ async def test_turns_carry_the_conversation_and_the_session_ends_when_idle(rig: 
         ChatMessage(role="user", content="And now?"),
     ]
     assert rig.mocks.llm.attempts()[1].request.purpose == "chat"
-    assert [f.text for f in rig.mocks.inputs(FINISH_TURN)] == [first.text, second.text]
+    # Each answer is stored by its call, with its ledger row: no finish_turn local activity.
+    stored = rig.mocks.sessions.stored_turns
+    assert [(f.turn_id, f.text) for f in stored] == [("t1", first.text), ("t2", second.text)]
+    assert rig.mocks.inputs(FINISH_TURN) == []
+    assert [a.records and a.records.turn for a in rig.mocks.llm.attempts()] == [
+        TurnToStore(session_id="s-basic", turn_id="t1"),
+        TurnToStore(session_id="s-basic", turn_id="t2"),
+    ]
     # Half an hour without a turn (skipped): the run completes, the conversation stays stored.
     assert ended.turns == 2
     # Each wait for a turn is an idle timer (one more when the first turn came after the start's
@@ -114,7 +122,7 @@ async def test_a_turn_answered_before_is_replayed_without_a_model_call(rig: Rig)
 
     assert again.replayed and again.text == "stored answer" and again.message_seq == 2
     assert again.usage.output_tokens == 7
-    assert rig.mocks.llm.attempts() == [] and rig.mocks.inputs(FINISH_TURN) == []
+    assert rig.mocks.llm.attempts() == [] and rig.mocks.sessions.stored_turns == []
 
 
 async def test_a_failed_turn_fails_its_update_and_stream_and_the_session_goes_on(
@@ -131,7 +139,7 @@ async def test_a_failed_turn_fails_its_update_and_stream_and_the_session_goes_on
     [fail] = rig.mocks.inputs(FAIL_TURN)
     assert fail.stream_key == turn_stream_key("s-fail", "t1")
     assert fail.error_type == "LlmChainExhausted" and "authentication" in fail.message
-    assert rig.mocks.inputs(FINISH_TURN) == []
+    assert rig.mocks.sessions.stored_turns == []
 
     retried = await turn(handle, "t2", "Hello again")
     assert retried.text == "model-a answers: Hello again"
