@@ -201,11 +201,12 @@ async def phase_breakdown(
             add("4 activity started -> first token's row committed", deltas[0] - activity_started)
             add("  of which the provider's own time to first token", call["first_token_ms"] / 1000)
             add("5 first token's row -> client has the token", timing.first_token - deltas[0])
-            add("6 last token's row -> activity completed (ledger, breaker)",
-                activity_done - deltas[-1])  # fmt: skip
-            add("7 activity completed -> `done` row (workflow task + finish_turn)",
-                done - activity_done)  # fmt: skip
-            add("8 `done` row -> client has [DONE]", timing.finished - done)
+            # The answering call stores the answer and its `done` row with its ledger row
+            # (AnswerRecords): the reply no longer waits for the activity's completion.
+            add("6 last token's row -> `done` row (ledger, breaker, answer stored)",
+                done - deltas[-1])  # fmt: skip
+            add("7 `done` row -> client has [DONE]", timing.finished - done)
+            add("  (off the path) `done` row -> activity completed", activity_done - done)
     finally:
         await connection.close()
     return phases
