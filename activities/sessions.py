@@ -14,7 +14,7 @@ All run as local activities (fast, same worker) and are idempotent: unique keys 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
@@ -28,7 +28,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from contracts.llm import ChatMessage, ImagePart, ToolCall, provider_for_model
+from contracts.llm import (
+    ChatMessage,
+    ImagePart,
+    LlmRequest,
+    RoutePlan,
+    ToolCall,
+    provider_for_model,
+)
 from contracts.sessions import (
     FailTurnInput,
     FinishTurnInput,
@@ -39,6 +46,7 @@ from contracts.sessions import (
     TurnContext,
     build_context,
     summary_message,
+    turn_request,
 )
 from infra.prompt_tokens import message_tokens as counted_message_tokens
 from infra.prompt_tokens import tool_tokens
@@ -313,20 +321,31 @@ async def prune_streams_now_and_then(
             await prune_streams(db, timedelta(hours=settings.stream_retention_hours))
 
 
+# Plans a call in the caller's transaction (activities.llm.activities.route_plan; given to
+# SessionActivities by the registry, since the LLM activities import this module).
+RoutePlanner = Callable[[AsyncSession, LlmRequest, KeelSettings, str], Awaitable[RoutePlan]]
+
+
 class SessionActivities:
     """The chat-session activities with what they depend on: the worker's settings (context
-    budgets, summary route, stream retention) and its database sessions."""
+    budgets, summary route, stream retention), its database sessions, and the route planner
+    ``prepare_turn`` plans the turn's call with when asked (None: it never plans)."""
 
-    def __init__(self, settings: KeelSettings, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        settings: KeelSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        planner: RoutePlanner | None = None,
+    ) -> None:
         self._settings = settings
         self._sessions = sessions
+        self._planner = planner
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.prepare_turn, self.store_summary, self.finish_turn, self.fail_turn]
 
     @activity.defn(name="prepare_turn")
     async def prepare_turn(self, params: PrepareTurnInput) -> TurnContext:
-        settings = self._settings
         async with self._sessions.begin() as db:
             session = await _ensure_session(db, params)
             stored = await _turn_messages(db, params.session_id, params.turn_id)
@@ -374,7 +393,34 @@ class SessionActivities:
                 new.append((params.turn_id, added[-1]))
                 await _insert_messages(db, params.session_id, new, seq)
                 history += [(seq + offset, message) for offset, (_, message) in enumerate(new)]
+            context = self._context(params, session, history)
+            if params.plan_for is not None and context.fold is None:
+                context.plan = await self._plan(db, params.plan_for, context)
+        return context
 
+    async def _plan(
+        self, db: AsyncSession, shape: LlmRequest, context: TurnContext
+    ) -> RoutePlan | None:
+        """The turn's call planned now, in the turn's transaction: one local activity before the
+        call instead of two. None (the workflow plans as before, reporting the error in the
+        turn's stream) without a planner, or when the route cannot be planned."""
+        if self._planner is None:
+            return None
+        info = activity.info()
+        # Per call, stable across retries, as plan_llm_route's: the canary split is by call.
+        traffic_key = f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
+        request = turn_request(shape, context.system_prompt, context.summary, context.recent)
+        try:
+            return await self._planner(db, request, self._settings, traffic_key)
+        except ApplicationError:
+            return None
+
+    def _context(
+        self, params: PrepareTurnInput, session: ChatSession, history: list[tuple[int, ChatMessage]]
+    ) -> TurnContext:
+        """What the turn's call sends: as many recent messages as the budget holds, and the
+        fold of the older ones when they do not fit."""
+        settings = self._settings
         budget = context_budget(params.route, params.models, params.answer_tokens, settings)
         if params.parameters is not None:  # tool definitions go with every call of the turn
             budget = max(budget - tool_tokens(params.parameters), 64)

@@ -14,6 +14,8 @@ from contracts.llm import (
     MAX_OUTPUT_TOKENS,
     ChatMessage,
     LlmParameters,
+    LlmRequest,
+    RoutePlan,
     ToolCall,
     Usage,
 )
@@ -130,6 +132,9 @@ class PrepareTurnInput(BaseModel):
     turn_messages: list[ChatMessage] = Field(default_factory=list)
     # The turn's tools and response format: tool definitions take context with every call.
     parameters: LlmParameters | None = None
+    # The turn's call without its messages: when set (and no fold is due), the call the context
+    # makes (``turn_request``) is planned in the same local activity (``TurnContext.plan``).
+    plan_for: LlmRequest | None = None
 
     def new_messages(self) -> list[ChatMessage]:
         """What this turn adds to the conversation before the answer."""
@@ -147,6 +152,16 @@ class TurnContext(BaseModel):
     fold: FoldPlan | None = None
     budget_tokens: int = 0
     context_tokens: int = 0
+    # The route plan of ``turn_request(plan_for, ...)``, when asked for and no fold is due.
+    plan: RoutePlan | None = None
+
+
+def turn_request(
+    shape: LlmRequest, system_prompt: str | None, summary: str | None, recent: list[ChatMessage]
+) -> LlmRequest:
+    """The turn's call: its shape (route, parameters, tenant, stream) with the context's
+    messages. The one construction both the workflow and ``prepare_turn``'s planning use."""
+    return shape.model_copy(update={"messages": build_context(system_prompt, summary, recent)})
 
 
 class StoreSummaryInput(BaseModel):

@@ -15,7 +15,7 @@ from activities.batch.pages import BatchPageActivities
 from activities.batch.provider_batches import ProviderBatchActivities
 from activities.example_tools import ExampleToolActivities
 from activities.jobs import JobActivities
-from activities.llm.activities import LlmActivities
+from activities.llm.activities import LlmActivities, route_plan
 from activities.llm.providers import ProviderClients
 from activities.publishing import PublishingActivities
 from activities.sessions import SessionActivities
@@ -69,7 +69,7 @@ def queue_contents(
             ],
             activities=[
                 *llm,
-                *SessionActivities(settings, sessions).all(),
+                *SessionActivities(settings, sessions, route_plan).all(),
                 *JobActivities(settings, sessions, resolver).all(),
                 *approvals,
                 *PublishingActivities(settings, sessions).all(),

@@ -42,16 +42,19 @@ with workflow.unsafe.imports_passed_through():
         StoreSummaryInput,
         TurnInput,
         TurnOutput,
-        build_context,
         summarization_prompt,
+        turn_request,
         turn_stream_key,
     )
     from workflows.activity_calls import LOCAL_RECORD, call_local
-    from workflows.llm_calls import ask_llm
+    from workflows.llm_calls import ask_llm, audit_downgrade
 
 # Turns since this patch have their answer stored (and stream ended) by the LLM call itself,
 # in its ledger row's transaction; ``finish_turn`` runs only for an answer no call stored.
 TURN_STORED_BY_THE_CALL = "turn-stored-by-the-call"
+# Turns since this patch have their call planned by ``prepare_turn`` (one local activity before
+# the call instead of two) when no fold is due.
+TURN_PLANNED_WITH_PREPARE = "turn-planned-with-prepare"
 
 __all__ = [
     "ChatSessionInput",
@@ -165,6 +168,17 @@ class ChatSessionWorkflow:
         answer_tokens = params.max_tokens or session.answer_tokens
         route = params.route if params.route or params.models else session.route
         models = params.models if params.route or params.models else session.models
+        shape = LlmRequest(
+            messages=[],
+            route=route,
+            models=models,
+            parameters=_turn_parameters(params, answer_tokens),
+            tenant=session.tenant,
+            purpose="chat",
+            stream_key=stream_key,
+            priority_key=params.priority_key,
+        )
+        plan_with_prepare = workflow.patched(TURN_PLANNED_WITH_PREPARE)
         context = await call_local(
             PREPARE_TURN,
             PrepareTurnInput(
@@ -181,6 +195,7 @@ class ChatSessionWorkflow:
                 stream_key=stream_key,
                 turn_messages=params.turn_messages,
                 parameters=params.parameters,
+                plan_for=shape if plan_with_prepare else None,
             ),
             **LOCAL_RECORD,
             summary=f"turn {turn_id} · prepare",
@@ -197,19 +212,10 @@ class ChatSessionWorkflow:
                     session_id=session.session_id, turn_id=turn_id, stream_key=stream_key
                 )
                 records = AnswerRecords(turn=turn)
-            answer = await ask_llm(
-                LlmRequest(
-                    messages=build_context(context.system_prompt, summary, context.recent),
-                    route=route,
-                    models=models,
-                    parameters=_turn_parameters(params, answer_tokens),
-                    tenant=session.tenant,
-                    purpose="chat",
-                    stream_key=stream_key,
-                    priority_key=params.priority_key,
-                ),
-                records=records,
-            )
+            request = turn_request(shape, context.system_prompt, summary, context.recent)
+            if context.plan is not None:
+                await audit_downgrade(request, context.plan)
+            answer = await ask_llm(request, context.plan, records=records)
         except FailureError as error:
             if stream_key is not None:
                 await call_local(

@@ -127,18 +127,26 @@ async def _plan(request: LlmRequest, note_downgrade: bool = True) -> RoutePlan:
         **ROUTE_PLAN,
         summary=f"route {request.route or 'explicit'} · {request.purpose}",
     )
-    if plan.downgraded_from is not None and note_downgrade:
-        await audit(
-            "llm.route_downgraded",
-            request.tenant,
-            {
-                "purpose": request.purpose,
-                "from_route": plan.downgraded_from,
-                "to_route": plan.route,
-                "reason": plan.downgrade_reason,
-            },
-        )
+    if note_downgrade:
+        await audit_downgrade(request, plan)
     return plan
+
+
+async def audit_downgrade(request: LlmRequest, plan: RoutePlan) -> None:
+    """Audit the route's downgrade, if the plan has one (a plan made elsewhere than
+    ``plan_route``, as ``prepare_turn``'s, is audited by its caller with this)."""
+    if plan.downgraded_from is None:
+        return
+    await audit(
+        "llm.route_downgraded",
+        request.tenant,
+        {
+            "purpose": request.purpose,
+            "from_route": plan.downgraded_from,
+            "to_route": plan.route,
+            "reason": plan.downgrade_reason,
+        },
+    )
 
 
 async def plan_route(request: LlmRequest) -> RoutePlan:

@@ -468,11 +468,12 @@ async def tool_agent_arguments_edited(
 
 
 SCENARIOS: dict[str, Scenario] = {
-    # Recorded after "ask-audits-with-the-call" / "turn-stored-by-the-call": the plan beside
-    # the start's audit, and the answer's records written by the call (the older histories of
-    # the same scenarios keep the paths from before the patches).
+    # Recorded after "ask-audits-with-the-call" and "turn-planned-with-prepare" +
+    # "turn-stored-by-the-call": the ask's plan beside its start audit, the turn's call planned
+    # by prepare_turn, and the answer's records written by the call (the older histories of the
+    # same scenarios keep the paths from before the patches).
     "ask_audited_with_the_call": ask_retried_then_fell_back,
-    "chat_turns_stored_by_the_call": chat_two_turns_then_continued_as_new,
+    "chat_turns_planned_and_stored_with_the_call": chat_two_turns_then_continued_as_new,
     "tool_agent_arguments_edited": tool_agent_arguments_edited,
     "chat_tool_call_then_result": chat_tool_call_then_result,
     "tool_agent_approved": tool_agent_approved,

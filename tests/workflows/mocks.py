@@ -95,6 +95,7 @@ from contracts.sessions import (
     StoredAnswer,
     StoreSummaryInput,
     TurnContext,
+    turn_request,
 )
 from contracts.tools import ToolInput, ToolOutput
 from contracts.traffic import BudgetPolicy
@@ -215,6 +216,10 @@ class LlmMocks:
     @activity.defn(name=PLAN_LLM_ROUTE)
     async def plan_llm_route(self, request: LlmRequest) -> RoutePlan:
         self._calls.add(PLAN_LLM_ROUTE, request)
+        return self.plan(request)
+
+    def plan(self, request: LlmRequest) -> RoutePlan:
+        """What the planner says (also for ``prepare_turn``, which plans a turn's call)."""
         route = None if request.models else (request.route or "default")
         models = request.models or self.routes[route or "default"]
         refused = self.plans_refused_for_budget > 0
@@ -657,6 +662,9 @@ class SessionMocks:
         self.answered: dict[str, StoredAnswer] = {}
         # Every store of a turn's answer, by whichever activity.
         self.stored_turns: list[FinishTurnInput] = []
+        # The calls prepare_turn planned (with the LLM mocks' planner, set by KeelMocks).
+        self.planner: LlmMocks | None = None
+        self.planned: list[LlmRequest] = []
         self.fold_before: set[str] = set()
         self._seq = itertools.count(1)
 
@@ -680,6 +688,12 @@ class SessionMocks:
                 summary_max_tokens=200,
             )
         recent = self.messages[-1:] if fold else list(self.messages)
+        plan = None
+        if params.plan_for is not None and fold is None and self.planner is not None:
+            # As the real one: the call the context makes, planned in the same activity.
+            request = turn_request(params.plan_for, params.system_prompt, self.summary, recent)
+            self.planned.append(request)
+            plan = self.planner.plan(request)
         return TurnContext(
             system_prompt=params.system_prompt,
             summary=self.summary,
@@ -687,6 +701,7 @@ class SessionMocks:
             fold=fold,
             budget_tokens=1000,
             context_tokens=10 * len(recent),
+            plan=plan,
         )
 
     @activity.defn(name=STORE_SUMMARY)
@@ -922,6 +937,7 @@ class KeelMocks:
         self.tools = ToolMocks(self.log)
         self.provider_batches = ProviderBatchMocks(self.log, self.batch)
         self.llm.audit, self.llm.sessions = self.audit, self.sessions
+        self.sessions.planner = self.llm
 
     def activities(self) -> list[Callable[..., Any]]:
         return [

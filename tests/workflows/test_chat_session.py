@@ -27,7 +27,13 @@ from contracts.sessions import (
     turn_stream_key,
 )
 from tests.workflows.conftest import Rig, eventually, timers
-from tests.workflows.mocks import FAIL_TURN, FINISH_TURN, PREPARE_TURN, STORE_SUMMARY
+from tests.workflows.mocks import (
+    FAIL_TURN,
+    FINISH_TURN,
+    PLAN_LLM_ROUTE,
+    PREPARE_TURN,
+    STORE_SUMMARY,
+)
 from workflows.chat_session import ChatSessionWorkflow
 
 IDLE_SECONDS = 1800
@@ -79,6 +85,10 @@ async def test_turns_carry_the_conversation_and_the_session_ends_when_idle(rig: 
         TurnToStore(session_id="s-basic", turn_id="t1"),
         TurnToStore(session_id="s-basic", turn_id="t2"),
     ]
+    # Each call was planned by prepare_turn, for exactly the request then sent: no planning
+    # local activity of its own.
+    assert rig.mocks.inputs(PLAN_LLM_ROUTE) == []
+    assert rig.mocks.sessions.planned == [a.request for a in rig.mocks.llm.attempts()]
     # Half an hour without a turn (skipped): the run completes, the conversation stays stored.
     assert ended.turns == 2
     # Each wait for a turn is an idle timer (one more when the first turn came after the start's
@@ -105,6 +115,10 @@ async def test_the_oldest_turns_are_folded_into_a_summary_first(rig: Rig) -> Non
     assert len(stored) == 1
     assert (stored[0].summary, stored[0].through_seq) == (summarize_text := sessions.summary, 4)
     assert summarize_text is not None and summarize_text.startswith("cheap-model answers:")
+    # A fold changes the context after prepare_turn: that turn's call is planned on its own
+    # (the fold's and the turn's plans are local activities), the first two in prepare_turn.
+    planned = [p.purpose for p in rig.mocks.inputs(PLAN_LLM_ROUTE)]
+    assert planned == ["session.summarize", "chat"] and len(sessions.planned) == 2
     # The turn's own call gets the summary in place of the folded turns.
     assert answer.request.messages == [
         summary_message(summarize_text),
