@@ -77,33 +77,12 @@ class StreamEvent(NewStreamEvent):
         return self.type in TERMINAL_EVENTS
 
 
-# One statement: number the events after the stream's last seq, insert them, and notify with
-# the rows themselves (or, when they are too big for a notification, only the last seq).
+# One round trip: the stream's advisory lock, the events numbered after its last seq and
+# inserted, and a NOTIFY with the rows themselves (or, when too big for a notification, only the
+# last seq): migrations/versions/0013_stream_append_function.py.
 _APPEND = text(
-    """
-WITH last AS (
-    SELECT coalesce(max(seq), 0) AS seq FROM stream_events WHERE stream_key = CAST(:key AS text)
-), inserted AS (
-    INSERT INTO stream_events (stream_key, seq, type, attempt, data)
-    SELECT CAST(:key AS text), last.seq + e.ord, e.item->>'type', e.item->>'attempt',
-           coalesce(e.item->'data', '{}'::jsonb)
-    FROM last, jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(item, ord)
-    RETURNING seq, type, attempt, data
-), message AS (
-    SELECT max(seq) AS last_seq,
-           json_build_object(
-               'k', CAST(:key AS text),
-               'e', json_agg(json_build_object(
-                   'seq', seq, 'type', type, 'attempt', attempt, 'data', data) ORDER BY seq)
-           )::text AS full_payload
-    FROM inserted
-)
-SELECT last_seq,
-       pg_notify(:channel, CASE WHEN octet_length(full_payload) <= :max_bytes THEN full_payload
-                                ELSE json_build_object('k', CAST(:key AS text),
-                                                       'last', last_seq)::text END)
-FROM message
-"""
+    "SELECT keel_append_stream_events(CAST(:key AS text), CAST(:events AS jsonb), "
+    "CAST(:channel AS text), CAST(:max_bytes AS integer))"
 )
 
 
@@ -113,17 +92,13 @@ async def append_events(
     events: Sequence[NewStreamEvent],
 ) -> int:
     """Append ``events`` to the stream; returns the last seq. The notification goes out when the
-    surrounding transaction commits, so a follower that hears it can always read the rows.
+    surrounding transaction commits (in autocommit: with the statement), so a follower that
+    hears it can always read the rows.
 
     Writers of one stream are serialised by a transaction-scoped advisory lock on the stream
-    key, so racing writers (a retried attempt overlapping its predecessor) queue instead of
-    colliding on (stream_key, seq); without a surrounding transaction the lock would end with
-    the statement, so callers run this inside one."""
+    key, taken by the same statement, so racing writers (a retried attempt overlapping its
+    predecessor) queue instead of colliding on (stream_key, seq)."""
     payload = json.dumps([e.model_dump(mode="json") for e in events])
-    await connection.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(CAST(:key AS text), 0))"),
-        {"key": stream_key},
-    )
     result = await connection.execute(
         _APPEND,
         {"key": stream_key, "events": payload, "channel": CHANNEL, "max_bytes": MAX_NOTIFY_BYTES},
@@ -290,7 +265,9 @@ class StreamPublisher:
     async def _write(self, engine: AsyncEngine, batch: list[NewStreamEvent]) -> None:
         for attempt in range(1, APPEND_RETRIES + 1):
             try:
-                async with engine.begin() as connection:
+                # Autocommit: the append is one statement, so no BEGIN and COMMIT round trips.
+                async with engine.connect() as connection:
+                    await connection.execution_options(isolation_level="AUTOCOMMIT")
                     await append_events(connection, self.stream_key, batch)
                 self.writes += 1
                 return
