@@ -11,11 +11,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import anthropic
 import httpx2
 import openai
+
+# The SDK's own request plumbing, for a request without its transform (_stream_chat_completion).
+from openai._base_client import make_request_options
+from openai._constants import RAW_RESPONSE_HEADER
+from openai._response import AsyncAPIResponse, AsyncResponseContextManager
+from openai._streaming import AsyncStream
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from activities.llm.images import ImageInliner, image_inliner
 from contracts.llm import ChatMessage, LlmParameters, ToolCall, ToolChoice, Usage
@@ -118,6 +125,35 @@ class OpenAIProvider:
         """The SDK client (the provider batch API uses its Files and Batches)."""
         return self._client
 
+    def _stream_chat_completion(
+        self, body: dict[str, Any], timeout: httpx2.Timeout
+    ) -> AsyncResponseContextManager[AsyncAPIResponse[ChatCompletion]]:
+        """``chat.completions.with_streaming_response.create(**body)`` without the SDK's
+        request transform: keel builds the body in the wire format already, and the SDK's walk
+        of it against its TypedDicts cost ≈ 4 ms of the worker's CPU per call before the
+        request left (py-spy, a one-turn chat), more as a conversation grows. The same request
+        otherwise: path, headers, auth, timeout, the client's error handling (retries stay off:
+        ``max_retries=0``). tests/reliability and tests/api drive it through every error."""
+        # With the raw-response header the client returns the response unread, as the SDK's
+        # streaming wrapper relies on (its own cast, too).
+        return AsyncResponseContextManager(
+            cast(
+                Awaitable[AsyncAPIResponse[ChatCompletion]],
+                self._client.post(
+                    "/chat/completions",
+                    body=body,
+                    options=make_request_options(
+                        extra_headers={RAW_RESPONSE_HEADER: "stream"},
+                        timeout=timeout,
+                        security={"bearer_auth": True},
+                    ),
+                    cast_to=ChatCompletion,
+                    stream=True,
+                    stream_cls=AsyncStream[ChatCompletionChunk],
+                ),
+            )
+        )
+
     async def complete(
         self,
         model: str,
@@ -128,13 +164,12 @@ class OpenAIProvider:
         partial: Completion,
         on_tool_delta: OnToolDelta = ignore_tool_delta,
     ) -> Completion:
-        kwargs: dict[str, Any] = {
+        body: dict[str, Any] = {
             "model": model,
             "messages": [openai_message(m) for m in messages],
             "max_completion_tokens": parameters.max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
-            "timeout": _timeout(timeout_seconds),
             **openai_options(parameters),
         }
         started = time.perf_counter()
@@ -142,8 +177,7 @@ class OpenAIProvider:
         # chunks cost ~70% of a batch worker's CPU (cProfile: model construction per chunk), and
         # a call reads only text, usage and the finish reason. Errors are the SDK's still: a
         # non-2xx status raises APIStatusError before the first line, an error chunk APIError.
-        responses = self._client.chat.completions.with_streaming_response
-        async with responses.create(**kwargs) as response:
+        async with self._stream_chat_completion(body, _timeout(timeout_seconds)) as response:
             async for line in response.iter_lines():
                 if not line.startswith("data:"):
                     continue
