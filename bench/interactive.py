@@ -194,9 +194,13 @@ async def phase_breakdown(
             deltas = [float(r["at"]) for r in rows if r["type"] == "delta"]
             done = next(float(r["at"]) for r in rows if r["type"] == "done")
             add("1 HTTP + API + update-with-start -> workflow started", started - timing.sent)
-            add("2 first workflow task: prepare_turn + plan_llm_route LAs", scheduled - started)
-            add("  of which waiting for the worker to pick the task up",
-                times[EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED] - started)  # fmt: skip
+            task_started = times[EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED]
+            task_completed = times[EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED]
+            add("2 first workflow task: prepare_turn LA (+ plan_llm_route before the patch)",
+                scheduled - started)  # fmt: skip
+            add("  of which waiting for the worker to pick the task up", task_started - started)
+            add("  of which the worker's task (activation, local activity)",
+                task_completed - task_started)  # fmt: skip
             add("3 activity scheduled -> started (eager dispatch)", activity_started - scheduled)
             add("4 activity started -> first token's row committed", deltas[0] - activity_started)
             add("  of which the provider's own time to first token", call["first_token_ms"] / 1000)
