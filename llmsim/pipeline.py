@@ -286,9 +286,16 @@ class PacedStreamResponse(Response):
             self.on_complete()
 
     async def _run(self, scope: Scope, send: Send) -> bool:
-        """Send the frames; False when the stream was cut by a simulated reset."""
+        """Send the frames; False when the stream was cut by a simulated reset.
+
+        Paced on the stream's own clock, as a provider generates: frame i is due at the first
+        token's time plus i chunk intervals, whatever the sending cost. (Sleeping a chunk
+        interval after each send made a streamed answer take longer than its latency model
+        says, by the event loop's lag per chunk: ≈ 20 % at 200 concurrent streams.)"""
         sent_content = 0
         waited_first = False
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         for frame in self.frames:
             if (
                 self.reset_after is not None
@@ -298,7 +305,8 @@ class PacedStreamResponse(Response):
                 await drop_connection(scope, mid_body=True)
                 return False
             if frame.part != "open":
-                await self.state.sleep(self.per_chunk_s if waited_first else self.first_token_s)
+                due += self.per_chunk_s if waited_first else self.first_token_s
+                await self.state.sleep(due - loop.time())
                 waited_first = True
             if frame.part == "content":
                 sent_content += 1

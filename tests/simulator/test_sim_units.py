@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +27,7 @@ from llmsim import (
     load_profile_file,
 )
 from llmsim.faults import FaultPlan, ScriptedFault, draw, effective_rules
+from llmsim.pipeline import Frame, PacedStreamResponse
 from llmsim.schema_instance import instance_for
 from llmsim.state import SimState
 from llmsim.tokens import MESSAGE_OVERHEAD_TOKENS, split_tokens
@@ -196,3 +199,32 @@ def test_reset_restores_the_startup_faults_and_canned_responses() -> None:
     assert len(state.faults_view()["rules"]) == len(PROFILES["flaky"].rules)
     assert state.find_canned("gpt-4o", "ping?") == "pong"
     assert state.stats()["models"] == {}
+
+
+async def test_a_stream_keeps_its_latency_when_sending_is_slow() -> None:
+    """A provider generates on its own clock: a client (or an event loop) slow to take each
+    chunk does not stretch the answer past its latency model. Paced by sleeping a chunk
+    interval after each send, 20 chunks at 10 ms with 10 ms per send took ≈ 0.4 s, not 0.25."""
+    frames = [
+        Frame(b"open", "open"),
+        *(Frame(b"chunk", "content") for _ in range(20)),
+        Frame(b"close", "close"),
+    ]
+    response = PacedStreamResponse(
+        frames,
+        state=SimState(SimConfig()),
+        first_token_s=0.05,
+        per_chunk_s=0.01,
+        reset_after=None,
+        on_complete=lambda: None,
+        headers={},
+    )
+
+    async def slow_send(message: object) -> None:
+        await asyncio.sleep(0.01)
+
+    started = time.perf_counter()
+    assert await response._run({"type": "http"}, slow_send)
+    took = time.perf_counter() - started
+    model = 0.05 + 20 * 0.01  # first token, then one interval per later frame
+    assert took < model + 0.06, f"{took:.3f}s for a {model:.2f}s stream"
