@@ -337,24 +337,32 @@ async def call_provider(
     policy: CallPolicy,
     on_delta: OnDelta,
     on_tool_delta: OnToolDelta = ignore_tool_delta,
+    *,
+    streamed: bool = True,
 ) -> ClassifiedError | None:
     """Stream the attempt's answer into ``attempt.completion``; None on success, else the
     failure, classified (every provider failure is, none escapes raw). The per-read timeout is
     the heartbeat interval: no byte for that long means the stream stalled. An answer that does
     not match the requested JSON schema or tool parameters is a failure too (billed like any
-    failed attempt, then retried)."""
+    failed attempt, then retried).
+
+    ``streamed=False`` (a batch page: nobody watches an item's tokens): a provider that can
+    answers in one response, bounded by the attempt's start-to-close (no bytes arrive until
+    the answer is whole); the page's own heartbeat keeps the worker's liveness signal."""
     call = attempt.call
     try:
         provider = providers.get(call.provider)
+        whole = not streamed and provider.whole_answers
         async with asyncio.timeout(policy.start_to_close_seconds):
             await provider.complete(
                 attempt.model_name,
                 call.request.messages,
                 call.request.parameters,
-                policy.heartbeat_seconds,
+                policy.start_to_close_seconds if whole else policy.heartbeat_seconds,
                 on_delta,
                 attempt.completion,
                 on_tool_delta,
+                streamed=not whole,
             )
     except LookupError as error:
         return ClassifiedError(ErrorClass.AUTHENTICATION, str(error))
