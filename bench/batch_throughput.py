@@ -645,7 +645,12 @@ async def where_the_time_goes(client: Client, workflow_id: str) -> list[str]:
         f"  activity queue wait (scheduled → started)  avg {avg(queue_wait)}",
         f"  activity run (started → completed)         avg {avg(running)}"
         f"  · provider call (ledger) avg {float(provider[0] or 0):.0f} ms, "
-        f"first token {float(provider[1] or 0):.0f} ms",
+        # A page asks for whole answers (nobody watches a batch item's tokens): no first token.
+        + (
+            f"first token {float(provider[1]):.0f} ms"
+            if provider[1] is not None
+            else "answers not streamed"
+        ),
         f"  completion → next workflow task started    avg {avg(to_next_task)}",
         f"  workflow task (started → completed)        avg {avg(task_time)}, "
         f"busy {busy:.1f}s of {span / 1000:.1f}s ({busy / max(span / 1000, 1e-9):.0%})",
