@@ -17,7 +17,7 @@ import anthropic
 import httpx2
 import openai
 
-# The SDK's own request plumbing, for a request without its transform (_stream_chat_completion).
+# The SDK's own request plumbing, for a request without its transform (_unread_chat_completion).
 from openai._base_client import make_request_options
 from openai._constants import RAW_RESPONSE_HEADER
 from openai._response import AsyncAPIResponse, AsyncResponseContextManager
@@ -133,10 +133,11 @@ class OpenAIProvider:
         """The SDK client (the provider batch API uses its Files and Batches)."""
         return self._client
 
-    def _stream_chat_completion(
+    def _unread_chat_completion(
         self, body: dict[str, Any], timeout: httpx2.Timeout
     ) -> AsyncResponseContextManager[AsyncAPIResponse[ChatCompletion]]:
-        """``chat.completions.with_streaming_response.create(**body)`` without the SDK's
+        """``chat.completions.with_streaming_response.create(**body)`` (the response unread:
+        a stream, or a whole answer when ``body`` does not ask to stream) without the SDK's
         request transform: keel builds the body in the wire format already, and the SDK's walk
         of it against its TypedDicts cost ≈ 4 ms of the worker's CPU per call before the
         request left (py-spy, a one-turn chat), more as a conversation grows. The same request
@@ -184,7 +185,7 @@ class OpenAIProvider:
             # One response: a streamed answer costs the client a parse per chunk and, at a
             # batch's concurrency, ≈ 15 % of its throughput (asyncio + SDK against the
             # simulator, 200 at a time: 156 items/s streamed, 185 not).
-            async with self._stream_chat_completion(body, _timeout(timeout_seconds)) as response:
+            async with self._unread_chat_completion(body, _timeout(timeout_seconds)) as response:
                 _read_answer(json.loads(await response.read()), partial)
             return partial
         body.update(stream=True, stream_options={"include_usage": True})
@@ -193,7 +194,7 @@ class OpenAIProvider:
         # chunks cost ~70% of a batch worker's CPU (cProfile: model construction per chunk), and
         # a call reads only text, usage and the finish reason. Errors are the SDK's still: a
         # non-2xx status raises APIStatusError before the first line, an error chunk APIError.
-        async with self._stream_chat_completion(body, _timeout(timeout_seconds)) as response:
+        async with self._unread_chat_completion(body, _timeout(timeout_seconds)) as response:
             async for line in response.iter_lines():
                 if not line.startswith("data:"):
                     continue
