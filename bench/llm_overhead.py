@@ -60,8 +60,9 @@ async def direct_call(sdk: openai.AsyncOpenAI) -> None:
 
 
 async def keel_call(stack: EphemeralStack, models: list[str]) -> str:
-    """An ask as keel starts one (`keel ask`, services/asks.py), here from a process that runs
-    the interactive worker, as `keel api` and `keel dev up` do."""
+    """An ask as keel starts one (services/asks.start_ask), from this process, which also runs
+    the interactive worker: the start is eager. A start from a process without a worker (the
+    `keel ask` CLI) is an ordinary one, ≈ 3 ms more (infra/temporal_tuning.py)."""
     workflow_id = f"bench-{uuid.uuid4().hex[:12]}"
     handle = await start_ask(
         stack.client,

@@ -461,6 +461,13 @@ class LlmAnswer(BaseModel):
     stored: StoredAnswer | None = None
 
 
+def answered_audit(audit: AuditEventInput, answer: LlmAnswer) -> AuditEventInput:
+    """``AnswerRecords.audit`` as written for ``answer``: its payload with the answering model
+    and its output tokens added."""
+    payload = {"model": answer.model, **audit.payload, "output_tokens": answer.usage.output_tokens}
+    return audit.model_copy(update={"payload": payload})
+
+
 class LlmFailureType(StrEnum):
     """``ApplicationError.type`` of the ways an LLM call ends for good, which callers (batches,
     the API) tell apart: the values are the compatibility surface recorded in histories."""

@@ -13,10 +13,12 @@ from pydantic import BaseModel, Field
 from contracts.llm import (
     MAX_OUTPUT_TOKENS,
     ChatMessage,
+    LlmAnswer,
     LlmParameters,
     LlmRequest,
     RoutePlan,
     ToolCall,
+    TurnToStore,
     Usage,
 )
 
@@ -181,6 +183,22 @@ class FinishTurnInput(BaseModel):
     tool_calls: list[ToolCall] = Field(default_factory=list)
     # Why the answer ended ("stop", "length", "tool_calls"...), for the stream's `done` event.
     finish_reason: str | None = None
+
+
+def turn_answer(turn: TurnToStore, answer: LlmAnswer) -> FinishTurnInput:
+    """What storing ``answer`` as ``turn``'s answer writes: the same whether the answering call
+    stores it (``AnswerRecords.turn``) or ``finish_turn`` does (a fallback response)."""
+    return FinishTurnInput(
+        session_id=turn.session_id,
+        turn_id=turn.turn_id,
+        text=answer.text,
+        model=answer.model,
+        usage=answer.usage,
+        cost_usd=answer.cost_usd,
+        stream_key=turn.stream_key,
+        tool_calls=answer.tool_calls,
+        finish_reason=answer.finish_reason,
+    )
 
 
 class FailTurnInput(BaseModel):

@@ -35,7 +35,6 @@ with workflow.unsafe.imports_passed_through():
         ChatSessionInput,
         ChatSessionOutput,
         FailTurnInput,
-        FinishTurnInput,
         FoldPlan,
         PrepareTurnInput,
         StoredAnswer,
@@ -43,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         TurnInput,
         TurnOutput,
         summarization_prompt,
+        turn_answer,
         turn_request,
         turn_stream_key,
     )
@@ -247,20 +247,12 @@ class ChatSessionWorkflow:
     ) -> StoredAnswer:
         """Store an answer no call stored (a fallback response, or a turn from before the
         call stored its answer) and end its stream."""
-        session = self._params
+        turn = TurnToStore(
+            session_id=self._params.session_id, turn_id=turn_id, stream_key=stream_key
+        )
         return await call_local(
             FINISH_TURN,
-            FinishTurnInput(
-                session_id=session.session_id,
-                turn_id=turn_id,
-                text=answer.text,
-                model=answer.model,
-                usage=answer.usage,
-                cost_usd=answer.cost_usd,
-                stream_key=stream_key,
-                tool_calls=answer.tool_calls,
-                finish_reason=answer.finish_reason,
-            ),
+            turn_answer(turn, answer),
             **LOCAL_RECORD,
             summary=f"turn {turn_id} · store {answer.model} answer",
         )

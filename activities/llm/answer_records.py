@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.audit_trail import write_audit_event
 from activities.sessions import store_turn_answer
-from contracts.llm import AttemptInput, LlmAnswer
-from contracts.sessions import FinishTurnInput
+from contracts.llm import AttemptInput, LlmAnswer, answered_audit
+from contracts.sessions import turn_answer
 
 
 async def write_answer_records(
@@ -25,28 +25,8 @@ async def write_answer_records(
     if records is None:
         return answer
     if records.audit is not None:
-        audit = records.audit
-        payload = {
-            "model": answer.model,
-            **audit.payload,
-            "output_tokens": answer.usage.output_tokens,
-        }
-        await write_audit_event(db, audit.model_copy(update={"payload": payload}))
+        await write_audit_event(db, answered_audit(records.audit, answer))
     stored = None
     if records.turn is not None:
-        turn = records.turn
-        stored = await store_turn_answer(
-            db,
-            FinishTurnInput(
-                session_id=turn.session_id,
-                turn_id=turn.turn_id,
-                text=answer.text,
-                model=answer.model,
-                usage=answer.usage,
-                cost_usd=answer.cost_usd,
-                stream_key=turn.stream_key,
-                tool_calls=answer.tool_calls,
-                finish_reason=answer.finish_reason,
-            ),
-        )
+        stored = await store_turn_answer(db, turn_answer(records.turn, answer))
     return answer.model_copy(update={"records_written": True, "stored": stored})

@@ -71,6 +71,7 @@ from contracts.llm import (
     ModelCandidate,
     RoutePlan,
     Usage,
+    answered_audit,
     provider_for_model,
 )
 from contracts.provider_batch import (
@@ -95,6 +96,7 @@ from contracts.sessions import (
     StoredAnswer,
     StoreSummaryInput,
     TurnContext,
+    turn_answer,
     turn_request,
 )
 from contracts.tools import ToolInput, ToolOutput
@@ -291,26 +293,10 @@ class LlmMocks:
         if records is None:
             return answer
         if records.audit is not None and self.audit is not None:
-            payload = {
-                "model": answer.model,
-                **records.audit.payload,
-                "output_tokens": answer.usage.output_tokens,
-            }
-            self.audit.record(records.audit.model_copy(update={"payload": payload}))
+            self.audit.record(answered_audit(records.audit, answer))
         stored = None
         if records.turn is not None and self.sessions is not None:
-            turn = records.turn
-            stored = self.sessions.store(
-                FinishTurnInput(
-                    session_id=turn.session_id,
-                    turn_id=turn.turn_id,
-                    text=answer.text,
-                    model=answer.model,
-                    usage=answer.usage,
-                    cost_usd=answer.cost_usd,
-                    stream_key=turn.stream_key,
-                )
-            )
+            stored = self.sessions.store(turn_answer(records.turn, answer))
         return answer.model_copy(update={"records_written": True, "stored": stored})
 
 
