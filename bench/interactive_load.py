@@ -11,7 +11,9 @@ the API from another checkout (its own ``.venv``), for a before/after on the sam
 
 Two phases, one run:
 
-* ``idle``: ``--idle-clients`` clients (default 4), the same turns; the reference latency.
+* ``idle``: ``--idle-clients`` clients (default 4), ``--idle-turns`` turns each (default 25):
+  the reference latency. 100 turns, so its p99 is a percentile and not the slowest of a dozen
+  (with 4 × 3 turns it moved 410–561 ms between runs on an idle machine).
 * ``load``: ``--clients`` clients at once. A client refused with 503 waits the Retry-After
   and sends the same turn again (same Idempotency-Key), as the SDK's own retry would.
 
@@ -378,7 +380,9 @@ async def bench(args: argparse.Namespace, scratch: Path) -> int:
             watched["temporal"] = temporal_pid
 
         await run_clients(url, token, 2, 2, "warm")  # connections, caches, first workflows
-        idle, idle_elapsed = await run_clients(url, token, args.idle_clients, args.turns, "idle")
+        idle, idle_elapsed = await run_clients(
+            url, token, args.idle_clients, args.idle_turns, "idle"
+        )
         before = await cpu_snapshot(watched, admin, name)
         loaded, load_elapsed = await run_clients(url, token, args.clients, args.turns, "load")
         after = await cpu_snapshot(watched, admin, name)
@@ -449,6 +453,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--idle-clients", type=int, default=4)
+    parser.add_argument("--idle-turns", type=int, default=25, help="turns per idle client")
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--profile", default="none", help="the simulator's fault profile")
     parser.add_argument("--seed", type=int, default=0)
