@@ -17,7 +17,7 @@ from api.auth import authenticated_caller
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.load_shedding import LoadShedder
 from api.request_limits import RequestBodyLimit, upload_limit
-from api.state import KeelApi
+from api.state import KeelApi, shed_before_authentication
 from infra.metrics import REGISTRY
 from infra.outbound_guard import Resolver, system_resolver
 from infra.settings import KeelSettings, get_settings
@@ -63,7 +63,8 @@ def create_app(
     )
     # Every /v1 route needs a token, whatever its own role check (api/auth.py): a route that
     # forgets one is still closed. FastAPI verifies the token once per request.
-    authenticated = [Depends(authenticated_caller)]
+    # Admission-controlled routes refuse an overloaded request before its token is verified.
+    authenticated = [Depends(shed_before_authentication), Depends(authenticated_caller)]
     routers = (chat.router, messages.router, sessions.router, jobs.router, approvals.router)
     for router in (*routers, models.router, files.router, batches.router):
         app.include_router(router, dependencies=authenticated)

@@ -39,6 +39,7 @@ from api.state import (
     IDEMPOTENCY_HEADER,
     SESSION_HEADER,
     KeelApi,
+    admission_controlled,
     keel_api,
     request_priority,
 )
@@ -104,6 +105,7 @@ def _last_event_id(request: Request) -> int:
     # chat.completion.chunk (JSON), the last one `[DONE]`.
     responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}},
 )
+@admission_controlled
 async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,

@@ -27,7 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.jobs import callback_destination_policy
 from api.auth import check_tenant_field, client_caller
 from api.errors import ApiError, from_temporal
-from api.state import KeelApi, keel_api, request_priority
+from api.state import KeelApi, admission_controlled, keel_api, request_priority
 from contracts.jobs import JobInput, JobKind, JobStatus
 from contracts.search_attributes import KEEL_TENANT, KEEL_WORKFLOW_KIND
 from infra.callback_signing import SECRET_VARIABLE, SigningSecretError, signing_secret
@@ -194,6 +194,7 @@ async def check_callback_destination(url: str, api: KeelApi) -> None:
         }
     },
 )
+@admission_controlled
 async def create_job(
     body: JobRequest,
     request: Request,

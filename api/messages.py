@@ -22,7 +22,14 @@ from api.chat import SSE_EVENT_SCHEMA
 from api.errors import ANTHROPIC_ERROR_RESPONSES, from_temporal
 from api.load_shedding import InFlight
 from api.sse import KEEP_ALIVE, SSE_HEADERS, follow_turn, sse
-from api.state import IDEMPOTENCY_HEADER, SESSION_HEADER, KeelApi, keel_api, request_priority
+from api.state import (
+    IDEMPOTENCY_HEADER,
+    SESSION_HEADER,
+    KeelApi,
+    admission_controlled,
+    keel_api,
+    request_priority,
+)
 from api.turns import MESSAGES_CAPABILITY_PARAMETERS, AskedTurn, checked_turn
 from contracts.llm import RequestPriority, ToolCall
 from infra.token_streams import StreamEvent, StreamEventType
@@ -144,6 +151,7 @@ class AnthropicStreamWriter:
         **ANTHROPIC_ERROR_RESPONSES,
     },
 )
+@admission_controlled
 async def create_message(
     body: MessagesRequest,
     request: Request,

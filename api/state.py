@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from fastapi import Request
 from temporalio.client import Client
@@ -47,3 +49,26 @@ def request_priority(request: Request) -> RequestPriority:
             f"{PRIORITY_HEADER} must be one of high, normal, low (got {raw!r})",
             param=PRIORITY_HEADER,
         ) from None
+
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+_ADMISSION_CONTROLLED = "keel_admission_controlled"
+
+
+def admission_controlled(endpoint: Endpoint) -> Endpoint:
+    """Marks a route whose requests pass admission control (``LoadShedder.admit`` or
+    ``check`` in its body): ``shed_before_authentication`` refuses them first when saturated.
+    Goes under the route's decorator."""
+    setattr(endpoint, _ADMISSION_CONTROLLED, True)
+    return endpoint
+
+
+def shed_before_authentication(request: Request) -> None:
+    """Router dependency, declared before the token's: a request to an admission-controlled
+    route gets its 503 at once when keel would refuse it now. Under overload most requests are
+    refused, so a refusal must cost next to nothing: it comes before the token is looked up in
+    Postgres and the body is validated (FastAPI solves dependencies in order, the body last).
+    With 200 clients and ~80 % shed, token verification was 17 % of the API's CPU, mostly for
+    requests then refused. The route still admits (and counts) the requests let through."""
+    if getattr(request.scope.get("endpoint"), _ADMISSION_CONTROLLED, False):
+        keel_api(request).shedder.check(request_priority(request))

@@ -52,6 +52,16 @@ async def test_a_low_priority_flood_is_shed_while_high_priority_passes(
 
         flood = [asyncio.create_task(timed_post(f"flood {i}")) for i in range(FLOOD)]
         await asyncio.sleep(0.3)  # the flood is in: CAPACITY requests in flight, the rest shed
+        # A refusal comes before the token is looked up and the body validated: under overload
+        # most requests are refused, and a refusal must cost next to nothing.
+        async with httpx2.AsyncClient(
+            base_url=url, headers={"Authorization": "Bearer not-a-keel-token"}
+        ) as stranger:
+            unknown = await stranger.post("/v1/chat/completions", json=chat("hi"), headers=low)
+        malformed = await http.post("/v1/messages", json={"messages": 3}, headers=low)
+        for refused in (unknown, malformed):
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["Retry-After"] == str(settings.shed_retry_after_seconds)
         session_id = f"s-{uuid.uuid4().hex[:8]}"
         vip = openai_client(
             url, token, **{"X-Keel-Priority": "high", "X-Keel-Session-Id": session_id}
@@ -76,6 +86,14 @@ async def test_a_low_priority_flood_is_shed_while_high_priority_passes(
         slow_simulator.configure(fixed_latency_s=None)
         after = await http.post("/v1/chat/completions", json=chat("later"), headers=low)
         assert after.status_code == 200
+        # ...and what was refused for load is now refused for what it is.
+        async with httpx2.AsyncClient(
+            base_url=url, headers={"Authorization": "Bearer not-a-keel-token"}
+        ) as stranger:
+            unknown = await stranger.post("/v1/chat/completions", json=chat("hi"), headers=low)
+        assert unknown.status_code == 401
+        malformed = await http.post("/v1/messages", json={"messages": 3}, headers=low)
+        assert malformed.status_code == 400, malformed.text
         assert (await http.get("/healthz")).json()["in_flight"] == 0
 
 
