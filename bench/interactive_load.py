@@ -13,7 +13,7 @@ Two phases, one run:
 
 * ``idle``: ``--idle-clients`` clients (default 4), ``--idle-turns`` turns each (default 25):
   the reference latency. 100 turns, so its p99 is a percentile and not the slowest of a dozen
-  (with 4 × 3 turns it moved 410–561 ms between runs on an idle machine).
+  (with 4 clients of 3 turns it moved 410-561 ms between runs on an idle machine).
 * ``load``: ``--clients`` clients at once. A client refused with 503 waits the Retry-After
   and sends the same turn again (same Idempotency-Key), as the SDK's own retry would.
 
