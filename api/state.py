@@ -56,9 +56,10 @@ _ADMISSION_CONTROLLED = "keel_admission_controlled"
 
 
 def admission_controlled(endpoint: Endpoint) -> Endpoint:
-    """Marks a route whose requests pass admission control (``LoadShedder.admit`` or
-    ``check`` in its body): ``shed_before_authentication`` refuses them first when saturated.
-    Goes under the route's decorator."""
+    """Marks a route whose requests pass admission control: ``shed_before_authentication``
+    refuses them when saturated, before their token is verified; a route whose requests hold
+    work in flight (a streamed turn) also counts them with ``LoadShedder.admit``. Goes under
+    the route's decorator."""
     setattr(endpoint, _ADMISSION_CONTROLLED, True)
     return endpoint
 

@@ -102,10 +102,6 @@ class KeelSettings(BaseSettings):
     dev_temporal_ui_port: int = 8233
     interactive_task_queue: str = INTERACTIVE_TASK_QUEUE
     batch_task_queue: str = BATCH_TASK_QUEUE
-    # How long a worker told to stop (SIGTERM) lets its in-flight activities finish before it
-    # cancels them (Temporal retries those elsewhere). Ten seconds under the grace its platform
-    # gives it (deploy/kubernetes terminationGracePeriodSeconds, compose stop_grace_period: 60 s
-    # interactive, 120 s batch) so the process exits 0 before it is killed.
     workflow_sandbox: bool = Field(
         default=False,
         description=(
@@ -113,10 +109,14 @@ class KeelSettings(BaseSettings):
             "are proven sandbox-clean and deterministic by its test suite (the workflow tests "
             "and the replay tests run them in the sandbox), and the sandbox costs each new "
             "workflow about 5 ms of CPU to re-import its modules and each workflow task about "
-            "as much again to build payload contexts inside it (ARCHITECTURE.md, 'Workflow "
-            "sandbox'). On: for workflows of your own registered on keel's workers."
+            "as much again to build payload contexts inside it (ARCHITECTURE.md, 'Temporal "
+            "wiring'). On: for workflows of your own registered on keel's workers."
         ),
     )
+    # How long a worker told to stop (SIGTERM) lets its in-flight activities finish before it
+    # cancels them (Temporal retries those elsewhere). Ten seconds under the grace its platform
+    # gives it (deploy/kubernetes terminationGracePeriodSeconds, compose stop_grace_period: 60 s
+    # interactive, 120 s batch) so the process exits 0 before it is killed.
     interactive_shutdown_grace_seconds: float = Field(
         default=50,
         gt=0,

@@ -98,11 +98,6 @@ def _core_table(table: object) -> Table:
     return table
 
 
-VALUE_COLUMNS = tuple(
-    _values(AttemptRecord("", None, "", 0, "", None, "", "", "", Usage(), None, 0, None, False, ""))
-)
-
-
 # Concurrent completions of one tenant spread over this many rows per day (see TenantDailySpend).
 SPEND_SHARDS = 16
 
@@ -141,16 +136,18 @@ async def record_attempt(session: AsyncSession, record: AttemptRecord) -> None:
     The same statement adds the cost to the tenant's spend of the day: the row leaves
     ``in_flight`` (releasing its budget reservation) and its cost is metered in one step, so a
     budget check never sees both or neither, and the spend is counted exactly once."""
+    values = _values(record)
     await session.execute(
-        _completion_statement(), {**_values(record), "shard": spend_shard(record)}
+        _completion_statement(tuple(values)), {**values, "shard": spend_shard(record)}
     )
 
 
-@lru_cache(maxsize=1)
-def _completion_statement() -> Executable:
-    """``record_attempt``'s statement, built once with a parameter per value: building it per
-    call (its upsert's ``excluded`` columns, the spend CTE) cost more CPU than running it."""
-    values: dict[str, Any] = {name: bindparam(name) for name in VALUE_COLUMNS}
+@lru_cache(maxsize=4)
+def _completion_statement(columns: tuple[str, ...]) -> Executable:
+    """``record_attempt``'s statement for these value columns (``_values``' keys, the same for
+    every record), built once with a parameter per value: building it per call (its upsert's
+    ``excluded`` columns, the spend CTE) cost more CPU than running it."""
+    values: dict[str, Any] = {name: bindparam(name) for name in columns}
     # Core tables, not the ORM classes: with parameters, an ORM insert runs as a bulk insert.
     calls = _core_table(LlmCall.__table__)
     spends = _core_table(TenantDailySpend.__table__)

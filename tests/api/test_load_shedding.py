@@ -59,7 +59,8 @@ async def test_a_low_priority_flood_is_shed_while_high_priority_passes(
         ) as stranger:
             unknown = await stranger.post("/v1/chat/completions", json=chat("hi"), headers=low)
         malformed = await http.post("/v1/messages", json={"messages": 3}, headers=low)
-        for refused in (unknown, malformed):
+        job = await http.post("/v1/jobs", json={"kind": "ask", "input": {}}, headers=low)
+        for refused in (unknown, malformed, job):
             assert refused.status_code == 503, refused.text
             assert refused.headers["Retry-After"] == str(settings.shed_retry_after_seconds)
         session_id = f"s-{uuid.uuid4().hex[:8]}"

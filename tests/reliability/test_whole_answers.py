@@ -8,18 +8,9 @@ from __future__ import annotations
 import pytest
 
 from activities.llm.providers import Completion, ProviderClients
-from contracts.llm import ChatMessage, LlmParameters, ToolChoice, ToolSpec
+from contracts.llm import ChatMessage, LlmParameters, ToolChoice
 from infra.settings import KeelSettings
-
-WEATHER = ToolSpec(
-    name="get_weather",
-    description="The weather in a city.",
-    parameters={
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-    },
-)
+from workflows.tool_agent import WEATHER
 
 
 async def _no_delta(delta: str) -> None:
@@ -30,7 +21,7 @@ async def _no_delta(delta: str) -> None:
     "parameters",
     [
         LlmParameters(max_tokens=48),
-        LlmParameters(max_tokens=48, tools=[WEATHER], tool_choice=ToolChoice(mode="required")),
+        LlmParameters(max_tokens=48, tools=[WEATHER.spec], tool_choice=ToolChoice(mode="required")),
     ],
     ids=["text", "tool call"],
 )
@@ -60,7 +51,7 @@ async def test_a_whole_answer_is_what_its_stream_would_have_left(
     assert whole.usage == streamed.usage and whole.usage_reported
     assert whole.usage.output_tokens > 0
     if parameters.tools:
-        assert whole.finish_reason == "tool_calls" and whole.tool_calls[0].name == "get_weather"
+        assert whole.finish_reason == "tool_calls" and whole.tool_calls[0].name == WEATHER.spec.name
     else:
         assert whole.text and "".join(deltas) == whole.text
     # Nothing streamed: no first token to time.
